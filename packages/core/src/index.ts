@@ -1,0 +1,24 @@
+/**
+ * @canopy/core: content identity (manifests, block CIDs), key derivation, sizes and
+ * error types. Pure: no network, no files.
+ */
+export { CanopyError, ErrorCode, isCanopyError, throwIfAborted } from './errors.ts'
+export {
+  assertBlockSize, blockCid, blockCount, blockDigest, blockSpan,
+  DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, RAW_CODEC, SHA256_CODE
+} from './blocks.ts'
+export {
+  createManifest, decodeManifest, encodeManifest, manifestId,
+  MANIFEST_MEDIA_TYPE, MANIFEST_VERSION, MAX_BLOCKS, MAX_CONTENT_SIZE, MAX_MANIFEST_BYTES, SIDECAR_SUFFIX
+} from './manifest.ts'
+export type { CreateManifestOptions, IdentifiedManifest, Manifest, PublishedManifest } from './manifest.ts'
+export { contentKey, discoveryId, DISCOVERY_LABEL, generateSecret } from './keys.ts'
+export { digestsEqual, sha256, sha256OffThread } from './hash.ts'
+export { formatBytes, parseSize } from './sizes.ts'
+export { silentLogger } from './logger.ts'
+export type { Logger } from './logger.ts'
+export { API_SOCKET_NAME, API_VERSION, FINAL_STATES, PRIORITIES } from './api.ts'
+export type {
+  AgentStatus, ApiErrorBody, CreateJobFile, CreateJobRequest, JobBytes, JobError, JobFileView,
+  JobPriority, JobState, JobType, JobView
+} from './api.ts'

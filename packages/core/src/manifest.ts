@@ -1,0 +1,176 @@
+import { createHash } from 'node:crypto'
+import { CID } from 'multiformats/cid'
+import * as Digest from 'multiformats/hashes/digest'
+import { assertBlockSize, blockCid, blockCount, blockDigest, DEFAULT_BLOCK_SIZE, SHA256_CODE } from './blocks.ts'
+import { CanopyError, ErrorCode, throwIfAborted } from './errors.ts'
+import { sha256, sha256OffThread } from './hash.ts'
+
+/** Media type of a manifest, used for content negotiation on the content's own URL. */
+export const MANIFEST_MEDIA_TYPE = 'application/vnd.canopy.manifest+json'
+/** Suffix of the static sidecar that `canopy publish` writes next to a file. */
+export const SIDECAR_SUFFIX = '.canopy'
+export const MANIFEST_VERSION = 1
+/** Largest content a manifest may describe (1 TiB). */
+export const MAX_CONTENT_SIZE = 2 ** 40
+/** Most blocks a manifest may list; bounds the memory a manifest can make us spend. */
+export const MAX_BLOCKS = 2 ** 20
+/** Upper bound of an encoded manifest (a CID string is 59 characters), for reading one off the wire. */
+export const MAX_MANIFEST_BYTES = MAX_BLOCKS * 64 + 64 * 1024
+/** multicodec code of JSON: the codec of a manifest id. */
+export const JSON_CODEC = 0x0200
+
+/** What a manifest says about one file. All fields are covered by the manifest id. */
+export interface Manifest {
+  version: 1
+  /** Total size in bytes. */
+  size: number
+  /** Block size in bytes: a power of two from 64 KiB to 16 MiB. */
+  blockSize: number
+  /** Whole-file SHA-256, lowercase hex. */
+  sha256: string
+  /** Block ids in order: CIDv1, raw codec, sha2-256 (`bafkrei…`). */
+  blocks: string[]
+}
+
+/** A manifest with its id (CIDv1 of its canonical encoding). */
+export interface IdentifiedManifest extends Manifest {
+  id: string
+}
+
+/**
+ * A manifest as an origin serves it: with its id and the per-content key (base64).
+ * The key is not part of the manifest id.
+ */
+export interface PublishedManifest extends IdentifiedManifest {
+  key?: string
+}
+
+/** Canonical encoding: JSON with a fixed key order and no whitespace. The manifest id hashes these bytes. */
+export function encodeManifest (m: Manifest): Uint8Array {
+  const canonical = {
+    version: m.version,
+    size: m.size,
+    blockSize: m.blockSize,
+    sha256: m.sha256,
+    blocks: m.blocks
+  }
+  return new TextEncoder().encode(JSON.stringify(canonical))
+}
+
+/** CIDv1 (json codec, sha2-256) of the canonical encoding (`bagaaiera…`). */
+export function manifestId (m: Manifest): string {
+  return CID.createV1(JSON_CODEC, Digest.create(SHA256_CODE, sha256(encodeManifest(m)))).toString()
+}
+
+function invalid (why: string): CanopyError {
+  return new CanopyError(ErrorCode.InvalidManifest, `Invalid manifest: ${why}`)
+}
+
+/**
+ * Strictly decodes a manifest from JSON text, bytes or an already-parsed value.
+ * Rejects unknown versions, sizes out of bounds, a block count that does not match
+ * size and block size, malformed CIDs, and an `id` that is not the manifest's own.
+ */
+export function decodeManifest (input: string | Uint8Array | unknown): PublishedManifest {
+  let value: unknown = input
+  if (typeof input === 'string' || input instanceof Uint8Array) {
+    const text = typeof input === 'string' ? input : new TextDecoder('utf-8', { fatal: false }).decode(input)
+    if (text.length > MAX_MANIFEST_BYTES) throw invalid(`larger than ${MAX_MANIFEST_BYTES} bytes`)
+    try {
+      value = JSON.parse(text)
+    } catch {
+      throw invalid('not JSON')
+    }
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid('not a JSON object')
+  const v = value as Record<string, unknown>
+  if (v.version !== MANIFEST_VERSION) throw invalid(`unknown version ${JSON.stringify(v.version)} (this agent reads version ${MANIFEST_VERSION})`)
+  const { size, blockSize, sha256: wholeDigest, blocks } = v
+  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0 || size > MAX_CONTENT_SIZE) {
+    throw invalid(`size must be an integer from 0 to ${MAX_CONTENT_SIZE}`)
+  }
+  if (typeof blockSize !== 'number') throw invalid('blockSize missing')
+  try {
+    assertBlockSize(blockSize)
+  } catch (err) {
+    throw invalid((err as Error).message)
+  }
+  if (typeof wholeDigest !== 'string' || !/^[0-9a-f]{64}$/.test(wholeDigest)) throw invalid('sha256 must be 64 lowercase hex digits')
+  if (!Array.isArray(blocks)) throw invalid('blocks must be an array')
+  const expected = blockCount(size, blockSize)
+  if (blocks.length !== expected) {
+    throw invalid(`${blocks.length} blocks listed, but ${size} bytes in blocks of ${blockSize} make ${expected}`)
+  }
+  if (expected > MAX_BLOCKS) throw invalid(`more than ${MAX_BLOCKS} blocks`)
+  for (const b of blocks) {
+    if (typeof b !== 'string') throw invalid('a block id is not a string')
+    try {
+      blockDigest(b)
+    } catch (err) {
+      throw invalid((err as Error).message)
+    }
+  }
+  const manifest: Manifest = { version: MANIFEST_VERSION, size, blockSize, sha256: wholeDigest, blocks: blocks as string[] }
+  const id = manifestId(manifest)
+  if (v.id !== undefined && v.id !== id) throw invalid(`id ${String(v.id).slice(0, 80)} does not match its contents (${id})`)
+  const out: PublishedManifest = { ...manifest, id }
+  if (v.key !== undefined) {
+    if (typeof v.key !== 'string' || !/^[A-Za-z0-9+/]{43}=$/.test(v.key)) throw invalid('key must be 32 bytes in base64')
+    out.key = v.key
+  }
+  return out
+}
+
+export interface CreateManifestOptions {
+  /** Block size; default 1 MiB. */
+  blockSize?: number
+  /** Blocks hashed at once on the thread pool; default 4. */
+  concurrency?: number
+  signal?: AbortSignal
+}
+
+/**
+ * Builds a manifest by streaming the content once. Memory stays flat in the
+ * content's size: at most `concurrency` blocks are held while they hash.
+ */
+export async function createManifest (source: AsyncIterable<Uint8Array>, options: CreateManifestOptions = {}): Promise<IdentifiedManifest> {
+  const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE
+  assertBlockSize(blockSize)
+  const concurrency = options.concurrency ?? 4
+  const whole = createHash('sha256')
+  const digests: Array<Promise<Uint8Array>> = []
+  const pending = new Set<Promise<Uint8Array>>()
+  let size = 0
+  let block = Buffer.allocUnsafe(blockSize)
+  let filled = 0
+
+  const flush = async (): Promise<void> => {
+    const bytes = block.subarray(0, filled)
+    const digest = sha256OffThread(bytes)
+    digests.push(digest)
+    pending.add(digest)
+    void digest.finally(() => pending.delete(digest)).catch(() => {})
+    block = Buffer.allocUnsafe(blockSize)
+    filled = 0
+    while (pending.size >= concurrency) await Promise.race(pending)
+  }
+
+  for await (const chunk of source) {
+    throwIfAborted(options.signal)
+    whole.update(chunk)
+    size += chunk.length
+    if (size > MAX_CONTENT_SIZE) throw new CanopyError(ErrorCode.InvalidArgument, `Content larger than ${MAX_CONTENT_SIZE} bytes cannot be published`)
+    let at = 0
+    while (at < chunk.length) {
+      const take = Math.min(blockSize - filled, chunk.length - at)
+      block.set(chunk.subarray(at, at + take), filled)
+      filled += take
+      at += take
+      if (filled === blockSize) await flush()
+    }
+  }
+  if (filled > 0) await flush()
+  const blocks = (await Promise.all(digests)).map(blockCid)
+  const manifest: Manifest = { version: MANIFEST_VERSION, size, blockSize, sha256: whole.digest('hex'), blocks }
+  return { ...manifest, id: manifestId(manifest) }
+}
