@@ -1,0 +1,556 @@
+import { EventEmitter } from 'node:events'
+import { mkdir, rm, rename, stat, statfs, chmod } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
+import { randomUUID } from 'node:crypto'
+import type { Agent as Dispatcher } from 'undici'
+import { API_SOCKET_NAME, CanopyError, FINAL_STATES, formatBytes, silentLogger } from '@canopy/core'
+import type { AgentStatus, CreateJobRequest, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
+import { JobErrorCode, TransferError, classifyError } from './errors.ts'
+import { FileProgress, toView } from './jobs/job.ts'
+import type { FileRecord, JobRecord } from './jobs/job.ts'
+import { validateCreateJob } from './jobs/validate.ts'
+import { AGENT_DEFAULTS } from './options.ts'
+import type { AgentOptions, ResolvedAgentOptions } from './options.ts'
+import { JobStore } from './store/job-store.ts'
+import { REMOTE_CHANGED, transferBlocks } from './transfer/block-transfer.ts'
+import { createDispatcher, discoverManifest } from './transfer/http.ts'
+import { transferPlain } from './transfer/plain-transfer.ts'
+import type { PlainProgress } from './transfer/plain-transfer.ts'
+import { startApiServer } from './api/server.ts'
+import type { ApiServer } from './api/server.ts'
+
+export const AGENT_VERSION = '0.1.0'
+
+const PRIORITY_RANK: Record<JobPriority, number> = { foreground: 0, high: 1, normal: 2, low: 3 }
+/** How often progress counters are written while a job transfers (block marks are written per block). */
+const PROGRESS_PERSIST_MS = 1000
+
+/** Events of an agent: a job changed state, or made progress (at most every 500 ms per job). */
+export interface AgentEvents {
+  'job:state': [JobView]
+  'job:progress': [JobView]
+}
+
+type Progress = FileProgress | PlainProgress
+
+/**
+ * The agent daemon: a persisted job store, a single scheduling loop that decides
+ * which jobs transfer, one runner per transferring job, and the control API.
+ *
+ * All job state is mutated on this one thread; a job record is written to the store
+ * after every state change (writes of one job are chained so they land in order).
+ */
+export class CanopyAgent extends EventEmitter<AgentEvents> {
+  readonly socketPath: string
+  readonly options: ResolvedAgentOptions
+  private readonly logger: Logger
+  private readonly store: JobStore
+  private readonly dispatcher: Dispatcher
+  private readonly jobs = new Map<string, JobRecord>()
+  private readonly progress = new Map<string, Array<Progress | undefined>>()
+  private readonly running = new Map<string, { controller: AbortController, done: Promise<void> }>()
+  private readonly writes = new Map<string, Promise<void>>()
+  private readonly lastProgressEvent = new Map<string, number>()
+  private readonly lastPersist = new Map<string, number>()
+  private api?: ApiServer
+  private retryTimer?: NodeJS.Timeout
+  private tickQueued = false
+  private stopped = false
+  private readonly startedAt = new Date().toISOString()
+
+  private constructor (options: ResolvedAgentOptions) {
+    super()
+    this.options = options
+    this.logger = options.logger
+    this.socketPath = join(options.stateDir, API_SOCKET_NAME)
+    this.store = new JobStore(join(options.stateDir, 'db'))
+    this.dispatcher = createDispatcher({ connections: options.blocksInFlight, timeoutMs: options.requestTimeoutMs })
+  }
+
+  /** Opens the state directory, recovers jobs, and starts the control API and the scheduler. */
+  static async start (options: AgentOptions): Promise<CanopyAgent> {
+    if (typeof options.stateDir !== 'string' || options.stateDir === '') {
+      throw new CanopyError('ERR_INVALID_ARGUMENT', 'The agent needs a state directory (--state-dir or CANOPY_STATE_DIR)')
+    }
+    const resolved: ResolvedAgentOptions = { ...AGENT_DEFAULTS, logger: silentLogger, ...options }
+    await mkdir(resolved.stateDir, { recursive: true, mode: 0o700 })
+    // The control socket lives here: keep the directory owner-only even if it existed.
+    await chmod(resolved.stateDir, 0o700)
+    const agent = new CanopyAgent(resolved)
+    await agent.store.open()
+    try {
+      await agent.recover()
+      agent.api = await startApiServer(agent, agent.socketPath, agent.logger)
+    } catch (err) {
+      await agent.store.close()
+      throw err
+    }
+    agent.logger.info('agent started', { stateDir: resolved.stateDir, jobs: agent.jobs.size })
+    agent.schedule()
+    return agent
+  }
+
+  /** Stops transfers (they resume on next start), the API, and closes the store. */
+  async stop (): Promise<void> {
+    if (this.stopped) return
+    this.stopped = true
+    clearTimeout(this.retryTimer)
+    await this.api?.close()
+    const runs = [...this.running.values()]
+    for (const r of runs) r.controller.abort(new CanopyError('ERR_AGENT_STOPPING', 'the agent is stopping'))
+    await Promise.all(runs.map(async r => await r.done))
+    await Promise.all([...this.writes.values()])
+    await this.dispatcher.close()
+    await this.store.close()
+    this.logger.info('agent stopped')
+  }
+
+  // ---- queries -------------------------------------------------------------
+
+  status (): AgentStatus {
+    const counts = Object.fromEntries(['queued', 'connecting', 'transferring', 'suspended', 'error', 'transient_error',
+      'transferred', 'acknowledged', 'cancelled'].map(s => [s, 0])) as Record<JobState, number>
+    for (const job of this.jobs.values()) counts[job.state]++
+    return { version: AGENT_VERSION, pid: process.pid, stateDir: this.options.stateDir, startedAt: this.startedAt, jobs: counts }
+  }
+
+  listJobs (): JobView[] {
+    return [...this.jobs.values()].sort((a, b) => a.createdAt.localeCompare(b.createdAt)).map(j => this.view(j))
+  }
+
+  getJob (id: string): JobView {
+    return this.view(this.requireJob(id))
+  }
+
+  // ---- commands ------------------------------------------------------------
+
+  async createJob (request: CreateJobRequest | unknown): Promise<JobView> {
+    const req = validateCreateJob(request)
+    const id = randomUUID()
+    const now = new Date().toISOString()
+    const job: JobRecord = {
+      id,
+      name: req.name ?? basename(req.files[0].path),
+      type: 'download',
+      priority: req.priority ?? 'normal',
+      state: req.start === false ? 'suspended' : 'queued',
+      files: req.files.map(f => ({
+        url: f.url,
+        path: f.path,
+        // Next to the destination, so that completing is a rename within one filesystem.
+        partPath: join(dirname(f.path), `.${basename(f.path)}.${id.slice(0, 8)}.canopy-part`),
+        ...(f.sha256 !== undefined ? { expectedSha256: f.sha256 } : {}),
+        size: -1,
+        done: false
+      })),
+      autoComplete: req.autoComplete ?? false,
+      retryCount: 0,
+      createdAt: now,
+      modifiedAt: now
+    }
+    await this.persist(job)
+    // Visible to the scheduler only once it is durable.
+    this.jobs.set(id, job)
+    this.progress.set(id, job.files.map(() => undefined))
+    this.logger.info('job created', { jobId: id, files: job.files.length, priority: job.priority })
+    this.emit('job:state', this.view(job))
+    this.schedule()
+    return this.view(job)
+  }
+
+  async suspend (id: string): Promise<JobView> {
+    const job = this.requireJob(id)
+    this.requireNotFinal(job, 'suspend')
+    if (job.state === 'transferred') throw new CanopyError('ERR_INVALID_STATE', 'The job is transferred: complete or cancel it')
+    await this.halt(job)
+    await this.setState(job, 'suspended')
+    return this.view(job)
+  }
+
+  async resume (id: string): Promise<JobView> {
+    const job = this.requireJob(id)
+    this.requireNotFinal(job, 'resume')
+    if (job.state === 'suspended' || job.state === 'error' || job.state === 'transient_error') {
+      job.error = undefined
+      job.retryAt = undefined
+      job.retryCount = 0
+      await this.setState(job, 'queued')
+      this.schedule()
+    }
+    return this.view(job)
+  }
+
+  async cancel (id: string): Promise<JobView> {
+    const job = this.requireJob(id)
+    this.requireNotFinal(job, 'cancel')
+    await this.halt(job)
+    for (const file of job.files) await rm(file.partPath, { force: true })
+    await this.store.clearBlocks(job.id)
+    job.error = undefined
+    job.retryAt = undefined
+    await this.setState(job, 'cancelled')
+    this.schedule()
+    return this.view(job)
+  }
+
+  /** Makes the files of a transferred job visible at their destinations (atomic renames). */
+  async complete (id: string): Promise<JobView> {
+    const job = this.requireJob(id)
+    if (job.state !== 'transferred') {
+      throw new CanopyError('ERR_INVALID_STATE', `The job is ${job.state}: only a transferred job can be completed`)
+    }
+    await this.completeJob(job)
+    return this.view(job)
+  }
+
+  // ---- scheduling ----------------------------------------------------------
+
+  /** Asks the scheduling loop to run once more (coalesced). */
+  private schedule (): void {
+    if (this.tickQueued || this.stopped) return
+    this.tickQueued = true
+    setImmediate(() => {
+      this.tickQueued = false
+      this.tick()
+    })
+  }
+
+  /** The one place that decides what transfers: foreground jobs at once, background jobs by priority. */
+  private tick (): void {
+    if (this.stopped) return
+    const now = Date.now()
+    const ready = [...this.jobs.values()]
+      .filter(j => !this.running.has(j.id) &&
+        (j.state === 'queued' || (j.state === 'transient_error' && Date.parse(j.retryAt ?? '') <= now)))
+      .sort(byPriority)
+    let background = [...this.running.keys()].filter(id => this.jobs.get(id)?.priority !== 'foreground').length
+    for (const job of ready) {
+      if (job.priority === 'foreground') this.launch(job)
+      else if (background < this.options.maxBackgroundJobs) {
+        this.launch(job)
+        background++
+      }
+    }
+    clearTimeout(this.retryTimer)
+    const nextRetry = Math.min(...[...this.jobs.values()]
+      .filter(j => j.state === 'transient_error' && !this.running.has(j.id))
+      .map(j => Date.parse(j.retryAt ?? '')))
+    if (Number.isFinite(nextRetry)) {
+      this.retryTimer = setTimeout(() => this.schedule(), Math.max(0, nextRetry - now) + 5)
+    }
+  }
+
+  private launch (job: JobRecord): void {
+    const controller = new AbortController()
+    const done = this.run(job, controller.signal).finally(() => {
+      this.running.delete(job.id)
+      this.schedule()
+    })
+    this.running.set(job.id, { controller, done })
+  }
+
+  /** Stops a job's runner, if any, and waits until it has let go of its files. */
+  private async halt (job: JobRecord): Promise<void> {
+    const run = this.running.get(job.id)
+    if (run === undefined) return
+    run.controller.abort(new CanopyError('ERR_ABORTED', 'stopped by the user'))
+    await run.done
+  }
+
+  // ---- transfer ------------------------------------------------------------
+
+  private async run (job: JobRecord, signal: AbortSignal): Promise<void> {
+    try {
+      await this.setState(job, 'connecting')
+      for (let i = 0; i < job.files.length; i++) {
+        if (!job.files[i].done) await this.transferFile(job, i, signal, 0)
+      }
+      signal.throwIfAborted()
+      job.transferredAt = new Date().toISOString()
+      job.retryCount = 0
+      await this.setState(job, 'transferred')
+      if (job.autoComplete) await this.completeJob(job)
+    } catch (err) {
+      // suspend, cancel and stop set the job's state themselves
+      if (signal.aborted) return
+      const failure = classifyError(err)
+      if (failure.code === JobErrorCode.Internal) this.logger.error('unexpected transfer failure', { jobId: job.id, err: String((err as Error)?.stack ?? err) })
+      job.error = {
+        code: failure.code,
+        message: failure.message,
+        transient: failure.transient,
+        at: new Date().toISOString(),
+        ...(failure.url !== undefined ? { url: failure.url } : {})
+      }
+      if (failure.transient) {
+        job.retryCount++
+        const delay = backoff(job.retryCount, this.options.retryMinMs, this.options.retryMaxMs)
+        job.retryAt = new Date(Date.now() + delay).toISOString()
+        this.logger.warn('transient failure; will retry', { jobId: job.id, code: failure.code, reason: failure.message, retryInMs: delay })
+        await this.setState(job, 'transient_error')
+      } else {
+        this.logger.warn('job failed', { jobId: job.id, code: failure.code, reason: failure.message })
+        await this.setState(job, 'error')
+      }
+    }
+  }
+
+  private async transferFile (job: JobRecord, index: number, signal: AbortSignal, restarts: number): Promise<void> {
+    const file = job.files[index]
+    const headers: Record<string, string> = {}
+    if (file.mode === undefined) {
+      const manifest = await discoverManifest(this.dispatcher, file.url, headers, signal)
+      if (manifest !== undefined) {
+        if (file.expectedSha256 !== undefined && file.expectedSha256 !== manifest.sha256) {
+          throw new TransferError(JobErrorCode.DigestMismatch,
+            `The origin publishes SHA-256 ${manifest.sha256} for this file, not the ${file.expectedSha256} you gave: check the digest or the URL`,
+            { transient: false, url: file.url })
+        }
+        await this.store.putManifest(manifest)
+        file.manifestId = manifest.id
+        file.size = manifest.size
+        file.mode = 'blocks'
+      } else {
+        file.mode = 'plain'
+      }
+      await this.persist(job)
+    }
+    await this.checkDestination(file)
+    if (job.state !== 'transferring') await this.setState(job, 'transferring')
+
+    if (file.mode === 'plain') {
+      const progress = this.plainProgress(job, index)
+      file.sha256 = await transferPlain({
+        file,
+        progress,
+        dispatcher: this.dispatcher,
+        headers,
+        persist: async () => await this.persist(job),
+        onProgress: () => this.onProgress(job),
+        logger: this.logger,
+        signal
+      })
+    } else {
+      const manifest = await this.store.getManifest(file.manifestId!)
+      if (manifest === undefined) throw new TransferError(JobErrorCode.Internal, 'the manifest of this file is missing from the store', { transient: true })
+      const progress = await this.blockProgress(job, index, manifest)
+      try {
+        file.sha256 = await transferBlocks({
+          jobId: job.id,
+          fileIndex: index,
+          url: file.url,
+          partPath: file.partPath,
+          manifest,
+          progress,
+          store: this.store,
+          dispatcher: this.dispatcher,
+          headers,
+          blocksInFlight: this.options.blocksInFlight,
+          maxBlockAttempts: this.options.maxBlockAttempts,
+          refreshManifest: async (s) => await discoverManifest(this.dispatcher, file.url, headers, s),
+          onBlock: () => this.onProgress(job),
+          logger: this.logger,
+          signal
+        })
+      } catch (err) {
+        if (!(err instanceof TransferError) || err.code !== REMOTE_CHANGED || restarts >= 2) throw err
+        this.logger.info('remote file changed; restarting it', { jobId: job.id, url: file.url })
+        await this.resetFile(job, index)
+        return await this.transferFile(job, index, signal, restarts + 1)
+      }
+    }
+    file.done = true
+    await this.persist(job)
+  }
+
+  /** Forgets a file's progress and manifest (its remote copy changed). */
+  private async resetFile (job: JobRecord, index: number): Promise<void> {
+    const file = job.files[index]
+    await this.store.clearBlocks(job.id, index)
+    await rm(file.partPath, { force: true })
+    file.mode = undefined
+    file.manifestId = undefined
+    file.size = -1
+    file.plainBytes = undefined
+    this.progress.get(job.id)![index] = undefined
+    await this.persist(job)
+  }
+
+  /** Fails early, in plain words, when the destination folder is gone or the disk cannot hold the rest. */
+  private async checkDestination (file: FileRecord): Promise<void> {
+    const dir = dirname(file.path)
+    try {
+      await stat(dir)
+    } catch {
+      throw new TransferError(JobErrorCode.Destination, `The destination folder ${dir} does not exist: create it, then resume the job`, { transient: false, url: file.url })
+    }
+    if (file.size < 0) return
+    const { bavail, bsize } = await statfs(dir)
+    const free = bavail * bsize
+    const partSize = await stat(file.partPath).then(s => s.blocks * 512, () => 0)
+    const needed = file.size - partSize
+    if (needed > free) {
+      throw new TransferError(JobErrorCode.DiskFull,
+        `Not enough disk space for ${file.path}: ${formatBytes(needed)} more needed, ${formatBytes(free)} free. Free some space, then resume the job`,
+        { transient: false, url: file.url })
+    }
+  }
+
+  private async blockProgress (job: JobRecord, index: number, manifest: PublishedManifest): Promise<FileProgress> {
+    const list = this.progress.get(job.id)!
+    const existing = list[index]
+    if (existing instanceof FileProgress && existing.size === manifest.size) return existing
+    const progress = new FileProgress(manifest.size, manifest.blockSize)
+    for await (const { block, source } of this.store.markedBlocks(job.id, index)) {
+      if (block < progress.blocks.length) progress.mark(block, source)
+    }
+    list[index] = progress
+    return progress
+  }
+
+  private plainProgress (job: JobRecord, index: number): PlainProgress {
+    const list = this.progress.get(job.id)!
+    const existing = list[index]
+    if (existing !== undefined && !(existing instanceof FileProgress)) return existing
+    const bytes = job.files[index].plainBytes ?? 0
+    const progress: PlainProgress = { bytesDone: bytes, fromOrigin: bytes, fromPeers: 0, fromCache: 0 }
+    list[index] = progress
+    return progress
+  }
+
+  private onProgress (job: JobRecord): void {
+    const now = Date.now()
+    if (job.retryCount > 0) job.retryCount = 0
+    if (now - (this.lastProgressEvent.get(job.id) ?? 0) >= 500) {
+      this.lastProgressEvent.set(job.id, now)
+      this.emit('job:progress', this.view(job))
+    }
+    if (now - (this.lastPersist.get(job.id) ?? 0) >= PROGRESS_PERSIST_MS) {
+      this.lastPersist.set(job.id, now)
+      job.modifiedAt = new Date(now).toISOString()
+      void this.persist(job)
+    }
+  }
+
+  private async completeJob (job: JobRecord): Promise<void> {
+    for (const file of job.files) {
+      try {
+        await rename(file.partPath, file.path)
+      } catch (err) {
+        const failure = classifyError(err, file.url)
+        const missing = (err as { code?: string }).code === 'ENOENT'
+        job.error = {
+          code: missing ? JobErrorCode.Destination : failure.code,
+          message: missing ? `The downloaded data for ${file.path} is gone (was ${file.partPath} deleted?): cancel the job and download again` : failure.message,
+          transient: false,
+          at: new Date().toISOString(),
+          url: file.url
+        }
+        await this.setState(job, 'error')
+        throw new CanopyError(job.error.code, job.error.message)
+      }
+    }
+    // Keep the per-source totals in the record: the block marks go now.
+    job.files.forEach((file, i) => {
+      const p = this.progress.get(job.id)?.[i]
+      file.plainBytes = file.size
+      file.bytesBySource = { origin: p?.fromOrigin ?? 0, peers: p?.fromPeers ?? 0, cache: p?.fromCache ?? 0 }
+    })
+    await this.store.clearBlocks(job.id)
+    job.completedAt = new Date().toISOString()
+    await this.setState(job, 'acknowledged')
+  }
+
+  // ---- state ---------------------------------------------------------------
+
+  private async recover (): Promise<void> {
+    for (const job of await this.store.allJobs()) {
+      this.jobs.set(job.id, job)
+      this.progress.set(job.id, job.files.map(() => undefined))
+      // A job that was moving when the agent went down moves again.
+      if (job.state === 'connecting' || job.state === 'transferring') job.state = 'queued'
+      if (!FINAL_STATES.includes(job.state)) {
+        for (let i = 0; i < job.files.length; i++) {
+          const file = job.files[i]
+          if (file.mode === 'blocks' && !file.done && file.manifestId !== undefined) {
+            const manifest = await this.store.getManifest(file.manifestId)
+            if (manifest !== undefined) await this.blockProgress(job, i, manifest)
+          } else if (file.mode === 'plain' && !file.done) {
+            this.plainProgress(job, i)
+          }
+        }
+      }
+    }
+  }
+
+  private async setState (job: JobRecord, state: JobState): Promise<void> {
+    job.state = state
+    job.modifiedAt = new Date().toISOString()
+    if (state !== 'transient_error') job.retryAt = undefined
+    await this.persist(job)
+    this.emit('job:state', this.view(job))
+  }
+
+  /** Writes a job record; writes of one job are chained so that the last one wins. */
+  private async persist (job: JobRecord): Promise<void> {
+    const previous = this.writes.get(job.id) ?? Promise.resolve()
+    const next = previous.then(async () => await this.store.putJob(job)).catch((err: unknown) => {
+      this.logger.error('could not persist job', { jobId: job.id, err: String(err) })
+    })
+    this.writes.set(job.id, next)
+    await next
+    if (this.writes.get(job.id) === next) this.writes.delete(job.id)
+  }
+
+  private view (job: JobRecord): JobView {
+    const progress = (this.progress.get(job.id) ?? []).map((p, i) => {
+      const f = job.files[i]
+      if (f.bytesBySource !== undefined) {
+        return { bytesDone: Math.max(f.size, 0), fromOrigin: f.bytesBySource.origin, fromPeers: f.bytesBySource.peers, fromCache: f.bytesBySource.cache }
+      }
+      return p
+    })
+    return toView(job, { progress, reason: this.reasonFor(job) })
+  }
+
+  private reasonFor (job: JobRecord): string | undefined {
+    switch (job.state) {
+      case 'queued': {
+        if (this.running.has(job.id)) return undefined
+        const ahead = [...this.jobs.values()].filter(j => j.id !== job.id && j.priority !== 'foreground' &&
+          (this.running.has(j.id) || (j.state === 'queued' && byPriority(j, job) < 0))).length
+        return ahead > 0 ? `waiting: ${ahead} job${ahead === 1 ? '' : 's'} ahead` : 'waiting to start'
+      }
+      case 'transient_error': {
+        const seconds = Math.max(0, Math.round((Date.parse(job.retryAt ?? '') - Date.now()) / 1000))
+        return `${job.error?.message ?? 'transient error'}, next retry in ${seconds} s`
+      }
+      case 'error': return job.error?.message
+      case 'suspended': return 'suspended: resume it to continue'
+      case 'transferred': return job.autoComplete ? undefined : 'transferred: complete it to make the files visible'
+      default: return undefined
+    }
+  }
+
+  private requireJob (id: string): JobRecord {
+    const job = this.jobs.get(id)
+    if (job === undefined) throw new CanopyError('ERR_JOB_NOT_FOUND', `No job with id ${id}: list jobs with canopy jobs`)
+    return job
+  }
+
+  private requireNotFinal (job: JobRecord, verb: string): void {
+    if (FINAL_STATES.includes(job.state)) {
+      throw new CanopyError('ERR_INVALID_STATE', `The job is ${job.state}: it cannot ${verb} any more`)
+    }
+  }
+}
+
+function byPriority (a: JobRecord, b: JobRecord): number {
+  return PRIORITY_RANK[a.priority] - PRIORITY_RANK[b.priority] || a.createdAt.localeCompare(b.createdAt)
+}
+
+/** Exponential backoff with ±20% jitter, so that agents that failed together do not retry together. */
+export function backoff (attempt: number, minMs: number, maxMs: number): number {
+  const base = Math.min(maxMs, minMs * 2 ** Math.max(0, attempt - 1))
+  return Math.round(base * (0.8 + Math.random() * 0.4))
+}

@@ -1,0 +1,81 @@
+import { CanopyError } from '@canopy/core'
+
+/** Stable codes of the errors a job can end in (JobError.code). */
+export const JobErrorCode = {
+  Network: 'ERR_NETWORK',
+  HttpServer: 'ERR_HTTP_SERVER',
+  HttpNotFound: 'ERR_HTTP_NOT_FOUND',
+  HttpForbidden: 'ERR_HTTP_FORBIDDEN',
+  HttpStatus: 'ERR_HTTP_STATUS',
+  DigestMismatch: 'ERR_DIGEST_MISMATCH',
+  InvalidManifest: 'ERR_INVALID_MANIFEST',
+  DiskFull: 'ERR_DISK_FULL',
+  Destination: 'ERR_DESTINATION',
+  ProtocolViolation: 'ERR_PROTOCOL',
+  Internal: 'ERR_INTERNAL'
+} as const
+
+/**
+ * A failure of a transfer. `transient` failures (network down, origin 5xx, a short
+ * response) are retried with backoff; the others stop the job in `error` until the
+ * user resumes it.
+ */
+export class TransferError extends CanopyError {
+  readonly transient: boolean
+  readonly url?: string
+
+  constructor (code: string, message: string, options: { transient: boolean, url?: string, cause?: unknown }) {
+    super(code, message, { cause: options.cause })
+    this.name = 'TransferError'
+    this.transient = options.transient
+    this.url = options.url
+  }
+}
+
+const TRANSIENT_NETWORK_CODES = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENETDOWN', 'EPIPE', 'EAI_AGAIN',
+  'ENOTFOUND', 'ECONNABORTED', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_SOCKET', 'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CLOSED', 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH'
+])
+
+function errnoCode (err: unknown): string | undefined {
+  let e: unknown = err
+  // undici wraps socket errors; the errno code is on the error or its cause
+  for (let depth = 0; depth < 4 && e !== null && typeof e === 'object'; depth++) {
+    const code = (e as { code?: unknown }).code
+    if (typeof code === 'string' && (TRANSIENT_NETWORK_CODES.has(code) || code === 'ENOSPC' || code === 'EDQUOT' || code === 'EACCES' || code === 'EROFS' || code === 'EPERM')) return code
+    e = (e as { cause?: unknown }).cause
+  }
+  return undefined
+}
+
+/** Turns a thrown error into a TransferError with a plain-language reason. */
+export function classifyError (err: unknown, url?: string): TransferError {
+  if (err instanceof TransferError) return err
+  const code = errnoCode(err)
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new TransferError(JobErrorCode.DiskFull, 'The disk is full: free some space, then resume the job', { transient: false, url, cause: err })
+  }
+  if (code === 'EACCES' || code === 'EROFS' || code === 'EPERM') {
+    return new TransferError(JobErrorCode.Destination, `Cannot write the destination (${code}): check the folder's permissions, then resume the job`, { transient: false, url, cause: err })
+  }
+  if (code !== undefined) {
+    return new TransferError(JobErrorCode.Network, `origin unreachable (${code})`, { transient: true, url, cause: err })
+  }
+  const message = err instanceof Error ? err.message : String(err)
+  return new TransferError(JobErrorCode.Internal, `Unexpected failure: ${message}`, { transient: true, url, cause: err })
+}
+
+/** The error for an HTTP status the transfer cannot use. */
+export function httpStatusError (status: number, url: string): TransferError {
+  if (status === 404 || status === 410) {
+    return new TransferError(JobErrorCode.HttpNotFound, `The server has no file at ${url} (HTTP ${status}): check the URL`, { transient: false, url })
+  }
+  if (status === 401 || status === 403) {
+    return new TransferError(JobErrorCode.HttpForbidden, `The server refused access to ${url} (HTTP ${status}): check the credentials`, { transient: false, url })
+  }
+  if (status >= 500 || status === 408 || status === 429) {
+    return new TransferError(JobErrorCode.HttpServer, `the origin answered HTTP ${status}`, { transient: true, url })
+  }
+  return new TransferError(JobErrorCode.HttpStatus, `The server answered HTTP ${status} for ${url}`, { transient: false, url })
+}

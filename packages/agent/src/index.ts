@@ -1,0 +1,18 @@
+/**
+ * @canopy/agent: the daemon on each branch machine. Persistent BITS-style download
+ * jobs that fetch content in blocks verified against the origin's manifest.
+ */
+import { CanopyAgent } from './agent.ts'
+import type { AgentOptions } from './options.ts'
+
+export { CanopyAgent, AGENT_VERSION, backoff } from './agent.ts'
+export type { AgentEvents } from './agent.ts'
+export { AGENT_DEFAULTS } from './options.ts'
+export type { AgentOptions } from './options.ts'
+export { JobErrorCode, TransferError } from './errors.ts'
+export { JOB_LIMITS } from './jobs/validate.ts'
+
+/** Starts an agent: opens its state, recovers jobs, listens on its control socket. */
+export async function startAgent (options: AgentOptions): Promise<CanopyAgent> {
+  return await CanopyAgent.start(options)
+}

@@ -1,0 +1,161 @@
+import type { JobError, JobPriority, JobState, JobType, JobView, PublishedManifest } from '@canopy/core'
+import { blockCount, blockSpan } from '@canopy/core'
+
+/** One file of a job, as persisted. */
+export interface FileRecord {
+  url: string
+  /** Absolute destination. */
+  path: string
+  /** The partial file next to the destination (same filesystem, so completing is an atomic rename). */
+  partPath: string
+  /** Whole-file SHA-256 the caller expects (hex), if any. */
+  expectedSha256?: string
+  /** Size in bytes, -1 until known. */
+  size: number
+  /** Id of the manifest (kept in the manifest store) once fetched; absent for plain downloads. */
+  manifestId?: string
+  /** 'blocks' when a manifest drives the transfer, 'plain' without one; unset until discovered. */
+  mode?: 'blocks' | 'plain'
+  /** Plain mode: validators of the remote file, for resuming with If-Range. */
+  etag?: string
+  lastModified?: string
+  /** Plain mode: bytes at the start of the partial file known to be written. */
+  plainBytes?: number
+  /** Bytes by source, kept when the job completes (its block marks are deleted then). */
+  bytesBySource?: { origin: number, peers: number, cache: number }
+  /** Verified whole-file SHA-256 (hex), set when the file is complete. */
+  sha256?: string
+  done: boolean
+}
+
+/** A job as persisted in the job store. Progress by block lives beside it (see JobStore). */
+export interface JobRecord {
+  id: string
+  name: string
+  type: JobType
+  priority: JobPriority
+  state: JobState
+  files: FileRecord[]
+  autoComplete: boolean
+  error?: JobError
+  /** Consecutive transient failures, for backoff. */
+  retryCount: number
+  retryAt?: string
+  createdAt: string
+  modifiedAt: string
+  transferredAt?: string
+  completedAt?: string
+}
+
+/** Where a verified block came from (stored as the value of its progress mark). */
+export type BlockSource = 'origin' | 'peer' | 'cache'
+
+/** In-memory progress of one file, rebuilt from the store on load. */
+export class FileProgress {
+  /** One byte per block: 0 missing, else the source code (1 origin, 2 peer, 3 cache). */
+  readonly blocks: Uint8Array
+  bytesDone = 0
+  fromOrigin = 0
+  fromPeers = 0
+  fromCache = 0
+  /** Length of the contiguous completed prefix, in blocks. */
+  prefixBlocks = 0
+  readonly size: number
+  readonly blockSize: number
+
+  constructor (size: number, blockSize: number) {
+    this.size = size
+    this.blockSize = blockSize
+    this.blocks = new Uint8Array(size >= 0 && blockSize > 0 ? blockCount(size, blockSize) : 0)
+  }
+
+  has (index: number): boolean {
+    return this.blocks[index] !== 0
+  }
+
+  mark (index: number, source: BlockSource): void {
+    if (this.blocks[index] !== 0) return
+    this.blocks[index] = source === 'origin' ? 1 : source === 'peer' ? 2 : 3
+    const { length } = blockSpan(index, this.size, this.blockSize)
+    this.bytesDone += length
+    if (source === 'origin') this.fromOrigin += length
+    else if (source === 'peer') this.fromPeers += length
+    else this.fromCache += length
+    while (this.prefixBlocks < this.blocks.length && this.blocks[this.prefixBlocks] !== 0) this.prefixBlocks++
+  }
+
+  unmark (index: number): void {
+    const code = this.blocks[index]
+    if (code === 0) return
+    this.blocks[index] = 0
+    const { length } = blockSpan(index, this.size, this.blockSize)
+    this.bytesDone -= length
+    if (code === 1) this.fromOrigin -= length
+    else if (code === 2) this.fromPeers -= length
+    else this.fromCache -= length
+    if (index < this.prefixBlocks) this.prefixBlocks = index
+  }
+
+  /** Bytes of the contiguous completed prefix. */
+  get prefixBytes (): number {
+    return Math.min(this.prefixBlocks * this.blockSize, this.size)
+  }
+
+  get complete (): boolean {
+    return this.prefixBlocks === this.blocks.length
+  }
+}
+
+/** Live, derived numbers of a job that the view needs besides the record. */
+export interface JobLive {
+  progress: Array<{ bytesDone: number, fromOrigin: number, fromPeers: number, fromCache: number } | undefined>
+  reason?: string
+}
+
+export function toView (job: JobRecord, live: JobLive): JobView {
+  let total = 0
+  let transferred = 0
+  let fromOrigin = 0
+  let fromPeers = 0
+  let fromCache = 0
+  let unknown = false
+  const files = job.files.map((f, i) => {
+    const p = live.progress[i]
+    const done = f.done ? Math.max(f.size, 0) : p?.bytesDone ?? 0
+    if (f.size < 0) unknown = true
+    total += Math.max(f.size, 0)
+    transferred += done
+    fromOrigin += p?.fromOrigin ?? 0
+    fromPeers += p?.fromPeers ?? 0
+    fromCache += p?.fromCache ?? 0
+    return {
+      url: f.url,
+      path: f.path,
+      bytesTotal: f.size,
+      bytesTransferred: done,
+      ...(f.manifestId !== undefined ? { manifestId: f.manifestId } : {}),
+      ...(f.sha256 !== undefined ? { sha256: f.sha256 } : {})
+    }
+  })
+  return {
+    id: job.id,
+    name: job.name,
+    type: job.type,
+    priority: job.priority,
+    state: job.state,
+    ...(live.reason !== undefined ? { reason: live.reason } : {}),
+    files,
+    bytes: { total: unknown ? -1 : total, transferred, fromOrigin, fromPeers, fromCache },
+    filesTransferred: job.files.filter(f => f.done).length,
+    filesTotal: job.files.length,
+    ...(job.error !== undefined ? { error: job.error } : {}),
+    autoComplete: job.autoComplete,
+    ...(job.retryAt !== undefined ? { retryAt: job.retryAt } : {}),
+    createdAt: job.createdAt,
+    modifiedAt: job.modifiedAt,
+    ...(job.transferredAt !== undefined ? { transferredAt: job.transferredAt } : {}),
+    ...(job.completedAt !== undefined ? { completedAt: job.completedAt } : {})
+  }
+}
+
+export type { PublishedManifest }

@@ -1,0 +1,66 @@
+import { statSync } from 'node:fs'
+import { dirname, isAbsolute } from 'node:path'
+import { CanopyError, PRIORITIES } from '@canopy/core'
+import type { CreateJobRequest } from '@canopy/core'
+
+/** Limits that protect the agent from oversized requests. */
+export const JOB_LIMITS = {
+  filesPerJob: 1000,
+  urlLength: 8192,
+  nameLength: 256,
+  pathLength: 4096
+} as const
+
+function bad (message: string): CanopyError {
+  return new CanopyError('ERR_INVALID_REQUEST', message)
+}
+
+/** Checks a job request from the API; throws ERR_INVALID_REQUEST with what to fix. */
+export function validateCreateJob (body: unknown): CreateJobRequest {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw bad('The request body must be a JSON object')
+  const req = body as Record<string, unknown>
+  if (req.type !== undefined && req.type !== 'download') throw bad(`Job type ${JSON.stringify(req.type)} is not supported: use "download"`)
+  if (req.priority !== undefined && !PRIORITIES.includes(req.priority as never)) throw bad(`Priority must be one of ${PRIORITIES.join(', ')}`)
+  if (req.name !== undefined && (typeof req.name !== 'string' || req.name.length > JOB_LIMITS.nameLength)) throw bad(`name must be a string of at most ${JOB_LIMITS.nameLength} characters`)
+  for (const flag of ['autoComplete', 'start'] as const) {
+    if (req[flag] !== undefined && typeof req[flag] !== 'boolean') throw bad(`${flag} must be true or false`)
+  }
+  if (!Array.isArray(req.files) || req.files.length === 0) throw bad('files must be a non-empty array of { url, path }')
+  if (req.files.length > JOB_LIMITS.filesPerJob) throw bad(`A job holds at most ${JOB_LIMITS.filesPerJob} files`)
+  const seen = new Set<string>()
+  const files = req.files.map((f: unknown, i: number) => {
+    if (typeof f !== 'object' || f === null) throw bad(`files[${i}] must be an object { url, path }`)
+    const { url, path, sha256 } = f as Record<string, unknown>
+    if (typeof url !== 'string' || url.length > JOB_LIMITS.urlLength) throw bad(`files[${i}].url must be a URL of at most ${JOB_LIMITS.urlLength} characters`)
+    let parsed: URL
+    try {
+      parsed = new URL(url)
+    } catch {
+      throw bad(`files[${i}].url "${url.slice(0, 200)}" is not a valid URL`)
+    }
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw bad(`files[${i}].url must be http or https, not ${parsed.protocol}`)
+    if (typeof path !== 'string' || !isAbsolute(path) || path.length > JOB_LIMITS.pathLength || path.includes('\0')) {
+      throw bad(`files[${i}].path must be an absolute path`)
+    }
+    if (seen.has(path)) throw bad(`files[${i}].path ${path} appears twice in the job`)
+    seen.add(path)
+    let dir
+    try {
+      dir = statSync(dirname(path))
+    } catch {
+      throw bad(`The folder ${dirname(path)} does not exist: create it first`)
+    }
+    if (!dir.isDirectory()) throw bad(`${dirname(path)} is not a folder`)
+    if (sha256 !== undefined && (typeof sha256 !== 'string' || !/^[0-9a-fA-F]{64}$/.test(sha256))) {
+      throw bad(`files[${i}].sha256 must be 64 hex digits`)
+    }
+    return { url: parsed.toString(), path, ...(typeof sha256 === 'string' ? { sha256: sha256.toLowerCase() } : {}) }
+  })
+  return {
+    files,
+    ...(req.name !== undefined ? { name: req.name as string } : {}),
+    ...(req.priority !== undefined ? { priority: req.priority as CreateJobRequest['priority'] } : {}),
+    ...(req.autoComplete !== undefined ? { autoComplete: req.autoComplete as boolean } : {}),
+    ...(req.start !== undefined ? { start: req.start as boolean } : {})
+  }
+}

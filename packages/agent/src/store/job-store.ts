@@ -1,0 +1,96 @@
+import { Level } from 'level'
+import type { PublishedManifest } from '@canopy/core'
+import { CanopyError } from '@canopy/core'
+import type { BlockSource, JobRecord } from '../jobs/job.ts'
+
+const SOURCE_CODES: Record<BlockSource, string> = { origin: 'o', peer: 'p', cache: 'c' }
+const CODE_SOURCES: Record<string, BlockSource> = { o: 'origin', p: 'peer', c: 'cache' }
+
+function blockKey (jobId: string, file: number, block: number): string {
+  // Fixed-width numbers keep a job's marks in order under one prefix.
+  return `${jobId}!${file.toString().padStart(5, '0')}!${block.toString().padStart(8, '0')}`
+}
+
+/**
+ * The agent's persistent state in one `level` database:
+ * - `jobs`: JobRecord by job id (small; rewritten on state changes);
+ * - `blocks`: one mark per verified block written to a partial file, valued by
+ *   its source. Marks are written after the block's bytes are written, so after
+ *   a crash a job refetches at most the blocks that were in flight;
+ * - `manifests`: published manifests (with their content keys) by manifest id.
+ */
+export class JobStore {
+  private readonly db: Level<string, string>
+  private readonly jobs
+  private readonly blocks
+  private readonly manifests
+
+  constructor (location: string) {
+    this.db = new Level<string, string>(location)
+    this.jobs = this.db.sublevel<string, JobRecord>('jobs', { valueEncoding: 'json' })
+    this.blocks = this.db.sublevel<string, string>('blocks', { valueEncoding: 'utf8' })
+    this.manifests = this.db.sublevel<string, PublishedManifest>('manifests', { valueEncoding: 'json' })
+  }
+
+  async open (): Promise<void> {
+    try {
+      await this.db.open()
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string } }).cause
+      if (cause?.code === 'LEVEL_LOCKED') {
+        throw new CanopyError('ERR_AGENT_ALREADY_RUNNING', 'Another Canopy agent is using this state directory: stop it first, or pick another --state-dir', { cause: err })
+      }
+      throw err
+    }
+  }
+
+  async close (): Promise<void> {
+    await this.db.close()
+  }
+
+  async putJob (job: JobRecord): Promise<void> {
+    await this.jobs.put(job.id, job)
+  }
+
+  async getJob (id: string): Promise<JobRecord | undefined> {
+    return await this.jobs.get(id)
+  }
+
+  async allJobs (): Promise<JobRecord[]> {
+    return await this.jobs.values().all()
+  }
+
+  async deleteJob (id: string): Promise<void> {
+    await this.clearBlocks(id)
+    await this.jobs.del(id)
+  }
+
+  async markBlock (jobId: string, file: number, block: number, source: BlockSource): Promise<void> {
+    await this.blocks.put(blockKey(jobId, file, block), SOURCE_CODES[source])
+  }
+
+  async unmarkBlock (jobId: string, file: number, block: number): Promise<void> {
+    await this.blocks.del(blockKey(jobId, file, block))
+  }
+
+  /** The verified blocks of one file of a job, with their sources. */
+  async *markedBlocks (jobId: string, file: number): AsyncGenerator<{ block: number, source: BlockSource }> {
+    const prefix = `${jobId}!${file.toString().padStart(5, '0')}!`
+    for await (const [key, value] of this.blocks.iterator({ gte: prefix, lt: `${prefix}~` })) {
+      yield { block: Number(key.slice(prefix.length)), source: CODE_SOURCES[value] ?? 'origin' }
+    }
+  }
+
+  async clearBlocks (jobId: string, file?: number): Promise<void> {
+    const prefix = file === undefined ? `${jobId}!` : `${jobId}!${file.toString().padStart(5, '0')}!`
+    await this.blocks.clear({ gte: prefix, lt: `${prefix}~` })
+  }
+
+  async putManifest (manifest: PublishedManifest): Promise<void> {
+    await this.manifests.put(manifest.id, manifest)
+  }
+
+  async getManifest (id: string): Promise<PublishedManifest | undefined> {
+    return await this.manifests.get(id)
+  }
+}

@@ -1,0 +1,174 @@
+import { Agent as Dispatcher, request } from 'undici'
+import { MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, SIDECAR_SUFFIX, decodeManifest } from '@canopy/core'
+import type { PublishedManifest } from '@canopy/core'
+import { JobErrorCode, TransferError, classifyError, httpStatusError } from '../errors.ts'
+
+type Body = Awaited<ReturnType<typeof request>>['body']
+
+export interface HttpOptions {
+  /** Connections per origin; also the most block requests in flight to one origin. */
+  connections: number
+  /** Milliseconds to wait for response headers, and between body chunks. */
+  timeoutMs: number
+}
+
+/** One keep-alive connection pool per agent, shared by all jobs. */
+export function createDispatcher (options: HttpOptions): Dispatcher {
+  return new Dispatcher({
+    connections: options.connections,
+    headersTimeout: options.timeoutMs,
+    bodyTimeout: options.timeoutMs,
+    keepAliveTimeout: 30_000
+  })
+}
+
+export interface RangeResponse {
+  /** 206: the bytes asked for, exactly. */
+  kind: 'partial'
+  bytes: Buffer
+}
+
+export interface FullResponse {
+  /** 200: the server ignored Range; the caller owns `body` and must consume or destroy it. */
+  kind: 'full'
+  body: Body
+  contentLength: number
+  headers: Record<string, string | string[] | undefined>
+}
+
+/**
+ * Stops reading a response body we do not want. undici emits an error on a body
+ * destroyed before its end; nobody waits for this one, so swallow it.
+ */
+export function discard (body: Body): void {
+  body.on('error', () => {})
+  body.destroy()
+}
+
+/** Reads exactly `length` bytes of a body into one buffer; more or fewer is an error. */
+export async function readExactly (body: Body, length: number, url: string): Promise<Buffer> {
+  const out = Buffer.allocUnsafe(length)
+  let filled = 0
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    if (filled + chunk.length > length) {
+      discard(body)
+      throw new TransferError(JobErrorCode.ProtocolViolation, `the server sent more bytes than the range asked for (${url})`, { transient: true, url })
+    }
+    chunk.copy(out, filled)
+    filled += chunk.length
+  }
+  if (filled !== length) {
+    throw new TransferError(JobErrorCode.Network, `the connection closed after ${filled} of ${length} bytes`, { transient: true, url })
+  }
+  return out
+}
+
+/** Reads a whole body up to `limit` bytes. */
+export async function readBounded (body: Body, limit: number, url: string): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  let total = 0
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    total += chunk.length
+    if (total > limit) {
+      discard(body)
+      throw new TransferError(JobErrorCode.ProtocolViolation, `the response from ${url} is larger than ${limit} bytes`, { transient: false, url })
+    }
+    chunks.push(chunk)
+  }
+  return Buffer.concat(chunks, total)
+}
+
+function header (headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
+  const v = headers[name]
+  return Array.isArray(v) ? v[0] : v
+}
+
+/**
+ * GETs bytes [offset, offset+length) of `url`. A 206 must carry a Content-Range for
+ * exactly those bytes. A 200 means the server ignores Range: the body is handed back
+ * for the caller to stream.
+ */
+export async function fetchRange (dispatcher: Dispatcher, url: string, offset: number, length: number,
+  headers: Record<string, string>, signal: AbortSignal): Promise<RangeResponse | FullResponse> {
+  let res
+  try {
+    res = await request(url, {
+      dispatcher,
+      method: 'GET',
+      headers: { ...headers, range: `bytes=${offset}-${offset + length - 1}` },
+      signal
+    })
+  } catch (err) {
+    if (signal.aborted) throw err
+    throw classifyError(err, url)
+  }
+  if (res.statusCode === 206) {
+    const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header(res.headers, 'content-range') ?? '')
+    if (range === null || Number(range[1]) !== offset || Number(range[2]) !== offset + length - 1) {
+      discard(res.body)
+      throw new TransferError(JobErrorCode.ProtocolViolation,
+        `the server answered a different range than asked for (${header(res.headers, 'content-range') ?? 'no Content-Range'})`, { transient: true, url })
+    }
+    try {
+      return { kind: 'partial', bytes: await readExactly(res.body, length, url) }
+    } catch (err) {
+      if (signal.aborted) throw err
+      throw classifyError(err, url)
+    }
+  }
+  if (res.statusCode === 200) {
+    return { kind: 'full', body: res.body, contentLength: Number(header(res.headers, 'content-length') ?? -1), headers: res.headers }
+  }
+  discard(res.body)
+  if (res.statusCode === 416) {
+    throw new TransferError(JobErrorCode.HttpStatus, 'the file on the server is shorter than its manifest says: it changed', { transient: true, url })
+  }
+  throw httpStatusError(res.statusCode, url)
+}
+
+/** The URL of the static sidecar manifest of `url` (`<path>.canopy`, query kept). */
+export function sidecarUrl (url: string): string {
+  const u = new URL(url)
+  u.pathname += SIDECAR_SUFFIX
+  return u.toString()
+}
+
+/**
+ * Finds the manifest of `url`: content negotiation on the same URL first, then the
+ * static sidecar `<url>.canopy`; `undefined` when the server publishes neither.
+ * A manifest that is present but invalid is an error, not "no manifest": the
+ * publisher made a mistake the user should hear about.
+ */
+export async function discoverManifest (dispatcher: Dispatcher, url: string, headers: Record<string, string>,
+  signal: AbortSignal): Promise<PublishedManifest | undefined> {
+  const get = async (target: string, accept: string) => {
+    try {
+      return await request(target, { dispatcher, method: 'GET', headers: { ...headers, accept }, signal })
+    } catch (err) {
+      if (signal.aborted) throw err
+      throw classifyError(err, target)
+    }
+  }
+  const decode = async (body: Body, from: string): Promise<PublishedManifest> => {
+    const bytes = await readBounded(body, MAX_MANIFEST_BYTES, from)
+    try {
+      return decodeManifest(bytes)
+    } catch (err) {
+      throw new TransferError(JobErrorCode.InvalidManifest, `${(err as Error).message} (from ${from})`, { transient: false, url: from, cause: err })
+    }
+  }
+
+  const res = await get(url, `${MANIFEST_MEDIA_TYPE}, */*;q=0.1`)
+  const type = header(res.headers, 'content-type') ?? ''
+  if (res.statusCode === 200 && type.startsWith(MANIFEST_MEDIA_TYPE)) return await decode(res.body, url)
+  // The server answered with the content itself (or an error): stop reading it now.
+  discard(res.body)
+  if (res.statusCode !== 200 && res.statusCode !== 206) throw httpStatusError(res.statusCode, url)
+
+  const sidecar = sidecarUrl(url)
+  const side = await get(sidecar, `${MANIFEST_MEDIA_TYPE}, application/json;q=0.9, */*;q=0.1`)
+  if (side.statusCode === 200) return await decode(side.body, sidecar)
+  discard(side.body)
+  if (side.statusCode === 404 || side.statusCode === 410 || side.statusCode === 403 || side.statusCode === 401) return undefined
+  throw httpStatusError(side.statusCode, sidecar)
+}

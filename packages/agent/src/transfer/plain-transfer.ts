@@ -1,0 +1,154 @@
+import { request } from 'undici'
+import type { Agent as Dispatcher } from 'undici'
+import type { Logger } from '@canopy/core'
+import { JobErrorCode, TransferError, classifyError, httpStatusError } from '../errors.ts'
+import type { FileRecord } from '../jobs/job.ts'
+import { discard } from './http.ts'
+import { openPartial, writeFully } from './partial-file.ts'
+import { WholeFileHasher } from './whole-file-hasher.ts'
+
+/** Progress of a download without a manifest: a contiguous prefix. */
+export interface PlainProgress {
+  bytesDone: number
+  fromOrigin: number
+  fromPeers: 0
+  fromCache: 0
+}
+
+export interface PlainTransferOptions {
+  file: FileRecord
+  progress: PlainProgress
+  dispatcher: Dispatcher
+  headers: Record<string, string>
+  /** Persists `file` (size, validators, plainBytes) after the bytes it counts are written. */
+  persist: () => Promise<void>
+  onProgress: () => void
+  logger: Logger
+  signal: AbortSignal
+}
+
+const WRITE_CHUNK = 1024 * 1024
+const PERSIST_EVERY = 8 * 1024 * 1024
+
+/**
+ * A resumable download without a manifest: one streamed GET, resumed with
+ * `Range` + `If-Range` (so a changed remote file restarts from byte 0). Such a file
+ * is verified only against the digest the caller supplied, and never shared.
+ * Resolves with the file's SHA-256.
+ */
+export async function transferPlain (o: PlainTransferOptions): Promise<string> {
+  const { file } = o
+  const validator = file.etag ?? file.lastModified
+  let have = validator !== undefined ? file.plainBytes ?? 0 : 0
+  const headers: Record<string, string> = { ...o.headers }
+  if (have > 0 && validator !== undefined) {
+    headers.range = `bytes=${have}-`
+    headers['if-range'] = validator
+  }
+  let res
+  try {
+    res = await request(file.url, { dispatcher: o.dispatcher, method: 'GET', headers, signal: o.signal })
+  } catch (err) {
+    if (o.signal.aborted) throw err
+    throw classifyError(err, file.url)
+  }
+  const header = (name: string): string | undefined => {
+    const v = res.headers[name]
+    return Array.isArray(v) ? v[0] : v
+  }
+  let size: number
+  if (res.statusCode === 206 && have > 0) {
+    const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(header('content-range') ?? '')
+    if (range === null || Number(range[1]) !== have) {
+      discard(res.body)
+      throw new TransferError(JobErrorCode.ProtocolViolation, `the server resumed at the wrong offset (${header('content-range') ?? 'no Content-Range'})`, { transient: true, url: file.url })
+    }
+    size = Number(range[3])
+  } else if (res.statusCode === 200) {
+    if (have > 0) o.logger.info('the remote file changed or cannot be resumed; starting over', { url: file.url })
+    have = 0
+    const length = header('content-length')
+    size = length !== undefined ? Number(length) : -1
+  } else if (res.statusCode === 416 && have > 0 && have === file.size) {
+    discard(res.body)
+    size = have
+  } else {
+    discard(res.body)
+    throw httpStatusError(res.statusCode, file.url)
+  }
+  file.size = size
+  file.etag = header('etag')
+  file.lastModified = header('last-modified')
+  file.plainBytes = have
+  o.progress.bytesDone = have
+  o.progress.fromOrigin = have
+  await o.persist()
+
+  const handle = await openPartial(file.partPath, have)
+  const hasher = new WholeFileHasher(file.partPath)
+  let persistedAt = have
+  try {
+    hasher.advance(have)
+    const buffer = Buffer.allocUnsafe(WRITE_CHUNK)
+    let filled = 0
+    const flush = async (): Promise<void> => {
+      if (filled === 0) return
+      await writeFully(handle, buffer.subarray(0, filled), have)
+      have += filled
+      filled = 0
+      o.progress.bytesDone = have
+      o.progress.fromOrigin = have
+      hasher.advance(have)
+      o.onProgress()
+      if (have - persistedAt >= PERSIST_EVERY) {
+        file.plainBytes = have
+        persistedAt = have
+        await o.persist()
+      }
+    }
+    try {
+      for await (const chunk of res.body as AsyncIterable<Buffer>) {
+        let at = 0
+        while (at < chunk.length) {
+          const take = Math.min(WRITE_CHUNK - filled, chunk.length - at)
+          chunk.copy(buffer, filled, at, at + take)
+          filled += take
+          at += take
+          if (filled === WRITE_CHUNK) await flush()
+        }
+      }
+      await flush()
+    } catch (err) {
+      discard(res.body)
+      await flush().catch(() => {})
+      file.plainBytes = have
+      await o.persist()
+      if (o.signal.aborted) throw err
+      throw classifyError(err, file.url)
+    }
+    if (size >= 0 && have !== size) {
+      file.plainBytes = have
+      await o.persist()
+      throw new TransferError(JobErrorCode.Network, `the connection closed after ${have} of ${size} bytes`, { transient: true, url: file.url })
+    }
+    file.size = have
+    file.plainBytes = have
+    await handle.datasync()
+    await o.persist()
+    const digest = await hasher.finish(have)
+    if (file.expectedSha256 !== undefined && digest !== file.expectedSha256) {
+      // Start over next time: these bytes are not the file the caller asked for.
+      file.plainBytes = 0
+      file.etag = undefined
+      file.lastModified = undefined
+      await o.persist()
+      throw new TransferError(JobErrorCode.DigestMismatch,
+        `The downloaded file's SHA-256 is ${digest}, not the ${file.expectedSha256} you gave: check the digest or the URL, then resume the job`,
+        { transient: false, url: file.url })
+    }
+    return digest
+  } finally {
+    await hasher.close()
+    await handle.close().catch(() => {})
+  }
+}
