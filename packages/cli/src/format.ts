@@ -1,0 +1,176 @@
+/**
+ * Human formatting for the CLI: tables, the progress line, sizes, rates and
+ * durations. Pure functions; nothing here prints.
+ */
+import { formatBytes } from '@canopy/core'
+import type { AgentStatus, JobBytes, JobState, JobView } from '@canopy/core'
+
+export { formatBytes }
+
+/** 12.5 MiB/s; "-" when unknown. */
+export function formatRate (bytesPerSecond: number | undefined): string {
+  if (bytesPerSecond === undefined || !Number.isFinite(bytesPerSecond) || bytesPerSecond < 0) return '-'
+  return `${formatBytes(Math.round(bytesPerSecond))}/s`
+}
+
+/** 42 s, 3m05s, 2h07m, 3d04h. */
+export function formatDuration (seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return '-'
+  const s = Math.round(seconds)
+  if (s < 60) return `${s} s`
+  const two = (n: number): string => String(n).padStart(2, '0')
+  if (s < 3600) return `${Math.floor(s / 60)}m${two(s % 60)}s`
+  if (s < 86400) return `${Math.floor(s / 3600)}h${two(Math.floor(s / 60) % 60)}m`
+  return `${Math.floor(s / 86400)}d${two(Math.floor(s / 3600) % 24)}h`
+}
+
+/** "45%" (floored, so 100% means done); "" when the total is unknown. */
+export function formatPercent (done: number, total: number): string {
+  if (total < 0) return ''
+  if (total === 0) return '100%'
+  return `${Math.floor(Math.min(1, done / total) * 100)}%`
+}
+
+/** "12.0 MiB / 100 MiB 12%", or "12.0 MiB / ?" while the size is unknown. */
+export function formatProgress (bytes: Pick<JobBytes, 'total' | 'transferred'>): string {
+  if (bytes.total < 0) return `${formatBytes(bytes.transferred)} / ?`
+  return `${formatBytes(bytes.transferred)} / ${formatBytes(bytes.total)} ${formatPercent(bytes.transferred, bytes.total)}`
+}
+
+/** "transient_error (retrying in 8 s: origin answered 503)". */
+export function formatState (job: Pick<JobView, 'state' | 'reason'>): string {
+  if (job.reason === undefined || job.reason === '') return job.state
+  // Reasons that already name the state ("suspended: resume it to continue") stand alone.
+  return job.reason.startsWith(job.state) ? job.reason : `${job.state} (${job.reason})`
+}
+
+/** Cuts a string to `width` characters, ending it with "…" when cut. */
+export function truncate (text: string, width: number): string {
+  if (width <= 0) return ''
+  return text.length <= width ? text : `${text.slice(0, Math.max(0, width - 1))}…`
+}
+
+/** A left-aligned table with two spaces between columns; the last column is not padded. */
+export function formatTable (headers: readonly string[], rows: ReadonlyArray<readonly string[]>): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
+  const line = (cells: readonly string[]): string =>
+    cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd()
+  return [line(headers), ...rows.map(line)].join('\n') + '\n'
+}
+
+/** The table of `canopy jobs`. */
+export function formatJobsTable (jobs: readonly JobView[]): string {
+  return formatTable(
+    ['ID', 'NAME', 'STATE', 'PROGRESS', 'PRIORITY'],
+    jobs.map(j => [j.id, truncate(j.name, 40), truncate(formatState(j), 50), formatProgress(j.bytes), j.priority])
+  )
+}
+
+function when (iso: string | undefined): string | undefined {
+  if (iso === undefined) return undefined
+  const t = Date.parse(iso)
+  return Number.isNaN(t) ? iso : new Date(t).toLocaleString()
+}
+
+function fields (pairs: ReadonlyArray<readonly [string, string | undefined]>): string {
+  const present = pairs.filter((p): p is readonly [string, string] => p[1] !== undefined)
+  const width = Math.max(...present.map(([k]) => k.length))
+  return present.map(([k, v]) => `${`${k}:`.padEnd(width + 2)}${v}`).join('\n') + '\n'
+}
+
+/** The details of `canopy job <id>`. */
+export function formatJobDetails (job: JobView): string {
+  const b = job.bytes
+  let out = fields([
+    ['id', job.id],
+    ['name', job.name],
+    ['type', job.type],
+    ['priority', job.priority],
+    ['state', formatState(job)],
+    ['progress', `${formatProgress(b)}, files ${job.filesTransferred}/${job.filesTotal}`],
+    ['sources', `origin ${formatBytes(b.fromOrigin)}, peers ${formatBytes(b.fromPeers)}, cache ${formatBytes(b.fromCache)}`],
+    ['auto-complete', job.autoComplete ? 'yes' : 'no'],
+    ['error', job.error === undefined
+      ? undefined
+      : `${job.error.code}: ${job.error.message}${job.error.transient ? ' (transient: retrying)' : ''}${job.error.url === undefined ? '' : ` [${job.error.url}]`} at ${when(job.error.at)}`],
+    ['retry at', when(job.retryAt)],
+    ['created', when(job.createdAt)],
+    ['modified', when(job.modifiedAt)],
+    ['transferred', when(job.transferredAt)],
+    ['completed', when(job.completedAt)]
+  ])
+  out += `files (${job.files.length}):\n`
+  for (const f of job.files) {
+    out += `  ${f.url}\n    -> ${f.path}\n`
+    out += `    ${formatProgress({ total: f.bytesTotal, transferred: f.bytesTransferred })}`
+    if (f.manifestId !== undefined) out += `, manifest ${f.manifestId}`
+    else out += ', no manifest (not shared with peers)'
+    if (f.sha256 !== undefined) out += `, sha256 ${f.sha256}`
+    out += '\n'
+  }
+  return out
+}
+
+/** The output of `canopy status`. */
+export function formatStatus (status: AgentStatus, now = Date.now()): string {
+  const counts = Object.entries(status.jobs ?? {})
+    .filter(([, n]) => n > 0)
+    .map(([state, n]) => `${n} ${state}`)
+  const started = Date.parse(status.startedAt)
+  return fields([
+    ['agent', `running, pid ${status.pid}, version ${status.version}`],
+    ['state dir', status.stateDir],
+    ['up', Number.isNaN(started) ? status.startedAt : `${formatDuration((now - started) / 1000)} (since ${when(status.startedAt)})`],
+    ['jobs', counts.length === 0 ? 'none' : counts.join(', ')]
+  ])
+}
+
+export interface ProgressLineOptions {
+  /** Current rate in bytes per second, when known. */
+  rate?: number
+  /** Terminal width; the line is cut to fit. */
+  columns?: number
+}
+
+const STATE_WORDS: Partial<Record<JobState, string>> = {
+  transient_error: 'retrying'
+}
+
+/**
+ * One line of progress: `[=====>     ]  45%  45.0 MiB / 100 MiB  12.3 MiB/s  ETA 4 s  transferring`.
+ * Without a known total: bytes and rate only.
+ */
+export function formatProgressLine (job: Pick<JobView, 'state' | 'reason' | 'bytes'>, opts: ProgressLineOptions = {}): string {
+  const columns = opts.columns !== undefined && opts.columns > 0 ? Math.max(20, opts.columns) : 80
+  const { total, transferred } = job.bytes
+  const parts: string[] = []
+  if (total >= 0) {
+    const fraction = total === 0 ? 1 : Math.min(1, transferred / total)
+    const width = columns >= 100 ? 30 : columns >= 70 ? 20 : 10
+    const filled = Math.floor(fraction * width)
+    parts.push(`[${'='.repeat(filled)}${filled < width ? '>' : ''}${' '.repeat(Math.max(0, width - filled - 1))}]`)
+    parts.push(formatPercent(transferred, total).padStart(4))
+    parts.push(`${formatBytes(transferred)} / ${formatBytes(total)}`)
+  } else {
+    parts.push(`${formatBytes(transferred)} / ?`)
+  }
+  if (job.state === 'transferring') {
+    parts.push(formatRate(opts.rate))
+    if (total >= 0 && opts.rate !== undefined && opts.rate > 0) {
+      parts.push(`ETA ${formatDuration((total - transferred) / opts.rate)}`)
+    }
+  }
+  const word = STATE_WORDS[job.state] ?? job.state
+  parts.push(job.reason === undefined || job.reason === '' ? word : `${word}: ${job.reason}`)
+  return truncate(parts.join('  '), columns - 1)
+}
+
+/** `<path>: <size> in <secs> s (<rate>/s), from origin <x>, peers <y>[, cache <z>]`. */
+export function formatSummary (path: string, bytes: JobBytes, seconds: number): string {
+  const size = Math.max(0, bytes.total >= 0 ? bytes.total : bytes.transferred)
+  const secs = Math.max(seconds, 0.001)
+  let line = `${path}: ${formatBytes(size)} in ${seconds.toFixed(1)} s (${formatRate(size / secs)}), ` +
+    `from origin ${formatBytes(bytes.fromOrigin)}, peers ${formatBytes(bytes.fromPeers)}`
+  if (bytes.fromCache > 0) line += `, cache ${formatBytes(bytes.fromCache)}`
+  return line
+}

@@ -1,0 +1,91 @@
+/** What every verb of `canopy` is made of, and the helpers they share. */
+import { isAbsolute, resolve } from 'node:path'
+import type { ParseArgsOptionsConfig } from 'node:util'
+import { CanopyClient } from '@canopy/client'
+import { UsageError } from './errors.ts'
+
+export type Values = Record<string, string | boolean | undefined>
+
+export interface VerbContext {
+  values: Values
+  positionals: string[]
+  /** `--state-dir` as given (after or before the verb), made absolute; undefined when absent. */
+  stateDirFlag?: string
+  /** The agent's state directory: `--state-dir`, else CANOPY_STATE_DIR, else the platform default. Absolute. */
+  stateDir: string
+}
+
+export interface Verb {
+  name: string
+  /** One line for `canopy help`. */
+  summary: string
+  /** The full `--help` text: usage, description, options, examples (the exit-code footer is added). */
+  help: string
+  /** The verb's own flags; `--help` and `--state-dir` are added to every verb. */
+  options: ParseArgsOptionsConfig
+  positionals: { min: number, max: number, name: string }
+  run: (ctx: VerbContext) => Promise<number>
+}
+
+/** Options every verb accepts. */
+export const COMMON_OPTIONS: ParseArgsOptionsConfig = {
+  help: { type: 'boolean', short: 'h' },
+  'state-dir': { type: 'string' }
+}
+
+export const JSON_OPTION: ParseArgsOptionsConfig = { json: { type: 'boolean' } }
+
+export function absolute (path: string): string {
+  return isAbsolute(path) ? path : resolve(process.cwd(), path)
+}
+
+export function str (values: Values, name: string): string | undefined {
+  const v = values[name]
+  return typeof v === 'string' ? v : undefined
+}
+
+export function flag (values: Values, name: string): boolean {
+  return values[name] === true
+}
+
+/** Writes data to stdout. */
+export function out (text: string): void {
+  process.stdout.write(text)
+}
+
+/** Writes a message line to stderr. */
+export function say (line: string): void {
+  process.stderr.write(line.endsWith('\n') ? line : `${line}\n`)
+}
+
+/** Exactly one JSON document on stdout. */
+export function printJson (value: unknown): void {
+  out(JSON.stringify(value, null, 2) + '\n')
+}
+
+/** Runs `fn` with a client of the agent of `ctx.stateDir`, closing it afterwards. */
+export async function withClient<T> (ctx: VerbContext, fn: (client: CanopyClient) => Promise<T>): Promise<T> {
+  const client = new CanopyClient({ stateDir: ctx.stateDir })
+  try {
+    return await fn(client)
+  } finally {
+    await client.close().catch(() => {})
+  }
+}
+
+/** Whether `text` holds a control character (U+0000 to U+001F, U+007F). */
+export function hasControlChar (text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (c < 0x20 || c === 0x7f) return true
+  }
+  return false
+}
+
+/** A job id argument: non-empty, printable, bounded. */
+export function jobId (text: string | undefined, verb: string): string {
+  if (text === undefined || text.trim() === '' || text.length > 200 || /\s/.test(text) || hasControlChar(text)) {
+    throw new UsageError(`"${text ?? ''}" is not a job id: list them with \`canopy jobs\``, verb)
+  }
+  return text
+}

@@ -1,0 +1,144 @@
+/** The read and control verbs: jobs, job, suspend, resume, cancel, complete, status. */
+import type { CanopyClient } from '@canopy/client'
+import type { JobView } from '@canopy/core'
+import { ExitCode } from '../errors.ts'
+import { formatJobDetails, formatJobsTable, formatState, formatStatus } from '../format.ts'
+import { flag, JSON_OPTION, jobId, out, printJson, say, withClient } from '../verb.ts'
+import type { Verb } from '../verb.ts'
+
+export const jobsVerb: Verb = {
+  name: 'jobs',
+  summary: 'list the agent\'s jobs',
+  help: `Usage: canopy jobs [--json] [--state-dir D]
+
+Lists the agent's jobs: ID, NAME, STATE (with the reason, if any), PROGRESS
+(bytes transferred / total and percent) and PRIORITY.
+
+Options:
+  --json          print the jobs as one JSON array (of JobView) on stdout
+  --state-dir D   the agent's state directory (default: CANOPY_STATE_DIR, else the platform default)
+
+Examples:
+  canopy jobs
+  canopy jobs --json | jq -r '.[] | select(.state == "error") | .id'
+`,
+  options: { ...JSON_OPTION },
+  positionals: { min: 0, max: 0, name: '' },
+  async run (ctx) {
+    const jobs = await withClient(ctx, client => client.listJobs())
+    if (flag(ctx.values, 'json')) printJson(jobs)
+    else if (jobs.length === 0) say('canopy: no jobs')
+    else out(formatJobsTable(jobs))
+    return ExitCode.Ok
+  }
+}
+
+export const jobVerb: Verb = {
+  name: 'job',
+  summary: 'show one job in detail',
+  help: `Usage: canopy job <id> [--json] [--state-dir D]
+
+Shows one job: state and reason, progress, bytes by source (origin, peers,
+cache), the last error, timestamps and its files.
+
+Options:
+  --json          print the job (JobView) as JSON on stdout
+  --state-dir D   the agent's state directory
+
+Examples:
+  canopy job 3f2a9c1e
+  canopy job 3f2a9c1e --json | jq .bytes
+`,
+  options: { ...JSON_OPTION },
+  positionals: { min: 1, max: 1, name: '<id>' },
+  async run (ctx) {
+    const id = jobId(ctx.positionals[0], 'job')
+    const job = await withClient(ctx, client => client.getJob(id))
+    if (flag(ctx.values, 'json')) printJson(job)
+    else out(formatJobDetails(job))
+    return ExitCode.Ok
+  }
+}
+
+type Action = 'suspend' | 'resume' | 'cancel' | 'complete'
+
+const ACTIONS: Record<Action, { summary: string, text: string }> = {
+  suspend: {
+    summary: 'pause a job (it keeps its progress)',
+    text: 'Suspends a job: it stops transferring and keeps what it has. `canopy resume` continues it.'
+  },
+  resume: {
+    summary: 'continue a suspended job, or retry one in error',
+    text: 'Resumes a suspended job, or retries a job in error once its cause is fixed.'
+  },
+  cancel: {
+    summary: 'cancel a job and remove its partial files',
+    text: 'Cancels a job: it stops for good and its partial files are removed.'
+  },
+  complete: {
+    summary: 'make a transferred job\'s files appear at their destinations',
+    text: 'Completes a transferred job: its files are moved into place (atomically) and the\n' +
+      'job is acknowledged. Jobs created by `canopy get` complete by themselves.'
+  }
+}
+
+function actionVerb (action: Action): Verb {
+  return {
+    name: action,
+    summary: ACTIONS[action].summary,
+    help: `Usage: canopy ${action} <id> [--json] [--state-dir D]
+
+${ACTIONS[action].text}
+Prints the job's new state.
+
+Options:
+  --json          print the job (JobView) as JSON on stdout
+  --state-dir D   the agent's state directory
+
+Examples:
+  canopy ${action} 3f2a9c1e
+  canopy jobs --json | jq -r '.[].id' | xargs -n1 canopy ${action}
+`,
+    options: { ...JSON_OPTION },
+    positionals: { min: 1, max: 1, name: '<id>' },
+    async run (ctx) {
+      const id = jobId(ctx.positionals[0], action)
+      const job = await withClient(ctx, (client: CanopyClient): Promise<JobView> => client[action](id))
+      if (flag(ctx.values, 'json')) printJson(job)
+      else out(`${job.id}: ${formatState(job)}\n`)
+      return ExitCode.Ok
+    }
+  }
+}
+
+export const suspendVerb = actionVerb('suspend')
+export const resumeVerb = actionVerb('resume')
+export const cancelVerb = actionVerb('cancel')
+export const completeVerb = actionVerb('complete')
+
+export const statusVerb: Verb = {
+  name: 'status',
+  summary: 'show whether the agent runs, and its job counts',
+  help: `Usage: canopy status [--json] [--state-dir D]
+
+Shows the agent's pid, version, state directory, uptime and how many jobs are in
+each state. Exits 3 when no agent runs for the state directory.
+
+Options:
+  --json          print the status (AgentStatus) as JSON on stdout
+  --state-dir D   the agent's state directory
+
+Examples:
+  canopy status
+  canopy status --json | jq .jobs
+  if ! canopy status >/dev/null 2>&1; then canopy agent & fi
+`,
+  options: { ...JSON_OPTION },
+  positionals: { min: 0, max: 0, name: '' },
+  async run (ctx) {
+    const status = await withClient(ctx, client => client.status())
+    if (flag(ctx.values, 'json')) printJson(status)
+    else out(formatStatus(status))
+    return ExitCode.Ok
+  }
+}

@@ -1,0 +1,255 @@
+import { homedir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Client } from 'undici'
+import { API_SOCKET_NAME, API_VERSION, CanopyError, ErrorCode } from '@canopy/core'
+import type { AgentStatus, ApiErrorBody, CreateJobRequest, JobState, JobView } from '@canopy/core'
+
+/** Largest response body the client reads from the agent (16 MiB); a larger one is an error. */
+export const MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+/** States `waitForJob` stops at by default. */
+export const DEFAULT_WAIT_UNTIL: readonly JobState[] = ['transferred', 'acknowledged', 'cancelled', 'error']
+/** How long the client waits for the agent to answer (headers, then between body chunks). */
+const ANSWER_TIMEOUT_MS = 30_000
+
+export interface ClientOptions {
+  /** The agent's state directory. Default: `defaultStateDir()`. */
+  stateDir?: string
+  /** The control socket. Default: `join(stateDir, API_SOCKET_NAME)` (`agent.sock`). */
+  socketPath?: string
+  /** Aborts every call of this client (combined with each call's own signal). */
+  signal?: AbortSignal
+}
+
+export interface CallOptions {
+  signal?: AbortSignal
+}
+
+export interface WaitForJobOptions extends CallOptions {
+  /** Poll interval in milliseconds. Default 250. */
+  intervalMs?: number
+  /** States to stop at. Default `DEFAULT_WAIT_UNTIL`: transferred, acknowledged, cancelled, error. */
+  until?: readonly JobState[]
+  /** Called with every polled view of the job, the last one included. */
+  onProgress?: (job: JobView) => void
+}
+
+/** The agent answered with an HTTP error; `code` and `message` come from its `ApiErrorBody`. */
+export class AgentApiError extends CanopyError {
+  readonly status: number
+
+  constructor (status: number, code: string, message: string, options?: { cause?: unknown }) {
+    super(code, message, options)
+    this.name = 'AgentApiError'
+    this.status = status
+  }
+}
+
+/**
+ * Where the agent keeps its state (and its control socket), by precedence:
+ * `CANOPY_STATE_DIR`; `$XDG_STATE_HOME/canopy`; then the platform's default:
+ * `~/.local/state/canopy` (Linux and others), `~/Library/Application Support/Canopy`
+ * (macOS), `%LOCALAPPDATA%\Canopy` (Windows).
+ */
+export function defaultStateDir (env: NodeJS.ProcessEnv = process.env, platform: NodeJS.Platform = process.platform): string {
+  const explicit = env.CANOPY_STATE_DIR
+  if (explicit !== undefined && explicit !== '') return explicit
+  const xdg = env.XDG_STATE_HOME
+  // The XDG spec says relative values are invalid and must be ignored.
+  if (xdg !== undefined && xdg.startsWith('/')) return join(xdg, 'canopy')
+  if (platform === 'darwin') return join(homedir(), 'Library', 'Application Support', 'Canopy')
+  if (platform === 'win32') {
+    const local = env.LOCALAPPDATA
+    return join(local !== undefined && local !== '' ? local : join(homedir(), 'AppData', 'Local'), 'Canopy')
+  }
+  return join(homedir(), '.local', 'state', 'canopy')
+}
+
+function errnoCode (err: unknown): string | undefined {
+  let e: unknown = err
+  for (let depth = 0; depth < 4 && e !== null && typeof e === 'object'; depth++) {
+    const code = (e as { code?: unknown }).code
+    if (typeof code === 'string') return code
+    e = (e as { cause?: unknown }).cause
+  }
+  return undefined
+}
+
+/** Typed client of the agent's control API. One connection, kept alive; call `close()` when done. */
+export class CanopyClient {
+  readonly stateDir: string
+  readonly socketPath: string
+  readonly #signal: AbortSignal | undefined
+  readonly #http: Client
+
+  constructor (options: ClientOptions = {}) {
+    this.stateDir = options.stateDir ?? defaultStateDir()
+    this.socketPath = options.socketPath ?? join(this.stateDir, API_SOCKET_NAME)
+    this.#signal = options.signal
+    this.#http = new Client('http://localhost', {
+      socketPath: this.socketPath,
+      headersTimeout: ANSWER_TIMEOUT_MS,
+      bodyTimeout: ANSWER_TIMEOUT_MS
+    })
+  }
+
+  status (opts?: CallOptions): Promise<AgentStatus> {
+    return this.#call<AgentStatus>('GET', '/status', undefined, opts)
+  }
+
+  createJob (req: CreateJobRequest, opts?: CallOptions): Promise<JobView> {
+    return this.#call<JobView>('POST', '/jobs', req, opts)
+  }
+
+  async listJobs (opts?: CallOptions): Promise<JobView[]> {
+    const body = await this.#call<{ jobs?: unknown }>('GET', '/jobs', undefined, opts)
+    if (!Array.isArray(body.jobs)) throw this.#badResponse('GET /jobs did not return { jobs: [...] }')
+    return body.jobs as JobView[]
+  }
+
+  getJob (id: string, opts?: CallOptions): Promise<JobView> {
+    return this.#call<JobView>('GET', `/jobs/${encodeURIComponent(id)}`, undefined, opts)
+  }
+
+  suspend (id: string, opts?: CallOptions): Promise<JobView> {
+    return this.#jobAction(id, 'suspend', opts)
+  }
+
+  resume (id: string, opts?: CallOptions): Promise<JobView> {
+    return this.#jobAction(id, 'resume', opts)
+  }
+
+  cancel (id: string, opts?: CallOptions): Promise<JobView> {
+    return this.#jobAction(id, 'cancel', opts)
+  }
+
+  complete (id: string, opts?: CallOptions): Promise<JobView> {
+    return this.#jobAction(id, 'complete', opts)
+  }
+
+  /**
+   * Polls `getJob` every `intervalMs` (default 250), calling `onProgress(job)` each
+   * time, until the job is in one of the `until` states; resolves with that view.
+   */
+  async waitForJob (id: string, opts: WaitForJobOptions = {}): Promise<JobView> {
+    const until = opts.until ?? DEFAULT_WAIT_UNTIL
+    const interval = opts.intervalMs ?? 250
+    const signal = this.#combine(opts.signal)
+    for (;;) {
+      const job = await this.getJob(id, { signal })
+      opts.onProgress?.(job)
+      if (until.includes(job.state)) return job
+      try {
+        await sleep(interval, undefined, { signal })
+      } catch (err) {
+        throw this.#aborted(signal, err)
+      }
+    }
+  }
+
+  async close (): Promise<void> {
+    await this.#http.close()
+  }
+
+  #jobAction (id: string, action: string, opts?: CallOptions): Promise<JobView> {
+    return this.#call<JobView>('POST', `/jobs/${encodeURIComponent(id)}/${action}`, undefined, opts)
+  }
+
+  #combine (signal: AbortSignal | undefined): AbortSignal | undefined {
+    if (signal === undefined) return this.#signal
+    if (this.#signal === undefined) return signal
+    return AbortSignal.any([signal, this.#signal])
+  }
+
+  #aborted (signal: AbortSignal | undefined, cause: unknown): CanopyError {
+    return new CanopyError(ErrorCode.Aborted, 'The operation was aborted', { cause: signal?.reason ?? cause })
+  }
+
+  #badResponse (why: string, cause?: unknown): CanopyError {
+    return new CanopyError('ERR_AGENT_BAD_RESPONSE', `The agent at ${this.socketPath} sent an answer the client cannot read (${why}); are the agent and the client the same version?`, { cause })
+  }
+
+  #connectionError (err: unknown): CanopyError {
+    const code = errnoCode(err)
+    const dir = this.stateDir
+    if (code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'ENOTSOCK') {
+      return new CanopyError('ERR_AGENT_NOT_RUNNING',
+        `No Canopy agent is running with state directory ${dir}: start one with \`canopy agent --state-dir ${dir}\` (or set CANOPY_STATE_DIR)`,
+        { cause: err })
+    }
+    if (code === 'EACCES' || code === 'EPERM') {
+      return new CanopyError('ERR_AGENT_ACCESS_DENIED',
+        `Permission denied on the agent's socket ${this.socketPath}: it is owner-only; run as the user that runs the agent`,
+        { cause: err })
+    }
+    if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+      return new CanopyError('ERR_AGENT_TIMEOUT',
+        `The agent at ${this.socketPath} did not answer within ${ANSWER_TIMEOUT_MS / 1000} s: it may be overloaded or stuck; check its log`,
+        { cause: err })
+    }
+    const detail = err instanceof Error ? err.message : String(err)
+    return new CanopyError('ERR_AGENT_CONNECTION',
+      `Lost the connection to the agent at ${this.socketPath} (${code ?? 'error'}: ${detail}); check that it is still running`,
+      { cause: err })
+  }
+
+  async #call<T> (method: 'GET' | 'POST', route: string, body: unknown, opts?: CallOptions): Promise<T> {
+    const signal = this.#combine(opts?.signal)
+    const aborted = (): boolean => signal?.aborted === true
+    if (aborted()) throw this.#aborted(signal, undefined)
+    const path = `/${API_VERSION}${route}`
+    let status: number
+    let text: string
+    try {
+      const res = await this.#http.request({
+        method,
+        path,
+        headers: body === undefined
+          ? { accept: 'application/json' }
+          : { accept: 'application/json', 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal
+      })
+      status = res.statusCode
+      const chunks: Buffer[] = []
+      let size = 0
+      for await (const chunk of res.body) {
+        size += (chunk as Buffer).length
+        if (size > MAX_RESPONSE_BYTES) {
+          res.body.destroy()
+          throw new CanopyError('ERR_AGENT_RESPONSE_TOO_LARGE',
+            `The agent's answer to ${method} ${path} is larger than ${MAX_RESPONSE_BYTES} bytes; the client refuses it`)
+        }
+        chunks.push(chunk as Buffer)
+      }
+      text = Buffer.concat(chunks).toString('utf8')
+    } catch (err) {
+      if (err instanceof CanopyError) throw err
+      if (aborted()) throw this.#aborted(signal, err)
+      throw this.#connectionError(err)
+    }
+
+    let value: unknown
+    let parsed = false
+    try {
+      value = text === '' ? undefined : JSON.parse(text)
+      parsed = text !== ''
+    } catch (err) {
+      if (status >= 200 && status < 300) throw this.#badResponse(`${method} ${path}: not JSON`, err)
+    }
+
+    if (status < 200 || status >= 300) {
+      const e = parsed ? (value as Partial<ApiErrorBody> | null)?.error : undefined
+      if (e !== null && typeof e === 'object' && typeof e.code === 'string' && typeof e.message === 'string') {
+        throw new AgentApiError(status, e.code, e.message)
+      }
+      const snippet = text.length > 200 ? `${text.slice(0, 200)}…` : text
+      throw new AgentApiError(status, `ERR_AGENT_HTTP_${status}`,
+        `The agent answered ${method} ${path} with HTTP ${status}${snippet === '' ? '' : `: ${snippet}`}`)
+    }
+    if (!parsed || typeof value !== 'object' || value === null) {
+      throw this.#badResponse(`${method} ${path}: not a JSON object`)
+    }
+    return value as T
+  }
+}

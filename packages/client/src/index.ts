@@ -1,0 +1,7 @@
+/**
+ * @canopy/client: typed client of the Canopy agent's control API (HTTP+JSON on a
+ * Unix socket in the agent's state directory). Used by the `canopy` CLI and by
+ * applications.
+ */
+export { AgentApiError, CanopyClient, DEFAULT_WAIT_UNTIL, defaultStateDir, MAX_RESPONSE_BYTES } from './client.ts'
+export type { CallOptions, ClientOptions, WaitForJobOptions } from './client.ts'

@@ -1,0 +1,170 @@
+// Faulty origins: corrupted responses, servers that ignore Range, origins that go away.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { createServer } from 'node:http'
+import type { Server } from 'node:http'
+import { existsSync } from 'node:fs'
+import { mkdir, readFile, stat } from 'node:fs/promises'
+import { join, normalize } from 'node:path'
+import type { AddressInfo } from 'node:net'
+import { request } from 'undici'
+import { startAgent } from '@canopy/agent'
+import { CanopyClient } from '@canopy/client'
+import { startOrigin, publishSidecar } from '@canopy/origin'
+import { FINISHED, fileSha256, randomFile, tempDir } from './helpers.ts'
+
+const MiB = 1024 * 1024
+
+async function listen (server: Server, port = 0): Promise<string> {
+  await new Promise<void>(resolve => server.listen(port, '127.0.0.1', resolve))
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+}
+
+async function close (server: Server): Promise<void> {
+  server.closeAllConnections()
+  await new Promise(resolve => server.close(resolve))
+}
+
+/**
+ * A proxy in front of a real origin that flips one byte of block `block` in content
+ * responses, `times` times (Infinity: always).
+ */
+async function corruptingProxy (target: string, block: number, times: number): Promise<{ url: string, server: Server, corrupted: () => number }> {
+  let corrupted = 0
+  const server = createServer((req, res) => {
+    void (async () => {
+      const headers: Record<string, string> = {}
+      for (const name of ['range', 'accept', 'if-range']) {
+        const v = req.headers[name]
+        if (typeof v === 'string') headers[name] = v
+      }
+      const upstream = await request(target + req.url, { headers })
+      const body = Buffer.from(await upstream.body.arrayBuffer())
+      const out: Record<string, string> = {}
+      for (const [k, v] of Object.entries(upstream.headers)) if (typeof v === 'string' && k !== 'content-length' && k !== 'transfer-encoding' && k !== 'connection' && k !== 'keep-alive') out[k] = v
+      const type = out['content-type'] ?? ''
+      const start = /^bytes (\d+)-/.exec(out['content-range'] ?? '')?.[1]
+      const offset = upstream.statusCode === 206 ? Number(start) : 0
+      const at = block * MiB + 100 - offset
+      if (!type.includes('canopy') && at >= 0 && at < body.length && corrupted < times) {
+        body[at] ^= 0xff
+        corrupted++
+      }
+      res.writeHead(upstream.statusCode, out)
+      res.end(body)
+    })().catch(() => res.destroy())
+  })
+  return { url: await listen(server), server, corrupted: () => corrupted }
+}
+
+/** A plain static server that ignores Range and Accept: always 200 and the whole file. */
+async function naiveStaticServer (root: string): Promise<{ url: string, server: Server }> {
+  const server = createServer((req, res) => {
+    const path = normalize(join(root, decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname)))
+    readFile(path).then(body => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length })
+      res.end(body)
+    }, () => {
+      res.writeHead(404)
+      res.end()
+    })
+  })
+  return { url: await listen(server), server }
+}
+
+async function setup (t: Parameters<typeof tempDir>[0], size: number) {
+  const dir = await tempDir(t)
+  await mkdir(join(dir, 'root'))
+  const file = await randomFile(join(dir, 'root', 'f.bin'), size)
+  const agent = await startAgent({ stateDir: join(dir, 'agent'), retryMinMs: 100, retryMaxMs: 400 })
+  const client = new CanopyClient({ stateDir: join(dir, 'agent') })
+  t.after(async () => {
+    await client.close()
+    await agent.stop()
+  })
+  return { dir, file, client }
+}
+
+test('a block corrupted once by the network is detected, refetched, and the file is right', async (t) => {
+  const { dir, file, client } = await setup(t, 6 * MiB)
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
+  t.after(async () => await origin.close())
+  const proxy = await corruptingProxy(origin.url, 3, 1)
+  t.after(async () => await close(proxy.server))
+  const dest = join(dir, 'f.bin')
+  const job = await client.createJob({ files: [{ url: `${proxy.url}/f.bin`, path: dest }], autoComplete: true })
+  const done = await client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+  assert.equal(proxy.corrupted(), 1)
+  assert.equal(await fileSha256(dest), file.sha256)
+})
+
+test('an origin that keeps sending a corrupted block stops the job in error; nothing appears at the destination', async (t) => {
+  const { dir, client } = await setup(t, 6 * MiB)
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
+  t.after(async () => await origin.close())
+  const proxy = await corruptingProxy(origin.url, 4, Infinity)
+  t.after(async () => await close(proxy.server))
+  const dest = join(dir, 'f.bin')
+  const job = await client.createJob({ files: [{ url: `${proxy.url}/f.bin`, path: dest }], autoComplete: true })
+  const done = await client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(done.state, 'error')
+  assert.equal(done.error?.code, 'ERR_DIGEST_MISMATCH')
+  assert.equal(done.error?.transient, false)
+  assert.match(done.error?.message ?? '', /Block 4/)
+  assert.equal(existsSync(dest), false)
+})
+
+test('a static server that ignores Range and Accept still works: sidecar manifest, one streamed GET, verified', async (t) => {
+  const { dir, file, client } = await setup(t, 5 * MiB + 17)
+  const published = await publishSidecar(join(dir, 'root', 'f.bin'), { secret: Buffer.alloc(32, 7) })
+  const server = await naiveStaticServer(join(dir, 'root'))
+  t.after(async () => await close(server.server))
+  const dest = join(dir, 'f.bin')
+  const job = await client.createJob({ files: [{ url: `${server.url}/f.bin`, path: dest }], autoComplete: true })
+  const done = await client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+  assert.equal(done.files[0].manifestId, published.id)
+  assert.equal(await fileSha256(dest), file.sha256)
+})
+
+test('without any manifest: a plain download, checked against the digest the caller gave', async (t) => {
+  const { dir, file, client } = await setup(t, 3 * MiB + 5)
+  const server = await naiveStaticServer(join(dir, 'root'))
+  t.after(async () => await close(server.server))
+
+  const good = join(dir, 'good.bin')
+  const ok = await client.createJob({ files: [{ url: `${server.url}/f.bin`, path: good, sha256: file.sha256 }], autoComplete: true })
+  const okDone = await client.waitForJob(ok.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(okDone.state, 'acknowledged', JSON.stringify(okDone.error))
+  assert.equal(okDone.files[0].manifestId, undefined)
+  assert.equal(await fileSha256(good), file.sha256)
+
+  const bad = join(dir, 'bad.bin')
+  const wrong = await client.createJob({ files: [{ url: `${server.url}/f.bin`, path: bad, sha256: '0'.repeat(64) }], autoComplete: true })
+  const wrongDone = await client.waitForJob(wrong.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(wrongDone.state, 'error')
+  assert.equal(wrongDone.error?.code, 'ERR_DIGEST_MISMATCH')
+  assert.equal(existsSync(bad), false)
+})
+
+test('an origin that is down is a transient error; the job finishes once it is back', async (t) => {
+  const { dir, file, client } = await setup(t, 2 * MiB)
+  // Reserve a port, then free it so that the first attempts are refused.
+  const probe = createServer()
+  const url = await listen(probe)
+  const port = Number(new URL(url).port)
+  await close(probe)
+  const dest = join(dir, 'f.bin')
+  const job = await client.createJob({ files: [{ url: `${url}/f.bin`, path: dest }], autoComplete: true })
+  const failing = await client.waitForJob(job.id, { intervalMs: 20, until: ['transient_error', 'error'] })
+  assert.equal(failing.error?.code, 'ERR_NETWORK')
+  assert.match(failing.reason ?? '', /ECONNREFUSED.*next retry in/)
+
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o'), port })
+  t.after(async () => await origin.close())
+  const done = await client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+  assert.equal((await stat(dest)).size, 2 * MiB)
+  assert.equal(await fileSha256(dest), file.sha256)
+})

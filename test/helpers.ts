@@ -1,0 +1,105 @@
+// Shared fixtures of the integration tests: real origins, real agent processes, the
+// real CLI. Everything listens on 127.0.0.1 or a Unix socket in a temp dir.
+import { spawn } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { CanopyClient } from '@canopy/client'
+import type { JobState } from '@canopy/core'
+
+/** States after which a job with autoComplete does nothing more by itself. */
+export const FINISHED: JobState[] = ['acknowledged', 'error', 'cancelled']
+
+export const CLI = fileURLToPath(new URL('../packages/cli/bin/canopy.js', import.meta.url))
+
+export async function tempDir (t: { after: (fn: () => Promise<void>) => void }, prefix = 'canopy-test-'): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix))
+  t.after(async () => await rm(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** Writes `size` random bytes to `path`; returns their SHA-256 (hex). */
+export async function randomFile (path: string, size: number): Promise<{ sha256: string, bytes: Buffer }> {
+  const bytes = randomBytes(size)
+  await writeFile(path, bytes)
+  return { sha256: createHash('sha256').update(bytes).digest('hex'), bytes }
+}
+
+export async function fileSha256 (path: string): Promise<string> {
+  const hash = createHash('sha256')
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer)
+  return hash.digest('hex')
+}
+
+/** Reads a counter from an origin's Prometheus text. */
+export async function originContentBytes (originUrl: string): Promise<number> {
+  const text = await (await fetch(`${originUrl}/metrics`)).text()
+  const line = text.split('\n').find(l => l.startsWith('canopy_origin_bytes_sent_total{kind="content"}'))
+  return line === undefined ? 0 : Number(line.split(' ').at(-1))
+}
+
+export interface RunResult { code: number | null, signal: NodeJS.Signals | null, stdout: string, stderr: string }
+
+/** Runs the `canopy` CLI as a real process. */
+export async function runCli (args: string[], options: { env?: Record<string, string>, cwd?: string, timeoutMs?: number } = {}): Promise<RunResult> {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    cwd: options.cwd,
+    env: { ...process.env, ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 120_000)
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>(resolve => child.on('close', (c, s) => resolve([c, s])))
+  clearTimeout(timer)
+  return { code, signal, stdout, stderr }
+}
+
+export interface AgentProcess {
+  child: ChildProcess
+  client: CanopyClient
+  stateDir: string
+  /** Sends a signal and waits for the process to exit. */
+  kill: (signal?: NodeJS.Signals) => Promise<void>
+}
+
+/** Starts `canopy agent` as a child process and waits until its API answers. */
+export async function startAgentProcess (stateDir: string, extraArgs: string[] = []): Promise<AgentProcess> {
+  const child = spawn(process.execPath, [CLI, 'agent', '--state-dir', stateDir, ...extraArgs], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env }
+  })
+  let stderr = ''
+  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString() })
+  const exited = new Promise<void>(resolve => child.once('exit', () => resolve()))
+  const client = new CanopyClient({ stateDir })
+  const deadline = Date.now() + 30_000
+  for (;;) {
+    try {
+      await client.status()
+      break
+    } catch (err) {
+      if (child.exitCode !== null || Date.now() > deadline) {
+        child.kill('SIGKILL')
+        throw new Error(`agent did not start: ${String(err)}\n${stderr}`)
+      }
+      await new Promise(resolve => setTimeout(resolve, 100))
+    }
+  }
+  return {
+    child,
+    client,
+    stateDir,
+    kill: async (signal = 'SIGTERM') => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal)
+      await exited
+      await client.close()
+    }
+  }
+}
