@@ -87,7 +87,7 @@ export async function startAgentProcess (stateDir: string, extraArgs: string[] =
     } catch (err) {
       if (child.exitCode !== null || Date.now() > deadline) {
         child.kill('SIGKILL')
-        throw new Error(`agent did not start: ${String(err)}\n${stderr}`)
+        throw new Error(`agent did not start: ${String(err)}\n${stderr}`, { cause: err })
       }
       await new Promise(resolve => setTimeout(resolve, 100))
     }

@@ -9,11 +9,13 @@ import { JobErrorCode, TransferError, classifyError } from './errors.ts'
 import { FileProgress, toView } from './jobs/job.ts'
 import type { FileRecord, JobRecord } from './jobs/job.ts'
 import { validateCreateJob } from './jobs/validate.ts'
-import { AGENT_DEFAULTS } from './options.ts'
+import { AGENT_DEFAULTS, blocksBuffered } from './options.ts'
 import type { AgentOptions, ResolvedAgentOptions } from './options.ts'
 import { JobStore } from './store/job-store.ts'
 import { REMOTE_CHANGED, transferBlocks } from './transfer/block-transfer.ts'
 import { createDispatcher, discoverManifest } from './transfer/http.ts'
+import { BlockHasher } from './transfer/block-hasher.ts'
+import { BufferPool } from './transfer/buffer-pool.ts'
 import { transferPlain } from './transfer/plain-transfer.ts'
 import type { PlainProgress } from './transfer/plain-transfer.ts'
 import { startApiServer } from './api/server.ts'
@@ -46,6 +48,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   private readonly logger: Logger
   private readonly store: JobStore
   private readonly dispatcher: Dispatcher
+  private readonly blockHasher: BlockHasher
   private readonly jobs = new Map<string, JobRecord>()
   private readonly progress = new Map<string, Array<Progress | undefined>>()
   private readonly running = new Map<string, { controller: AbortController, done: Promise<void> }>()
@@ -64,7 +67,9 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     this.logger = options.logger
     this.socketPath = join(options.stateDir, API_SOCKET_NAME)
     this.store = new JobStore(join(options.stateDir, 'db'))
-    this.dispatcher = createDispatcher({ connections: options.blocksInFlight, timeoutMs: options.requestTimeoutMs })
+    // Two jobs may fetch from one origin at once.
+    this.dispatcher = createDispatcher({ connections: options.requestsInFlight * 2, timeoutMs: options.requestTimeoutMs })
+    this.blockHasher = new BlockHasher(options.hashThreads)
   }
 
   /** Opens the state directory, recovers jobs, and starts the control API and the scheduler. */
@@ -72,7 +77,11 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     if (typeof options.stateDir !== 'string' || options.stateDir === '') {
       throw new CanopyError('ERR_INVALID_ARGUMENT', 'The agent needs a state directory (--state-dir or CANOPY_STATE_DIR)')
     }
-    const resolved: ResolvedAgentOptions = { ...AGENT_DEFAULTS, logger: silentLogger, ...options }
+    const resolved: ResolvedAgentOptions = { ...AGENT_DEFAULTS, logger: silentLogger, ...withoutUndefined(options), stateDir: options.stateDir }
+    for (const key of ['maxBackgroundJobs', 'requestsInFlight', 'requestSize', 'maxBlockAttempts', 'requestTimeoutMs', 'retryMinMs', 'retryMaxMs'] as const) {
+      if (!Number.isSafeInteger(resolved[key]) || resolved[key] < 1) throw new CanopyError('ERR_INVALID_ARGUMENT', `${key} must be a positive integer, not ${resolved[key]}`)
+    }
+    if (!Number.isSafeInteger(resolved.hashThreads) || resolved.hashThreads < 0) throw new CanopyError('ERR_INVALID_ARGUMENT', 'hashThreads must be 0 or more')
     await mkdir(resolved.stateDir, { recursive: true, mode: 0o700 })
     // The control socket lives here: keep the directory owner-only even if it existed.
     await chmod(resolved.stateDir, 0o700)
@@ -101,6 +110,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     await Promise.all(runs.map(async r => await r.done))
     await Promise.all([...this.writes.values()])
     await this.dispatcher.close()
+    await this.blockHasher.close()
     await this.store.close()
     this.logger.info('agent stopped')
   }
@@ -345,7 +355,10 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
           store: this.store,
           dispatcher: this.dispatcher,
           headers,
-          blocksInFlight: this.options.blocksInFlight,
+          blockHasher: this.blockHasher,
+          buffers: new BufferPool(manifest.blockSize, blocksBuffered(this.options, manifest.blockSize)),
+          requestsInFlight: this.options.requestsInFlight,
+          blocksPerRequest: Math.max(1, Math.floor(this.options.requestSize / manifest.blockSize)),
           maxBlockAttempts: this.options.maxBlockAttempts,
           refreshManifest: async (s) => await discoverManifest(this.dispatcher, file.url, headers, s),
           onBlock: () => this.onProgress(job),
@@ -543,6 +556,10 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       throw new CanopyError('ERR_INVALID_STATE', `The job is ${job.state}: it cannot ${verb} any more`)
     }
   }
+}
+
+function withoutUndefined<T extends object> (value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>
 }
 
 function byPriority (a: JobRecord, b: JobRecord): number {

@@ -7,7 +7,7 @@ import type { AgentOptions } from './options.ts'
 
 export { CanopyAgent, AGENT_VERSION, backoff } from './agent.ts'
 export type { AgentEvents } from './agent.ts'
-export { AGENT_DEFAULTS } from './options.ts'
+export { AGENT_DEFAULTS, blocksAtRisk } from './options.ts'
 export type { AgentOptions } from './options.ts'
 export { JobErrorCode, TransferError } from './errors.ts'
 export { JOB_LIMITS } from './jobs/validate.ts'

@@ -8,8 +8,12 @@ export interface AgentOptions {
   logger?: Logger
   /** Background (non-foreground) jobs transferring at once. Default 2. Foreground jobs always run. */
   maxBackgroundJobs?: number
-  /** Block requests in flight per file, and connections per origin. Default 8. */
-  blocksInFlight?: number
+  /** Range requests in flight per file being fetched from an origin. Default 4. */
+  requestsInFlight?: number
+  /** Bytes asked for in one range request (whole blocks, at least one). Default 4 MiB. */
+  requestSize?: number
+  /** Worker threads that verify block digests off the event loop; 0 hashes inline. Default 1. */
+  hashThreads?: number
   /** Milliseconds without response headers or body bytes before a request is abandoned. Default 30 000. */
   requestTimeoutMs?: number
   /** Fetches of one block that fail verification before the job stops in error. Default 3. */
@@ -22,7 +26,9 @@ export interface AgentOptions {
 
 export const AGENT_DEFAULTS = {
   maxBackgroundJobs: 2,
-  blocksInFlight: 8,
+  requestsInFlight: 4,
+  requestSize: 4 * 1024 * 1024,
+  hashThreads: 1,
   requestTimeoutMs: 30_000,
   maxBlockAttempts: 3,
   retryMinMs: 2_000,
@@ -30,3 +36,16 @@ export const AGENT_DEFAULTS = {
 } as const
 
 export type ResolvedAgentOptions = Required<AgentOptions>
+
+/**
+ * Most blocks of one file that can be lost by a crash: those asked for and not yet
+ * received, plus those received and not yet written and marked.
+ */
+export function blocksAtRisk (options: Pick<ResolvedAgentOptions, 'requestsInFlight' | 'requestSize'>, blockSize: number): number {
+  return 2 * blocksBuffered(options, blockSize)
+}
+
+/** Blocks received and not yet written that one file transfer may hold in memory. */
+export function blocksBuffered (options: Pick<ResolvedAgentOptions, 'requestsInFlight' | 'requestSize'>, blockSize: number): number {
+  return options.requestsInFlight * Math.max(1, Math.floor(options.requestSize / blockSize))
+}

@@ -13,7 +13,7 @@ export {
 } from './manifest.ts'
 export type { CreateManifestOptions, IdentifiedManifest, Manifest, PublishedManifest } from './manifest.ts'
 export { contentKey, discoveryId, DISCOVERY_LABEL, generateSecret } from './keys.ts'
-export { digestsEqual, sha256, sha256OffThread } from './hash.ts'
+export { digestsEqual, sha256 } from './hash.ts'
 export { formatBytes, parseSize } from './sizes.ts'
 export { silentLogger } from './logger.ts'
 export type { Logger } from './logger.ts'

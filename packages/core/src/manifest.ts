@@ -3,7 +3,7 @@ import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import { assertBlockSize, blockCid, blockCount, blockDigest, DEFAULT_BLOCK_SIZE, SHA256_CODE } from './blocks.ts'
 import { CanopyError, ErrorCode, throwIfAborted } from './errors.ts'
-import { sha256, sha256OffThread } from './hash.ts'
+import { sha256 } from './hash.ts'
 
 /** Media type of a manifest, used for content negotiation on the content's own URL. */
 export const MANIFEST_MEDIA_TYPE = 'application/vnd.canopy.manifest+json'
@@ -124,35 +124,26 @@ export function decodeManifest (input: string | Uint8Array | unknown): Published
 export interface CreateManifestOptions {
   /** Block size; default 1 MiB. */
   blockSize?: number
-  /** Blocks hashed at once on the thread pool; default 4. */
-  concurrency?: number
   signal?: AbortSignal
 }
 
 /**
  * Builds a manifest by streaming the content once. Memory stays flat in the
- * content's size: at most `concurrency` blocks are held while they hash.
+ * content's size: one block is held at a time. Hashing runs on the calling thread
+ * (WebCrypto's async digest does too, on Node 24); callers that must stay
+ * responsive run this in a worker.
  */
-export async function createManifest (source: AsyncIterable<Uint8Array>, options: CreateManifestOptions = {}): Promise<IdentifiedManifest> {
+export async function createManifest (source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: CreateManifestOptions = {}): Promise<IdentifiedManifest> {
   const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE
   assertBlockSize(blockSize)
-  const concurrency = options.concurrency ?? 4
   const whole = createHash('sha256')
-  const digests: Array<Promise<Uint8Array>> = []
-  const pending = new Set<Promise<Uint8Array>>()
+  const blocks: string[] = []
   let size = 0
-  let block = Buffer.allocUnsafe(blockSize)
+  const block = Buffer.allocUnsafe(blockSize)
   let filled = 0
-
-  const flush = async (): Promise<void> => {
-    const bytes = block.subarray(0, filled)
-    const digest = sha256OffThread(bytes)
-    digests.push(digest)
-    pending.add(digest)
-    void digest.finally(() => pending.delete(digest)).catch(() => {})
-    block = Buffer.allocUnsafe(blockSize)
+  const flush = (): void => {
+    blocks.push(blockCid(sha256(block.subarray(0, filled))))
     filled = 0
-    while (pending.size >= concurrency) await Promise.race(pending)
   }
 
   for await (const chunk of source) {
@@ -166,11 +157,10 @@ export async function createManifest (source: AsyncIterable<Uint8Array>, options
       block.set(chunk.subarray(at, at + take), filled)
       filled += take
       at += take
-      if (filled === blockSize) await flush()
+      if (filled === blockSize) flush()
     }
   }
-  if (filled > 0) await flush()
-  const blocks = (await Promise.all(digests)).map(blockCid)
+  if (filled > 0) flush()
   const manifest: Manifest = { version: MANIFEST_VERSION, size, blockSize, sha256: whole.digest('hex'), blocks }
   return { ...manifest, id: manifestId(manifest) }
 }

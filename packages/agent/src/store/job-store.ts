@@ -24,6 +24,9 @@ export class JobStore {
   private readonly jobs
   private readonly blocks
   private readonly manifests
+  /** The batch of block marks that will be written when the current write ends. */
+  private nextBatch?: { marks: Array<{ key: string, value: string }>, written: Promise<void> }
+  private writing: Promise<void> = Promise.resolve()
 
   constructor (location: string) {
     this.db = new Level<string, string>(location)
@@ -65,8 +68,25 @@ export class JobStore {
     await this.jobs.del(id)
   }
 
+  /**
+   * Records a verified, written block. Marks that arrive while a write is under way
+   * go out together in the next batch (group commit): one store write per batch
+   * rather than per block. Resolves once this mark is written.
+   */
   async markBlock (jobId: string, file: number, block: number, source: BlockSource): Promise<void> {
-    await this.blocks.put(blockKey(jobId, file, block), SOURCE_CODES[source])
+    const mark = { key: blockKey(jobId, file, block), value: SOURCE_CODES[source] }
+    if (this.nextBatch === undefined) {
+      const batch = { marks: [mark], written: this.writing.then(async () => {
+        this.nextBatch = undefined
+        await this.blocks.batch(batch.marks.map(m => ({ type: 'put' as const, key: m.key, value: m.value })))
+      }) }
+      this.nextBatch = batch
+      this.writing = batch.written.catch(() => {})
+      await batch.written
+    } else {
+      this.nextBatch.marks.push(mark)
+      await this.nextBatch.written
+    }
   }
 
   async unmarkBlock (jobId: string, file: number, block: number): Promise<void> {

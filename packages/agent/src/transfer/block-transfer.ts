@@ -1,13 +1,15 @@
 import type { Agent as Dispatcher } from 'undici'
-import { blockDigest, blockSpan, digestsEqual, sha256OffThread } from '@canopy/core'
+import { blockDigest, blockSpan, digestsEqual, sha256 } from '@canopy/core'
 import type { Logger, PublishedManifest } from '@canopy/core'
 import { JobErrorCode, TransferError, classifyError } from '../errors.ts'
 import type { FileProgress } from '../jobs/job.ts'
 import type { JobStore } from '../store/job-store.ts'
-import { discard, fetchRange } from './http.ts'
-import type { FullResponse } from './http.ts'
+import { discard, requestRange } from './http.ts'
+import type { FullResponse, RangeResponse } from './http.ts'
 import { openPartial, writeFully } from './partial-file.ts'
 import { WholeFileHasher } from './whole-file-hasher.ts'
+import type { BlockHasher } from './block-hasher.ts'
+import type { BufferPool } from './buffer-pool.ts'
 
 /** Code of the transient error that tells the runner the remote file changed: restart the file. */
 export const REMOTE_CHANGED = 'ERR_REMOTE_CHANGED'
@@ -22,8 +24,14 @@ export interface BlockTransferOptions {
   store: JobStore
   dispatcher: Dispatcher
   headers: Record<string, string>
-  /** Block requests in flight for this file. */
-  blocksInFlight: number
+  /** Hashes blocks off the event loop. */
+  blockHasher: BlockHasher
+  /** Reusable block-sized buffers. */
+  buffers: BufferPool
+  /** Range requests in flight for this file. */
+  requestsInFlight: number
+  /** Consecutive blocks asked for in one range request. */
+  blocksPerRequest: number
   /** Fetches of one block that fail verification before the job stops in error. */
   maxBlockAttempts: number
   /** Fetches the manifest again (to tell a changed file from a corrupted response). */
@@ -46,13 +54,24 @@ export async function transferBlocks (o: BlockTransferOptions): Promise<string> 
     // Second pass only after a whole-file mismatch: every block verified in memory,
     // yet the file on disk differs, so some bytes did not reach the disk (a crash
     // before writeback) or changed since. Read the blocks back, refetch the bad ones.
+    const attempts = new Map<number, number>()
     for (let pass = 0; pass < 2; pass++) {
       const hasher = new WholeFileHasher(o.partPath)
       try {
         hasher.advance(progress.prefixBytes)
-        await fetchMissing(o, expected, handle, hasher)
+        const started = performance.now()
+        // Failed verifications count across passes, so a bad origin ends the job.
+        await fetchMissing(o, expected, handle, hasher, attempts)
+        const fetched = performance.now()
         await handle.datasync()
+        const synced = performance.now()
         const digest = await hasher.finish(manifest.size)
+        o.logger.debug('blocks fetched', {
+          jobId: o.jobId,
+          fetchMs: Math.round(fetched - started),
+          syncMs: Math.round(synced - fetched),
+          wholeFileHashWaitMs: Math.round(performance.now() - synced)
+        })
         if (digest === manifest.sha256) return digest
       } finally {
         await hasher.close()
@@ -73,21 +92,32 @@ export async function transferBlocks (o: BlockTransferOptions): Promise<string> 
   }
 }
 
+type Body = RangeResponse['body']
+
 async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], handle: Awaited<ReturnType<typeof openPartial>>,
-  hasher: WholeFileHasher): Promise<void> {
+  hasher: WholeFileHasher, attempts: Map<number, number>): Promise<void> {
   const { manifest, progress } = o
   const queue: number[] = []
   for (let i = 0; i < expected.length; i++) if (!progress.has(i)) queue.push(i)
   if (queue.length === 0) return
 
-  const attempts = new Map<number, number>()
   // One failure stops the other workers at once; the job's signal stops them all.
   const local = new AbortController()
   const signal = AbortSignal.any([o.signal, local.signal])
   let fullResponse: FullResponse | undefined
+  // Reading does not wait for verifying and writing: a block is handed on as soon as
+  // its last byte arrived, and the response keeps flowing. Received blocks that are
+  // not yet written are bounded; past the bound, reading pauses (TCP back-pressure).
+  const buffered = new Semaphore(o.requestsInFlight * o.blocksPerRequest)
+  const processing = new Set<Promise<void>>()
+  let failure: unknown
+  const fail = (err: unknown): void => {
+    failure ??= err
+    local.abort(err)
+  }
 
-  const accept = async (index: number, bytes: Buffer): Promise<boolean> => {
-    const digest = await sha256OffThread(bytes)
+  const accept = async (index: number, received: Buffer): Promise<boolean> => {
+    const { digest, bytes } = await o.blockHasher.hash(received)
     if (!digestsEqual(digest, expected[index])) {
       const count = (attempts.get(index) ?? 0) + 1
       attempts.set(index, count)
@@ -105,87 +135,190 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
     }
     const { offset } = blockSpan(index, manifest.size, manifest.blockSize)
     await writeFully(handle, bytes, offset)
+    // The mark follows the write: after a crash, a marked block is on disk.
     await o.store.markBlock(o.jobId, o.fileIndex, index, 'origin')
     progress.mark(index, 'origin')
     hasher.advance(progress.prefixBytes)
     o.onBlock()
+    o.buffers.give(bytes)
     return true
   }
 
+  const acquire = async (index: number): Promise<Buffer> => {
+    await buffered.acquire(signal)
+    return o.buffers.take(blockSpan(index, manifest.size, manifest.blockSize).length)
+  }
+  const deliver = (index: number, bytes: Buffer): void => {
+    const done: Promise<void> = accept(index, bytes).then(ok => {
+      if (!ok) queue.push(index)
+    }, fail).finally(() => {
+      buffered.release()
+      processing.delete(done)
+    })
+    processing.add(done)
+  }
+
   const worker = async (): Promise<void> => {
-    while (queue.length > 0 && fullResponse === undefined) {
-      signal.throwIfAborted()
-      const index = queue.shift()!
-      const { offset, length } = blockSpan(index, manifest.size, manifest.blockSize)
-      const res = await fetchRange(o.dispatcher, o.url, offset, length, o.headers, signal)
+    while (queue.length > 0 && fullResponse === undefined && !signal.aborted) {
+      const span = takeSpan(queue, o.blocksPerRequest)
+      const offset = blockSpan(span[0], manifest.size, manifest.blockSize).offset
+      const last = blockSpan(span[span.length - 1], manifest.size, manifest.blockSize)
+      const res = await requestRange(o.dispatcher, o.url, offset, last.offset + last.length - offset, o.headers, signal)
       if (res.kind === 'full') {
         // The server ignores Range: switch this file to one streamed GET.
-        queue.unshift(index)
+        queue.unshift(...span)
         if (fullResponse === undefined) fullResponse = res
         else discard(res.body)
         return
       }
-      if (!await accept(index, res.bytes)) queue.push(index)
+      let delivered = 0
+      try {
+        delivered = await readBlocks(res.body, span, manifest, acquire, (index, bytes) => {
+          delivered++
+          deliver(index, bytes)
+        }, buffered)
+      } catch (err) {
+        queue.push(...span.slice(delivered))
+        discard(res.body)
+        throw signal.aborted ? err : classifyError(err, o.url)
+      }
+      if (delivered < span.length) {
+        queue.push(...span.slice(delivered))
+        throw new TransferError(JobErrorCode.Network, `the connection closed after ${delivered} of ${span.length} blocks`, { transient: true, url: o.url })
+      }
     }
   }
 
-  const workers = Array.from({ length: Math.min(o.blocksInFlight, queue.length) }, async () => {
-    try {
-      await worker()
-    } catch (err) {
-      local.abort(err)
-      throw err
-    }
-  })
-  const results = await Promise.allSettled(workers)
-  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
-  if (failed !== undefined) {
+  await Promise.all(Array.from({ length: o.requestsInFlight }, async () => await worker().catch(fail)))
+  while (processing.size > 0) await Promise.all([...processing])
+  if (failure !== undefined || o.signal.aborted) {
     if (fullResponse !== undefined) discard(fullResponse.body)
-    // Report the first cause, not the aborts it caused in the other workers.
-    throw local.signal.aborted && !o.signal.aborted ? local.signal.reason : failed.reason
+    throw o.signal.aborted ? o.signal.reason : failure
   }
-  if (fullResponse !== undefined) await streamAll(o, fullResponse, accept)
-  if (!progress.complete) await fetchMissing(o, expected, handle, hasher)
+  if (fullResponse !== undefined) await streamAll(o, fullResponse, accept, buffered)
+  if (!progress.complete) await fetchMissing(o, expected, handle, hasher, attempts)
+}
+
+/** Takes up to `max` consecutive block indices from the front of `queue`. */
+function takeSpan (queue: number[], max: number): number[] {
+  const span = [queue.shift()!]
+  while (span.length < max && queue.length > 0 && queue[0] === span[span.length - 1] + 1) span.push(queue.shift()!)
+  return span
+}
+
+/**
+ * Reads a body holding the blocks `span` back to back and hands each block on as
+ * soon as it is complete. `acquire` returns the buffer for a block, or undefined to
+ * skip its bytes. Resolves with the number of blocks handed on or skipped.
+ */
+async function readBlocks (body: Body, span: number[], manifest: PublishedManifest,
+  acquire: (index: number) => Promise<Buffer | undefined>, deliver: (index: number, bytes: Buffer) => void,
+  buffered: Semaphore): Promise<number> {
+  let done = 0
+  let buffer: Buffer | undefined
+  let need = -1
+  let filled = 0
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      let at = 0
+      while (at < chunk.length) {
+        if (done === span.length) throw new TransferError(JobErrorCode.ProtocolViolation, 'the server sent more bytes than asked for', { transient: true })
+        if (need < 0) {
+          need = blockSpan(span[done], manifest.size, manifest.blockSize).length
+          filled = 0
+          buffer = await acquire(span[done])
+        }
+        const take = Math.min(need - filled, chunk.length - at)
+        buffer?.set(chunk.subarray(at, at + take), filled)
+        filled += take
+        at += take
+        if (filled === need) {
+          if (buffer !== undefined) deliver(span[done], buffer)
+          buffer = undefined
+          need = -1
+          done++
+        }
+      }
+    }
+  } finally {
+    // A block cut short gives its slot back.
+    if (buffer !== undefined) buffered.release()
+  }
+  return done
 }
 
 /**
  * For servers that ignore Range: read the whole body once, cut it into blocks,
  * and verify and keep the ones still missing.
  */
-async function streamAll (o: BlockTransferOptions, res: FullResponse, accept: (index: number, bytes: Buffer) => Promise<boolean>): Promise<void> {
+async function streamAll (o: BlockTransferOptions, res: FullResponse, accept: (index: number, bytes: Buffer) => Promise<boolean>,
+  buffered: Semaphore): Promise<void> {
   const { manifest, progress } = o
   o.logger.info('server ignores Range requests; streaming the whole file', { jobId: o.jobId, url: o.url })
   if (res.contentLength >= 0 && res.contentLength !== manifest.size) {
     discard(res.body)
     throw new TransferError(REMOTE_CHANGED, 'the file on the server has a different size than its manifest; starting it over', { transient: true, url: o.url })
   }
-  let index = 0
-  let block = Buffer.allocUnsafe(blockSpan(0, manifest.size, manifest.blockSize).length)
-  let filled = 0
+  const all = manifest.blocks.map((_, i) => i)
+  let done: number
   try {
-    for await (const chunk of res.body as AsyncIterable<Buffer>) {
-      let at = 0
-      while (at < chunk.length) {
-        if (index >= manifest.blocks.length) throw new TransferError(JobErrorCode.ProtocolViolation, 'the server sent more bytes than the manifest lists', { transient: true, url: o.url })
-        const take = Math.min(block.length - filled, chunk.length - at)
-        chunk.copy(block, filled, at, at + take)
-        filled += take
-        at += take
-        if (filled === block.length) {
-          if (!progress.has(index)) await accept(index, block)
-          index++
-          filled = 0
-          if (index < manifest.blocks.length) block = Buffer.allocUnsafe(blockSpan(index, manifest.size, manifest.blockSize).length)
-        }
-      }
-    }
+    // One block at a time: this path is a fallback, kept simple.
+    let pending: Promise<boolean> = Promise.resolve(true)
+    done = await readBlocks(res.body, all, manifest, async (index) => {
+      await pending
+      if (progress.has(index)) return undefined
+      await buffered.acquire(o.signal)
+      return o.buffers.take(blockSpan(index, manifest.size, manifest.blockSize).length)
+    }, (index, bytes) => {
+      pending = accept(index, bytes).finally(() => buffered.release())
+    }, buffered)
+    await pending
   } catch (err) {
     discard(res.body)
-    if (o.signal.aborted) throw err
+    if (o.signal.aborted || err instanceof TransferError) throw err
     throw classifyError(err, o.url)
   }
-  if (index < manifest.blocks.length) {
-    throw new TransferError(JobErrorCode.Network, `the connection closed after block ${index} of ${manifest.blocks.length}`, { transient: true, url: o.url })
+  if (done < all.length) {
+    throw new TransferError(JobErrorCode.Network, `the connection closed after block ${done} of ${all.length}`, { transient: true, url: o.url })
+  }
+}
+
+/** A counting semaphore whose waiters give up when a signal aborts. */
+class Semaphore {
+  private available: number
+  private readonly waiters: Array<{ resolve: () => void, reject: (err: unknown) => void }> = []
+
+  constructor (count: number) {
+    this.available = count
+  }
+
+  async acquire (signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted()
+    if (this.available > 0) {
+      this.available--
+      return
+    }
+    await new Promise<void>((resolve, reject) => {
+      const waiter = {
+        resolve: () => {
+          signal.removeEventListener('abort', onAbort)
+          resolve()
+        },
+        reject
+      }
+      const onAbort = (): void => {
+        this.waiters.splice(this.waiters.indexOf(waiter), 1)
+        reject(signal.reason)
+      }
+      signal.addEventListener('abort', onAbort, { once: true })
+      this.waiters.push(waiter)
+    })
+  }
+
+  release (): void {
+    const next = this.waiters.shift()
+    if (next !== undefined) next.resolve()
+    else this.available++
   }
 }
 
@@ -196,7 +329,7 @@ async function findBadBlocks (handle: Awaited<ReturnType<typeof openPartial>>, o
     o.signal.throwIfAborted()
     const { offset, length } = blockSpan(i, o.manifest.size, o.manifest.blockSize)
     const { bytesRead } = await handle.read(buffer, 0, length, offset)
-    if (bytesRead !== length || !digestsEqual(await sha256OffThread(buffer.subarray(0, length)), expected[i])) bad.push(i)
+    if (bytesRead !== length || !digestsEqual(sha256(buffer.subarray(0, length)), expected[i])) bad.push(i)
   }
   return bad
 }

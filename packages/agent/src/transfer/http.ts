@@ -23,17 +23,16 @@ export function createDispatcher (options: HttpOptions): Dispatcher {
 }
 
 export interface RangeResponse {
-  /** 206: the bytes asked for, exactly. */
+  /** 206 for exactly the bytes asked for; the caller reads or discards `body`. */
   kind: 'partial'
-  bytes: Buffer
+  body: Body
 }
 
 export interface FullResponse {
-  /** 200: the server ignored Range; the caller owns `body` and must consume or destroy it. */
+  /** 200: the server ignored Range; the caller reads or discards `body`. */
   kind: 'full'
   body: Body
   contentLength: number
-  headers: Record<string, string | string[] | undefined>
 }
 
 /**
@@ -43,24 +42,6 @@ export interface FullResponse {
 export function discard (body: Body): void {
   body.on('error', () => {})
   body.destroy()
-}
-
-/** Reads exactly `length` bytes of a body into one buffer; more or fewer is an error. */
-export async function readExactly (body: Body, length: number, url: string): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(length)
-  let filled = 0
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    if (filled + chunk.length > length) {
-      discard(body)
-      throw new TransferError(JobErrorCode.ProtocolViolation, `the server sent more bytes than the range asked for (${url})`, { transient: true, url })
-    }
-    chunk.copy(out, filled)
-    filled += chunk.length
-  }
-  if (filled !== length) {
-    throw new TransferError(JobErrorCode.Network, `the connection closed after ${filled} of ${length} bytes`, { transient: true, url })
-  }
-  return out
 }
 
 /** Reads a whole body up to `limit` bytes. */
@@ -85,10 +66,10 @@ function header (headers: Record<string, string | string[] | undefined>, name: s
 
 /**
  * GETs bytes [offset, offset+length) of `url`. A 206 must carry a Content-Range for
- * exactly those bytes. A 200 means the server ignores Range: the body is handed back
- * for the caller to stream.
+ * exactly those bytes. A 200 means the server ignores Range. Either way the body is
+ * handed back unread.
  */
-export async function fetchRange (dispatcher: Dispatcher, url: string, offset: number, length: number,
+export async function requestRange (dispatcher: Dispatcher, url: string, offset: number, length: number,
   headers: Record<string, string>, signal: AbortSignal): Promise<RangeResponse | FullResponse> {
   let res
   try {
@@ -109,15 +90,10 @@ export async function fetchRange (dispatcher: Dispatcher, url: string, offset: n
       throw new TransferError(JobErrorCode.ProtocolViolation,
         `the server answered a different range than asked for (${header(res.headers, 'content-range') ?? 'no Content-Range'})`, { transient: true, url })
     }
-    try {
-      return { kind: 'partial', bytes: await readExactly(res.body, length, url) }
-    } catch (err) {
-      if (signal.aborted) throw err
-      throw classifyError(err, url)
-    }
+    return { kind: 'partial', body: res.body }
   }
   if (res.statusCode === 200) {
-    return { kind: 'full', body: res.body, contentLength: Number(header(res.headers, 'content-length') ?? -1), headers: res.headers }
+    return { kind: 'full', body: res.body, contentLength: Number(header(res.headers, 'content-length') ?? -1) }
   }
   discard(res.body)
   if (res.statusCode === 416) {

@@ -17,7 +17,7 @@ export class WholeFileHasher {
   private failure?: Error
 
   constructor (path: string) {
-    this.worker = new Worker(new URL('./hasher-worker.ts', import.meta.url), { workerData: { path } })
+    this.worker = new Worker(new URL('./hasher-worker.js', import.meta.url), { workerData: { path } })
     this.worker.unref()
     this.worker.on('message', (msg: { type: string, hex?: string, message?: string }) => {
       if (msg.type === 'digest') this.resolve?.(msg.hex!)
