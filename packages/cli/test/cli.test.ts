@@ -28,9 +28,9 @@ after(async () => {
 
 interface Run { code: number | null, stdout: string, stderr: string }
 
-function canopy (args: string[], opts: { cwd?: string, timeoutMs?: number } = {}): Promise<Run> {
+function canopy (args: string[], opts: { cwd?: string, timeoutMs?: number, env?: Record<string, string> } = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { env, cwd: opts.cwd ?? scratch, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(process.execPath, [BIN, ...args], { env: { ...env, ...opts.env }, cwd: opts.cwd ?? scratch, stdio: ['ignore', 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
     child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d })
@@ -185,6 +185,17 @@ describe('origin flags', () => {
     assert.equal((await canopy(['origin', root, '--rate-limit', 'fast'])).code, 2)
     assert.equal((await canopy(['agent', '--log-level', 'loud'])).code, 2)
   })
+
+  test('agent tuning flags and their CANOPY_* variables are checked before the agent starts', async () => {
+    const stateDir = join(scratch, 'tuning-agent')
+    const flag = await canopy(['agent', '--state-dir', stateDir, '--requests-in-flight', 'many'])
+    assert.equal(flag.code, 2)
+    assert.match(flag.stderr, /--requests-in-flight many/)
+    assert.equal((await canopy(['agent', '--state-dir', stateDir, '--hash-threads', '-1'])).code, 2)
+    const fromEnv = await canopy(['agent', '--state-dir', stateDir], { env: { CANOPY_REQUEST_SIZE: 'huge' } })
+    assert.equal(fromEnv.code, 2)
+    assert.match(fromEnv.stderr, /request-size huge/)
+  })
 })
 
 // ---- With a real origin and a real agent, each in its own process. ----
@@ -226,11 +237,7 @@ function daemon (args: string[], ready: RegExp): Promise<Daemon> {
   })
 }
 
-const agentPackage = await import('@canopy/agent').catch(() => undefined) as { startAgent?: unknown } | undefined
-const originPackage = await import('@canopy/origin').catch(() => undefined) as { startOrigin?: unknown } | undefined
-const haveServers = typeof agentPackage?.startAgent === 'function' && typeof originPackage?.startOrigin === 'function'
-
-describe('with an origin and an agent', { skip: haveServers ? false : '@canopy/agent or @canopy/origin is not there yet' }, () => {
+describe('with an origin and an agent', () => {
   let origin: Daemon
   let agent: Daemon
   let url: string

@@ -1,10 +1,43 @@
 /** `canopy agent`: the agent daemon in the foreground. */
 import { mkdir } from 'node:fs/promises'
-import { ExitCode } from '../errors.ts'
+import { ExitCode, UsageError } from '../errors.ts'
 import { createStderrLogger, parseLogLevel } from '../logger.ts'
+import { parseSize } from '@canopy/core'
 import { say, str } from '../verb.ts'
-import type { Verb } from '../verb.ts'
+import type { Values, Verb } from '../verb.ts'
 import { untilSignal } from './signals.ts'
+
+/** Reads a tuning option from its flag, else from CANOPY_<NAME>; undefined leaves the agent's default. */
+function tuning (values: Values, name: string, parse: (text: string) => number, min: number): number | undefined {
+  const env = `CANOPY_${name.toUpperCase().replaceAll('-', '_')}`
+  const text = str(values, name) ?? process.env[env]
+  if (text === undefined || text === '') return undefined
+  let value: number
+  try {
+    value = parse(text)
+  } catch (err) {
+    throw new UsageError(`--${name} ${text}: ${(err as Error).message}`, 'agent')
+  }
+  if (!Number.isSafeInteger(value) || value < min) throw new UsageError(`--${name} ${text}: must be a whole number of at least ${min} (flag or ${env})`, 'agent')
+  return value
+}
+
+const integer = (text: string): number => {
+  if (!/^\d+$/.test(text.trim())) throw new Error('not a whole number')
+  return Number(text)
+}
+
+function agentTuning (values: Values) {
+  return {
+    maxBackgroundJobs: tuning(values, 'max-background-jobs', integer, 1),
+    requestsInFlight: tuning(values, 'requests-in-flight', integer, 1),
+    requestSize: tuning(values, 'request-size', parseSize, 1),
+    hashThreads: tuning(values, 'hash-threads', integer, 0),
+    requestTimeoutMs: tuning(values, 'request-timeout', integer, 1),
+    retryMinMs: tuning(values, 'retry-min', integer, 1),
+    retryMaxMs: tuning(values, 'retry-max', integer, 1)
+  }
+}
 
 export const agentVerb: Verb = {
   name: 'agent',
@@ -22,19 +55,40 @@ Options:
                        else ~/.local/state/canopy; macOS ~/Library/Application
                        Support/Canopy; Windows %LOCALAPPDATA%\\Canopy)
   --log-level L        debug, info, warn or error (default: CANOPY_LOG_LEVEL, else info)
+  --max-background-jobs N   background jobs transferring at once (default 2;
+                       foreground jobs always run)
+  --requests-in-flight N    range requests in flight per file (default 4)
+  --request-size SIZE  bytes per range request, whole blocks (default 4MiB)
+  --hash-threads N     worker threads verifying blocks; 0 = inline (default 1)
+  --request-timeout MS ms without headers or body bytes before a request is
+                       abandoned (default 30000)
+  --retry-min MS       first retry delay after a transient error (default 2000)
+  --retry-max MS       longest retry delay (default 600000)
+
+Each option can also be set in the environment as CANOPY_<OPTION>, e.g.
+CANOPY_REQUESTS_IN_FLIGHT=8; a flag wins over the environment.
 
 Examples:
   canopy agent
   canopy agent --state-dir /var/lib/canopy --log-level debug
 `,
-  options: { 'log-level': { type: 'string' } },
+  options: {
+    'log-level': { type: 'string' },
+    'max-background-jobs': { type: 'string' },
+    'requests-in-flight': { type: 'string' },
+    'request-size': { type: 'string' },
+    'hash-threads': { type: 'string' },
+    'request-timeout': { type: 'string' },
+    'retry-min': { type: 'string' },
+    'retry-max': { type: 'string' }
+  },
   positionals: { min: 0, max: 0, name: '' },
   async run (ctx) {
     const logger = createStderrLogger(parseLogLevel(str(ctx.values, 'log-level')))
     const stopping = untilSignal('canopy agent')
     const { startAgent } = await import('@canopy/agent')
     await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
-    const agent = await startAgent({ stateDir: ctx.stateDir, logger })
+    const agent = await startAgent({ stateDir: ctx.stateDir, logger, ...agentTuning(ctx.values) })
     say(`canopy agent: listening on ${agent.socketPath}`)
     const signal = await stopping
     say(`canopy agent: ${signal}: stopping`)
