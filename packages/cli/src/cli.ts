@@ -38,9 +38,9 @@ export function mainHelp (): string {
   const width = Math.max(...VERBS.map(v => v.name.length))
   return `Usage: canopy [--state-dir D] <command> [options]
 
-Canopy moves files in the background and shares them between the machines of a
-branch office: the agent runs jobs, fetches each block once over the WAN, and
-serves verified blocks to its peers.
+Canopy moves files in the background: the agent runs persistent, resumable
+download jobs and verifies every block against the manifest the origin publishes.
+(Sharing blocks between the machines of a branch office is being built.)
 
 Commands:
 ${VERBS.map(v => `  ${v.name.padEnd(width)}  ${v.summary}`).join('\n')}

@@ -41,11 +41,11 @@ function agentTuning (values: Values) {
 
 export const agentVerb: Verb = {
   name: 'agent',
-  summary: 'run the agent (job queue, transfers, peer cache) in the foreground',
+  summary: 'run the agent (job queue, verified transfers, control API) in the foreground',
   help: `Usage: canopy agent [--state-dir D] [--log-level debug|info|warn|error]
 
-Runs the Canopy agent in the foreground: it keeps the job queue, transfers files,
-shares verified blocks with peers, and serves the control API on the Unix
+Runs the Canopy agent in the foreground: it keeps the job queue, transfers files
+in verified blocks, and serves the control API on the Unix
 socket agent.sock in its state directory (owner-only). Logs go to stderr.
 SIGINT (Ctrl-C) or SIGTERM stop it cleanly; jobs resume at the next start.
 

@@ -79,11 +79,11 @@ const WAIT_UNTIL = ['acknowledged', 'cancelled', 'error'] as const
 
 export const getVerb: Verb = {
   name: 'get',
-  summary: 'download a URL through the agent (peers first, then the origin)',
+  summary: 'download a URL through the agent, block-verified and resumable',
   help: `Usage: canopy get <url> [-o PATH] [options]
 
-Downloads <url> as a job of the agent: blocks come from peers in the branch when
-they have them, else from the origin; each is verified before it is written, and
+Downloads <url> as a job of the agent: blocks come from the origin (HTTP range
+requests); each is verified against the origin's manifest before it is written, and
 the file appears at its destination only once complete (atomic rename). Waits
 with a progress bar (on a terminal) and prints a summary; with --detach it
 returns at once and the agent finishes the job in the background.

@@ -41,8 +41,8 @@ export const originVerb: Verb = {
   help: `Usage: canopy origin <root-dir> [options]
 
 Serves the files under <root-dir> over HTTP: GET/HEAD with Range and validators,
-and each file's content manifest (block digests) so agents verify every block and
-share it with their peers. Manifests are computed at startup and kept up to date.
+and each file's content manifest (block digests) so agents verify every block
+(and, once peer caching lands, share it with their peers). Manifests are computed at startup and kept up to date.
 SIGINT (Ctrl-C) or SIGTERM stop it.
 
 Options:
