@@ -2,7 +2,8 @@
 // versus `curl -o` of the same file from the same origin, on loopback, interleaved.
 // Prints one JSON document. Run by hand: `npm run bench:download` (see README).
 //
-// Env: BENCH_SIZES (default "256MiB,1GiB"), BENCH_ROUNDS (default 3).
+// Env: BENCH_SIZES (default "256MiB,1GiB"), BENCH_ROUNDS (default 3), BENCH_AGENT_ARGS
+// (extra `canopy agent` flags, e.g. "--requests-in-flight 8").
 import { spawn, execFile } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
@@ -57,7 +58,8 @@ async function main (): Promise<void> {
       origin.once('exit', code => reject(new Error(`origin exited ${code}: ${text}`)))
     })
     const agentState = join(dir, 'agent')
-    const agent = start(['agent', '--state-dir', agentState, '--log-level', 'warn'])
+    const agentArgs = (process.env.BENCH_AGENT_ARGS ?? '').split(' ').filter(Boolean)
+    const agent = start(['agent', '--state-dir', agentState, '--log-level', 'warn', ...agentArgs])
     const client = new CanopyClient({ stateDir: agentState })
     for (let i = 0; ; i++) {
       try {
@@ -115,6 +117,7 @@ async function main (): Promise<void> {
       bench: 'download',
       what: 'origin → agent (block-verified, written to disk) vs curl -o, loopback, interleaved rounds',
       node: process.version,
+      agentArgs,
       cpus: cpus().length,
       cpuModel: cpus()[0]?.model,
       results

@@ -16,6 +16,7 @@ import { REMOTE_CHANGED, transferBlocks } from './transfer/block-transfer.ts'
 import { createDispatcher, discoverManifest } from './transfer/http.ts'
 import { BlockHasher } from './transfer/block-hasher.ts'
 import { BufferPool } from './transfer/buffer-pool.ts'
+import { RangeClient } from './transfer/range-client.ts'
 import { transferPlain } from './transfer/plain-transfer.ts'
 import type { PlainProgress } from './transfer/plain-transfer.ts'
 import { startApiServer } from './api/server.ts'
@@ -49,6 +50,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   private readonly store: JobStore
   private readonly dispatcher: Dispatcher
   private readonly blockHasher: BlockHasher
+  private readonly rangeClient: RangeClient
   private readonly jobs = new Map<string, JobRecord>()
   private readonly progress = new Map<string, Array<Progress | undefined>>()
   private readonly running = new Map<string, { controller: AbortController, done: Promise<void> }>()
@@ -70,6 +72,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     // Two jobs may fetch from one origin at once.
     this.dispatcher = createDispatcher({ connections: options.requestsInFlight * 2, timeoutMs: options.requestTimeoutMs })
     this.blockHasher = new BlockHasher(options.hashThreads)
+    this.rangeClient = new RangeClient({ maxPerOrigin: options.requestsInFlight * 2, timeoutMs: options.requestTimeoutMs })
   }
 
   /** Opens the state directory, recovers jobs, and starts the control API and the scheduler. */
@@ -109,6 +112,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     for (const r of runs) r.controller.abort(new CanopyError('ERR_AGENT_STOPPING', 'the agent is stopping'))
     await Promise.all(runs.map(async r => await r.done))
     await Promise.all([...this.writes.values()])
+    this.rangeClient.close()
     await this.dispatcher.close()
     await this.blockHasher.close()
     await this.store.close()
@@ -357,6 +361,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
           headers,
           blockHasher: this.blockHasher,
           buffers: new BufferPool(manifest.blockSize, blocksBuffered(this.options, manifest.blockSize)),
+          maxBufferedBlocks: blocksBuffered(this.options, manifest.blockSize),
+          rangeClient: this.rangeClient,
           requestsInFlight: this.options.requestsInFlight,
           blocksPerRequest: Math.max(1, Math.floor(this.options.requestSize / manifest.blockSize)),
           maxBlockAttempts: this.options.maxBlockAttempts,

@@ -16,3 +16,4 @@ export { JOB_LIMITS } from './jobs/validate.ts'
 export async function startAgent (options: AgentOptions): Promise<CanopyAgent> {
   return await CanopyAgent.start(options)
 }
+export { RangeClient } from './transfer/range-client.ts'

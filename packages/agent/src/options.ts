@@ -38,14 +38,18 @@ export const AGENT_DEFAULTS = {
 export type ResolvedAgentOptions = Required<AgentOptions>
 
 /**
- * Most blocks of one file that can be lost by a crash: those asked for and not yet
- * received, plus those received and not yet written and marked.
+ * Blocks one file transfer holds in memory at most: each request's blocks are
+ * reserved before it is sent and released once written and marked, and every
+ * request in flight may have its previous blocks still being verified and written.
  */
-export function blocksAtRisk (options: Pick<ResolvedAgentOptions, 'requestsInFlight' | 'requestSize'>, blockSize: number): number {
-  return 2 * blocksBuffered(options, blockSize)
+export function blocksBuffered (options: Pick<ResolvedAgentOptions, 'requestsInFlight' | 'requestSize'>, blockSize: number): number {
+  return 2 * options.requestsInFlight * Math.max(1, Math.floor(options.requestSize / blockSize))
 }
 
-/** Blocks received and not yet written that one file transfer may hold in memory. */
-export function blocksBuffered (options: Pick<ResolvedAgentOptions, 'requestsInFlight' | 'requestSize'>, blockSize: number): number {
-  return options.requestsInFlight * Math.max(1, Math.floor(options.requestSize / blockSize))
+/**
+ * Most blocks of one file that a crash can cost: those asked for or received but
+ * not yet written and marked, which are exactly the blocks held in memory.
+ */
+export function blocksAtRisk (options: Pick<ResolvedAgentOptions, 'requestsInFlight' | 'requestSize'>, blockSize: number): number {
+  return blocksBuffered(options, blockSize)
 }

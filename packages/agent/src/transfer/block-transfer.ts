@@ -10,6 +10,7 @@ import { openPartial, writeFully } from './partial-file.ts'
 import { WholeFileHasher } from './whole-file-hasher.ts'
 import type { BlockHasher } from './block-hasher.ts'
 import type { BufferPool } from './buffer-pool.ts'
+import type { RangeClient } from './range-client.ts'
 
 /** Code of the transient error that tells the runner the remote file changed: restart the file. */
 export const REMOTE_CHANGED = 'ERR_REMOTE_CHANGED'
@@ -28,6 +29,10 @@ export interface BlockTransferOptions {
   blockHasher: BlockHasher
   /** Reusable block-sized buffers. */
   buffers: BufferPool
+  /** Plain-HTTP range requests that read straight into block buffers. */
+  rangeClient: RangeClient
+  /** Blocks one file may hold in memory (being received, verified or written). */
+  maxBufferedBlocks: number
   /** Range requests in flight for this file. */
   requestsInFlight: number
   /** Consecutive blocks asked for in one range request. */
@@ -108,7 +113,7 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
   // Reading does not wait for verifying and writing: a block is handed on as soon as
   // its last byte arrived, and the response keeps flowing. Received blocks that are
   // not yet written are bounded; past the bound, reading pauses (TCP back-pressure).
-  const buffered = new Semaphore(o.requestsInFlight * o.blocksPerRequest)
+  const buffered = new Semaphore(o.maxBufferedBlocks)
   const processing = new Set<Promise<void>>()
   let failure: unknown
   const fail = (err: unknown): void => {
@@ -144,10 +149,6 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
     return true
   }
 
-  const acquire = async (index: number): Promise<Buffer> => {
-    await buffered.acquire(signal)
-    return o.buffers.take(blockSpan(index, manifest.size, manifest.blockSize).length)
-  }
   const deliver = (index: number, bytes: Buffer): void => {
     const done: Promise<void> = accept(index, bytes).then(ok => {
       if (!ok) queue.push(index)
@@ -161,30 +162,47 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
   const worker = async (): Promise<void> => {
     while (queue.length > 0 && fullResponse === undefined && !signal.aborted) {
       const span = takeSpan(queue, o.blocksPerRequest)
-      const offset = blockSpan(span[0], manifest.size, manifest.blockSize).offset
-      const last = blockSpan(span[span.length - 1], manifest.size, manifest.blockSize)
-      const res = await requestRange(o.dispatcher, o.url, offset, last.offset + last.length - offset, o.headers, signal)
-      if (res.kind === 'full') {
-        // The server ignores Range: switch this file to one streamed GET.
-        queue.unshift(...span)
-        if (fullResponse === undefined) fullResponse = res
-        else discard(res.body)
-        return
-      }
-      let delivered = 0
+      // Memory for the whole span first: its bytes are read straight into it.
+      let held = 0
       try {
-        delivered = await readBlocks(res.body, span, manifest, acquire, (index, bytes) => {
-          delivered++
-          deliver(index, bytes)
-        }, buffered)
+        for (; held < span.length; held++) await buffered.acquire(signal)
       } catch (err) {
-        queue.push(...span.slice(delivered))
-        discard(res.body)
-        throw signal.aborted ? err : classifyError(err, o.url)
+        for (let k = 0; k < held; k++) buffered.release()
+        queue.unshift(...span)
+        throw err
       }
-      if (delivered < span.length) {
-        queue.push(...span.slice(delivered))
-        throw new TransferError(JobErrorCode.Network, `the connection closed after ${delivered} of ${span.length} blocks`, { transient: true, url: o.url })
+      const buffers = span.map(i => o.buffers.take(blockSpan(i, manifest.size, manifest.blockSize).length))
+      const offset = blockSpan(span[0], manifest.size, manifest.blockSize).offset
+      const length = buffers.reduce((sum, b) => sum + b.length, 0)
+      let filled = 0
+      const onFilled = (k: number): void => {
+        filled++
+        deliver(span[k], buffers[k])
+      }
+      let body: RangeResponse['body'] | undefined
+      try {
+        const fast = await o.rangeClient.get(new URL(o.url), offset, buffers, o.headers, signal, onFilled)
+        if (fast === 'fallback') {
+          const res = await requestRange(o.dispatcher, o.url, offset, length, o.headers, signal)
+          body = res.body
+          if (res.kind === 'full') {
+            // The server ignores Range: switch this file to one streamed GET.
+            for (let k = 0; k < span.length; k++) buffered.release()
+            queue.unshift(...span)
+            if (fullResponse === undefined) fullResponse = res
+            else discard(res.body)
+            return
+          }
+          await readBlocks(res.body, span, manifest, k => buffers[k], onFilled)
+        }
+        if (filled < span.length) {
+          throw new TransferError(JobErrorCode.Network, `the connection closed after ${filled} of ${span.length} blocks`, { transient: true, url: o.url })
+        }
+      } catch (err) {
+        for (let k = filled; k < span.length; k++) buffered.release()
+        queue.push(...span.slice(filled))
+        if (body !== undefined) discard(body)
+        throw signal.aborted || err instanceof TransferError ? err : classifyError(err, o.url)
       }
     }
   }
@@ -195,7 +213,7 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
     if (fullResponse !== undefined) discard(fullResponse.body)
     throw o.signal.aborted ? o.signal.reason : failure
   }
-  if (fullResponse !== undefined) await streamAll(o, fullResponse, accept, buffered)
+  if (fullResponse !== undefined) await streamAll(o, fullResponse, accept)
   if (!progress.complete) await fetchMissing(o, expected, handle, hasher, attempts)
 }
 
@@ -208,41 +226,35 @@ function takeSpan (queue: number[], max: number): number[] {
 
 /**
  * Reads a body holding the blocks `span` back to back and hands each block on as
- * soon as it is complete. `acquire` returns the buffer for a block, or undefined to
- * skip its bytes. Resolves with the number of blocks handed on or skipped.
+ * soon as it is complete. `bufferFor(k)` gives the memory for `span[k]`, or
+ * undefined to skip its bytes. Resolves with the number of blocks handed on or skipped.
  */
 async function readBlocks (body: Body, span: number[], manifest: PublishedManifest,
-  acquire: (index: number) => Promise<Buffer | undefined>, deliver: (index: number, bytes: Buffer) => void,
-  buffered: Semaphore): Promise<number> {
+  bufferFor: (k: number) => Buffer | undefined | Promise<Buffer | undefined>, onFilled: (k: number) => void): Promise<number> {
   let done = 0
   let buffer: Buffer | undefined
   let need = -1
   let filled = 0
-  try {
-    for await (const chunk of body as AsyncIterable<Buffer>) {
-      let at = 0
-      while (at < chunk.length) {
-        if (done === span.length) throw new TransferError(JobErrorCode.ProtocolViolation, 'the server sent more bytes than asked for', { transient: true })
-        if (need < 0) {
-          need = blockSpan(span[done], manifest.size, manifest.blockSize).length
-          filled = 0
-          buffer = await acquire(span[done])
-        }
-        const take = Math.min(need - filled, chunk.length - at)
-        buffer?.set(chunk.subarray(at, at + take), filled)
-        filled += take
-        at += take
-        if (filled === need) {
-          if (buffer !== undefined) deliver(span[done], buffer)
-          buffer = undefined
-          need = -1
-          done++
-        }
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    let at = 0
+    while (at < chunk.length) {
+      if (done === span.length) throw new TransferError(JobErrorCode.ProtocolViolation, 'the server sent more bytes than asked for', { transient: true })
+      if (need < 0) {
+        need = blockSpan(span[done], manifest.size, manifest.blockSize).length
+        filled = 0
+        buffer = await bufferFor(done)
+      }
+      const take = Math.min(need - filled, chunk.length - at)
+      buffer?.set(chunk.subarray(at, at + take), filled)
+      filled += take
+      at += take
+      if (filled === need) {
+        if (buffer !== undefined) onFilled(done)
+        buffer = undefined
+        need = -1
+        done++
       }
     }
-  } finally {
-    // A block cut short gives its slot back.
-    if (buffer !== undefined) buffered.release()
   }
   return done
 }
@@ -251,8 +263,7 @@ async function readBlocks (body: Body, span: number[], manifest: PublishedManife
  * For servers that ignore Range: read the whole body once, cut it into blocks,
  * and verify and keep the ones still missing.
  */
-async function streamAll (o: BlockTransferOptions, res: FullResponse, accept: (index: number, bytes: Buffer) => Promise<boolean>,
-  buffered: Semaphore): Promise<void> {
+async function streamAll (o: BlockTransferOptions, res: FullResponse, accept: (index: number, bytes: Buffer) => Promise<boolean>): Promise<void> {
   const { manifest, progress } = o
   o.logger.info('server ignores Range requests; streaming the whole file', { jobId: o.jobId, url: o.url })
   if (res.contentLength >= 0 && res.contentLength !== manifest.size) {
@@ -264,14 +275,14 @@ async function streamAll (o: BlockTransferOptions, res: FullResponse, accept: (i
   try {
     // One block at a time: this path is a fallback, kept simple.
     let pending: Promise<boolean> = Promise.resolve(true)
+    let current: Buffer | undefined
     done = await readBlocks(res.body, all, manifest, async (index) => {
       await pending
-      if (progress.has(index)) return undefined
-      await buffered.acquire(o.signal)
-      return o.buffers.take(blockSpan(index, manifest.size, manifest.blockSize).length)
-    }, (index, bytes) => {
-      pending = accept(index, bytes).finally(() => buffered.release())
-    }, buffered)
+      current = progress.has(index) ? undefined : o.buffers.take(blockSpan(index, manifest.size, manifest.blockSize).length)
+      return current
+    }, (index) => {
+      pending = accept(index, current!)
+    })
     await pending
   } catch (err) {
     discard(res.body)
