@@ -4,11 +4,12 @@ import assert from 'node:assert/strict'
 import { createServer } from 'node:http'
 import type { Server } from 'node:http'
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, stat } from 'node:fs/promises'
+import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises'
 import { join, normalize } from 'node:path'
 import type { AddressInfo } from 'node:net'
 import { request } from 'undici'
 import { startAgent } from '@canopy/agent'
+import type { AgentOptions } from '@canopy/agent'
 import { CanopyClient } from '@canopy/client'
 import { startOrigin, publishSidecar } from '@canopy/origin'
 import { FINISHED, fileSha256, randomFile, tempDir } from './helpers.ts'
@@ -72,11 +73,11 @@ async function naiveStaticServer (root: string): Promise<{ url: string, server: 
   return { url: await listen(server), server }
 }
 
-async function setup (t: Parameters<typeof tempDir>[0], size: number) {
+async function setup (t: Parameters<typeof tempDir>[0], size: number, options: Partial<AgentOptions> = {}) {
   const dir = await tempDir(t)
   await mkdir(join(dir, 'root'))
   const file = await randomFile(join(dir, 'root', 'f.bin'), size)
-  const agent = await startAgent({ stateDir: join(dir, 'agent'), retryMinMs: 100, retryMaxMs: 400 })
+  const agent = await startAgent({ stateDir: join(dir, 'agent'), retryMinMs: 100, retryMaxMs: 400, ...options })
   const client = new CanopyClient({ stateDir: join(dir, 'agent') })
   t.after(async () => {
     await client.close()
@@ -167,4 +168,76 @@ test('an origin that is down is a transient error; the job finishes once it is b
   assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
   assert.equal((await stat(dest)).size, 2 * MiB)
   assert.equal(await fileSha256(dest), file.sha256)
+})
+
+test('a server that ignores Range and keeps corrupting a block: the job stops in error, the agent stays up', async (t) => {
+  const { dir, client } = await setup(t, 4 * MiB)
+  await publishSidecar(join(dir, 'root', 'f.bin'), { secret: Buffer.alloc(32, 7) })
+  const server = await naiveStaticServer(join(dir, 'root'))
+  t.after(async () => await close(server.server))
+  const proxy = await corruptingProxy(server.url, 2, Infinity)
+  t.after(async () => await close(proxy.server))
+  const job = await client.createJob({ files: [{ url: `${proxy.url}/f.bin`, path: join(dir, 'f.bin') }], autoComplete: true })
+  const done = await client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(done.state, 'error')
+  assert.equal(done.error?.code, 'ERR_DIGEST_MISMATCH')
+  assert.equal((await client.status()).pid, process.pid, 'the agent still answers')
+})
+
+test('a destination that cannot be written at completion stops the job in error; complete works once it is fixed', async (t) => {
+  const { dir, file, client } = await setup(t, 2 * MiB)
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
+  t.after(async () => await origin.close())
+  const dest = join(dir, 'taken')
+  await mkdir(dest) // a folder sits where the file should go
+  const job = await client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: dest }], autoComplete: true })
+  const failed = await client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(failed.state, 'error')
+  assert.equal(failed.error?.code, 'ERR_DESTINATION')
+  assert.equal(failed.error?.transient, false)
+  await rm(dest, { recursive: true })
+  const completed = await client.complete(job.id)
+  assert.equal(completed.state, 'acknowledged')
+  assert.equal(await fileSha256(dest), file.sha256)
+})
+
+test('a file replaced by a shorter one during the transfer is started over against the new manifest', async (t) => {
+  // One 1 MiB request at a time, so that requests after the replacement reach the
+  // new file (a request already under way keeps reading the old one: a consistent
+  // snapshot that verifies against the old manifest).
+  const { dir, client } = await setup(t, 12 * MiB, { requestsInFlight: 1, requestSize: MiB })
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o'), rateLimit: 4 * MiB })
+  t.after(async () => await origin.close())
+  await origin.ready
+  const dest = join(dir, 'f.bin')
+  const job = await client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: dest }], autoComplete: true })
+  // Past the new file's end, so that the next range request gets a 416.
+  let seen = await client.getJob(job.id)
+  while (seen.bytes.transferred < 5 * MiB && !FINISHED.includes(seen.state)) {
+    await new Promise(resolve => setTimeout(resolve, 20))
+    seen = await client.getJob(job.id)
+  }
+  // Replace, not rewrite in place: a new inode, as publishers deploy files.
+  const replacement = await randomFile(join(dir, 'new.bin'), 3 * MiB)
+  await rename(join(dir, 'new.bin'), join(dir, 'root', 'f.bin'))
+  const done = await client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+  assert.equal(await fileSha256(dest), replacement.sha256)
+})
+
+test('redirects are followed, for the manifest and for the blocks', async (t) => {
+  const { dir, file, client } = await setup(t, 5 * MiB)
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
+  t.after(async () => await origin.close())
+  const redirector = createServer((req, res) => {
+    res.writeHead(302, { location: `${origin.url}${req.url ?? '/'}`, 'content-length': 0 })
+    res.end()
+  })
+  const url = await listen(redirector)
+  t.after(async () => await close(redirector))
+  const job = await client.createJob({ files: [{ url: `${url}/f.bin`, path: join(dir, 'f.bin') }], autoComplete: true })
+  const done = await client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+  assert.match(done.files[0].manifestId ?? '', /^bagaaiera/)
+  assert.equal(await fileSha256(join(dir, 'f.bin')), file.sha256)
 })

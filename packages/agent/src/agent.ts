@@ -1,18 +1,18 @@
 import { EventEmitter } from 'node:events'
-import { mkdir, rm, rename, stat, statfs, chmod } from 'node:fs/promises'
+import { chmod, mkdir, open, rename, rm, stat, statfs } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import { randomUUID } from 'node:crypto'
-import type { Agent as Dispatcher } from 'undici'
+import type { Dispatcher } from 'undici'
 import { API_SOCKET_NAME, CanopyError, FINAL_STATES, formatBytes, silentLogger } from '@canopy/core'
 import type { AgentStatus, CreateJobRequest, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
-import { JobErrorCode, TransferError, classifyError } from './errors.ts'
+import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from './errors.ts'
 import { FileProgress, toView } from './jobs/job.ts'
 import type { FileRecord, JobRecord } from './jobs/job.ts'
 import { validateCreateJob } from './jobs/validate.ts'
 import { AGENT_DEFAULTS, blocksBuffered } from './options.ts'
 import type { AgentOptions, ResolvedAgentOptions } from './options.ts'
 import { JobStore } from './store/job-store.ts'
-import { REMOTE_CHANGED, transferBlocks } from './transfer/block-transfer.ts'
+import { transferBlocks } from './transfer/block-transfer.ts'
 import { createDispatcher, discoverManifest } from './transfer/http.ts'
 import { BlockHasher } from './transfer/block-hasher.ts'
 import { BufferPool } from './transfer/buffer-pool.ts'
@@ -98,6 +98,10 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       throw err
     }
     agent.logger.info('agent started', { stateDir: resolved.stateDir, jobs: agent.jobs.size })
+    // Jobs that were transferred but not yet completed when the agent went down.
+    for (const job of agent.jobs.values()) {
+      if (job.state === 'transferred' && job.autoComplete) await agent.completeJob(job)
+    }
     agent.schedule()
     return agent
   }
@@ -210,10 +214,10 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   /** Makes the files of a transferred job visible at their destinations (atomic renames). */
   async complete (id: string): Promise<JobView> {
     const job = this.requireJob(id)
-    if (job.state !== 'transferred') {
+    if (job.state !== 'transferred' && !(job.state === 'error' && job.files.every(f => f.done))) {
       throw new CanopyError('ERR_INVALID_STATE', `The job is ${job.state}: only a transferred job can be completed`)
     }
-    await this.completeJob(job)
+    if (!await this.completeJob(job)) throw new CanopyError(job.error!.code, job.error!.message)
     return this.view(job)
   }
 
@@ -282,6 +286,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       signal.throwIfAborted()
       job.transferredAt = new Date().toISOString()
       job.retryCount = 0
+      job.error = undefined
       await this.setState(job, 'transferred')
       if (job.autoComplete) await this.completeJob(job)
     } catch (err) {
@@ -447,37 +452,49 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     if (now - (this.lastPersist.get(job.id) ?? 0) >= PROGRESS_PERSIST_MS) {
       this.lastPersist.set(job.id, now)
       job.modifiedAt = new Date(now).toISOString()
-      void this.persist(job)
+      this.persist(job).catch((err: unknown) => this.logger.error('could not persist job progress', { jobId: job.id, err: String(err) }))
     }
   }
 
-  private async completeJob (job: JobRecord): Promise<void> {
+  /**
+   * Renames every file into place, each once (a retry after a failure in the middle
+   * skips the files already visible), then forgets the block marks. On failure the
+   * job goes to `error` with the reason and false is returned.
+   */
+  private async completeJob (job: JobRecord): Promise<boolean> {
     for (const file of job.files) {
+      if (file.visible === true) continue
       try {
         await rename(file.partPath, file.path)
+        await syncDirectory(dirname(file.path))
       } catch (err) {
-        const failure = classifyError(err, file.url)
         const missing = (err as { code?: string }).code === 'ENOENT'
+        const failure = classifyError(err, file.url)
         job.error = {
           code: missing ? JobErrorCode.Destination : failure.code,
-          message: missing ? `The downloaded data for ${file.path} is gone (was ${file.partPath} deleted?): cancel the job and download again` : failure.message,
+          message: missing
+            ? `The downloaded data for ${file.path} is gone (was ${file.partPath} deleted?): cancel the job and download again`
+            : `Could not put ${file.path} in place: ${failure.message}`,
           transient: false,
           at: new Date().toISOString(),
           url: file.url
         }
         await this.setState(job, 'error')
-        throw new CanopyError(job.error.code, job.error.message)
+        return false
       }
+      file.visible = true
+      await this.persist(job)
     }
     // Keep the per-source totals in the record: the block marks go now.
     job.files.forEach((file, i) => {
       const p = this.progress.get(job.id)?.[i]
-      file.plainBytes = file.size
-      file.bytesBySource = { origin: p?.fromOrigin ?? 0, peers: p?.fromPeers ?? 0, cache: p?.fromCache ?? 0 }
+      file.bytesBySource ??= { origin: p?.fromOrigin ?? 0, peers: p?.fromPeers ?? 0, cache: p?.fromCache ?? 0 }
     })
     await this.store.clearBlocks(job.id)
+    job.error = undefined
     job.completedAt = new Date().toISOString()
     await this.setState(job, 'acknowledged')
+    return true
   }
 
   // ---- state ---------------------------------------------------------------
@@ -510,15 +527,21 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     this.emit('job:state', this.view(job))
   }
 
-  /** Writes a job record; writes of one job are chained so that the last one wins. */
+  /**
+   * Writes a job record; writes of one job are chained so that they land in order
+   * and the last one wins. A failed write rejects (the caller's operation fails);
+   * the chain itself carries on.
+   */
   private async persist (job: JobRecord): Promise<void> {
     const previous = this.writes.get(job.id) ?? Promise.resolve()
-    const next = previous.then(async () => await this.store.putJob(job)).catch((err: unknown) => {
-      this.logger.error('could not persist job', { jobId: job.id, err: String(err) })
-    })
-    this.writes.set(job.id, next)
-    await next
-    if (this.writes.get(job.id) === next) this.writes.delete(job.id)
+    const next = previous.then(async () => await this.store.putJob(job))
+    const settled = next.catch(() => {})
+    this.writes.set(job.id, settled)
+    try {
+      await next
+    } finally {
+      if (this.writes.get(job.id) === settled) this.writes.delete(job.id)
+    }
   }
 
   private view (job: JobRecord): JobView {
@@ -561,6 +584,16 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     if (FINAL_STATES.includes(job.state)) {
       throw new CanopyError('ERR_INVALID_STATE', `The job is ${job.state}: it cannot ${verb} any more`)
     }
+  }
+}
+
+/** Makes a rename durable: fsync of the directory that holds the new name. */
+async function syncDirectory (dir: string): Promise<void> {
+  const handle = await open(dir, 'r')
+  try {
+    await handle.sync()
+  } finally {
+    await handle.close()
   }
 }
 

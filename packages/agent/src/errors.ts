@@ -15,6 +15,9 @@ export const JobErrorCode = {
   Internal: 'ERR_INTERNAL'
 } as const
 
+/** Code of the transient error that tells the runner the remote file changed: rediscover it and start it over. */
+export const REMOTE_CHANGED = 'ERR_REMOTE_CHANGED'
+
 /**
  * A failure of a transfer. `transient` failures (network down, origin 5xx, a short
  * response) are retried with backoff; the others stop the job in `error` until the
@@ -38,12 +41,15 @@ const TRANSIENT_NETWORK_CODES = new Set([
   'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CLOSED', 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH'
 ])
 
+/** Errors of the destination's filesystem that the user has to fix. */
+const DESTINATION_CODES = new Set(['EACCES', 'EROFS', 'EPERM', 'EISDIR', 'ENOTDIR', 'ENAMETOOLONG'])
+
 function errnoCode (err: unknown): string | undefined {
   let e: unknown = err
   // undici wraps socket errors; the errno code is on the error or its cause
   for (let depth = 0; depth < 4 && e !== null && typeof e === 'object'; depth++) {
     const code = (e as { code?: unknown }).code
-    if (typeof code === 'string' && (TRANSIENT_NETWORK_CODES.has(code) || code === 'ENOSPC' || code === 'EDQUOT' || code === 'EACCES' || code === 'EROFS' || code === 'EPERM')) return code
+    if (typeof code === 'string' && (TRANSIENT_NETWORK_CODES.has(code) || DESTINATION_CODES.has(code) || code === 'ENOSPC' || code === 'EDQUOT')) return code
     e = (e as { cause?: unknown }).cause
   }
   return undefined
@@ -56,7 +62,7 @@ export function classifyError (err: unknown, url?: string): TransferError {
   if (code === 'ENOSPC' || code === 'EDQUOT') {
     return new TransferError(JobErrorCode.DiskFull, 'The disk is full: free some space, then resume the job', { transient: false, url, cause: err })
   }
-  if (code === 'EACCES' || code === 'EROFS' || code === 'EPERM') {
+  if (code !== undefined && DESTINATION_CODES.has(code)) {
     return new TransferError(JobErrorCode.Destination, `Cannot write the destination (${code}): check the folder's permissions, then resume the job`, { transient: false, url, cause: err })
   }
   if (code !== undefined) {

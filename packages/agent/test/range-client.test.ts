@@ -138,3 +138,26 @@ test('a kept-alive connection the server drops as it is reused is replaced witho
   assert.deepEqual(second[0], content.subarray(10, 20))
   assert.equal(connections(), 2)
 })
+
+test('a connection that is never accepted fails after the timeout instead of hanging', async (t) => {
+  // A listener whose backlog is full: the kernel drops further SYNs, so a connect
+  // neither succeeds nor fails. The child listens, then stops serving its event loop.
+  const { spawn } = await import('node:child_process')
+  const { connect } = await import('node:net')
+  const child = spawn(process.execPath, ['-e', `
+    const s = require('node:net').createServer()
+    s.listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => {
+      console.log(s.address().port)
+      const end = Date.now() + 20000
+      while (Date.now() < end) {} // never accepts
+    })`], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.after(() => { child.kill('SIGKILL') })
+  const port = await new Promise<number>(resolve => child.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))))
+  const fillers = Array.from({ length: 4 }, () => connect(port, '127.0.0.1').on('error', () => {}))
+  t.after(() => { for (const f of fillers) f.destroy() })
+  await new Promise(resolve => setTimeout(resolve, 200))
+  const client = new RangeClient({ maxPerOrigin: 1, timeoutMs: 500 })
+  t.after(() => client.close())
+  await assert.rejects(client.get(new URL(`http://127.0.0.1:${port}/f`), 0, buffersFor(10), {}, AbortSignal.timeout(10_000), () => {}),
+    /origin unreachable|no data from the origin/)
+})

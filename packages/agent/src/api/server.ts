@@ -19,7 +19,10 @@ const STATUS_BY_CODE: Record<string, number> = {
   ERR_NOT_FOUND: 404,
   ERR_METHOD_NOT_ALLOWED: 405,
   ERR_INVALID_STATE: 409,
-  ERR_BODY_TOO_LARGE: 413
+  ERR_BODY_TOO_LARGE: 413,
+  ERR_DESTINATION: 409,
+  ERR_DISK_FULL: 507,
+  ERR_AGENT_STOPPING: 503
 }
 
 async function readJson (req: IncomingMessage): Promise<unknown> {
@@ -87,7 +90,7 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
       only('GET')
       return [200, agent.getJob(parts[2])]
     }
-    if (parts[1] === 'jobs' && parts.length === 4) {
+    if (parts[1] === 'jobs' && parts.length === 4 && ['suspend', 'resume', 'cancel', 'complete'].includes(parts[3])) {
       only('POST')
       const id = parts[2]
       switch (parts[3]) {
@@ -103,7 +106,7 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
   const server = createServer((req, res) => {
     route(req).then(([status, body]) => send(res, status, body), (err: unknown) => {
       const code = err instanceof CanopyError ? err.code : 'ERR_INTERNAL'
-      const status = STATUS_BY_CODE[code] ?? (err instanceof CanopyError ? 400 : 500)
+      const status = STATUS_BY_CODE[code] ?? 500
       if (status === 500) logger.error('control API failure', { err: String((err as Error)?.stack ?? err) })
       const body: ApiErrorBody = { error: { code, message: err instanceof Error ? err.message : String(err) } }
       send(res, status, body)

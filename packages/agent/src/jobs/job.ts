@@ -21,6 +21,8 @@ export interface FileRecord {
   lastModified?: string
   /** Plain mode: bytes at the start of the partial file known to be written. */
   plainBytes?: number
+  /** True once the file was renamed to its destination. */
+  visible?: boolean
   /** Bytes by source, kept when the job completes (its block marks are deleted then). */
   bytesBySource?: { origin: number, peers: number, cache: number }
   /** Verified whole-file SHA-256 (hex), set when the file is complete. */

@@ -1,7 +1,7 @@
-import type { Agent as Dispatcher } from 'undici'
+import type { Dispatcher } from 'undici'
 import { blockDigest, blockSpan, digestsEqual, sha256 } from '@canopy/core'
 import type { Logger, PublishedManifest } from '@canopy/core'
-import { JobErrorCode, TransferError, classifyError } from '../errors.ts'
+import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from '../errors.ts'
 import type { FileProgress } from '../jobs/job.ts'
 import type { JobStore } from '../store/job-store.ts'
 import { discard, requestRange } from './http.ts'
@@ -12,8 +12,6 @@ import type { BlockHasher } from './block-hasher.ts'
 import type { BufferPool } from './buffer-pool.ts'
 import type { RangeClient } from './range-client.ts'
 
-/** Code of the transient error that tells the runner the remote file changed: restart the file. */
-export const REMOTE_CHANGED = 'ERR_REMOTE_CHANGED'
 
 export interface BlockTransferOptions {
   jobId: string
@@ -90,7 +88,7 @@ export async function transferBlocks (o: BlockTransferOptions): Promise<string> 
       }
     }
     throw new TransferError(JobErrorCode.DigestMismatch,
-      'The file does not match the whole-file digest of its manifest although its blocks do: the manifest is inconsistent; ask the publisher to republish it',
+      'The file does not match the whole-file digest of its manifest, even after every block was checked on disk and refetched where needed: the manifest is inconsistent; ask the publisher to republish it',
       { transient: false, url: o.url })
   } finally {
     await handle.close().catch(() => {})
@@ -111,8 +109,9 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
   const signal = AbortSignal.any([o.signal, local.signal])
   let fullResponse: FullResponse | undefined
   // Reading does not wait for verifying and writing: a block is handed on as soon as
-  // its last byte arrived, and the response keeps flowing. Received blocks that are
-  // not yet written are bounded; past the bound, reading pauses (TCP back-pressure).
+  // its last byte arrived, and the response keeps flowing. Memory for a request's
+  // blocks is reserved before it is sent and freed once they are written, which
+  // bounds what a transfer holds (blocksBuffered).
   const buffered = new Semaphore(o.maxBufferedBlocks)
   const processing = new Set<Promise<void>>()
   let failure: unknown
@@ -282,6 +281,8 @@ async function streamAll (o: BlockTransferOptions, res: FullResponse, accept: (i
       return current
     }, (index) => {
       pending = accept(index, current!)
+      // Awaited at the next block or at the end; until then it must not count as unhandled.
+      pending.catch(() => {})
     })
     await pending
   } catch (err) {

@@ -1,7 +1,8 @@
-import { Agent as Dispatcher, request } from 'undici'
+import { Agent, interceptors, request } from 'undici'
+import type { Dispatcher } from 'undici'
 import { MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, SIDECAR_SUFFIX, decodeManifest } from '@canopy/core'
 import type { PublishedManifest } from '@canopy/core'
-import { JobErrorCode, TransferError, classifyError, httpStatusError } from '../errors.ts'
+import { REMOTE_CHANGED, JobErrorCode, TransferError, classifyError, httpStatusError } from '../errors.ts'
 
 type Body = Awaited<ReturnType<typeof request>>['body']
 
@@ -12,14 +13,17 @@ export interface HttpOptions {
   timeoutMs: number
 }
 
-/** One keep-alive connection pool per agent, shared by all jobs. */
+/** Redirects followed before a request fails (CDNs and mirrors redirect). */
+const MAX_REDIRECTS = 5
+
+/** One keep-alive connection pool per agent, shared by all jobs; follows redirects. */
 export function createDispatcher (options: HttpOptions): Dispatcher {
-  return new Dispatcher({
+  return new Agent({
     connections: options.connections,
     headersTimeout: options.timeoutMs,
     bodyTimeout: options.timeoutMs,
     keepAliveTimeout: 30_000
-  })
+  }).compose(interceptors.redirect({ maxRedirections: MAX_REDIRECTS }))
 }
 
 export interface RangeResponse {
@@ -87,8 +91,9 @@ export async function requestRange (dispatcher: Dispatcher, url: string, offset:
     const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header(res.headers, 'content-range') ?? '')
     if (range === null || Number(range[1]) !== offset || Number(range[2]) !== offset + length - 1) {
       discard(res.body)
-      throw new TransferError(JobErrorCode.ProtocolViolation,
-        `the server answered a different range than asked for (${header(res.headers, 'content-range') ?? 'no Content-Range'})`, { transient: true, url })
+      // Most likely the file changed size under its manifest: rediscover it.
+      throw new TransferError(REMOTE_CHANGED,
+        `the server answered a different range than asked for (${header(res.headers, 'content-range') ?? 'no Content-Range'}); starting the file over`, { transient: true, url })
     }
     return { kind: 'partial', body: res.body }
   }
@@ -97,7 +102,7 @@ export async function requestRange (dispatcher: Dispatcher, url: string, offset:
   }
   discard(res.body)
   if (res.statusCode === 416) {
-    throw new TransferError(JobErrorCode.HttpStatus, 'the file on the server is shorter than its manifest says: it changed', { transient: true, url })
+    throw new TransferError(REMOTE_CHANGED, 'the file on the server is shorter than its manifest says: it changed; starting it over', { transient: true, url })
   }
   throw httpStatusError(res.statusCode, url)
 }

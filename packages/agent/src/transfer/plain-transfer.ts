@@ -1,5 +1,5 @@
 import { request } from 'undici'
-import type { Agent as Dispatcher } from 'undici'
+import type { Dispatcher } from 'undici'
 import type { Logger } from '@canopy/core'
 import { JobErrorCode, TransferError, classifyError, httpStatusError } from '../errors.ts'
 import type { FileRecord } from '../jobs/job.ts'
