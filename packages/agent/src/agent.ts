@@ -55,6 +55,9 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   private readonly progress = new Map<string, Array<Progress | undefined>>()
   private readonly running = new Map<string, { controller: AbortController, done: Promise<void> }>()
   private readonly writes = new Map<string, Promise<void>>()
+  /** Per job: the tail of the chain of user commands (see withJob). */
+  private readonly locks = new Map<string, Promise<void>>()
+  private readonly completing = new Map<string, Promise<boolean>>()
   private readonly lastProgressEvent = new Map<string, number>()
   private readonly lastPersist = new Map<string, number>()
   private api?: ApiServer
@@ -177,48 +180,80 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   }
 
   async suspend (id: string): Promise<JobView> {
-    const job = this.requireJob(id)
-    this.requireNotFinal(job, 'suspend')
-    if (job.state === 'transferred') throw new CanopyError('ERR_INVALID_STATE', 'The job is transferred: complete or cancel it')
-    await this.halt(job)
-    await this.setState(job, 'suspended')
-    return this.view(job)
+    return await this.withJob(id, async (job) => {
+      this.requireNotFinal(job, 'suspend')
+      if (job.state === 'transferred') throw new CanopyError('ERR_INVALID_STATE', 'The job is transferred: complete or cancel it')
+      await this.halt(job)
+      // The runner may have finished while it was being stopped.
+      this.requireNotFinal(job, 'suspend')
+      if ((job.state as JobState) === 'transferred') throw new CanopyError('ERR_INVALID_STATE', 'The job is transferred: complete or cancel it')
+      await this.setState(job, 'suspended')
+      return this.view(job)
+    })
   }
 
   async resume (id: string): Promise<JobView> {
-    const job = this.requireJob(id)
-    this.requireNotFinal(job, 'resume')
-    if (job.state === 'suspended' || job.state === 'error' || job.state === 'transient_error') {
-      job.error = undefined
-      job.retryAt = undefined
-      job.retryCount = 0
-      await this.setState(job, 'queued')
-      this.schedule()
-    }
-    return this.view(job)
+    return await this.withJob(id, async (job) => {
+      this.requireNotFinal(job, 'resume')
+      if (job.state === 'suspended' || job.state === 'error' || job.state === 'transient_error') {
+        job.error = undefined
+        job.retryAt = undefined
+        job.retryCount = 0
+        await this.setState(job, 'queued')
+      }
+      return this.view(job)
+    })
   }
 
   async cancel (id: string): Promise<JobView> {
-    const job = this.requireJob(id)
-    this.requireNotFinal(job, 'cancel')
-    await this.halt(job)
-    for (const file of job.files) await rm(file.partPath, { force: true })
-    await this.store.clearBlocks(job.id)
-    job.error = undefined
-    job.retryAt = undefined
-    await this.setState(job, 'cancelled')
-    this.schedule()
-    return this.view(job)
+    return await this.withJob(id, async (job) => {
+      this.requireNotFinal(job, 'cancel')
+      await this.halt(job)
+      this.requireNotFinal(job, 'cancel')
+      job.error = undefined
+      job.retryAt = undefined
+      // Cancelled first, files second: a crash in between leaves a cancelled job
+      // whose leftovers recover() removes, never a live job without its data.
+      await this.setState(job, 'cancelled')
+      await this.removePartials(job)
+      return this.view(job)
+    })
   }
 
   /** Makes the files of a transferred job visible at their destinations (atomic renames). */
   async complete (id: string): Promise<JobView> {
+    return await this.withJob(id, async (job) => {
+      if (job.state !== 'transferred' && !(job.state === 'error' && job.files.every(f => f.done))) {
+        throw new CanopyError('ERR_INVALID_STATE', `The job is ${job.state}: only a transferred job can be completed`)
+      }
+      if (!await this.completeJob(job)) throw new CanopyError(job.error!.code, job.error!.message)
+      return this.view(job)
+    })
+  }
+
+  /**
+   * Runs a user command on a job, one at a time per job. While a command runs the
+   * scheduler leaves the job alone, so a cancel cannot be overtaken by a launch.
+   */
+  private async withJob<T> (id: string, command: (job: JobRecord) => Promise<T>): Promise<T> {
     const job = this.requireJob(id)
-    if (job.state !== 'transferred' && !(job.state === 'error' && job.files.every(f => f.done))) {
-      throw new CanopyError('ERR_INVALID_STATE', `The job is ${job.state}: only a transferred job can be completed`)
+    const previous = this.locks.get(id) ?? Promise.resolve()
+    let release!: () => void
+    const mine = previous.then(async () => await new Promise<void>(resolve => { release = resolve }))
+    this.locks.set(id, mine)
+    try {
+      await previous
+      return await command(job)
+    } finally {
+      release()
+      if (this.locks.get(id) === mine) this.locks.delete(id)
+      this.schedule()
     }
-    if (!await this.completeJob(job)) throw new CanopyError(job.error!.code, job.error!.message)
-    return this.view(job)
+  }
+
+  private async removePartials (job: JobRecord): Promise<void> {
+    for (const file of job.files) if (file.visible !== true) await rm(file.partPath, { force: true })
+    await this.store.clearBlocks(job.id)
   }
 
   // ---- scheduling ----------------------------------------------------------
@@ -238,7 +273,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     if (this.stopped) return
     const now = Date.now()
     const ready = [...this.jobs.values()]
-      .filter(j => !this.running.has(j.id) &&
+      .filter(j => !this.running.has(j.id) && !this.locks.has(j.id) &&
         (j.state === 'queued' || (j.state === 'transient_error' && Date.parse(j.retryAt ?? '') <= now)))
       .sort(byPriority)
     let background = [...this.running.keys()].filter(id => this.jobs.get(id)?.priority !== 'foreground').length
@@ -250,9 +285,12 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       }
     }
     clearTimeout(this.retryTimer)
+    // Retries that are due but wait for a free slot start when a runner ends
+    // (schedule() is called then); the timer is only for retries not yet due.
     const nextRetry = Math.min(...[...this.jobs.values()]
       .filter(j => j.state === 'transient_error' && !this.running.has(j.id))
-      .map(j => Date.parse(j.retryAt ?? '')))
+      .map(j => Date.parse(j.retryAt ?? ''))
+      .filter(at => at > now))
     if (Number.isFinite(nextRetry)) {
       this.retryTimer = setTimeout(() => this.schedule(), Math.max(0, nextRetry - now) + 5)
     }
@@ -260,7 +298,10 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
 
   private launch (job: JobRecord): void {
     const controller = new AbortController()
-    const done = this.run(job, controller.signal).finally(() => {
+    const done = this.run(job, controller.signal).catch((err: unknown) => {
+      // Only a failure to record the failure lands here (e.g. the state disk is full).
+      this.logger.error('job runner failed', { jobId: job.id, err: String((err as Error)?.stack ?? err) })
+    }).finally(() => {
       this.running.delete(job.id)
       this.schedule()
     })
@@ -288,7 +329,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       job.retryCount = 0
       job.error = undefined
       await this.setState(job, 'transferred')
-      if (job.autoComplete) await this.completeJob(job)
+      // A cancel or suspend that arrived meanwhile wins over completing.
+      if (job.autoComplete && !signal.aborted) await this.completeJob(job)
     } catch (err) {
       // suspend, cancel and stop set the job's state themselves
       if (signal.aborted) return
@@ -462,6 +504,16 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
    * job goes to `error` with the reason and false is returned.
    */
   private async completeJob (job: JobRecord): Promise<boolean> {
+    // Auto-complete and a user's complete may meet: both get the one outcome.
+    const current = this.completing.get(job.id)
+    if (current !== undefined) return await current
+    const attempt = this.renameIntoPlace(job).finally(() => this.completing.delete(job.id))
+    this.completing.set(job.id, attempt)
+    return await attempt
+  }
+
+  private async renameIntoPlace (job: JobRecord): Promise<boolean> {
+    if (FINAL_STATES.includes(job.state)) return job.state === 'acknowledged'
     for (const file of job.files) {
       if (file.visible === true) continue
       try {
@@ -505,6 +557,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       this.progress.set(job.id, job.files.map(() => undefined))
       // A job that was moving when the agent went down moves again.
       if (job.state === 'connecting' || job.state === 'transferring') job.state = 'queued'
+      // A cancel that was cut short after it was recorded: finish removing its files.
+      if (job.state === 'cancelled') await this.removePartials(job)
       if (!FINAL_STATES.includes(job.state)) {
         for (let i = 0; i < job.files.length; i++) {
           const file = job.files[i]
