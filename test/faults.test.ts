@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { createServer } from 'node:http'
 import type { Server } from 'node:http'
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises'
 import { join, normalize } from 'node:path'
 import type { AddressInfo } from 'node:net'
 import { request } from 'undici'
@@ -239,5 +239,72 @@ test('redirects are followed, for the manifest and for the blocks', async (t) =>
   const done = await client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
   assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
   assert.match(done.files[0].manifestId ?? '', /^bagaaiera/)
+  assert.equal(await fileSha256(join(dir, 'f.bin')), file.sha256)
+})
+
+/** A server with Range and ETag but no manifests, sending at most `rate` bytes per 100 ms. */
+async function plainRangeServer (root: string, rate = Infinity): Promise<{ url: string, server: Server }> {
+  const server = createServer((req, res) => {
+    const path = normalize(join(root, decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname)))
+    readFile(path).then(async body => {
+      const m = /^bytes=(\d+)-$/.exec(req.headers.range ?? '')
+      const start = m !== null && req.headers['if-range'] === '"v1"' ? Number(m[1]) : 0
+      res.writeHead(start > 0 ? 206 : 200, {
+        etag: '"v1"',
+        'content-length': body.length - start,
+        ...(start > 0 ? { 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` } : {})
+      })
+      for (let at = start; at < body.length && !res.destroyed; at += Math.min(rate, body.length)) {
+        res.write(body.subarray(at, Math.min(body.length, at + rate)))
+        if (rate !== Infinity) await new Promise(resolve => setTimeout(resolve, 100))
+      }
+      res.end()
+    }, () => {
+      res.writeHead(404, { 'content-length': 0 })
+      res.end()
+    })
+  })
+  return { url: await listen(server), server }
+}
+
+test('a plain download whose partial file vanished while suspended starts over instead of leaving a hole', async (t) => {
+  const { dir, file, client } = await setup(t, 4 * MiB)
+  const server = await plainRangeServer(join(dir, 'root'), 256 * 1024)
+  t.after(async () => await close(server.server))
+  const dest = join(dir, 'f.bin')
+  const job = await client.createJob({ files: [{ url: `${server.url}/f.bin`, path: dest }], autoComplete: true })
+  let seen = await client.getJob(job.id)
+  while (seen.bytes.transferred < MiB) {
+    await new Promise(resolve => setTimeout(resolve, 50))
+    seen = await client.getJob(job.id)
+  }
+  await client.suspend(job.id)
+  const part = (await readdir(dir)).find(n => n.includes('canopy-part'))
+  assert.ok(part !== undefined)
+  await rm(join(dir, part)) // a temp cleaner, or the user
+  await client.resume(job.id)
+  const done = await client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+  assert.equal(await fileSha256(dest), file.sha256)
+})
+
+test('a server that answers every path with an HTML page has no sidecar: plain download', async (t) => {
+  const { dir, file, client } = await setup(t, 2 * MiB)
+  const server = createServer((req, res) => {
+    if (req.url === '/f.bin' && !(req.headers.accept ?? '').includes('canopy')) {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': file.bytes.length })
+      res.end(file.bytes)
+    } else {
+      const page = Buffer.from('<!doctype html><title>app</title>')
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': page.length })
+      res.end(page)
+    }
+  })
+  const url = await listen(server)
+  t.after(async () => await close(server))
+  const job = await client.createJob({ files: [{ url: `${url}/f.bin`, path: join(dir, 'f.bin') }], autoComplete: true })
+  const done = await client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+  assert.equal(done.files[0].manifestId, undefined)
   assert.equal(await fileSha256(join(dir, 'f.bin')), file.sha256)
 })

@@ -12,6 +12,7 @@ export const JobErrorCode = {
   DiskFull: 'ERR_DISK_FULL',
   Destination: 'ERR_DESTINATION',
   ProtocolViolation: 'ERR_PROTOCOL',
+  Tls: 'ERR_TLS',
   Internal: 'ERR_INTERNAL'
 } as const
 
@@ -55,6 +56,18 @@ function errnoCode (err: unknown): string | undefined {
   return undefined
 }
 
+/** The code of a certificate failure, which no retry will fix. */
+function tlsCode (err: unknown): string | undefined {
+  let e: unknown = err
+  for (let depth = 0; depth < 4 && e !== null && typeof e === 'object'; depth++) {
+    const code = (e as { code?: unknown }).code
+    if (typeof code === 'string' && (code.startsWith('CERT_') || code.startsWith('ERR_TLS_') || code.includes('SELF_SIGNED') ||
+        code.startsWith('UNABLE_TO_') || code === 'HOSTNAME_MISMATCH')) return code
+    e = (e as { cause?: unknown }).cause
+  }
+  return undefined
+}
+
 /** Turns a thrown error into a TransferError with a plain-language reason. */
 export function classifyError (err: unknown, url?: string): TransferError {
   if (err instanceof TransferError) return err
@@ -67,6 +80,10 @@ export function classifyError (err: unknown, url?: string): TransferError {
   }
   if (code !== undefined) {
     return new TransferError(JobErrorCode.Network, `origin unreachable (${code})`, { transient: true, url, cause: err })
+  }
+  const tls = tlsCode(err)
+  if (tls !== undefined) {
+    return new TransferError(JobErrorCode.Tls, `The server's TLS certificate was refused (${tls}): fix the certificate or the trust settings, then resume the job`, { transient: false, url, cause: err })
   }
   const message = err instanceof Error ? err.message : String(err)
   return new TransferError(JobErrorCode.Internal, `Unexpected failure: ${message}`, { transient: true, url, cause: err })

@@ -20,6 +20,7 @@ export class BlockHasher {
   private readonly pending = new Map<number, Pending>()
   private nextId = 0
   private turn = 0
+  private closing = false
 
   constructor (threads: number) {
     for (let i = 0; i < threads; i++) {
@@ -31,9 +32,16 @@ export class BlockHasher {
         this.pending.delete(id)
         p.resolve({ digest: new Uint8Array(digest), bytes: Buffer.from(buffer, 0, p.length) })
       })
-      worker.on('error', (err) => {
+      // A worker that dies takes its pending hashes with it: fail them (the job retries)
+      // and hash inline from then on rather than post to a dead thread.
+      const retire = (err: Error): void => {
+        this.workers.splice(this.workers.indexOf(worker), 1)
         for (const p of this.pending.values()) p.reject(err)
         this.pending.clear()
+      }
+      worker.on('error', retire)
+      worker.on('exit', (code) => {
+        if (!this.closing && this.workers.includes(worker)) retire(new Error(`the hashing worker exited (${code})`))
       })
       this.workers.push(worker)
     }
@@ -54,6 +62,7 @@ export class BlockHasher {
   }
 
   async close (): Promise<void> {
+    this.closing = true
     await Promise.all(this.workers.map(async w => await w.terminate()))
   }
 }

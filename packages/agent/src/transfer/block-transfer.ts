@@ -180,9 +180,9 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
       }
       let body: RangeResponse['body'] | undefined
       try {
-        const fast = await o.rangeClient.get(new URL(o.url), offset, buffers, o.headers, signal, onFilled)
+        const fast = await o.rangeClient.get(new URL(o.url), offset, buffers, o.headers, signal, onFilled, manifest.size)
         if (fast === 'fallback') {
-          const res = await requestRange(o.dispatcher, o.url, offset, length, o.headers, signal)
+          const res = await requestRange(o.dispatcher, o.url, offset, length, o.headers, signal, manifest.size)
           body = res.body
           if (res.kind === 'full') {
             // The server ignores Range: switch this file to one streamed GET.
@@ -271,9 +271,9 @@ async function streamAll (o: BlockTransferOptions, res: FullResponse, accept: (i
   }
   const all = manifest.blocks.map((_, i) => i)
   let done: number
+  // One block at a time: this path is a fallback, kept simple.
+  let pending: Promise<boolean> = Promise.resolve(true)
   try {
-    // One block at a time: this path is a fallback, kept simple.
-    let pending: Promise<boolean> = Promise.resolve(true)
     let current: Buffer | undefined
     done = await readBlocks(res.body, all, manifest, async (index) => {
       await pending
@@ -287,6 +287,8 @@ async function streamAll (o: BlockTransferOptions, res: FullResponse, accept: (i
     await pending
   } catch (err) {
     discard(res.body)
+    // Nothing may write or mark after this transfer returns.
+    await pending.catch(() => {})
     if (o.signal.aborted || err instanceof TransferError) throw err
     throw classifyError(err, o.url)
   }

@@ -74,7 +74,7 @@ function header (headers: Record<string, string | string[] | undefined>, name: s
  * handed back unread.
  */
 export async function requestRange (dispatcher: Dispatcher, url: string, offset: number, length: number,
-  headers: Record<string, string>, signal: AbortSignal): Promise<RangeResponse | FullResponse> {
+  headers: Record<string, string>, signal: AbortSignal, expectedTotal?: number): Promise<RangeResponse | FullResponse> {
   let res
   try {
     res = await request(url, {
@@ -89,7 +89,8 @@ export async function requestRange (dispatcher: Dispatcher, url: string, offset:
   }
   if (res.statusCode === 206) {
     const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header(res.headers, 'content-range') ?? '')
-    if (range === null || Number(range[1]) !== offset || Number(range[2]) !== offset + length - 1) {
+    if (range === null || Number(range[1]) !== offset || Number(range[2]) !== offset + length - 1 ||
+        (expectedTotal !== undefined && range[3] !== '*' && Number(range[3]) !== expectedTotal)) {
       discard(res.body)
       // Most likely the file changed size under its manifest: rediscover it.
       throw new TransferError(REMOTE_CHANGED,
@@ -148,8 +149,11 @@ export async function discoverManifest (dispatcher: Dispatcher, url: string, hea
 
   const sidecar = sidecarUrl(url)
   const side = await get(sidecar, `${MANIFEST_MEDIA_TYPE}, application/json;q=0.9, */*;q=0.1`)
-  if (side.statusCode === 200) return await decode(side.body, sidecar)
+  // Servers that answer every path with an HTML page (single-page-app hosts, some
+  // CDNs) have no sidecar; a sidecar is served as the manifest type, JSON or bytes.
+  const html = (header(side.headers, 'content-type') ?? '').startsWith('text/html')
+  if (side.statusCode === 200 && !html) return await decode(side.body, sidecar)
   discard(side.body)
-  if (side.statusCode === 404 || side.statusCode === 410 || side.statusCode === 403 || side.statusCode === 401) return undefined
+  if (html || side.statusCode === 404 || side.statusCode === 410 || side.statusCode === 403 || side.statusCode === 401) return undefined
   throw httpStatusError(side.statusCode, sidecar)
 }

@@ -1,5 +1,6 @@
 import { request } from 'undici'
 import type { Dispatcher } from 'undici'
+import { stat } from 'node:fs/promises'
 import type { Logger } from '@canopy/core'
 import { JobErrorCode, TransferError, classifyError, httpStatusError } from '../errors.ts'
 import type { FileRecord } from '../jobs/job.ts'
@@ -28,7 +29,8 @@ export interface PlainTransferOptions {
 }
 
 const WRITE_CHUNK = 1024 * 1024
-const PERSIST_EVERY = 8 * 1024 * 1024
+/** Progress is recorded every this many bytes, after an fdatasync, so a power loss cannot leave a recorded hole. */
+const PERSIST_EVERY = 32 * 1024 * 1024
 
 /**
  * A resumable download without a manifest: one streamed GET, resumed with
@@ -38,8 +40,18 @@ const PERSIST_EVERY = 8 * 1024 * 1024
  */
 export async function transferPlain (o: PlainTransferOptions): Promise<string> {
   const { file } = o
-  const validator = file.etag ?? file.lastModified
+  // A weak ETag never matches in If-Range (RFC 9110 §13.1.5): use the date then.
+  const validator = file.etag !== undefined && !file.etag.startsWith('W/') ? file.etag : file.lastModified
   let have = validator !== undefined ? file.plainBytes ?? 0 : 0
+  // The partial file must still hold what the record says (a cleaner or a user may
+  // have removed or cut it): otherwise resuming would leave a hole of zeros.
+  if (have > 0) {
+    const onDisk = await stat(file.partPath).then(s => s.size, () => 0)
+    if (onDisk < have) {
+      o.logger.warn('the partial file is shorter than recorded; starting over', { url: file.url, recorded: have, onDisk })
+      have = 0
+    }
+  }
   const headers: Record<string, string> = { ...o.headers }
   if (have > 0 && validator !== undefined) {
     headers.range = `bytes=${have}-`
@@ -59,7 +71,8 @@ export async function transferPlain (o: PlainTransferOptions): Promise<string> {
   let size: number
   if (res.statusCode === 206 && have > 0) {
     const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(header('content-range') ?? '')
-    if (range === null || Number(range[1]) !== have) {
+    // Same start, and the same total as before: anything else is another file.
+    if (range === null || Number(range[1]) !== have || (file.size >= 0 && Number(range[3]) !== file.size)) {
       discard(res.body)
       throw new TransferError(JobErrorCode.ProtocolViolation, `the server resumed at the wrong offset (${header('content-range') ?? 'no Content-Range'})`, { transient: true, url: file.url })
     }
@@ -84,7 +97,13 @@ export async function transferPlain (o: PlainTransferOptions): Promise<string> {
   o.progress.fromOrigin = have
   await o.persist()
 
-  const handle = await openPartial(file.partPath, have)
+  let handle
+  try {
+    handle = await openPartial(file.partPath, have)
+  } catch (err) {
+    discard(res.body)
+    throw err
+  }
   const hasher = new WholeFileHasher(file.partPath)
   let persistedAt = have
   try {
@@ -101,6 +120,7 @@ export async function transferPlain (o: PlainTransferOptions): Promise<string> {
       hasher.advance(have)
       o.onProgress()
       if (have - persistedAt >= PERSIST_EVERY) {
+        await handle!.datasync()
         file.plainBytes = have
         persistedAt = have
         await o.persist()

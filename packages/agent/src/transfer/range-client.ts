@@ -38,7 +38,7 @@ export class RangeClient {
    * the response is not one this path handles.
    */
   async get (url: URL, offset: number, buffers: Buffer[], headers: Record<string, string>,
-    signal: AbortSignal, onFilled: (k: number) => void): Promise<'done' | 'fallback'> {
+    signal: AbortSignal, onFilled: (k: number) => void, expectedTotal?: number): Promise<'done' | 'fallback'> {
     if (url.protocol !== 'http:' || this.closed) return 'fallback'
     const length = buffers.reduce((sum, b) => sum + b.length, 0)
     const head = requestHead(url, offset, length, headers)
@@ -46,7 +46,7 @@ export class RangeClient {
       const { conn, reused } = await this.checkout(url, signal)
       let reusable = false
       try {
-        const outcome = await conn.request(head, offset, length, buffers, onFilled, signal)
+        const outcome = await conn.request(head, offset, length, buffers, onFilled, signal, expectedTotal)
         reusable = outcome.reusable
         return outcome.result
       } catch (err) {
@@ -132,6 +132,8 @@ const MAX_HEAD = 16 * 1024
 interface Exchange {
   offset: number
   length: number
+  /** The file's size the caller expects (Content-Range's complete length); another is a changed file. */
+  expectedTotal?: number
   buffers: Buffer[]
   onFilled: (k: number) => void
   /** Index of the buffer being filled, and bytes in it. */
@@ -210,7 +212,7 @@ class Connection {
   }
 
   async request (head: string, offset: number, length: number, buffers: Buffer[], onFilled: (k: number) => void,
-    signal: AbortSignal): Promise<{ result: 'done' | 'fallback', reusable: boolean }> {
+    signal: AbortSignal, expectedTotal?: number): Promise<{ result: 'done' | 'fallback', reusable: boolean }> {
     return await new Promise((resolve, reject) => {
       const onAbort = (): void => this.abort(signal.reason as Error)
       const settle = (): void => {
@@ -220,6 +222,7 @@ class Connection {
       this.exchange = {
         offset,
         length,
+        expectedTotal,
         buffers,
         onFilled,
         k: 0,
@@ -324,6 +327,7 @@ class Connection {
     if (Number(fields.get('content-length')) !== x.length) return 'other'
     const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(fields.get('content-range') ?? '')
     if (range === null || Number(range[1]) !== x.offset || Number(range[2]) !== x.offset + x.length - 1) return 'other'
+    if (x.expectedTotal !== undefined && range[3] !== '*' && Number(range[3]) !== x.expectedTotal) return 'other'
     const connection = (fields.get('connection') ?? '').toLowerCase()
     this.keepAlive = status[1] === '1' ? connection !== 'close' : connection === 'keep-alive'
     return 'ok'
