@@ -186,11 +186,17 @@ test('a server that ignores Range and keeps corrupting a block: the job stops in
 
 test('a destination that cannot be written at completion stops the job in error; complete works once it is fixed', async (t) => {
   const { dir, file, client } = await setup(t, 2 * MiB)
-  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o'), rateLimit: 2 * MiB })
   t.after(async () => await origin.close())
   const dest = join(dir, 'taken')
-  await mkdir(dest) // a folder sits where the file should go
+  // A folder at the destination is refused when the job is created...
+  await mkdir(dest)
+  await assert.rejects(client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: dest }] }), /is a folder/)
+  await rm(dest, { recursive: true })
+  // ...and one that appears while the job transfers stops it at completion.
   const job = await client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: dest }], autoComplete: true })
+  await client.waitForJob(job.id, { intervalMs: 20, until: ['transferring', ...FINISHED] })
+  await mkdir(dest)
   const failed = await client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
   assert.equal(failed.state, 'error')
   assert.equal(failed.error?.code, 'ERR_DESTINATION')

@@ -68,10 +68,17 @@ function tlsCode (err: unknown): string | undefined {
   return undefined
 }
 
-/** Turns a thrown error into a TransferError with a plain-language reason. */
-export function classifyError (err: unknown, url?: string): TransferError {
+/**
+ * Turns a thrown error into a TransferError with a plain-language reason. `during`
+ * says what failed: on the network, EACCES/EPERM mean a firewall or sandbox
+ * refused the connection, not a folder's permissions.
+ */
+export function classifyError (err: unknown, url?: string, during: 'network' | 'files' = 'files'): TransferError {
   if (err instanceof TransferError) return err
   const code = errnoCode(err)
+  if (during === 'network' && (code === 'EACCES' || code === 'EPERM')) {
+    return new TransferError(JobErrorCode.Network, `origin unreachable (${code}: the connection was refused by the system)`, { transient: true, url, cause: err })
+  }
   if (code === 'ENOSPC' || code === 'EDQUOT') {
     return new TransferError(JobErrorCode.DiskFull, 'The disk is full: free some space, then resume the job', { transient: false, url, cause: err })
   }

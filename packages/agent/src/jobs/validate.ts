@@ -1,5 +1,5 @@
 import { statSync } from 'node:fs'
-import { dirname, isAbsolute } from 'node:path'
+import { dirname, isAbsolute, resolve } from 'node:path'
 import { CanopyError, PRIORITIES } from '@canopy/core'
 import type { CreateJobRequest } from '@canopy/core'
 
@@ -30,7 +30,7 @@ export function validateCreateJob (body: unknown): CreateJobRequest {
   const seen = new Set<string>()
   const files = req.files.map((f: unknown, i: number) => {
     if (typeof f !== 'object' || f === null) throw bad(`files[${i}] must be an object { url, path }`)
-    const { url, path, sha256 } = f as Record<string, unknown>
+    const { url, path: rawPath, sha256 } = f as Record<string, unknown>
     if (typeof url !== 'string' || url.length > JOB_LIMITS.urlLength) throw bad(`files[${i}].url must be a URL of at most ${JOB_LIMITS.urlLength} characters`)
     let parsed: URL
     try {
@@ -39,11 +39,14 @@ export function validateCreateJob (body: unknown): CreateJobRequest {
       throw bad(`files[${i}].url "${url.slice(0, 200)}" is not a valid URL`)
     }
     if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw bad(`files[${i}].url must be http or https, not ${parsed.protocol}`)
-    if (typeof path !== 'string' || !isAbsolute(path) || path.length > JOB_LIMITS.pathLength || path.includes('\0')) {
+    if (typeof rawPath !== 'string' || !isAbsolute(rawPath) || rawPath.length > JOB_LIMITS.pathLength || rawPath.includes('\0')) {
       throw bad(`files[${i}].path must be an absolute path`)
     }
+    // One spelling per file: /a//b and /a/./b are /a/b.
+    const path = resolve(rawPath)
     if (seen.has(path)) throw bad(`files[${i}].path ${path} appears twice in the job`)
     seen.add(path)
+    if (statSync(path, { throwIfNoEntry: false })?.isDirectory() === true) throw bad(`${path} is a folder: give the path of the file to create`)
     let dir
     try {
       dir = statSync(dirname(path))

@@ -201,7 +201,7 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
         for (let k = filled; k < span.length; k++) buffered.release()
         queue.push(...span.slice(filled))
         if (body !== undefined) discard(body)
-        throw signal.aborted || err instanceof TransferError ? err : classifyError(err, o.url)
+        throw signal.aborted || err instanceof TransferError ? err : classifyError(err, o.url, 'network')
       }
     }
   }

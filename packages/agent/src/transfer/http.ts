@@ -85,7 +85,7 @@ export async function requestRange (dispatcher: Dispatcher, url: string, offset:
     })
   } catch (err) {
     if (signal.aborted) throw err
-    throw classifyError(err, url)
+    throw classifyError(err, url, 'network')
   }
   if (res.statusCode === 206) {
     const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header(res.headers, 'content-range') ?? '')
@@ -128,7 +128,7 @@ export async function discoverManifest (dispatcher: Dispatcher, url: string, hea
       return await request(target, { dispatcher, method: 'GET', headers: { ...headers, accept }, signal })
     } catch (err) {
       if (signal.aborted) throw err
-      throw classifyError(err, target)
+      throw classifyError(err, target, 'network')
     }
   }
   const decode = async (body: Body, from: string): Promise<PublishedManifest> => {

@@ -62,7 +62,7 @@ export async function transferPlain (o: PlainTransferOptions): Promise<string> {
     res = await request(file.url, { dispatcher: o.dispatcher, method: 'GET', headers, signal: o.signal })
   } catch (err) {
     if (o.signal.aborted) throw err
-    throw classifyError(err, file.url)
+    throw classifyError(err, file.url, 'network')
   }
   const header = (name: string): string | undefined => {
     const v = res.headers[name]
