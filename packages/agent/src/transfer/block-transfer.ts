@@ -6,7 +6,7 @@ import type { FileProgress } from '../jobs/job.ts'
 import type { JobStore } from '../store/job-store.ts'
 import { discard, requestRange } from './http.ts'
 import type { FullResponse, RangeResponse } from './http.ts'
-import { openPartial, writeFully } from './partial-file.ts'
+import { BackgroundFlusher, openPartial, writeFully } from './partial-file.ts'
 import { WholeFileHasher } from './whole-file-hasher.ts'
 import type { BlockHasher } from './block-hasher.ts'
 import type { BufferPool } from './buffer-pool.ts'
@@ -53,6 +53,7 @@ export async function transferBlocks (o: BlockTransferOptions): Promise<string> 
   const { manifest, progress } = o
   const expected = manifest.blocks.map(blockDigest)
   const handle = await openPartial(o.partPath, manifest.size)
+  const flusher = new BackgroundFlusher(handle, FLUSH_EVERY)
   try {
     // Second pass only after a whole-file mismatch: every block verified in memory,
     // yet the file on disk differs, so some bytes did not reach the disk (a crash
@@ -64,8 +65,9 @@ export async function transferBlocks (o: BlockTransferOptions): Promise<string> 
         hasher.advance(progress.prefixBytes)
         const started = performance.now()
         // Failed verifications count across passes, so a bad origin ends the job.
-        await fetchMissing(o, expected, handle, hasher, attempts)
+        await fetchMissing(o, expected, handle, hasher, attempts, flusher)
         const fetched = performance.now()
+        await flusher.settle()
         await handle.datasync()
         const synced = performance.now()
         const digest = await hasher.finish(manifest.size)
@@ -91,14 +93,18 @@ export async function transferBlocks (o: BlockTransferOptions): Promise<string> 
       'The file does not match the whole-file digest of its manifest, even after every block was checked on disk and refetched where needed: the manifest is inconsistent; ask the publisher to republish it',
       { transient: false, url: o.url })
   } finally {
+    await flusher.settle()
     await handle.close().catch(() => {})
   }
 }
 
+/** Bytes written between background flushes of a partial file. */
+const FLUSH_EVERY = 64 * 1024 * 1024
+
 type Body = RangeResponse['body']
 
 async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], handle: Awaited<ReturnType<typeof openPartial>>,
-  hasher: WholeFileHasher, attempts: Map<number, number>): Promise<void> {
+  hasher: WholeFileHasher, attempts: Map<number, number>, flusher: BackgroundFlusher): Promise<void> {
   const { manifest, progress } = o
   const queue: number[] = []
   for (let i = 0; i < expected.length; i++) if (!progress.has(i)) queue.push(i)
@@ -139,7 +145,10 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
     }
     const { offset } = blockSpan(index, manifest.size, manifest.blockSize)
     await writeFully(handle, bytes, offset)
-    // The mark follows the write: after a crash, a marked block is on disk.
+    flusher.wrote(bytes.length)
+    // The mark follows the write: after a process crash a marked block is in the
+    // file. (After a power loss it may not be; the whole-file check and the second
+    // pass catch that.)
     await o.store.markBlock(o.jobId, o.fileIndex, index, 'origin')
     progress.mark(index, 'origin')
     hasher.advance(progress.prefixBytes)
@@ -213,7 +222,7 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
     throw o.signal.aborted ? o.signal.reason : failure
   }
   if (fullResponse !== undefined) await streamAll(o, fullResponse, accept)
-  if (!progress.complete) await fetchMissing(o, expected, handle, hasher, attempts)
+  if (!progress.complete) await fetchMissing(o, expected, handle, hasher, attempts, flusher)
 }
 
 /** Takes up to `max` consecutive block indices from the front of `queue`. */
