@@ -314,3 +314,18 @@ test('a server that answers every path with an HTML page has no sidecar: plain d
   assert.equal(done.files[0].manifestId, undefined)
   assert.equal(await fileSha256(join(dir, 'f.bin')), file.sha256)
 })
+
+test('a redirect loop stops the job in error instead of retrying for ever', async (t) => {
+  const { dir, client } = await setup(t, MiB)
+  const loop = createServer((req, res) => {
+    res.writeHead(302, { location: req.url ?? '/', 'content-length': 0 })
+    res.end()
+  })
+  const url = await listen(loop)
+  t.after(async () => await close(loop))
+  const job = await client.createJob({ files: [{ url: `${url}/f.bin`, path: join(dir, 'f.bin') }], autoComplete: true })
+  const done = await client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(done.state, 'error')
+  assert.equal(done.error?.transient, false)
+  assert.match(done.error?.message ?? '', /redirects/)
+})

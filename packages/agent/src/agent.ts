@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events'
 import { chmod, mkdir, open, rename, rm, stat, statfs } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
-import { randomUUID } from 'node:crypto'
+import { createHash, randomUUID } from 'node:crypto'
+import { createReadStream } from 'node:fs'
 import type { Dispatcher } from 'undici'
 import { API_SOCKET_NAME, CanopyError, FINAL_STATES, formatBytes, silentLogger } from '@canopy/core'
 import type { AgentStatus, CreateJobRequest, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
@@ -103,7 +104,11 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     agent.logger.info('agent started', { stateDir: resolved.stateDir, jobs: agent.jobs.size })
     // Jobs that were transferred but not yet completed when the agent went down.
     for (const job of agent.jobs.values()) {
-      if (job.state === 'transferred' && job.autoComplete) await agent.completeJob(job)
+      if (job.state === 'transferred' && job.autoComplete) {
+        await agent.withJob(job.id, async () => {
+          if (job.state === 'transferred') await agent.completeJob(job)
+        }).catch((err: unknown) => agent.logger.error('could not complete a job at start', { jobId: job.id, err: String(err) }))
+      }
     }
     agent.schedule()
     return agent
@@ -514,10 +519,13 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
 
   private async renameIntoPlace (job: JobRecord): Promise<boolean> {
     if (FINAL_STATES.includes(job.state)) return job.state === 'acknowledged'
+    if (!job.files.every(f => f.done)) return false
     for (const file of job.files) {
       if (file.visible === true) continue
       try {
-        await rename(file.partPath, file.path)
+        // A crash between the rename and recording it leaves our file in place
+        // and no partial file: recognise it by its digest rather than fail.
+        if (!await alreadyInPlace(file)) await rename(file.partPath, file.path)
         await syncDirectory(dirname(file.path))
       } catch (err) {
         const missing = (err as { code?: string }).code === 'ENOENT'
@@ -639,6 +647,18 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       throw new CanopyError('ERR_INVALID_STATE', `The job is ${job.state}: it cannot ${verb} any more`)
     }
   }
+}
+
+/** True when the partial file is gone and the destination has the file's verified digest. */
+async function alreadyInPlace (file: FileRecord): Promise<boolean> {
+  if (file.sha256 === undefined || await stat(file.partPath).then(() => true, () => false)) return false
+  const hash = createHash('sha256')
+  try {
+    for await (const chunk of createReadStream(file.path)) hash.update(chunk as Buffer)
+  } catch {
+    return false
+  }
+  return hash.digest('hex') === file.sha256
 }
 
 /** Makes a rename durable: fsync of the directory that holds the new name. */

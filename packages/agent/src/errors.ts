@@ -43,7 +43,7 @@ const TRANSIENT_NETWORK_CODES = new Set([
 ])
 
 /** Errors of the destination's filesystem that the user has to fix. */
-const DESTINATION_CODES = new Set(['EACCES', 'EROFS', 'EPERM', 'EISDIR', 'ENOTDIR', 'ENAMETOOLONG'])
+const DESTINATION_CODES = new Set(['EACCES', 'EROFS', 'EPERM', 'EISDIR', 'ENOTDIR', 'ENAMETOOLONG', 'EXDEV', 'EBUSY', 'EIO'])
 
 function errnoCode (err: unknown): string | undefined {
   let e: unknown = err
@@ -93,6 +93,9 @@ export function classifyError (err: unknown, url?: string, during: 'network' | '
     return new TransferError(JobErrorCode.Tls, `The server's TLS certificate was refused (${tls}): fix the certificate or the trust settings, then resume the job`, { transient: false, url, cause: err })
   }
   const message = err instanceof Error ? err.message : String(err)
+  if (/max redirects|redirect/i.test(message)) {
+    return new TransferError(JobErrorCode.HttpStatus, `Too many redirects for ${url ?? 'the URL'}: check the URL`, { transient: false, url, cause: err })
+  }
   return new TransferError(JobErrorCode.Internal, `Unexpected failure: ${message}`, { transient: true, url, cause: err })
 }
 

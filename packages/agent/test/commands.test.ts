@@ -55,3 +55,17 @@ test('two completes at once: one completes, the other is told the state; no erro
   assert.equal(final.error, undefined)
   assert.ok(existsSync(dest))
 })
+
+test('complete after a crash that came between the rename and its record finds the file in place', async (t) => {
+  const { dir, origin, agent } = await setup(t)
+  const dest = join(dir, 'out.bin')
+  const job = await agent.createJob({ files: [{ url: `${origin.url}/f.bin`, path: dest }] })
+  await new Promise<void>(resolve => agent.on('job:state', v => { if (v.id === job.id && v.state === 'transferred') resolve() }))
+  const part = (await readdir(dir)).find(n => n.includes('canopy-part'))
+  assert.ok(part !== undefined)
+  const { rename } = await import('node:fs/promises')
+  await rename(join(dir, part), dest) // what the crashed completion had done
+  const completed = await agent.complete(job.id)
+  assert.equal(completed.state, 'acknowledged')
+  assert.equal(completed.error, undefined)
+})

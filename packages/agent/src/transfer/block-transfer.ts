@@ -167,6 +167,7 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
     processing.add(done)
   }
 
+  let fastPath = true
   const worker = async (): Promise<void> => {
     while (queue.length > 0 && fullResponse === undefined && !signal.aborted) {
       const span = takeSpan(queue, o.blocksPerRequest)
@@ -189,8 +190,11 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
       }
       let body: RangeResponse['body'] | undefined
       try {
-        const fast = await o.rangeClient.get(new URL(o.url), offset, buffers, o.headers, signal, onFilled, manifest.size)
+        const fast = fastPath ? await o.rangeClient.get(new URL(o.url), offset, buffers, o.headers, signal, onFilled, manifest.size) : 'fallback'
         if (fast === 'fallback') {
+          // A redirect, an https origin, an unusual answer: it will be the same for
+          // the next request of this transfer, so go straight to undici.
+          fastPath = false
           const res = await requestRange(o.dispatcher, o.url, offset, length, o.headers, signal, manifest.size)
           body = res.body
           if (res.kind === 'full') {

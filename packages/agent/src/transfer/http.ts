@@ -89,12 +89,16 @@ export async function requestRange (dispatcher: Dispatcher, url: string, offset:
   }
   if (res.statusCode === 206) {
     const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header(res.headers, 'content-range') ?? '')
-    if (range === null || Number(range[1]) !== offset || Number(range[2]) !== offset + length - 1 ||
-        (expectedTotal !== undefined && range[3] !== '*' && Number(range[3]) !== expectedTotal)) {
+    const otherTotal = range !== null && expectedTotal !== undefined && range[3] !== '*' && Number(range[3]) !== expectedTotal
+    if (otherTotal) {
       discard(res.body)
-      // Most likely the file changed size under its manifest: rediscover it.
-      throw new TransferError(REMOTE_CHANGED,
-        `the server answered a different range than asked for (${header(res.headers, 'content-range') ?? 'no Content-Range'}); starting the file over`, { transient: true, url })
+      // The file changed size under its manifest: rediscover it.
+      throw new TransferError(REMOTE_CHANGED, `the file on the server is ${range[3]} bytes, not ${expectedTotal}: it changed; starting it over`, { transient: true, url })
+    }
+    if (range === null || Number(range[1]) !== offset || Number(range[2]) !== offset + length - 1) {
+      discard(res.body)
+      throw new TransferError(JobErrorCode.ProtocolViolation,
+        `the server answered a different range than asked for (${header(res.headers, 'content-range') ?? 'no Content-Range'})`, { transient: true, url })
     }
     return { kind: 'partial', body: res.body }
   }
@@ -151,7 +155,7 @@ export async function discoverManifest (dispatcher: Dispatcher, url: string, hea
   const side = await get(sidecar, `${MANIFEST_MEDIA_TYPE}, application/json;q=0.9, */*;q=0.1`)
   // Servers that answer every path with an HTML page (single-page-app hosts, some
   // CDNs) have no sidecar; a sidecar is served as the manifest type, JSON or bytes.
-  const html = (header(side.headers, 'content-type') ?? '').startsWith('text/html')
+  const html = side.statusCode === 200 && (header(side.headers, 'content-type') ?? '').startsWith('text/html')
   if (side.statusCode === 200 && !html) return await decode(side.body, sidecar)
   discard(side.body)
   if (html || side.statusCode === 404 || side.statusCode === 410 || side.statusCode === 403 || side.statusCode === 401) return undefined

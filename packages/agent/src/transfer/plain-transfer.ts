@@ -71,8 +71,16 @@ export async function transferPlain (o: PlainTransferOptions): Promise<string> {
   let size: number
   if (res.statusCode === 206 && have > 0) {
     const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(header('content-range') ?? '')
-    // Same start, and the same total as before: anything else is another file.
-    if (range === null || Number(range[1]) !== have || (file.size >= 0 && Number(range[3]) !== file.size)) {
+    if (range !== null && file.size >= 0 && Number(range[3]) !== file.size) {
+      // Another total: another file behind the same validator. Start over.
+      discard(res.body)
+      file.plainBytes = 0
+      file.etag = undefined
+      file.lastModified = undefined
+      await o.persist()
+      throw new TransferError(JobErrorCode.ProtocolViolation, `the file on the server is now ${range[3]} bytes, not ${file.size}: starting over`, { transient: true, url: file.url })
+    }
+    if (range === null || Number(range[1]) !== have) {
       discard(res.body)
       throw new TransferError(JobErrorCode.ProtocolViolation, `the server resumed at the wrong offset (${header('content-range') ?? 'no Content-Range'})`, { transient: true, url: file.url })
     }
@@ -141,12 +149,14 @@ export async function transferPlain (o: PlainTransferOptions): Promise<string> {
     } catch (err) {
       discard(res.body)
       await flush().catch(() => {})
+      await handle.datasync().catch(() => {})
       file.plainBytes = have
       await o.persist()
       if (o.signal.aborted) throw err
       throw classifyError(err, file.url)
     }
     if (size >= 0 && have !== size) {
+      await handle.datasync()
       file.plainBytes = have
       await o.persist()
       throw new TransferError(JobErrorCode.Network, `the connection closed after ${have} of ${size} bytes`, { transient: true, url: file.url })
