@@ -90,7 +90,7 @@ async function main (): Promise<void> {
     }
     console.log(`canopy demo: ${AGENTS} agents running; each downloads ${originUrl}/sample.bin in turn\n`)
 
-    const rows: string[][] = [['agent', 'state', 'bytes', 'seconds', 'MiB/s', 'from origin', 'from peers', 'digest']]
+    const rows: string[][] = [['agent', 'state', 'bytes', 'seconds*', 'MiB/s*', 'from origin', 'from peers', 'digest']]
     for (const agent of agents) {
       const dest = join(dir, `${agent.name}-download`, 'sample.bin')
       await mkdir(join(dir, `${agent.name}-download`))
@@ -109,6 +109,7 @@ async function main (): Promise<void> {
 
     const metrics = await (await fetch(`${originUrl}/metrics`)).text()
     const sent = Number(/canopy_origin_bytes_sent_total\{kind="content"\} (\d+)/.exec(metrics)?.[1] ?? 0)
+    console.log('* wall time of the whole `canopy get` process, including its start-up')
     console.log(`\norigin sent ${formatBytes(sent)} of content for ${AGENTS} downloads of ${formatBytes(SIZE)} (${(sent / SIZE).toFixed(2)} × the file).`)
     console.log('Peer caching (agents fetching from each other first) is not built yet: each agent pulls from the origin.')
     if (rows.slice(1).some(r => r[7] !== 'ok')) process.exitCode = 1
