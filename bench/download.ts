@@ -4,30 +4,19 @@
 //
 // Env: BENCH_SIZES (default "256MiB,1GiB"), BENCH_ROUNDS (default 3), BENCH_AGENT_ARGS
 // (extra `canopy agent` flags, e.g. "--requests-in-flight 8").
-import { spawn, execFile } from 'node:child_process'
-import type { ChildProcess } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
-import { createWriteStream } from 'node:fs'
+import { execFile } from 'node:child_process'
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { once } from 'node:events'
-import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { CanopyClient } from '@canopy/client'
 import { parseSize } from '@canopy/core'
+import { Processes, writeRandomFile } from '../scripts/lib/processes.ts'
 
-const CLI = fileURLToPath(new URL('../packages/cli/bin/canopy.js', import.meta.url))
 const SIZES = (process.env.BENCH_SIZES ?? '256MiB,1GiB').split(',').map(parseSize)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const MiB = 1024 * 1024
-const children: ChildProcess[] = []
-
-function start (args: string[]): ChildProcess {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
-  children.push(child)
-  return child
-}
+const processes = new Processes()
 
 async function rssKiB (pid: number, field: 'VmRSS' | 'VmHWM'): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8')
@@ -41,35 +30,12 @@ async function main (): Promise<void> {
   try {
     const root = join(dir, 'root')
     await mkdir(root)
-    for (const size of SIZES) {
-      const out = createWriteStream(join(root, `f-${size}.bin`))
-      for (let left = size; left > 0; left -= MiB) if (!out.write(randomBytes(Math.min(left, MiB)))) await once(out, 'drain')
-      out.end()
-      await once(out, 'finish')
-    }
-    const origin = start(['origin', root, '--port', '0', '--state-dir', join(dir, 'origin-state')])
-    const originUrl = await new Promise<string>((resolve, reject) => {
-      let text = ''
-      origin.stderr!.on('data', (d: Buffer) => {
-        text += d.toString()
-        const m = / at (http:\/\/\S+)/.exec(text)
-        if (m !== null && text.includes('manifests ready')) resolve(m[1])
-      })
-      origin.once('exit', code => reject(new Error(`origin exited ${code}: ${text}`)))
-    })
+    for (const size of SIZES) await writeRandomFile(join(root, `f-${size}.bin`), size)
+    const originUrl = await processes.origin(root, join(dir, 'origin-state'))
     const agentState = join(dir, 'agent')
     const agentArgs = (process.env.BENCH_AGENT_ARGS ?? '').split(' ').filter(Boolean)
-    const agent = start(['agent', '--state-dir', agentState, '--log-level', 'warn', ...agentArgs])
+    const agent = await processes.agent(agentState, ['--log-level', 'warn', ...agentArgs])
     const client = new CanopyClient({ stateDir: agentState })
-    for (let i = 0; ; i++) {
-      try {
-        await client.status()
-        break
-      } catch (err) {
-        if (i > 300) throw err
-        await new Promise(resolve => setTimeout(resolve, 100))
-      }
-    }
     const results = []
     for (const size of SIZES) {
       const url = `${originUrl}/f-${size}.bin`
@@ -123,8 +89,7 @@ async function main (): Promise<void> {
       results
     }, null, 2))
   } finally {
-    for (const child of children) if (child.exitCode === null) child.kill('SIGTERM')
-    await Promise.all(children.map(async c => c.exitCode === null && c.signalCode === null ? await once(c, 'exit') : undefined))
+    await processes.stopAll()
     await rm(dir, { recursive: true, force: true })
   }
 }

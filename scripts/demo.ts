@@ -2,32 +2,22 @@
 // sample file and three agents (each its own process and state directory), has each
 // agent download the file with `canopy get`, and prints what happened.
 // Everything listens on 127.0.0.1 or Unix sockets; mDNS is not used.
-import { spawn } from 'node:child_process'
-import type { ChildProcess } from 'node:child_process'
-import { createHash, randomBytes } from 'node:crypto'
-import { createReadStream, createWriteStream } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { createReadStream } from 'node:fs'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { once } from 'node:events'
-import { CanopyClient } from '@canopy/client'
 import { formatBytes, parseSize } from '@canopy/core'
 import type { JobView } from '@canopy/core'
+import { Processes, writeRandomFile } from './lib/processes.ts'
 
-const CLI = fileURLToPath(new URL('../packages/cli/bin/canopy.js', import.meta.url))
 const AGENTS = Number(process.env.CANOPY_DEMO_AGENTS ?? 3)
 const SIZE = parseSize(process.env.CANOPY_DEMO_SIZE ?? '64MiB')
-const children: ChildProcess[] = []
-
-function canopy (args: string[], stdio: 'pipe' | 'inherit' = 'pipe'): ChildProcess {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', stdio, stdio] })
-  children.push(child)
-  return child
-}
+const processes = new Processes()
 
 async function run (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const child = canopy(args)
+  const child = processes.start(args)
   let stdout = ''
   let stderr = ''
   child.stdout!.on('data', (d: Buffer) => { stdout += d.toString() })
@@ -49,45 +39,15 @@ async function main (): Promise<void> {
     await mkdir(root)
     const sample = join(root, 'sample.bin')
     console.log(`canopy demo: writing a ${formatBytes(SIZE)} sample file in ${root}`)
-    const out = createWriteStream(sample)
-    for (let left = SIZE; left > 0; left -= 1024 * 1024) {
-      if (!out.write(randomBytes(Math.min(left, 1024 * 1024)))) await once(out, 'drain')
-    }
-    out.end()
-    await once(out, 'finish')
+    await writeRandomFile(sample, SIZE)
     const expected = await sha256File(sample)
 
-    const origin = canopy(['origin', root, '--port', '0', '--state-dir', join(dir, 'origin-state')])
-    const originUrl = await new Promise<string>((resolve, reject) => {
-      let text = ''
-      origin.stderr!.on('data', (d: Buffer) => {
-        text += d.toString()
-        const match = / at (http:\/\/\S+)/.exec(text)
-        if (match !== null && text.includes('manifests ready')) resolve(match[1])
-      })
-      origin.once('exit', code => reject(new Error(`the origin exited (${code}): ${text}`)))
-    })
+    const originUrl = await processes.origin(root, join(dir, 'origin-state'))
     console.log(`canopy demo: origin at ${originUrl}, manifests computed`)
 
     const agents: Array<{ name: string, stateDir: string }> = []
-    for (let i = 1; i <= AGENTS; i++) {
-      const stateDir = join(dir, `agent-${i}`)
-      canopy(['agent', '--state-dir', stateDir])
-      agents.push({ name: `agent-${i}`, stateDir })
-    }
-    for (const agent of agents) {
-      const client = new CanopyClient({ stateDir: agent.stateDir })
-      for (let tries = 0; ; tries++) {
-        try {
-          await client.status()
-          break
-        } catch (err) {
-          if (tries > 300) throw err
-          await new Promise(resolve => setTimeout(resolve, 100))
-        }
-      }
-      await client.close()
-    }
+    for (let i = 1; i <= AGENTS; i++) agents.push({ name: `agent-${i}`, stateDir: join(dir, `agent-${i}`) })
+    await Promise.all(agents.map(async agent => await processes.agent(agent.stateDir)))
     console.log(`canopy demo: ${AGENTS} agents running; each downloads ${originUrl}/sample.bin in turn\n`)
 
     const rows: string[][] = [['agent', 'state', 'bytes', 'seconds*', 'MiB/s*', 'from origin', 'from peers', 'digest']]
@@ -114,8 +74,7 @@ async function main (): Promise<void> {
     console.log('Peer caching (agents fetching from each other first) is not built yet: each agent pulls from the origin.')
     if (rows.slice(1).some(r => r[7] !== 'ok')) process.exitCode = 1
   } finally {
-    for (const child of children) if (child.exitCode === null) child.kill('SIGTERM')
-    await Promise.all(children.map(async c => c.exitCode === null && c.signalCode === null ? await once(c, 'exit') : undefined))
+    await processes.stopAll()
     await rm(dir, { recursive: true, force: true })
   }
 }

@@ -1,0 +1,73 @@
+// Shared by the demo and the benchmarks: real `canopy` processes on this machine,
+// a generated sample file, and clean shutdown.
+import { spawn } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { createWriteStream } from 'node:fs'
+import { once } from 'node:events'
+import { fileURLToPath } from 'node:url'
+import { CanopyClient } from '@canopy/client'
+
+export const CLI = fileURLToPath(new URL('../../packages/cli/bin/canopy.js', import.meta.url))
+const MiB = 1024 * 1024
+
+/** Writes `size` random bytes to `path`, a MiB at a time. */
+export async function writeRandomFile (path: string, size: number): Promise<void> {
+  const out = createWriteStream(path)
+  for (let left = size; left > 0; left -= MiB) {
+    if (!out.write(randomBytes(Math.min(left, MiB)))) await once(out, 'drain')
+  }
+  out.end()
+  await once(out, 'finish')
+}
+
+/** Starts `canopy` processes and stops them all at the end. */
+export class Processes {
+  private readonly children: ChildProcess[] = []
+
+  /** `canopy <args>` with stdout and stderr piped. */
+  start (args: string[]): ChildProcess {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    this.children.push(child)
+    return child
+  }
+
+  /** Starts `canopy origin` on a free port; resolves with its URL once its manifests are computed. */
+  async origin (root: string, stateDir: string): Promise<string> {
+    const origin = this.start(['origin', root, '--port', '0', '--state-dir', stateDir])
+    return await new Promise<string>((resolve, reject) => {
+      let text = ''
+      origin.stderr!.on('data', (d: Buffer) => {
+        text += d.toString()
+        const match = / at (http:\/\/\S+)/.exec(text)
+        if (match !== null && text.includes('manifests ready')) resolve(match[1])
+      })
+      origin.once('exit', code => reject(new Error(`the origin exited (${code}): ${text}`)))
+    })
+  }
+
+  /** Starts `canopy agent` and waits until its control API answers. */
+  async agent (stateDir: string, extraArgs: string[] = []): Promise<ChildProcess> {
+    const child = this.start(['agent', '--state-dir', stateDir, ...extraArgs])
+    const client = new CanopyClient({ stateDir })
+    try {
+      for (let tries = 0; ; tries++) {
+        try {
+          await client.status()
+          return child
+        } catch (err) {
+          if (tries > 300 || child.exitCode !== null) throw err
+          await new Promise(resolve => setTimeout(resolve, 100))
+        }
+      }
+    } finally {
+      await client.close()
+    }
+  }
+
+  /** SIGTERM to every process still running, and wait for them to exit. */
+  async stopAll (): Promise<void> {
+    for (const child of this.children) if (child.exitCode === null) child.kill('SIGTERM')
+    await Promise.all(this.children.map(async c => c.exitCode === null && c.signalCode === null ? await once(c, 'exit') : undefined))
+  }
+}
