@@ -3,7 +3,9 @@
 // Prints one JSON document. Run by hand: `npm run bench:download` (see README).
 //
 // Env: BENCH_SIZES (default "256MiB,1GiB"), BENCH_ROUNDS (default 3), BENCH_AGENT_ARGS
-// (extra `canopy agent` flags, e.g. "--requests-in-flight 8").
+// (extra `canopy agent` flags, e.g. "--requests-in-flight 8"), BENCH_PIN=1 (origin on CPU 0,
+// the agent and curl on CPU 1, with taskset: on a small machine this stands in for an origin
+// on another host; unpinned, the origin and the downloader compete for the same cores).
 import { execFile } from 'node:child_process'
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
 import { cpus, tmpdir } from 'node:os'
@@ -17,6 +19,9 @@ const SIZES = (process.env.BENCH_SIZES ?? '256MiB,1GiB').split(',').map(parseSiz
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const MiB = 1024 * 1024
 const processes = new Processes()
+const PIN = process.env.BENCH_PIN === '1'
+const ORIGIN_CPUS = PIN ? '0' : undefined
+const CLIENT_CPUS = PIN ? '1' : undefined
 
 async function rssKiB (pid: number, field: 'VmRSS' | 'VmHWM'): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8')
@@ -31,10 +36,10 @@ async function main (): Promise<void> {
     const root = join(dir, 'root')
     await mkdir(root)
     for (const size of SIZES) await writeRandomFile(join(root, `f-${size}.bin`), size)
-    const originUrl = await processes.origin(root, join(dir, 'origin-state'))
+    const originUrl = await processes.origin(root, join(dir, 'origin-state'), ORIGIN_CPUS)
     const agentState = join(dir, 'agent')
     const agentArgs = (process.env.BENCH_AGENT_ARGS ?? '').split(' ').filter(Boolean)
-    const agent = await processes.agent(agentState, ['--log-level', 'warn', ...agentArgs])
+    const agent = await processes.agent(agentState, ['--log-level', 'warn', ...agentArgs], CLIENT_CPUS)
     const client = new CanopyClient({ stateDir: agentState })
     const results = []
     for (const size of SIZES) {
@@ -45,7 +50,9 @@ async function main (): Promise<void> {
       for (let round = 0; round < ROUNDS; round++) {
         const curlDest = join(dir, 'curl.bin')
         const t0 = performance.now()
-        await promisify(execFile)('curl', ['-sS', '--fail', '-o', curlDest, url])
+        const curl = ['curl', '-sS', '--fail', '-o', curlDest, url]
+        if (CLIENT_CPUS !== undefined) await promisify(execFile)('taskset', ['-c', CLIENT_CPUS, ...curl])
+        else await promisify(execFile)(curl[0], curl.slice(1))
         curlRates.push(size / MiB / ((performance.now() - t0) / 1000))
         await rm(curlDest)
 
@@ -84,6 +91,7 @@ async function main (): Promise<void> {
       what: 'origin → agent (block-verified, written to disk) vs curl -o, loopback, interleaved rounds',
       node: process.version,
       agentArgs,
+      pinned: PIN ? { origin: ORIGIN_CPUS, agentAndCurl: CLIENT_CPUS } : false,
       cpus: cpus().length,
       cpuModel: cpus()[0]?.model,
       results

@@ -25,16 +25,20 @@ export async function writeRandomFile (path: string, size: number): Promise<void
 export class Processes {
   private readonly children: ChildProcess[] = []
 
-  /** `canopy <args>` with stdout and stderr piped. */
-  start (args: string[]): ChildProcess {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  /** `canopy <args>` with stdout and stderr piped; `cpus` pins it with taskset (e.g. "1"). */
+  start (args: string[], cpus?: string): ChildProcess {
+    const command = [process.execPath, CLI, ...args]
+    // taskset execs the command: the child's pid is the canopy process's own.
+    const child = cpus === undefined
+      ? spawn(command[0], command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn('taskset', ['-c', cpus, ...command], { stdio: ['ignore', 'pipe', 'pipe'] })
     this.children.push(child)
     return child
   }
 
   /** Starts `canopy origin` on a free port; resolves with its URL once its manifests are computed. */
-  async origin (root: string, stateDir: string): Promise<string> {
-    const origin = this.start(['origin', root, '--port', '0', '--state-dir', stateDir])
+  async origin (root: string, stateDir: string, cpus?: string): Promise<string> {
+    const origin = this.start(['origin', root, '--port', '0', '--state-dir', stateDir], cpus)
     return await new Promise<string>((resolve, reject) => {
       let text = ''
       origin.stderr!.on('data', (d: Buffer) => {
@@ -47,8 +51,8 @@ export class Processes {
   }
 
   /** Starts `canopy agent` and waits until its control API answers. */
-  async agent (stateDir: string, extraArgs: string[] = []): Promise<ChildProcess> {
-    const child = this.start(['agent', '--state-dir', stateDir, ...extraArgs])
+  async agent (stateDir: string, extraArgs: string[] = [], cpus?: string): Promise<ChildProcess> {
+    const child = this.start(['agent', '--state-dir', stateDir, ...extraArgs], cpus)
     const client = new CanopyClient({ stateDir })
     try {
       for (let tries = 0; ; tries++) {
