@@ -17,3 +17,8 @@ export async function startAgent (options: AgentOptions): Promise<CanopyAgent> {
   return await CanopyAgent.start(options)
 }
 export { RangeClient } from './transfer/range-client.ts'
+export { startPeerNode, DEFAULT_P2P_PORT } from './peers/node.ts'
+export type { PeerNode, PeerNodeOptions } from './peers/node.ts'
+export { generateSwarmKey, parseSwarmKey, readSwarmKey, noisePrologue, SWARM_KEY_HEADER } from './peers/swarm-key.ts'
+export { loadOrCreatePeerKey, PEER_KEY_FILE } from './peers/identity.ts'
+export { isDialable, isLocalAddress } from './peers/scope.ts'

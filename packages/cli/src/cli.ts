@@ -11,10 +11,11 @@ import { getVerb } from './verbs/get.ts'
 import { cancelVerb, completeVerb, jobsVerb, jobVerb, resumeVerb, statusVerb, suspendVerb } from './verbs/jobs.ts'
 import { originVerb } from './verbs/origin.ts'
 import { publishVerb } from './verbs/publish.ts'
+import { keygenVerb } from './verbs/keygen.ts'
 
 export const VERBS: readonly Verb[] = [
   getVerb, jobsVerb, jobVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, statusVerb,
-  agentVerb, originVerb, publishVerb
+  agentVerb, originVerb, publishVerb, keygenVerb
 ]
 
 export const EXIT_CODES_HELP = `Exit codes:

@@ -334,3 +334,14 @@ describe('with an origin and an agent', () => {
     assert.equal(await origin.stop('SIGINT'), 0)
   })
 })
+
+describe('keygen', () => {
+  test('prints a swarm key that the agent parses, different every time', async () => {
+    const { parseSwarmKey } = await import('@canopy/agent')
+    const first = await canopy(['keygen'])
+    const second = await canopy(['keygen'])
+    assert.equal(first.code, 0)
+    assert.equal(parseSwarmKey(first.stdout).length, 32)
+    assert.notEqual(first.stdout, second.stdout)
+  })
+})
