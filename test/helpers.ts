@@ -61,6 +61,12 @@ export async function runCli (args: string[], options: { env?: Record<string, st
   return { code, signal, stdout, stderr }
 }
 
+/**
+ * Peer-node flags for agents in tests: loopback only, a free port, and no mDNS
+ * (multicast must not leave the root namespace of the build machines).
+ */
+export const LOOPBACK_P2P = ['--no-mdns', '--p2p-host', '127.0.0.1', '--p2p-port', '0']
+
 export interface AgentProcess {
   child: ChildProcess
   client: CanopyClient
@@ -71,7 +77,7 @@ export interface AgentProcess {
 
 /** Starts `canopy agent` as a child process and waits until its API answers. */
 export async function startAgentProcess (stateDir: string, extraArgs: string[] = []): Promise<AgentProcess> {
-  const child = spawn(process.execPath, [CLI, 'agent', '--state-dir', stateDir, ...extraArgs], {
+  const child = spawn(process.execPath, [CLI, 'agent', '--state-dir', stateDir, ...LOOPBACK_P2P, ...extraArgs], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env }
   })

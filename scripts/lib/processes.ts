@@ -50,9 +50,13 @@ export class Processes {
     })
   }
 
-  /** Starts `canopy agent` and waits until its control API answers. */
+  /**
+   * Starts `canopy agent` and waits until its control API answers. Its peer node
+   * listens on loopback with mDNS off: on this one machine, static peers replace
+   * multicast discovery (which must not leave the root namespace).
+   */
   async agent (stateDir: string, extraArgs: string[] = [], cpus?: string): Promise<ChildProcess> {
-    const child = this.start(['agent', '--state-dir', stateDir, ...extraArgs], cpus)
+    const child = this.start(['agent', '--state-dir', stateDir, '--no-mdns', '--p2p-host', '127.0.0.1', '--p2p-port', '0', ...extraArgs], cpus)
     const client = new CanopyClient({ stateDir })
     try {
       for (let tries = 0; ; tries++) {

@@ -21,6 +21,7 @@ import { RangeClient } from './transfer/range-client.ts'
 import { transferPlain } from './transfer/plain-transfer.ts'
 import type { PlainProgress } from './transfer/plain-transfer.ts'
 import { startApiServer } from './api/server.ts'
+import type { PeerNode } from './peers/node.ts'
 import type { ApiServer } from './api/server.ts'
 
 export const AGENT_VERSION = '0.1.0'
@@ -62,6 +63,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   private readonly lastProgressEvent = new Map<string, number>()
   private readonly lastPersist = new Map<string, number>()
   private api?: ApiServer
+  private peer?: PeerNode
   private retryTimer?: NodeJS.Timeout
   private tickQueued = false
   private stopped = false
@@ -84,7 +86,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     if (typeof options.stateDir !== 'string' || options.stateDir === '') {
       throw new CanopyError('ERR_INVALID_ARGUMENT', 'The agent needs a state directory (--state-dir or CANOPY_STATE_DIR)')
     }
-    const resolved: ResolvedAgentOptions = { ...AGENT_DEFAULTS, logger: silentLogger, ...withoutUndefined(options), stateDir: options.stateDir }
+    const resolved: ResolvedAgentOptions = { ...AGENT_DEFAULTS, logger: silentLogger, ...withoutUndefined(options), stateDir: options.stateDir, p2p: options.p2p }
     for (const key of ['maxBackgroundJobs', 'requestsInFlight', 'requestSize', 'maxBlockAttempts', 'requestTimeoutMs', 'retryMinMs', 'retryMaxMs'] as const) {
       if (!Number.isSafeInteger(resolved[key]) || resolved[key] < 1) throw new CanopyError('ERR_INVALID_ARGUMENT', `${key} must be a positive integer, not ${resolved[key]}`)
     }
@@ -96,8 +98,18 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     await agent.store.open()
     try {
       await agent.recover()
+      if (resolved.p2p !== undefined) {
+        // Loaded only when wanted: libp2p costs ~30 MiB resident.
+        const { startPeerNode, loadOrCreatePeerKey } = await import('./peers/index.ts')
+        agent.peer = await startPeerNode({
+          privateKey: await loadOrCreatePeerKey(resolved.stateDir),
+          ...resolved.p2p,
+          logger: agent.logger
+        })
+      }
       agent.api = await startApiServer(agent, agent.socketPath, agent.logger)
     } catch (err) {
+      await agent.peer?.stop()
       await agent.store.close()
       throw err
     }
@@ -124,6 +136,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     for (const r of runs) r.controller.abort(new CanopyError('ERR_AGENT_STOPPING', 'the agent is stopping'))
     await Promise.all(runs.map(async r => await r.done))
     await Promise.all([...this.writes.values()])
+    await this.peer?.stop()
     this.rangeClient.close()
     await this.dispatcher.close()
     await this.blockHasher.close()
@@ -137,7 +150,18 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     const counts = Object.fromEntries(['queued', 'connecting', 'transferring', 'suspended', 'error', 'transient_error',
       'transferred', 'acknowledged', 'cancelled'].map(s => [s, 0])) as Record<JobState, number>
     for (const job of this.jobs.values()) counts[job.state]++
-    return { version: AGENT_VERSION, pid: process.pid, stateDir: this.options.stateDir, startedAt: this.startedAt, jobs: counts }
+    const status: AgentStatus = { version: AGENT_VERSION, pid: process.pid, stateDir: this.options.stateDir, startedAt: this.startedAt, jobs: counts }
+    if (this.peer !== undefined) {
+      const { libp2p } = this.peer
+      status.peer = {
+        peerId: libp2p.peerId.toString(),
+        addresses: libp2p.getMultiaddrs().map(ma => ma.toString()),
+        connected: libp2p.getPeers().length,
+        swarmKey: this.options.p2p?.swarmKey !== undefined,
+        mdns: this.options.p2p?.mdns !== false
+      }
+    }
+    return status
   }
 
   listJobs (): JobView[] {

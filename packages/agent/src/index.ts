@@ -8,7 +8,7 @@ import type { AgentOptions } from './options.ts'
 export { CanopyAgent, AGENT_VERSION, backoff } from './agent.ts'
 export type { AgentEvents } from './agent.ts'
 export { AGENT_DEFAULTS, blocksAtRisk } from './options.ts'
-export type { AgentOptions } from './options.ts'
+export type { AgentOptions, P2pOptions } from './options.ts'
 export { JobErrorCode, TransferError } from './errors.ts'
 export { JOB_LIMITS } from './jobs/validate.ts'
 
@@ -17,8 +17,3 @@ export async function startAgent (options: AgentOptions): Promise<CanopyAgent> {
   return await CanopyAgent.start(options)
 }
 export { RangeClient } from './transfer/range-client.ts'
-export { startPeerNode, DEFAULT_P2P_PORT } from './peers/node.ts'
-export type { PeerNode, PeerNodeOptions } from './peers/node.ts'
-export { generateSwarmKey, parseSwarmKey, readSwarmKey, noisePrologue, SWARM_KEY_HEADER } from './peers/swarm-key.ts'
-export { loadOrCreatePeerKey, PEER_KEY_FILE } from './peers/identity.ts'
-export { isDialable, isLocalAddress } from './peers/scope.ts'

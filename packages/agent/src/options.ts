@@ -22,6 +22,22 @@ export interface AgentOptions {
   retryMinMs?: number
   /** Longest retry delay, in ms. Default 600 000 (10 minutes). */
   retryMaxMs?: number
+  /**
+   * The peer node. Default: none (a library user opts in; `canopy agent` runs one
+   * unless given --no-p2p).
+   */
+  p2p?: P2pOptions
+}
+
+export interface P2pOptions {
+  /** Listen multiaddrs. Default `/ip4/0.0.0.0/tcp/7373`. */
+  listen?: string[]
+  /** mDNS discovery on the LAN. Default true. */
+  mdns?: boolean
+  /** Static peers (multiaddrs on LAN addresses). */
+  peers?: string[]
+  /** The organisation's swarm key (32 bytes); without it a loud warning. */
+  swarmKey?: Uint8Array
 }
 
 export const AGENT_DEFAULTS = {
@@ -35,7 +51,7 @@ export const AGENT_DEFAULTS = {
   retryMaxMs: 600_000
 } as const
 
-export type ResolvedAgentOptions = Required<AgentOptions>
+export type ResolvedAgentOptions = Required<Omit<AgentOptions, 'p2p'>> & Pick<AgentOptions, 'p2p'>
 
 /**
  * Blocks one file transfer holds in memory at most: each request's blocks are

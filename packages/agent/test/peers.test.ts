@@ -7,8 +7,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
 import { silentLogger } from '@canopy/core'
-import { generateSwarmKey, isDialable, loadOrCreatePeerKey, parseSwarmKey, startPeerNode } from '@canopy/agent'
-import type { PeerNode } from '@canopy/agent'
+import { generateSwarmKey, isDialable, loadOrCreatePeerKey, parseSwarmKey, startPeerNode } from '@canopy/agent/peers'
+import type { PeerNode } from '@canopy/agent/peers'
 
 async function node (t: { after: (fn: () => Promise<void>) => void }, swarmKey?: Uint8Array): Promise<PeerNode> {
   const dir = await mkdtemp(join(tmpdir(), 'canopy-peer-'))

@@ -121,7 +121,14 @@ export function formatStatus (status: AgentStatus, now = Date.now()): string {
     ['agent', `running, pid ${status.pid}, version ${status.version}`],
     ['state dir', status.stateDir],
     ['up', Number.isNaN(started) ? status.startedAt : `${formatDuration((now - started) / 1000)} (since ${when(status.startedAt)})`],
-    ['jobs', counts.length === 0 ? 'none' : counts.join(', ')]
+    ['jobs', counts.length === 0 ? 'none' : counts.join(', ')],
+    ...(status.peer === undefined
+      ? [['peers', 'no peer node (--no-p2p)'] as [string, string]]
+      : [
+          ['peer id', status.peer.peerId] as [string, string],
+          ['listening', status.peer.addresses.join(', ') || 'nowhere'] as [string, string],
+          ['peers', `${status.peer.connected} connected; ${status.peer.mdns ? 'mDNS on' : 'mDNS off'}; ${status.peer.swarmKey ? 'swarm key required' : 'NO swarm key: any keyless agent may connect'}`] as [string, string]
+        ])
   ])
 }
 

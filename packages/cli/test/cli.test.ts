@@ -19,7 +19,9 @@ let env: NodeJS.ProcessEnv
 before(async () => {
   scratch = await mkdtemp(join(tmpdir(), 'canopy-cli-'))
   // Never touch the real state directory of whoever runs the tests.
-  env = { ...process.env, CANOPY_STATE_DIR: join(scratch, 'no-agent'), CANOPY_LOG_LEVEL: '' }
+  // Agents started by these tests: peer node on loopback, a free port, no mDNS
+  // (multicast must not leave the root namespace of the build machines).
+  env = { ...process.env, CANOPY_STATE_DIR: join(scratch, 'no-agent'), CANOPY_LOG_LEVEL: '', CANOPY_MDNS: '0', CANOPY_P2P_HOST: '127.0.0.1', CANOPY_P2P_PORT: '0' }
 })
 
 after(async () => {
@@ -337,7 +339,7 @@ describe('with an origin and an agent', () => {
 
 describe('keygen', () => {
   test('prints a swarm key that the agent parses, different every time', async () => {
-    const { parseSwarmKey } = await import('@canopy/agent')
+    const { parseSwarmKey } = await import('@canopy/agent/peers')
     const first = await canopy(['keygen'])
     const second = await canopy(['keygen'])
     assert.equal(first.code, 0)

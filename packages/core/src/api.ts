@@ -114,6 +114,20 @@ export interface AgentStatus {
   stateDir: string
   startedAt: string
   jobs: Record<JobState, number>
+  /** The agent's peer node, when it runs one. */
+  peer?: PeerStatus
+}
+
+export interface PeerStatus {
+  /** libp2p peer id (derived from the agent's persistent Ed25519 key). */
+  peerId: string
+  /** Addresses the node listens on, with /p2p/<peer id>. */
+  addresses: string[]
+  /** Peers with an open connection. */
+  connected: number
+  /** Whether peers must hold the same swarm key (false: keyless, open to any keyless agent). */
+  swarmKey: boolean
+  mdns: boolean
 }
 
 export interface ApiErrorBody {

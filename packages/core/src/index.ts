@@ -19,6 +19,6 @@ export { silentLogger } from './logger.ts'
 export type { Logger } from './logger.ts'
 export { API_SOCKET_NAME, API_VERSION, FINAL_STATES, PRIORITIES } from './api.ts'
 export type {
-  AgentStatus, ApiErrorBody, CreateJobFile, CreateJobRequest, JobBytes, JobError, JobFileView,
+  AgentStatus, ApiErrorBody, PeerStatus, CreateJobFile, CreateJobRequest, JobBytes, JobError, JobFileView,
   JobPriority, JobState, JobType, JobView
 } from './api.ts'

@@ -41,7 +41,8 @@ export interface PeerNode {
   stop: () => Promise<void>
 }
 
-function parsePeers (peers: string[]): Multiaddr[] {
+/** Parses static peer addresses; throws ERR_INVALID_PEER for anything but LAN TCP multiaddrs. */
+export function parsePeerAddresses (peers: string[]): Multiaddr[] {
   return peers.map(text => {
     let ma: Multiaddr
     try {
@@ -60,7 +61,7 @@ function parsePeers (peers: string[]): Multiaddr[] {
  * addresses (see scope.ts).
  */
 export async function startPeerNode (options: PeerNodeOptions): Promise<PeerNode> {
-  const staticPeers = parsePeers(options.peers ?? [])
+  const staticPeers = parsePeerAddresses(options.peers ?? [])
   const libp2p = await createLibp2p({
     privateKey: options.privateKey,
     addresses: { listen: options.listen ?? [`/ip4/0.0.0.0/tcp/${DEFAULT_P2P_PORT}`] },

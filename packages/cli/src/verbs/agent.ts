@@ -2,7 +2,9 @@
 import { mkdir } from 'node:fs/promises'
 import { ExitCode, UsageError } from '../errors.ts'
 import { createStderrLogger, parseLogLevel } from '../logger.ts'
+import { isIP } from 'node:net'
 import { parseSize } from '@canopy/core'
+import type { P2pOptions } from '@canopy/agent'
 import { say, str } from '../verb.ts'
 import type { Values, Verb } from '../verb.ts'
 import { untilSignal } from './signals.ts'
@@ -39,6 +41,39 @@ function agentTuning (values: Values) {
   }
 }
 
+/** The peer node's options from flags, else CANOPY_* variables; undefined with --no-p2p. */
+async function p2pOptions (values: Values): Promise<P2pOptions | undefined> {
+  if (values['no-p2p'] === true || process.env.CANOPY_P2P === '0') return undefined
+  // Loaded here, not at the top: other verbs should not pay for libp2p's start-up.
+  const { DEFAULT_P2P_PORT, parsePeerAddresses, readSwarmKey } = await import('@canopy/agent/peers')
+  const port = tuning(values, 'p2p-port', integer, 0) ?? DEFAULT_P2P_PORT
+  if (port > 65535) throw new UsageError(`--p2p-port ${port}: a TCP port is at most 65535`, 'agent')
+  const host = str(values, 'p2p-host') ?? process.env.CANOPY_P2P_HOST ?? '0.0.0.0'
+  if (isIP(host) === 0) throw new UsageError(`--p2p-host ${host}: give an IP address`, 'agent')
+  const flagPeers = values.peer as unknown as string[] | undefined
+  const peers = flagPeers ?? (process.env.CANOPY_PEERS ?? '').split(',').map(p => p.trim()).filter(Boolean)
+  const keyFile = str(values, 'swarm-key') ?? process.env.CANOPY_SWARM_KEY
+  let swarmKey: Uint8Array | undefined
+  if (keyFile !== undefined && keyFile !== '') {
+    try {
+      swarmKey = await readSwarmKey(keyFile)
+    } catch (err) {
+      throw new UsageError((err as Error).message, 'agent')
+    }
+  }
+  try {
+    parsePeerAddresses(peers)
+  } catch (err) {
+    throw new UsageError(`--peer: ${(err as Error).message}`, 'agent')
+  }
+  return {
+    listen: [`/${isIP(host) === 6 ? 'ip6' : 'ip4'}/${host}/tcp/${port}`],
+    mdns: values['no-mdns'] !== true && process.env.CANOPY_MDNS !== '0',
+    peers,
+    ...(swarmKey !== undefined ? { swarmKey } : {})
+  }
+}
+
 export const agentVerb: Verb = {
   name: 'agent',
   summary: 'run the agent (job queue, verified transfers, control API) in the foreground',
@@ -65,12 +100,22 @@ Options:
   --retry-min MS       first retry delay after a transient error (default 2000)
   --retry-max MS       longest retry delay (default 600000)
 
+Peers (the agent's libp2p node):
+  --p2p-port N         TCP port of the peer node (default 7373; 0 picks one)
+  --p2p-host IP        address it listens on (default 0.0.0.0)
+  --no-mdns            do not discover peers by mDNS (multicast on the LAN)
+  --peer MULTIADDR     a static peer, e.g. /ip4/192.168.1.20/tcp/7373 (repeatable;
+                       CANOPY_PEERS takes a comma-separated list)
+  --swarm-key FILE     accept only peers holding this key (canopy keygen)
+  --no-p2p             run no peer node
+
 Each option can also be set in the environment as CANOPY_<OPTION>, e.g.
 CANOPY_REQUESTS_IN_FLIGHT=8; a flag wins over the environment.
 
 Examples:
   canopy agent
-  canopy agent --state-dir /var/lib/canopy --log-level debug
+  canopy agent --state-dir /var/lib/canopy --log-level debug --swarm-key /etc/canopy/org.key
+  canopy agent --no-mdns --p2p-host 127.0.0.1 --p2p-port 7374 --peer /ip4/127.0.0.1/tcp/7373
 `,
   options: {
     'log-level': { type: 'string' },
@@ -80,7 +125,13 @@ Examples:
     'hash-threads': { type: 'string' },
     'request-timeout': { type: 'string' },
     'retry-min': { type: 'string' },
-    'retry-max': { type: 'string' }
+    'retry-max': { type: 'string' },
+    'p2p-port': { type: 'string' },
+    'p2p-host': { type: 'string' },
+    'no-mdns': { type: 'boolean' },
+    peer: { type: 'string', multiple: true },
+    'swarm-key': { type: 'string' },
+    'no-p2p': { type: 'boolean' }
   },
   positionals: { min: 0, max: 0, name: '' },
   async run (ctx) {
@@ -88,7 +139,7 @@ Examples:
     const stopping = untilSignal('canopy agent')
     const { startAgent } = await import('@canopy/agent')
     await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
-    const agent = await startAgent({ stateDir: ctx.stateDir, logger, ...agentTuning(ctx.values) })
+    const agent = await startAgent({ stateDir: ctx.stateDir, logger, ...agentTuning(ctx.values), p2p: await p2pOptions(ctx.values) })
     say(`canopy agent: listening on ${agent.socketPath}`)
     const signal = await stopping
     say(`canopy agent: ${signal}: stopping`)

@@ -19,7 +19,7 @@ Examples:
   options: {},
   positionals: { min: 0, max: 0, name: '' },
   async run () {
-    const { generateSwarmKey } = await import('@canopy/agent')
+    const { generateSwarmKey } = await import('@canopy/agent/peers')
     out(generateSwarmKey())
     return ExitCode.Ok
   }

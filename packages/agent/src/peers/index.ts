@@ -1,0 +1,9 @@
+/**
+ * @canopy/agent/peers: the peer node and membership. A separate entry point, so
+ * that loading the agent without peers does not load libp2p (~30 MiB resident).
+ */
+export { startPeerNode, parsePeerAddresses, DEFAULT_P2P_PORT } from './node.ts'
+export type { PeerNode, PeerNodeOptions, PeerLibp2p } from './node.ts'
+export { generateSwarmKey, parseSwarmKey, readSwarmKey, noisePrologue, SWARM_KEY_HEADER } from './swarm-key.ts'
+export { loadOrCreatePeerKey, PEER_KEY_FILE } from './identity.ts'
+export { isDialable, isLocalAddress } from './scope.ts'
