@@ -12,7 +12,7 @@ export {
   MANIFEST_MEDIA_TYPE, MANIFEST_VERSION, MAX_BLOCKS, MAX_CONTENT_SIZE, MAX_MANIFEST_BYTES, SIDECAR_SUFFIX
 } from './manifest.ts'
 export type { CreateManifestOptions, IdentifiedManifest, Manifest, PublishedManifest } from './manifest.ts'
-export { contentKey, discoveryId, DISCOVERY_LABEL, generateSecret } from './keys.ts'
+export { contentKey, discoveryId, DISCOVERY_LABEL, generateSecret, readProof } from './keys.ts'
 export { digestsEqual, sha256 } from './hash.ts'
 export { formatBytes, parseSize } from './sizes.ts'
 export { silentLogger } from './logger.ts'
@@ -22,3 +22,5 @@ export type {
   AgentStatus, ApiErrorBody, PeerStatus, CreateJobFile, CreateJobRequest, JobBytes, JobError, JobFileView,
   JobPriority, JobState, JobType, JobView
 } from './api.ts'
+export { decodeMessage, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY, MessageType } from './wire.ts'
+export type { ExchangeMessage } from './wire.ts'

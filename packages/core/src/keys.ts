@@ -25,3 +25,13 @@ export const DISCOVERY_LABEL = 'canopy/discovery/v1'
 export function generateSecret (): Buffer {
   return randomBytes(32)
 }
+
+/**
+ * Proof that the asker holds the content key, bound to both peer ids (which Noise
+ * authenticates): HMAC-SHA256(K, "canopy/read/v1" | asker | server). A peer that
+ * never got K from the origin cannot compute it, and a proof seen by one server
+ * is useless with another, or to another asker.
+ */
+export function readProof (key: Uint8Array, asker: Uint8Array, server: Uint8Array): Buffer {
+  return createHmac('sha256', key).update('canopy/read/v1').update(asker).update(server).digest()
+}

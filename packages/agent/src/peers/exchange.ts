@@ -1,0 +1,187 @@
+import { timingSafeEqual } from 'node:crypto'
+import type { Connection, PeerId, Stream } from '@libp2p/interface'
+import {
+  CanopyError, decodeMessage, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY,
+  MessageType, readProof
+} from '@canopy/core'
+import type { ExchangeMessage, Logger, PublishedManifest } from '@canopy/core'
+import { FramedStream } from './framing.ts'
+import type { PeerLibp2p } from './node.ts'
+
+/** A serving stream that receives no request for this long is closed. */
+const SERVER_IDLE_MS = 60_000
+/** How long a request may wait for its response. */
+const RESPONSE_TIMEOUT_MS = 30_000
+
+/** Content this agent can serve to peers, found by discovery id. */
+export interface SharedContent {
+  manifest: PublishedManifest
+  /** The content key K (from the origin, with the manifest). */
+  key: Uint8Array
+  has: (index: number) => boolean
+  /** The block's bytes, verified against the manifest (never unverified bytes). */
+  read: (index: number) => Promise<Uint8Array>
+}
+
+export interface BlockSource {
+  lookup: (discoveryId: Uint8Array) => SharedContent | undefined
+}
+
+function peerBytes (peer: PeerId): Uint8Array {
+  return peer.toMultihash().bytes
+}
+
+function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b)
+}
+
+function bitfieldOf (content: SharedContent): Uint8Array {
+  const count = content.manifest.blocks.length
+  const bits = new Uint8Array(Math.ceil(count / 8))
+  for (let i = 0; i < count; i++) if (content.has(i)) bits[i >> 3] |= 0x80 >> (i & 7)
+  return bits
+}
+
+/**
+ * Serves `/canopy/exchange/1.0.0`: a peer asks by discovery id only, with a proof
+ * that it holds the content key; it gets the bitfield of blocks this agent can
+ * serve, and blocks. A malformed, oversized or late request ends the stream (and is
+ * logged against the peer); it never reaches the agent's other work.
+ */
+export async function serveExchange (libp2p: PeerLibp2p, source: BlockSource, logger: Logger): Promise<void> {
+  await libp2p.handle(EXCHANGE_PROTOCOL, (stream: Stream, connection: Connection) => {
+    void serveStream(stream, connection, libp2p.peerId, source, logger)
+  })
+}
+
+async function serveStream (stream: Stream, connection: Connection, self: PeerId, source: BlockSource, logger: Logger): Promise<void> {
+  const framed = new FramedStream(stream)
+  const asker = peerBytes(connection.remotePeer)
+  const server = peerBytes(self)
+  try {
+    for (;;) {
+      const body = await framed.read(MAX_REQUEST_BODY, SERVER_IDLE_MS)
+      if (body === undefined) break
+      const request = decodeMessage(body)
+      if (request.type !== MessageType.HaveRequest && request.type !== MessageType.BlockRequest) {
+        throw new CanopyError('ERR_PROTOCOL', 'a response where a request belongs')
+      }
+      const content = source.lookup(request.discoveryId)
+      let status: number = ExchangeStatus.Ok
+      if (content === undefined) status = ExchangeStatus.Unknown
+      else if (!sameBytes(readProof(content.key, asker, server), request.proof)) status = ExchangeStatus.Denied
+      let response: ExchangeMessage
+      if (request.type === MessageType.HaveRequest) {
+        response = status === ExchangeStatus.Ok
+          ? { type: MessageType.HaveResponse, status, blockCount: content!.manifest.blocks.length, bitfield: bitfieldOf(content!) }
+          : { type: MessageType.HaveResponse, status, blockCount: 0, bitfield: new Uint8Array(0) }
+      } else {
+        let data: Uint8Array = new Uint8Array(0)
+        if (status === ExchangeStatus.Ok) {
+          if (request.index >= content!.manifest.blocks.length || !content!.has(request.index)) status = ExchangeStatus.Missing
+          else data = await content!.read(request.index)
+        }
+        response = { type: MessageType.BlockResponse, status, index: request.index, data }
+      }
+      await framed.write(encodeMessage(response))
+    }
+    await stream.close()
+  } catch (err) {
+    logger.warn('peer exchange stream ended with an error', { peer: connection.remotePeer.toString(), err: (err as Error).message })
+    stream.abort(err as Error)
+  }
+}
+
+/** Thrown when a peer refuses us or breaks the protocol; counts against that peer. */
+export class PeerExchangeError extends CanopyError {}
+
+/**
+ * One stream to one peer for one content: `have()` and `block(i)` requests are
+ * pipelined and answered in order. Only what was asked for can arrive, so memory is
+ * bounded by the requests in flight.
+ */
+export class ExchangeSession {
+  private readonly framed: FramedStream
+  private readonly discoveryId: Uint8Array
+  private readonly proof: Uint8Array
+  private readonly pending: Array<{ resolve: (m: ExchangeMessage) => void, reject: (err: Error) => void }> = []
+  private failure?: Error
+  private reading = false
+  readonly peer: PeerId
+
+  private constructor (stream: Stream, peer: PeerId, discoveryId: Uint8Array, proof: Uint8Array) {
+    this.framed = new FramedStream(stream)
+    this.peer = peer
+    this.discoveryId = discoveryId
+    this.proof = proof
+  }
+
+  static async open (libp2p: PeerLibp2p, peer: PeerId, discoveryId: Uint8Array, key: Uint8Array, signal?: AbortSignal): Promise<ExchangeSession> {
+    const stream = await libp2p.dialProtocol(peer, EXCHANGE_PROTOCOL, { signal })
+    return new ExchangeSession(stream, peer, discoveryId, readProof(key, peerBytes(libp2p.peerId), peerBytes(peer)))
+  }
+
+  /** Which blocks the peer can serve now: one bit per block, high bit first. */
+  async have (): Promise<Uint8Array> {
+    const response = await this.request({ type: MessageType.HaveRequest, discoveryId: this.discoveryId, proof: this.proof })
+    if (response.type !== MessageType.HaveResponse) throw this.broken('answered a have request with something else')
+    this.check(response.status)
+    return response.bitfield
+  }
+
+  /** Block `index` as the peer sent it (the caller verifies it), or undefined if the peer lacks it. */
+  async block (index: number): Promise<Uint8Array | undefined> {
+    const response = await this.request({ type: MessageType.BlockRequest, discoveryId: this.discoveryId, proof: this.proof, index })
+    if (response.type !== MessageType.BlockResponse || response.index !== index) throw this.broken('answered out of order')
+    if (response.status === ExchangeStatus.Missing) return undefined
+    this.check(response.status)
+    return response.data
+  }
+
+  async close (): Promise<void> {
+    await this.framed.stream.close().catch(() => {})
+  }
+
+  private check (status: number): void {
+    if (status === ExchangeStatus.Ok) return
+    if (status === ExchangeStatus.Unknown) throw new PeerExchangeError('ERR_PEER_UNKNOWN_CONTENT', 'the peer has nothing under this discovery id')
+    if (status === ExchangeStatus.Denied) throw new PeerExchangeError('ERR_PEER_DENIED', 'the peer refused our proof of the content key')
+    throw this.broken(`unknown status ${status}`)
+  }
+
+  private broken (why: string): PeerExchangeError {
+    const err = new PeerExchangeError('ERR_PEER_PROTOCOL', `peer ${this.peer.toString()} ${why}`)
+    this.fail(err)
+    return err
+  }
+
+  private fail (err: Error): void {
+    this.failure ??= err
+    for (const p of this.pending.splice(0)) p.reject(err)
+    this.framed.stream.abort(err)
+  }
+
+  private async request (message: ExchangeMessage): Promise<ExchangeMessage> {
+    if (this.failure !== undefined) throw this.failure
+    const answer = new Promise<ExchangeMessage>((resolve, reject) => this.pending.push({ resolve, reject }))
+    await this.framed.write(encodeMessage(message))
+    void this.readLoop()
+    return await answer
+  }
+
+  private async readLoop (): Promise<void> {
+    if (this.reading) return
+    this.reading = true
+    try {
+      while (this.pending.length > 0) {
+        const body = await this.framed.read(MAX_FRAME_BODY, RESPONSE_TIMEOUT_MS)
+        if (body === undefined) throw new PeerExchangeError('ERR_PEER_PROTOCOL', 'the peer closed the stream with requests unanswered')
+        this.pending.shift()!.resolve(decodeMessage(body))
+      }
+    } catch (err) {
+      this.fail(err as Error)
+    } finally {
+      this.reading = false
+    }
+  }
+}

@@ -1,0 +1,99 @@
+// The block exchange between two real libp2p nodes on 127.0.0.1 (mDNS off).
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { blockDigest, blockSpan, contentKey, createManifest, discoveryId, DISCOVERY_LABEL, encodeMessage, EXCHANGE_PROTOCOL, MessageType, silentLogger } from '@canopy/core'
+import type { PublishedManifest } from '@canopy/core'
+import { ExchangeSession, generateSwarmKey, loadOrCreatePeerKey, parseSwarmKey, serveExchange, startPeerNode } from '@canopy/agent/peers'
+import type { PeerNode, SharedContent } from '@canopy/agent/peers'
+
+const BS = 64 * 1024
+const swarmKey = parseSwarmKey(generateSwarmKey())
+
+async function node (t: { after: (fn: () => Promise<void>) => void }): Promise<PeerNode> {
+  const dir = await mkdtemp(join(tmpdir(), 'canopy-exchange-'))
+  const n = await startPeerNode({ privateKey: await loadOrCreatePeerKey(dir), listen: ['/ip4/127.0.0.1/tcp/0'], swarmKey, mdns: false, logger: silentLogger })
+  t.after(async () => {
+    await n.stop()
+    await rm(dir, { recursive: true, force: true })
+  })
+  return n
+}
+
+/** Content held in memory, all blocks but the ones listed. */
+async function content (missing: number[] = []): Promise<{ shared: SharedContent, bytes: Buffer, manifest: PublishedManifest, key: Buffer, id: Buffer }> {
+  const bytes = randomBytes(5 * BS + 1000)
+  const manifest = await createManifest([bytes], { blockSize: BS })
+  const key = contentKey(Buffer.alloc(32, 1), manifest.id)
+  const shared: SharedContent = {
+    manifest,
+    key,
+    has: (i) => !missing.includes(i),
+    read: async (i) => {
+      const { offset, length } = blockSpan(i, manifest.size, manifest.blockSize)
+      return bytes.subarray(offset, offset + length)
+    }
+  }
+  return { shared, bytes, manifest, key, id: discoveryId(key, DISCOVERY_LABEL) }
+}
+
+test('a member that holds the content key gets the bitfield and verified blocks, pipelined', async (t) => {
+  const [server, client] = [await node(t), await node(t)]
+  const c = await content([2])
+  await serveExchange(server.libp2p, { lookup: (id) => Buffer.compare(id, c.id) === 0 ? c.shared : undefined }, silentLogger)
+  await client.libp2p.dial(server.libp2p.getMultiaddrs()[0])
+  const session = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, c.key)
+  t.after(async () => await session.close())
+  const bits = await session.have()
+  assert.deepEqual([...bits], [0b11011100])
+  const blocks = await Promise.all([0, 1, 2, 3, 4, 5].map(async i => await session.block(i)))
+  assert.equal(blocks[2], undefined, 'the missing block is reported missing')
+  for (const i of [0, 1, 3, 4, 5]) {
+    const digest = createHash('sha256').update(blocks[i]!).digest()
+    assert.deepEqual(new Uint8Array(digest), blockDigest(c.manifest.blocks[i]))
+  }
+})
+
+test('a member that knows the discovery id but not the key gets nothing usable', async (t) => {
+  const [server, client] = [await node(t), await node(t)]
+  const c = await content()
+  await serveExchange(server.libp2p, { lookup: (id) => Buffer.compare(id, c.id) === 0 ? c.shared : undefined }, silentLogger)
+  await client.libp2p.dial(server.libp2p.getMultiaddrs()[0])
+  const wrongKey = randomBytes(32)
+  const session = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, wrongKey)
+  await assert.rejects(session.have(), { code: 'ERR_PEER_DENIED' })
+  const again = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, wrongKey)
+  await assert.rejects(again.block(0), { code: 'ERR_PEER_DENIED' })
+  const unknown = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, randomBytes(32), c.key)
+  await assert.rejects(unknown.have(), { code: 'ERR_PEER_UNKNOWN_CONTENT' })
+})
+
+test('a malformed or oversized request closes that stream; the server keeps serving others', async (t) => {
+  const [server, client] = [await node(t), await node(t)]
+  const c = await content()
+  await serveExchange(server.libp2p, { lookup: (id) => Buffer.compare(id, c.id) === 0 ? c.shared : undefined }, silentLogger)
+  await client.libp2p.dial(server.libp2p.getMultiaddrs()[0])
+  for (const garbage of [
+    Buffer.from([0, 0, 0, 2, 99, 1]), // unknown type
+    Buffer.from([0x7f, 0xff, 0xff, 0xff]), // a 2 GiB frame announced
+    encodeMessage({ type: MessageType.BlockResponse, status: 0, index: 0, data: new Uint8Array(10) }) // a response as a request
+  ]) {
+    const stream = await client.libp2p.dialProtocol(server.libp2p.peerId, EXCHANGE_PROTOCOL)
+    stream.send(garbage)
+    const chunks: Uint8Array[] = []
+    let reset = false
+    try {
+      for await (const chunk of stream) chunks.push(chunk instanceof Uint8Array ? chunk : chunk.subarray())
+    } catch (err) {
+      reset = (err as Error).name === 'StreamResetError'
+    }
+    assert.equal(reset, true, 'the server resets the stream')
+    assert.equal(Buffer.concat(chunks).length, 0, 'nothing is answered to a malformed request')
+  }
+  const session = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, c.key)
+  assert.equal((await session.have()).length, 1)
+  await session.close()
+})
