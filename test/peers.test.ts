@@ -60,3 +60,50 @@ test('bad peer flags are usage errors (checked before anything is dialled)', asy
   assert.equal(key.code, 2)
   assert.match(key.stderr, /swarm key/)
 })
+
+test('the second and third agents get the content from peers; the first one\'s copy survives its user deleting the file', async (t) => {
+  const { mkdir, rm: remove } = await import('node:fs/promises')
+  const { startOrigin } = await import('@canopy/origin')
+  const { fileSha256, originContentBytes, randomFile, FINISHED } = await import('./helpers.ts')
+  const dir = await tempDir(t)
+  await mkdir(join(dir, 'root'))
+  const size = 12 * 1024 * 1024 + 4321
+  const { sha256 } = await randomFile(join(dir, 'root', 'f.bin'), size)
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
+  t.after(async () => await origin.close())
+  await origin.ready
+  await writeFile(join(dir, 'org.key'), (await runCli(['keygen'])).stdout)
+  const keyArgs = ['--swarm-key', join(dir, 'org.key')]
+  const a = await startAgentProcess(join(dir, 'a'), keyArgs)
+  t.after(async () => await a.kill())
+  const addressA = (await a.client.status()).peer!.addresses.find(ma => ma.startsWith('/ip4/127.0.0.1/'))!
+  const b = await startAgentProcess(join(dir, 'b'), [...keyArgs, '--peer', addressA])
+  t.after(async () => await b.kill())
+  const addressB = (await b.client.status()).peer!.addresses.find(ma => ma.startsWith('/ip4/127.0.0.1/'))!
+  const c = await startAgentProcess(join(dir, 'c'), [...keyArgs, '--peer', addressA, '--peer', addressB])
+  t.after(async () => await c.kill())
+  for (let i = 0; i < 100 && ((await c.client.status()).peer?.connected ?? 0) < 2; i++) await new Promise(resolve => setTimeout(resolve, 100))
+
+  const get = async (agent: typeof a, name: string) => {
+    const job = await agent.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, name) }], autoComplete: true })
+    return await agent.client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  }
+  const first = await get(a, 'a.bin')
+  assert.equal(first.state, 'acknowledged', JSON.stringify(first.error))
+  assert.equal(first.bytes.fromOrigin, size)
+  await remove(join(dir, 'a.bin')) // the user deletes A's copy: A's cache still has it
+
+  const second = await get(b, 'b.bin')
+  assert.equal(second.state, 'acknowledged', JSON.stringify(second.error))
+  assert.ok(second.bytes.fromPeers >= 0.98 * size, `B: ${second.bytes.fromPeers} of ${size} from peers`)
+  assert.equal(await fileSha256(join(dir, 'b.bin')), sha256)
+
+  const third = await get(c, 'c.bin')
+  assert.equal(third.state, 'acknowledged', JSON.stringify(third.error))
+  assert.ok(third.bytes.fromPeers >= 0.98 * size, `C: ${third.bytes.fromPeers} of ${size} from peers`)
+  assert.equal(await fileSha256(join(dir, 'c.bin')), sha256)
+
+  const sent = await originContentBytes(origin.url)
+  t.diagnostic(`origin sent ${sent} bytes for 3 downloads of ${size}`)
+  assert.ok(sent <= 1.02 * size, `origin sent ${sent} for ${size}`)
+})

@@ -22,6 +22,7 @@ import { transferPlain } from './transfer/plain-transfer.ts'
 import type { PlainProgress } from './transfer/plain-transfer.ts'
 import { startApiServer } from './api/server.ts'
 import type { PeerNode } from './peers/node.ts'
+import type { PeerSharing } from './peers/sharing.ts'
 import type { ApiServer } from './api/server.ts'
 
 export const AGENT_VERSION = '0.1.0'
@@ -64,6 +65,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   private readonly lastPersist = new Map<string, number>()
   private api?: ApiServer
   private peer?: PeerNode
+  private sharing?: PeerSharing
   private retryTimer?: NodeJS.Timeout
   private tickQueued = false
   private stopped = false
@@ -100,12 +102,14 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       await agent.recover()
       if (resolved.p2p !== undefined) {
         // Loaded only when wanted: libp2p costs ~30 MiB resident.
-        const { startPeerNode, loadOrCreatePeerKey } = await import('./peers/index.ts')
+        const { startPeerNode, loadOrCreatePeerKey, PeerSharing } = await import('./peers/index.ts')
         agent.peer = await startPeerNode({
           privateKey: await loadOrCreatePeerKey(resolved.stateDir),
           ...resolved.p2p,
           logger: agent.logger
         })
+        agent.sharing = new PeerSharing(agent.peer.libp2p, agent.store, resolved.stateDir, agent.logger)
+        await agent.sharing.start()
       }
       agent.api = await startApiServer(agent, agent.socketPath, agent.logger)
     } catch (err) {
@@ -424,6 +428,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       const manifest = await this.store.getManifest(file.manifestId!)
       if (manifest === undefined) throw new TransferError(JobErrorCode.Internal, 'the manifest of this file is missing from the store', { transient: true })
       const progress = await this.blockProgress(job, index, manifest)
+      this.sharing?.sharePartial(manifest, file.partPath, progress)
       try {
         file.sha256 = await transferBlocks({
           jobId: job.id,
@@ -436,6 +441,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
           dispatcher: this.dispatcher,
           headers,
           blockHasher: this.blockHasher,
+          ...(this.sharing !== undefined ? { peers: this.sharing } : {}),
           buffers: new BufferPool(manifest.blockSize, blocksBuffered(this.options, manifest.blockSize)),
           maxBufferedBlocks: blocksBuffered(this.options, manifest.blockSize),
           rangeClient: this.rangeClient,
@@ -568,6 +574,12 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       }
       file.visible = true
       await this.persist(job)
+      if (this.sharing !== undefined && file.manifestId !== undefined) {
+        const manifest = await this.store.getManifest(file.manifestId)
+        if (manifest !== undefined) {
+          await this.sharing.admit(manifest, file.path).catch((err: unknown) => this.logger.warn('could not keep a completed file for peers', { path: file.path, err: String(err) }))
+        }
+      }
     }
     // Keep the per-source totals in the record: the block marks go now.
     job.files.forEach((file, i) => {

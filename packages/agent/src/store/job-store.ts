@@ -24,6 +24,7 @@ export class JobStore {
   private readonly jobs
   private readonly blocks
   private readonly manifests
+  private readonly cache
   /** The batch of block marks that will be written when the current write ends. */
   private nextBatch?: { marks: Array<{ key: string, value: string }>, written: Promise<void> }
   private writing: Promise<void> = Promise.resolve()
@@ -33,6 +34,7 @@ export class JobStore {
     this.jobs = this.db.sublevel<string, JobRecord>('jobs', { valueEncoding: 'json' })
     this.blocks = this.db.sublevel<string, string>('blocks', { valueEncoding: 'utf8' })
     this.manifests = this.db.sublevel<string, PublishedManifest>('manifests', { valueEncoding: 'json' })
+    this.cache = this.db.sublevel<string, CacheRecord>('cache', { valueEncoding: 'json' })
   }
 
   async open (): Promise<void> {
@@ -113,4 +115,26 @@ export class JobStore {
   async getManifest (id: string): Promise<PublishedManifest | undefined> {
     return await this.manifests.get(id)
   }
+
+  async putCacheRecord (record: CacheRecord): Promise<void> {
+    await this.cache.put(record.manifestId, record)
+  }
+
+  async deleteCacheRecord (manifestId: string): Promise<void> {
+    await this.cache.del(manifestId)
+  }
+
+  async cacheRecords (): Promise<CacheRecord[]> {
+    return await this.cache.values().all()
+  }
+}
+
+/** A file kept for peers in the cache directory, and the identity it had when it was verified. */
+export interface CacheRecord {
+  manifestId: string
+  path: string
+  size: number
+  mtimeMs: number
+  ino: number
+  addedAt: string
 }

@@ -2,7 +2,10 @@ import type { Dispatcher } from 'undici'
 import { blockDigest, blockSpan, digestsEqual, sha256 } from '@canopy/core'
 import type { Logger, PublishedManifest } from '@canopy/core'
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from '../errors.ts'
-import type { FileProgress } from '../jobs/job.ts'
+import type { BlockSource as StoredBlockSource, FileProgress } from '../jobs/job.ts'
+import type { FileHandle } from 'node:fs/promises'
+import { fetchFromPeers } from './peer-fetch.ts'
+import type { PeerSessions } from './peer-fetch.ts'
 import type { JobStore } from '../store/job-store.ts'
 import { discard, requestRange } from './http.ts'
 import type { FullResponse, RangeResponse } from './http.ts'
@@ -25,6 +28,8 @@ export interface BlockTransferOptions {
   headers: Record<string, string>
   /** Hashes blocks off the event loop. */
   blockHasher: BlockHasher
+  /** Connected peers to ask first; absent when the agent runs no peer node or the manifest has no key. */
+  peers?: PeerSessions
   /** Reusable block-sized buffers. */
   buffers: BufferPool
   /** Plain-HTTP range requests that read straight into block buffers. */
@@ -64,8 +69,11 @@ export async function transferBlocks (o: BlockTransferOptions): Promise<string> 
       try {
         hasher.advance(progress.prefixBytes)
         const started = performance.now()
+        const sink = new BlockSink(o, handle, hasher, flusher)
+        // Peers first, for the blocks they have; the origin for the rest.
+        if (o.peers !== undefined) await fetchFromPeers(o, expected, sink)
         // Failed verifications count across passes, so a bad origin ends the job.
-        await fetchMissing(o, expected, handle, hasher, attempts, flusher)
+        await fetchMissing(o, expected, sink, attempts)
         const fetched = performance.now()
         await flusher.settle()
         await handle.datasync()
@@ -103,8 +111,38 @@ const FLUSH_EVERY = 64 * 1024 * 1024
 
 type Body = RangeResponse['body']
 
-async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], handle: Awaited<ReturnType<typeof openPartial>>,
-  hasher: WholeFileHasher, attempts: Map<number, number>, flusher: BackgroundFlusher): Promise<void> {
+/**
+ * Where verified blocks go: written at their offset, flushed in the background,
+ * then marked (the mark follows the write: after a process crash a marked block is
+ * in the file; after a power loss it may not be, and the whole-file check and the
+ * second pass catch that), then counted and fed to the whole-file hash.
+ */
+export class BlockSink {
+  private readonly o: BlockTransferOptions
+  private readonly handle: FileHandle
+  private readonly hasher: WholeFileHasher
+  private readonly flusher: BackgroundFlusher
+
+  constructor (o: BlockTransferOptions, handle: FileHandle, hasher: WholeFileHasher, flusher: BackgroundFlusher) {
+    this.o = o
+    this.handle = handle
+    this.hasher = hasher
+    this.flusher = flusher
+  }
+
+  async store (index: number, bytes: Uint8Array, source: StoredBlockSource): Promise<void> {
+    const { o } = this
+    const { offset } = blockSpan(index, o.manifest.size, o.manifest.blockSize)
+    await writeFully(this.handle, bytes, offset)
+    this.flusher.wrote(bytes.length)
+    await o.store.markBlock(o.jobId, o.fileIndex, index, source)
+    o.progress.mark(index, source)
+    this.hasher.advance(o.progress.prefixBytes)
+    o.onBlock()
+  }
+}
+
+async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], sink: BlockSink, attempts: Map<number, number>): Promise<void> {
   const { manifest, progress } = o
   const queue: number[] = []
   for (let i = 0; i < expected.length; i++) if (!progress.has(i)) queue.push(i)
@@ -143,16 +181,7 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
       }
       return false
     }
-    const { offset } = blockSpan(index, manifest.size, manifest.blockSize)
-    await writeFully(handle, bytes, offset)
-    flusher.wrote(bytes.length)
-    // The mark follows the write: after a process crash a marked block is in the
-    // file. (After a power loss it may not be; the whole-file check and the second
-    // pass catch that.)
-    await o.store.markBlock(o.jobId, o.fileIndex, index, 'origin')
-    progress.mark(index, 'origin')
-    hasher.advance(progress.prefixBytes)
-    o.onBlock()
+    await sink.store(index, bytes, 'origin')
     o.buffers.give(bytes)
     return true
   }
@@ -226,7 +255,7 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], ha
     throw o.signal.aborted ? o.signal.reason : failure
   }
   if (fullResponse !== undefined) await streamAll(o, fullResponse, accept)
-  if (!progress.complete) await fetchMissing(o, expected, handle, hasher, attempts, flusher)
+  if (!progress.complete) await fetchMissing(o, expected, sink, attempts)
 }
 
 /** Takes up to `max` consecutive block indices from the front of `queue`. */

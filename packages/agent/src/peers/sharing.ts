@@ -1,0 +1,182 @@
+import { link, mkdir, open, rm, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { PeerId } from '@libp2p/interface'
+import { blockDigest, blockSpan, digestsEqual, discoveryId, DISCOVERY_LABEL, sha256 } from '@canopy/core'
+import type { Logger, PublishedManifest } from '@canopy/core'
+import type { FileProgress } from '../jobs/job.ts'
+import type { CacheRecord, JobStore } from '../store/job-store.ts'
+import type { PeerSessions } from '../transfer/peer-fetch.ts'
+import { ExchangeSession, serveExchange } from './exchange.ts'
+import type { BlockSource, SharedContent } from './exchange.ts'
+import type { PeerLibp2p } from './node.ts'
+
+/** Bad blocks from one peer before it is banned. */
+const BAN_AFTER = 3
+/** How long a ban lasts. */
+const BAN_MS = 10 * 60_000
+/** How long opening a session to one peer may take. */
+const OPEN_TIMEOUT_MS = 5000
+
+interface Entry {
+  manifest: PublishedManifest
+  key: Uint8Array
+  /** A partial file with its progress, or a cached file (every block present). */
+  path: string
+  progress?: FileProgress
+  cache?: CacheRecord
+}
+
+/**
+ * The agent's side of peer caching: which content it can serve (by discovery id),
+ * reading and re-verifying blocks before they leave, the block cache of completed
+ * files, and sessions to connected peers for its own transfers, with bans for peers
+ * that send bad blocks.
+ *
+ * The cache is a hard link of each completed file under `<state-dir>/cache/`, so it
+ * costs no copy and survives the user deleting the file. A block read for a peer is
+ * verified against the manifest before it is sent, and a cached file whose size,
+ * mtime or inode changed is dropped: the cache never serves what it did not verify.
+ * Not built yet: the size quota and LRU eviction.
+ */
+export class PeerSharing implements BlockSource, PeerSessions {
+  private readonly libp2p: PeerLibp2p
+  private readonly store: JobStore
+  private readonly cacheDir: string
+  private readonly logger: Logger
+  private readonly entries = new Map<string, Entry>()
+  private readonly strikes = new Map<string, number>()
+  private readonly bannedUntil = new Map<string, number>()
+
+  constructor (libp2p: PeerLibp2p, store: JobStore, stateDir: string, logger: Logger) {
+    this.libp2p = libp2p
+    this.store = store
+    this.cacheDir = join(stateDir, 'cache')
+    this.logger = logger
+  }
+
+  /** Serves the exchange protocol and re-admits the cached files recorded in the store. */
+  async start (): Promise<void> {
+    await mkdir(this.cacheDir, { recursive: true, mode: 0o700 })
+    for (const record of await this.store.cacheRecords()) {
+      const manifest = await this.store.getManifest(record.manifestId)
+      if (manifest?.key === undefined || !await this.unchanged(record)) {
+        await this.forget(record)
+        continue
+      }
+      this.add({ manifest, key: Buffer.from(manifest.key, 'base64'), path: record.path, cache: record })
+    }
+    await serveExchange(this.libp2p, this, this.logger)
+  }
+
+  /** Offers the blocks of a file being downloaded, as they are verified. */
+  sharePartial (manifest: PublishedManifest, path: string, progress: FileProgress): void {
+    if (manifest.key === undefined) return
+    const existing = this.entries.get(hexId(manifest))
+    if (existing?.cache !== undefined) return
+    this.add({ manifest, key: Buffer.from(manifest.key, 'base64'), path, progress })
+  }
+
+  /** Keeps a completed, verified file for peers (a hard link into the cache). */
+  async admit (manifest: PublishedManifest, path: string): Promise<void> {
+    if (manifest.key === undefined) return
+    const cachePath = join(this.cacheDir, manifest.id)
+    try {
+      await rm(cachePath, { force: true })
+      await link(path, cachePath)
+    } catch (err) {
+      // Another filesystem than the state directory's: not cached (a copy would
+      // double the disk writes of every download).
+      this.logger.info('completed file not cached for peers', { path, err: (err as Error).message })
+      this.entries.delete(hexId(manifest))
+      return
+    }
+    const s = await stat(cachePath)
+    const record: CacheRecord = { manifestId: manifest.id, path: cachePath, size: s.size, mtimeMs: s.mtimeMs, ino: s.ino, addedAt: new Date().toISOString() }
+    await this.store.putCacheRecord(record)
+    this.add({ manifest, key: Buffer.from(manifest.key, 'base64'), path: cachePath, cache: record })
+  }
+
+  lookup (id: Uint8Array): SharedContent | undefined {
+    const entry = this.entries.get(Buffer.from(id).toString('hex'))
+    if (entry === undefined) return undefined
+    return {
+      manifest: entry.manifest,
+      key: entry.key,
+      has: (i) => entry.cache !== undefined || entry.progress?.has(i) === true,
+      read: async (i) => await this.read(entry, i)
+    }
+  }
+
+  async open (id: Uint8Array, key: Uint8Array, signal: AbortSignal): Promise<ExchangeSession[]> {
+    const now = Date.now()
+    const peers = this.libp2p.getPeers().filter(p => (this.bannedUntil.get(p.toString()) ?? 0) <= now)
+    const sessions = await Promise.all(peers.map(async peer => {
+      try {
+        return await ExchangeSession.open(this.libp2p, peer, id, key, AbortSignal.any([signal, AbortSignal.timeout(OPEN_TIMEOUT_MS)]))
+      } catch (err) {
+        this.logger.debug('could not open an exchange with a peer', { peer: peer.toString(), err: (err as Error).message })
+        return undefined
+      }
+    }))
+    return sessions.filter(s => s !== undefined)
+  }
+
+  penalize (peer: PeerId, reason: string): void {
+    const key = peer.toString()
+    const strikes = (this.strikes.get(key) ?? 0) + 1
+    this.strikes.set(key, strikes)
+    if (strikes >= BAN_AFTER) {
+      this.bannedUntil.set(key, Date.now() + BAN_MS)
+      this.strikes.delete(key)
+      this.logger.warn('peer banned', { peer: key, reason, forMs: BAN_MS })
+    }
+  }
+
+  /** Peers banned now, with when their ban ends. */
+  bans (): Array<{ peer: string, until: string }> {
+    const now = Date.now()
+    return [...this.bannedUntil].filter(([, until]) => until > now).map(([peer, until]) => ({ peer, until: new Date(until).toISOString() }))
+  }
+
+  private add (entry: Entry): void {
+    this.entries.set(hexId(entry.manifest), entry)
+  }
+
+  private async read (entry: Entry, index: number): Promise<Uint8Array> {
+    if (entry.cache !== undefined && !await this.unchanged(entry.cache)) {
+      await this.forget(entry.cache)
+      throw new Error('the cached file changed')
+    }
+    const { offset, length } = blockSpan(index, entry.manifest.size, entry.manifest.blockSize)
+    const bytes = Buffer.allocUnsafe(length)
+    const handle = await open(entry.path, 'r')
+    try {
+      const { bytesRead } = await handle.read(bytes, 0, length, offset)
+      if (bytesRead !== length) throw new Error('short read')
+    } finally {
+      await handle.close()
+    }
+    // Never serve what was not verified: the disk is not trusted more than the wire.
+    if (!digestsEqual(sha256(bytes), blockDigest(entry.manifest.blocks[index]))) {
+      if (entry.cache !== undefined) await this.forget(entry.cache)
+      throw new Error(`block ${index} on disk does not match its manifest`)
+    }
+    return bytes
+  }
+
+  private async unchanged (record: CacheRecord): Promise<boolean> {
+    const s = await stat(record.path).catch(() => undefined)
+    return s !== undefined && s.size === record.size && s.mtimeMs === record.mtimeMs && s.ino === record.ino
+  }
+
+  private async forget (record: CacheRecord): Promise<void> {
+    this.logger.info('dropping a cached file', { manifestId: record.manifestId })
+    for (const [id, entry] of this.entries) if (entry.cache?.manifestId === record.manifestId) this.entries.delete(id)
+    await this.store.deleteCacheRecord(record.manifestId)
+    await rm(record.path, { force: true })
+  }
+}
+
+function hexId (manifest: PublishedManifest): string {
+  return discoveryId(Buffer.from(manifest.key ?? '', 'base64'), DISCOVERY_LABEL).toString('hex')
+}
