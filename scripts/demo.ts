@@ -101,7 +101,7 @@ async function main (): Promise<void> {
     const sent = Number(/canopy_origin_bytes_sent_total\{kind="content"\} (\d+)/.exec(metrics)?.[1] ?? 0)
     console.log('* wall time of the whole `canopy get` process, including its start-up')
     console.log(`\norigin sent ${formatBytes(sent)} of content for ${AGENTS} downloads of ${formatBytes(SIZE)} (${(sent / SIZE).toFixed(2)} × the file).`)
-    console.log('The agents are connected peers, but the block exchange between them is not built yet: each agent still pulls from the origin.')
+    console.log('Agents ask their peers first and the origin for what no peer has; every block is verified against the manifest either way.')
     if (rows.slice(1).some(r => r[7] !== 'ok')) process.exitCode = 1
   } finally {
     await processes.stopAll()
