@@ -108,7 +108,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
           ...resolved.p2p,
           logger: agent.logger
         })
-        agent.sharing = new PeerSharing(agent.peer.libp2p, agent.store, resolved.stateDir, agent.logger)
+        agent.sharing = new PeerSharing(agent.peer.libp2p, agent.store, resolved.stateDir, agent.blockHasher, agent.logger)
         await agent.sharing.start()
       }
       agent.api = await startApiServer(agent, agent.socketPath, agent.logger)

@@ -10,6 +10,8 @@ import type { PeerLibp2p } from './node.ts'
 
 /** A serving stream that receives no request for this long is closed. */
 const SERVER_IDLE_MS = 60_000
+/** Requests of one stream being prepared or sent at once. */
+const SERVER_PIPELINE = 8
 /** How long a request may wait for its response. */
 const RESPONSE_TIMEOUT_MS = 30_000
 
@@ -58,33 +60,79 @@ async function serveStream (stream: Stream, connection: Connection, self: PeerId
   const framed = new FramedStream(stream)
   const asker = peerBytes(connection.remotePeer)
   const server = peerBytes(self)
-  try {
-    for (;;) {
-      const body = await framed.read(MAX_REQUEST_BODY, SERVER_IDLE_MS)
-      if (body === undefined) break
-      const request = decodeMessage(body)
-      if (request.type !== MessageType.HaveRequest && request.type !== MessageType.BlockRequest) {
-        throw new CanopyError('ERR_PROTOCOL', 'a response where a request belongs')
-      }
-      const content = source.lookup(request.discoveryId)
-      let status: number = ExchangeStatus.Ok
-      if (content === undefined) status = ExchangeStatus.Unknown
-      else if (!sameBytes(readProof(content.key, asker, server), request.proof)) status = ExchangeStatus.Denied
-      let response: ExchangeMessage
-      if (request.type === MessageType.HaveRequest) {
-        response = status === ExchangeStatus.Ok
-          ? { type: MessageType.HaveResponse, status, blockCount: content!.manifest.blocks.length, bitfield: bitfieldOf(content!) }
-          : { type: MessageType.HaveResponse, status, blockCount: 0, bitfield: new Uint8Array(0) }
-      } else {
-        let data: Uint8Array = new Uint8Array(0)
-        if (status === ExchangeStatus.Ok) {
-          if (request.index >= content!.manifest.blocks.length || !content!.has(request.index)) status = ExchangeStatus.Missing
-          else data = await content!.read(request.index)
-        }
-        response = { type: MessageType.BlockResponse, status, index: request.index, data }
-      }
-      await framed.write(encodeMessage(response))
+  // Requests are answered in order, but the next ones are read and prepared (disk
+  // read, verification) while earlier answers are still being sent.
+  const answers: Array<Promise<Uint8Array>> = []
+  let readingDone = false
+  let wakeWriter: (() => void) | undefined
+  let wakeReader: (() => void) | undefined
+
+  const answer = async (body: Uint8Array): Promise<Uint8Array> => {
+    const request = decodeMessage(body)
+    if (request.type !== MessageType.HaveRequest && request.type !== MessageType.BlockRequest) {
+      throw new CanopyError('ERR_PROTOCOL', 'a response where a request belongs')
     }
+    const content = source.lookup(request.discoveryId)
+    let status: number = ExchangeStatus.Ok
+    if (content === undefined) status = ExchangeStatus.Unknown
+    else if (!sameBytes(readProof(content.key, asker, server), request.proof)) status = ExchangeStatus.Denied
+    if (request.type === MessageType.HaveRequest) {
+      return encodeMessage(status === ExchangeStatus.Ok
+        ? { type: MessageType.HaveResponse, status, blockCount: content!.manifest.blocks.length, bitfield: bitfieldOf(content!) }
+        : { type: MessageType.HaveResponse, status, blockCount: 0, bitfield: new Uint8Array(0) })
+    }
+    let data: Uint8Array = new Uint8Array(0)
+    if (status === ExchangeStatus.Ok) {
+      if (request.index >= content!.manifest.blocks.length || !content!.has(request.index)) status = ExchangeStatus.Missing
+      else data = await content!.read(request.index)
+    }
+    return encodeMessage({ type: MessageType.BlockResponse, status, index: request.index, data })
+  }
+
+  const writer = async (): Promise<void> => {
+    for (;;) {
+      if (answers.length === 0) {
+        if (readingDone) return
+        await new Promise<void>(resolve => { wakeWriter = resolve })
+        continue
+      }
+      const frame = await answers[0]
+      answers.shift()
+      wakeReader?.()
+      await framed.write(frame)
+    }
+  }
+  const reader = async (): Promise<void> => {
+    try {
+      for (;;) {
+        while (answers.length >= SERVER_PIPELINE && !readingDone) await new Promise<void>(resolve => { wakeReader = resolve })
+        if (readingDone) return
+        const body = await framed.read(MAX_REQUEST_BODY, SERVER_IDLE_MS)
+        if (body === undefined) return
+        const pending = answer(body)
+        pending.catch(() => {}) // awaited by the writer, in order
+        answers.push(pending)
+        wakeWriter?.()
+      }
+    } finally {
+      readingDone = true
+      wakeWriter?.()
+    }
+  }
+  // Whichever side fails first ends the stream, and wakes the other.
+  const failOn = async (side: () => Promise<void>): Promise<void> => {
+    try {
+      await side()
+    } catch (err) {
+      readingDone = true
+      stream.abort(err as Error)
+      wakeReader?.()
+      wakeWriter?.()
+      throw err
+    }
+  }
+  try {
+    await Promise.all([failOn(reader), failOn(writer)])
     await stream.close()
   } catch (err) {
     logger.warn('peer exchange stream ended with an error', { peer: connection.remotePeer.toString(), err: (err as Error).message })

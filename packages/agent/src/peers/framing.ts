@@ -70,6 +70,14 @@ export class FramedStream {
   }
 
   private take (n: number): Uint8Array {
+    const first = this.chunks[0]
+    if (first.length >= n) {
+      // The common case for big frames: no copy.
+      this.chunks[0] = first.subarray(n)
+      if (this.chunks[0].length === 0) this.chunks.shift()
+      this.buffered -= n
+      return first.subarray(0, n)
+    }
     const out = new Uint8Array(n)
     let filled = 0
     while (filled < n) {

@@ -1,11 +1,12 @@
 import { link, mkdir, open, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { PeerId } from '@libp2p/interface'
-import { blockDigest, blockSpan, digestsEqual, discoveryId, DISCOVERY_LABEL, sha256 } from '@canopy/core'
+import { blockDigest, blockSpan, digestsEqual, discoveryId, DISCOVERY_LABEL } from '@canopy/core'
 import type { Logger, PublishedManifest } from '@canopy/core'
 import type { FileProgress } from '../jobs/job.ts'
 import type { CacheRecord, JobStore } from '../store/job-store.ts'
 import type { PeerSessions } from '../transfer/peer-fetch.ts'
+import type { BlockHasher } from '../transfer/block-hasher.ts'
 import { ExchangeSession, serveExchange } from './exchange.ts'
 import type { BlockSource, SharedContent } from './exchange.ts'
 import type { PeerLibp2p } from './node.ts'
@@ -43,12 +44,14 @@ export class PeerSharing implements BlockSource, PeerSessions {
   private readonly store: JobStore
   private readonly cacheDir: string
   private readonly logger: Logger
+  private readonly blockHasher: BlockHasher
   private readonly entries = new Map<string, Entry>()
   private readonly strikes = new Map<string, number>()
   private readonly bannedUntil = new Map<string, number>()
 
-  constructor (libp2p: PeerLibp2p, store: JobStore, stateDir: string, logger: Logger) {
+  constructor (libp2p: PeerLibp2p, store: JobStore, stateDir: string, blockHasher: BlockHasher, logger: Logger) {
     this.libp2p = libp2p
+    this.blockHasher = blockHasher
     this.store = store
     this.cacheDir = join(stateDir, 'cache')
     this.logger = logger
@@ -148,8 +151,8 @@ export class PeerSharing implements BlockSource, PeerSessions {
       throw new Error('the cached file changed')
     }
     const { offset, length } = blockSpan(index, entry.manifest.size, entry.manifest.blockSize)
-    const bytes = Buffer.allocUnsafe(length)
     const handle = await open(entry.path, 'r')
+    let bytes: Buffer = Buffer.allocUnsafeSlow(length)
     try {
       const { bytesRead } = await handle.read(bytes, 0, length, offset)
       if (bytesRead !== length) throw new Error('short read')
@@ -157,7 +160,10 @@ export class PeerSharing implements BlockSource, PeerSessions {
       await handle.close()
     }
     // Never serve what was not verified: the disk is not trusted more than the wire.
-    if (!digestsEqual(sha256(bytes), blockDigest(entry.manifest.blocks[index]))) {
+    // (On the hashing worker: the event loop is busy with Noise.)
+    const hashed = await this.blockHasher.hash(bytes)
+    bytes = hashed.bytes
+    if (!digestsEqual(hashed.digest, blockDigest(entry.manifest.blocks[index]))) {
       if (entry.cache !== undefined) await this.forget(entry.cache)
       throw new Error(`block ${index} on disk does not match its manifest`)
     }

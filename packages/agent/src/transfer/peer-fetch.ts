@@ -4,7 +4,9 @@ import type { ExchangeSession } from '../peers/exchange.ts'
 import type { BlockSink, BlockTransferOptions } from './block-transfer.ts'
 
 /** Requests in flight to one peer (pipelined on one stream). */
-const IN_FLIGHT_PER_PEER = 4
+const IN_FLIGHT_PER_PEER = 8
+/** Blocks received from peers and not yet verified and written, at most. */
+const MAX_PROCESSING = 16
 /** Bad blocks from one peer before this transfer stops asking it. */
 const BAD_BLOCKS_PER_TRANSFER = 3
 
@@ -63,17 +65,30 @@ export async function fetchFromPeers (o: BlockTransferOptions, expected: Uint8Ar
       // Own the memory, so that the hashing worker can take it without a copy.
       const own = Buffer.allocUnsafeSlow(received.length)
       own.set(received)
-      const { digest, bytes } = await o.blockHasher.hash(own)
-      if (!digestsEqual(digest, expected[index])) {
-        claimed.delete(index)
-        offer.bad++
-        o.logger.warn('block from a peer failed verification', { jobId: o.jobId, block: index, peer: offer.session.peer.toString() })
-        o.peers!.penalize(offer.session.peer, `block ${index} failed verification`)
-        continue
-      }
-      await sink.store(index, bytes, 'peer')
+      // Verify and store while the next request is already on its way.
+      const done: Promise<void> = accept(offer, index, own).catch((err: unknown) => {
+        failed = true
+        throw err
+      }).finally(() => processing.delete(done))
+      done.catch(() => {})
+      processing.add(done)
+      while (processing.size >= MAX_PROCESSING) await Promise.race(processing)
     }
   }
+
+  const accept = async (offer: NonNullable<typeof offers[number]>, index: number, own: Buffer): Promise<void> => {
+    const { digest, bytes } = await o.blockHasher.hash(own)
+    if (!digestsEqual(digest, expected[index])) {
+      claimed.delete(index)
+      offer.bad++
+      o.logger.warn('block from a peer failed verification', { jobId: o.jobId, block: index, peer: offer.session.peer.toString() })
+      o.peers!.penalize(offer.session.peer, `block ${index} failed verification`)
+      return
+    }
+    await sink.store(index, bytes, 'peer')
+  }
+  const processing = new Set<Promise<void>>()
+
   // Every worker has stopped before this returns: none may write after the file closes.
   const results = await Promise.allSettled(offers.flatMap(offer => Array.from({ length: IN_FLIGHT_PER_PEER }, async () => {
     try {
@@ -83,7 +98,8 @@ export async function fetchFromPeers (o: BlockTransferOptions, expected: Uint8Ar
       throw err
     }
   })))
+  const stored = await Promise.allSettled([...processing])
   await Promise.all(sessions.map(async s => await s.close()))
-  const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+  const failure = [...results, ...stored].find((r): r is PromiseRejectedResult => r.status === 'rejected')
   if (failure !== undefined) throw failure.reason
 }
