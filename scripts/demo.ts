@@ -7,7 +7,6 @@ import { createReadStream } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { once } from 'node:events'
 import { formatBytes, parseSize } from '@canopy/core'
 import type { JobView } from '@canopy/core'
 import { CanopyClient } from '@canopy/client'
@@ -16,16 +15,6 @@ import { Processes, writeRandomFile } from './lib/processes.ts'
 const AGENTS = Number(process.env.CANOPY_DEMO_AGENTS ?? 3)
 const SIZE = parseSize(process.env.CANOPY_DEMO_SIZE ?? '64MiB')
 const processes = new Processes()
-
-async function run (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const child = processes.start(args)
-  let stdout = ''
-  let stderr = ''
-  child.stdout!.on('data', (d: Buffer) => { stdout += d.toString() })
-  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString() })
-  const [code] = await once(child, 'close') as [number | null]
-  return { code, stdout, stderr }
-}
 
 async function withClient<T> (stateDir: string, fn: (client: CanopyClient) => Promise<T>): Promise<T> {
   const client = new CanopyClient({ stateDir })
@@ -60,7 +49,7 @@ async function main (): Promise<void> {
     // One organisation: a swarm key, and each agent told the addresses of the ones
     // started before it (static peers on loopback stand in for mDNS on a LAN).
     const keyFile = join(dir, 'org.key')
-    const key = await run(['keygen'])
+    const key = await processes.run(['keygen'])
     await writeFile(keyFile, key.stdout, { mode: 0o600 })
     const addresses: string[] = []
     for (const agent of agents) {
@@ -85,7 +74,7 @@ async function main (): Promise<void> {
       const dest = join(dir, `${agent.name}-download`, 'sample.bin')
       await mkdir(join(dir, `${agent.name}-download`))
       const started = performance.now()
-      const res = await run(['get', `${originUrl}/sample.bin`, '-o', dest, '--json', '--state-dir', agent.stateDir])
+      const res = await processes.run(['get', `${originUrl}/sample.bin`, '-o', dest, '--json', '--state-dir', agent.stateDir])
       const seconds = (performance.now() - started) / 1000
       if (res.code !== 0) throw new Error(`canopy get failed on ${agent.name} (exit ${res.code}): ${res.stderr}`)
       const job = JSON.parse(res.stdout) as JobView

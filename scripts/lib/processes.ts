@@ -73,6 +73,17 @@ export class Processes {
     }
   }
 
+  /** Runs `canopy <args>` to its end. */
+  async run (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> {
+    const child = this.start(args)
+    let stdout = ''
+    let stderr = ''
+    child.stdout!.on('data', (d: Buffer) => { stdout += d.toString() })
+    child.stderr!.on('data', (d: Buffer) => { stderr += d.toString() })
+    const [code] = await once(child, 'close') as [number | null]
+    return { code, stdout, stderr }
+  }
+
   /** SIGTERM to every process still running, and wait for them to exit. */
   async stopAll (): Promise<void> {
     for (const child of this.children) if (child.exitCode === null) child.kill('SIGTERM')

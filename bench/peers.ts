@@ -1,0 +1,119 @@
+// Benchmark of peer caching on loopback, printing one JSON document:
+// - peer throughput: agent B fetches a file that agent A already has, versus A's own
+//   fetch of it from the origin (HTTP), both as agent jobs;
+// - patch day: N agents connected as peers start the same download at once; the
+//   origin's own counter says how many bytes crossed "the WAN".
+// Env: BENCH_SIZE (default 256MiB), BENCH_AGENTS (default "2,4,8").
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { cpus, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { CanopyClient } from '@canopy/client'
+import { parseSize } from '@canopy/core'
+import type { JobView } from '@canopy/core'
+import { Processes, writeRandomFile } from '../scripts/lib/processes.ts'
+
+const SIZE = parseSize(process.env.BENCH_SIZE ?? '256MiB')
+const FLEETS = (process.env.BENCH_AGENTS ?? '2,4,8').split(',').map(Number)
+const MiB = 1024 * 1024
+
+async function withClient<T> (stateDir: string, fn: (c: CanopyClient) => Promise<T>): Promise<T> {
+  const client = new CanopyClient({ stateDir })
+  try {
+    return await fn(client)
+  } finally {
+    await client.close()
+  }
+}
+
+async function download (stateDir: string, url: string, path: string): Promise<{ job: JobView, seconds: number }> {
+  return await withClient(stateDir, async client => {
+    const started = performance.now()
+    const job = await client.createJob({ files: [{ url, path }], autoComplete: true, priority: 'foreground' })
+    const done = await client.waitForJob(job.id, { intervalMs: 10, until: ['acknowledged', 'error', 'cancelled'] })
+    if (done.state !== 'acknowledged') throw new Error(`job ended ${done.state}: ${JSON.stringify(done.error)}`)
+    return { job: done, seconds: (performance.now() - started) / 1000 }
+  })
+}
+
+async function originBytes (url: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text()
+  return Number(/canopy_origin_bytes_sent_total\{kind="content"\} (\d+)/.exec(text)?.[1] ?? 0)
+}
+
+/** Starts `count` agents, each given the addresses of those before it. */
+async function fleet (processes: Processes, dir: string, name: string, count: number, keyFile: string): Promise<string[]> {
+  const stateDirs: string[] = []
+  const addresses: string[] = []
+  for (let i = 0; i < count; i++) {
+    const stateDir = join(dir, `${name}-${i}`)
+    await processes.agent(stateDir, ['--log-level', 'warn', '--swarm-key', keyFile, ...addresses.flatMap(a => ['--peer', a])])
+    const status = await withClient(stateDir, async c => await c.status())
+    addresses.push(status.peer!.addresses.find(a => a.startsWith('/ip4/127.0.0.1/'))!)
+    stateDirs.push(stateDir)
+  }
+  for (let tries = 0; tries < 100; tries++) {
+    const connected = await Promise.all(stateDirs.map(async s => await withClient(s, async c => (await c.status()).peer?.connected ?? 0)))
+    if (connected.every(n => n >= count - 1)) break
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  return stateDirs
+}
+
+async function main (): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'canopy-bench-peers-'))
+  const processes = new Processes()
+  try {
+    await mkdir(join(dir, 'root'))
+    await writeFile(join(dir, 'org.key'), (await processes.run(['keygen'])).stdout)
+    const keyFile = join(dir, 'org.key')
+    const files = [join(dir, 'root', 'pair.bin'), ...FLEETS.map(n => join(dir, 'root', `fleet-${n}.bin`))]
+    for (const f of files) await writeRandomFile(f, SIZE)
+    const originUrl = await processes.origin(join(dir, 'root'), join(dir, 'origin-state'))
+
+    const [a, b] = await fleet(processes, dir, 'pair', 2, keyFile)
+    const fromOrigin = await download(a, `${originUrl}/pair.bin`, join(dir, 'a.bin'))
+    const fromPeer = await download(b, `${originUrl}/pair.bin`, join(dir, 'b.bin'))
+    const pair = {
+      originMiBps: Math.round(SIZE / MiB / fromOrigin.seconds),
+      peerMiBps: Math.round(SIZE / MiB / fromPeer.seconds),
+      ratio: Number((fromOrigin.seconds / fromPeer.seconds).toFixed(2)),
+      peerBytesShare: Number((fromPeer.job.bytes.fromPeers / SIZE).toFixed(3))
+    }
+    await rm(join(dir, 'a.bin'))
+    await rm(join(dir, 'b.bin'))
+
+    const patchDay = []
+    for (const n of FLEETS) {
+      const agents = await fleet(processes, dir, `fleet${n}`, n, keyFile)
+      const before = await originBytes(originUrl)
+      const started = performance.now()
+      const results = await Promise.all(agents.map(async (s, i) => await download(s, `${originUrl}/fleet-${n}.bin`, join(dir, `f${n}-${i}.bin`))))
+      const seconds = (performance.now() - started) / 1000
+      const sent = await originBytes(originUrl) - before
+      patchDay.push({
+        agents: n,
+        originBytesRatio: Number((sent / SIZE).toFixed(2)),
+        seconds: Number(seconds.toFixed(2)),
+        fromPeersShare: Number((results.reduce((s, r) => s + r.job.bytes.fromPeers, 0) / (SIZE * n)).toFixed(3))
+      })
+      for (let i = 0; i < n; i++) await rm(join(dir, `f${n}-${i}.bin`))
+    }
+    console.log(JSON.stringify({
+      bench: 'peers',
+      what: 'agent processes on loopback with a swarm key and static peers (no mDNS)',
+      node: process.version,
+      cpus: cpus().length,
+      sizeBytes: SIZE,
+      pair,
+      patchDay
+    }, null, 2))
+  } finally {
+    await processes.stopAll()
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err)
+  process.exitCode = 1
+})
