@@ -107,3 +107,37 @@ test('the second and third agents get the content from peers; the first one\'s c
   t.diagnostic(`origin sent ${sent} bytes for 3 downloads of ${size}`)
   assert.ok(sent <= 1.02 * size, `origin sent ${sent} for ${size}`)
 })
+
+test('patch day: agents that start together share the origin work', async (t) => {
+  const { mkdir } = await import('node:fs/promises')
+  const { startOrigin } = await import('@canopy/origin')
+  const { fileSha256, originContentBytes, randomFile, FINISHED } = await import('./helpers.ts')
+  const dir = await tempDir(t)
+  await mkdir(join(dir, 'root'))
+  const size = 48 * 1024 * 1024
+  const { sha256 } = await randomFile(join(dir, 'root', 'f.bin'), size)
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
+  t.after(async () => await origin.close())
+  await origin.ready
+  await writeFile(join(dir, 'org.key'), (await runCli(['keygen'])).stdout)
+  const agents = []
+  const addresses: string[] = []
+  for (let i = 0; i < 3; i++) {
+    const agent = await startAgentProcess(join(dir, `a${i}`), ['--swarm-key', join(dir, 'org.key'), ...addresses.flatMap(a => ['--peer', a])])
+    t.after(async () => await agent.kill())
+    addresses.push((await agent.client.status()).peer!.addresses.find(ma => ma.startsWith('/ip4/127.0.0.1/'))!)
+    agents.push(agent)
+  }
+  for (let i = 0; i < 100 && (await Promise.all(agents.map(async a => (await a.client.status()).peer?.connected ?? 0))).some(n => n < 2); i++) {
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  const jobs = await Promise.all(agents.map(async (a, i) => await a.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, `out${i}.bin`) }], autoComplete: true })))
+  const done = await Promise.all(agents.map(async (a, i) => await a.client.waitForJob(jobs[i].id, { intervalMs: 50, until: FINISHED })))
+  for (const [i, job] of done.entries()) {
+    assert.equal(job.state, 'acknowledged', JSON.stringify(job.error))
+    assert.equal(await fileSha256(join(dir, `out${i}.bin`)), sha256)
+  }
+  const sent = await originContentBytes(origin.url)
+  t.diagnostic(`origin sent ${(sent / size).toFixed(2)} × the file for 3 agents started together; from peers: ${done.map(j => j.bytes.fromPeers).join(', ')}`)
+  assert.ok(sent <= 1.25 * size, `origin sent ${sent} bytes for 3 agents and a ${size}-byte file`)
+})

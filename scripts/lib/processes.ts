@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { createWriteStream } from 'node:fs'
+import { join } from 'node:path'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import { CanopyClient } from '@canopy/client'
@@ -33,6 +34,9 @@ export class Processes {
       ? spawn(command[0], command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] })
       : spawn('taskset', ['-c', cpus, ...command], { stdio: ['ignore', 'pipe', 'pipe'] })
     this.children.push(child)
+    // CANOPY_PROCESS_LOGS=DIR keeps every process's stderr, for post-mortems.
+    const logs = process.env.CANOPY_PROCESS_LOGS
+    if (logs !== undefined && logs !== '') child.stderr!.pipe(createWriteStream(join(logs, `${args[0]}-${child.pid}.log`)))
     return child
   }
 

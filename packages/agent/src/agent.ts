@@ -428,7 +428,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       const manifest = await this.store.getManifest(file.manifestId!)
       if (manifest === undefined) throw new TransferError(JobErrorCode.Internal, 'the manifest of this file is missing from the store', { transient: true })
       const progress = await this.blockProgress(job, index, manifest)
-      this.sharing?.sharePartial(manifest, file.partPath, progress)
+      const inFlight = new Set<number>()
+      this.sharing?.sharePartial(manifest, file.partPath, progress, inFlight)
       try {
         file.sha256 = await transferBlocks({
           jobId: job.id,
@@ -441,6 +442,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
           dispatcher: this.dispatcher,
           headers,
           blockHasher: this.blockHasher,
+          inFlight,
           ...(this.sharing !== undefined ? { peers: this.sharing } : {}),
           buffers: new BufferPool(manifest.blockSize, blocksBuffered(this.options, manifest.blockSize)),
           maxBufferedBlocks: blocksBuffered(this.options, manifest.blockSize),
@@ -547,6 +549,14 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     return await attempt
   }
 
+  /** Puts a verified, complete file in the peer cache; failures only cost sharing. */
+  private async keepForPeers (file: FileRecord, path: string): Promise<void> {
+    if (this.sharing === undefined || file.manifestId === undefined) return
+    const manifest = await this.store.getManifest(file.manifestId)
+    if (manifest === undefined) return
+    await this.sharing.admit(manifest, path).catch((err: unknown) => this.logger.warn('could not keep a completed file for peers', { path, err: String(err) }))
+  }
+
   private async renameIntoPlace (job: JobRecord): Promise<boolean> {
     if (FINAL_STATES.includes(job.state)) return job.state === 'acknowledged'
     if (!job.files.every(f => f.done)) return false
@@ -555,7 +565,12 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       try {
         // A crash between the rename and recording it leaves our file in place
         // and no partial file: recognise it by its digest rather than fail.
-        if (!await alreadyInPlace(file)) await rename(file.partPath, file.path)
+        if (!await alreadyInPlace(file)) {
+          // Keep it for peers first (a hard link to the same inode), so that peers
+          // reading it never see it missing between the rename and the caching.
+          await this.keepForPeers(file, file.partPath)
+          await rename(file.partPath, file.path)
+        }
         await syncDirectory(dirname(file.path))
       } catch (err) {
         const missing = (err as { code?: string }).code === 'ENOENT'
@@ -574,12 +589,6 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       }
       file.visible = true
       await this.persist(job)
-      if (this.sharing !== undefined && file.manifestId !== undefined) {
-        const manifest = await this.store.getManifest(file.manifestId)
-        if (manifest !== undefined) {
-          await this.sharing.admit(manifest, file.path).catch((err: unknown) => this.logger.warn('could not keep a completed file for peers', { path: file.path, err: String(err) }))
-        }
-      }
     }
     // Keep the per-source totals in the record: the block marks go now.
     job.files.forEach((file, i) => {

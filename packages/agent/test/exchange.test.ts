@@ -48,7 +48,8 @@ test('a member that holds the content key gets the bitfield and verified blocks,
   const session = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, c.key)
   t.after(async () => await session.close())
   const bits = await session.have()
-  assert.deepEqual([...bits], [0b11011100])
+  assert.deepEqual([...bits.have], [0b11011100])
+  assert.deepEqual([...bits.fetching], [0])
   const blocks = await Promise.all([0, 1, 2, 3, 4, 5].map(async i => await session.block(i)))
   assert.equal(blocks[2], undefined, 'the missing block is reported missing')
   for (const i of [0, 1, 3, 4, 5]) {
@@ -94,6 +95,6 @@ test('a malformed or oversized request closes that stream; the server keeps serv
     assert.equal(Buffer.concat(chunks).length, 0, 'nothing is answered to a malformed request')
   }
   const session = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, c.key)
-  assert.equal((await session.have()).length, 1)
+  assert.equal((await session.have()).have.length, 1)
   await session.close()
 })

@@ -28,7 +28,7 @@ export const ExchangeStatus = {
 
 export type ExchangeMessage =
   | { type: typeof MessageType.HaveRequest, discoveryId: Uint8Array, proof: Uint8Array }
-  | { type: typeof MessageType.HaveResponse, status: number, blockCount: number, bitfield: Uint8Array }
+  | { type: typeof MessageType.HaveResponse, status: number, blockCount: number, bitfield: Uint8Array, fetching: Uint8Array }
   | { type: typeof MessageType.BlockRequest, discoveryId: Uint8Array, proof: Uint8Array, index: number }
   | { type: typeof MessageType.BlockResponse, status: number, index: number, data: Uint8Array }
 
@@ -57,7 +57,7 @@ export function encodeMessage (m: ExchangeMessage): Uint8Array {
       body = Buffer.concat([Buffer.from([m.type]), m.discoveryId, m.proof])
       break
     case MessageType.HaveResponse:
-      body = Buffer.concat([responseHead(m.type, m.status, m.blockCount), m.bitfield])
+      body = Buffer.concat([responseHead(m.type, m.status, m.blockCount), m.bitfield, m.fetching])
       break
     case MessageType.BlockRequest: {
       const tail = Buffer.alloc(4)
@@ -87,9 +87,10 @@ export function decodeMessage (body: Uint8Array): ExchangeMessage {
       if (b.length < 6) throw bad('short have response')
       const blockCount = b.readUInt32BE(2)
       if (blockCount > MAX_BLOCKS) throw bad('too many blocks')
-      const bitfield = b.subarray(6)
-      if (bitfield.length !== Math.ceil(blockCount / 8) || bitfield.length > MAX_BITFIELD) throw bad('bitfield length does not match the block count')
-      return { type: MessageType.HaveResponse, status: b[1], blockCount, bitfield }
+      // Two bitfields: the blocks the peer has, and those it is fetching from the origin now.
+      const size = Math.ceil(blockCount / 8)
+      if (b.length !== 6 + 2 * size || size > MAX_BITFIELD) throw bad('bitfield lengths do not match the block count')
+      return { type: MessageType.HaveResponse, status: b[1], blockCount, bitfield: b.subarray(6, 6 + size), fetching: b.subarray(6 + size) }
     }
     case MessageType.BlockRequest:
       if (b.length !== 69) throw bad(`block request of ${b.length} bytes`)

@@ -9,7 +9,7 @@ const body = (frame: Uint8Array): Uint8Array => frame.subarray(4)
 test('every exchange message round-trips, with its length prefix', () => {
   const messages: ExchangeMessage[] = [
     { type: MessageType.HaveRequest, discoveryId: randomBytes(32), proof: randomBytes(32) },
-    { type: MessageType.HaveResponse, status: 0, blockCount: 13, bitfield: randomBytes(2) },
+    { type: MessageType.HaveResponse, status: 0, blockCount: 13, bitfield: randomBytes(2), fetching: randomBytes(2) },
     { type: MessageType.BlockRequest, discoveryId: randomBytes(32), proof: randomBytes(32), index: 123456 },
     { type: MessageType.BlockResponse, status: 0, index: 7, data: randomBytes(1000) }
   ]
@@ -27,7 +27,7 @@ test('malformed messages are refused with ERR_PROTOCOL', () => {
     Uint8Array.from([99]),
     Uint8Array.from([MessageType.HaveRequest, 1, 2, 3]),
     Uint8Array.from([MessageType.BlockRequest, ...randomBytes(60)]),
-    body(encodeMessage({ type: MessageType.HaveResponse, status: 0, blockCount: 20, bitfield: randomBytes(2) })) // 20 blocks need 3 bytes
+    body(encodeMessage({ type: MessageType.HaveResponse, status: 0, blockCount: 20, bitfield: randomBytes(2), fetching: randomBytes(2) })) // 20 blocks need 3 bytes each
   ]
   for (const c of cases) assert.throws(() => decodeMessage(c), { code: 'ERR_PROTOCOL' })
 })

@@ -21,6 +21,8 @@ export interface SharedContent {
   /** The content key K (from the origin, with the manifest). */
   key: Uint8Array
   has: (index: number) => boolean
+  /** Whether the agent is fetching the block from the origin right now (a claim peers respect). */
+  fetching?: (index: number) => boolean
   /** The block's bytes, verified against the manifest (never unverified bytes). */
   read: (index: number) => Promise<Uint8Array>
 }
@@ -37,10 +39,10 @@ function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && timingSafeEqual(a, b)
 }
 
-function bitfieldOf (content: SharedContent): Uint8Array {
+function bitfieldOf (content: SharedContent, test: (index: number) => boolean): Uint8Array {
   const count = content.manifest.blocks.length
   const bits = new Uint8Array(Math.ceil(count / 8))
-  for (let i = 0; i < count; i++) if (content.has(i)) bits[i >> 3] |= 0x80 >> (i & 7)
+  for (let i = 0; i < count; i++) if (test(i)) bits[i >> 3] |= 0x80 >> (i & 7)
   return bits
 }
 
@@ -78,13 +80,21 @@ async function serveStream (stream: Stream, connection: Connection, self: PeerId
     else if (!sameBytes(readProof(content.key, asker, server), request.proof)) status = ExchangeStatus.Denied
     if (request.type === MessageType.HaveRequest) {
       return encodeMessage(status === ExchangeStatus.Ok
-        ? { type: MessageType.HaveResponse, status, blockCount: content!.manifest.blocks.length, bitfield: bitfieldOf(content!) }
-        : { type: MessageType.HaveResponse, status, blockCount: 0, bitfield: new Uint8Array(0) })
+        ? { type: MessageType.HaveResponse, status, blockCount: content!.manifest.blocks.length, bitfield: bitfieldOf(content!, content!.has), fetching: bitfieldOf(content!, content!.fetching ?? (() => false)) }
+        : { type: MessageType.HaveResponse, status, blockCount: 0, bitfield: new Uint8Array(0), fetching: new Uint8Array(0) })
     }
     let data: Uint8Array = new Uint8Array(0)
     if (status === ExchangeStatus.Ok) {
       if (request.index >= content!.manifest.blocks.length || !content!.has(request.index)) status = ExchangeStatus.Missing
-      else data = await content!.read(request.index)
+      else {
+        try {
+          data = await content!.read(request.index)
+        } catch (err) {
+          // A file that moved or changed under us: say we lack the block, keep serving.
+          logger.debug('could not read a block for a peer', { index: request.index, err: (err as Error).message })
+          status = ExchangeStatus.Missing
+        }
+      }
     }
     return encodeMessage({ type: MessageType.BlockResponse, status, index: request.index, data })
   }
@@ -169,12 +179,15 @@ export class ExchangeSession {
     return new ExchangeSession(stream, peer, discoveryId, readProof(key, peerBytes(libp2p.peerId), peerBytes(peer)))
   }
 
-  /** Which blocks the peer can serve now: one bit per block, high bit first. */
-  async have (): Promise<Uint8Array> {
+  /**
+   * Which blocks the peer can serve now, and which it is fetching from the origin:
+   * one bit per block, high bit first.
+   */
+  async have (): Promise<{ have: Uint8Array, fetching: Uint8Array }> {
     const response = await this.request({ type: MessageType.HaveRequest, discoveryId: this.discoveryId, proof: this.proof })
     if (response.type !== MessageType.HaveResponse) throw this.broken('answered a have request with something else')
     this.check(response.status)
-    return response.bitfield
+    return { have: response.bitfield, fetching: response.fetching }
   }
 
   /** Block `index` as the peer sent it (the caller verifies it), or undefined if the peer lacks it. */

@@ -55,8 +55,12 @@ export class FramedStream {
         timer = setTimeout(() => reject(new CanopyError('ERR_TIMEOUT', `no data from the peer for ${timeoutMs} ms`)), timeoutMs)
       })
       let next
+      const pending = this.iterator.next()
+      // If the timeout wins, the read is abandoned: its later rejection (a reset
+      // stream) must not count as unhandled.
+      pending.catch(() => {})
       try {
-        next = await Promise.race([this.iterator.next(), timeout])
+        next = await Promise.race([pending, timeout])
       } finally {
         clearTimeout(timer)
       }

@@ -24,6 +24,8 @@ interface Entry {
   /** A partial file with its progress, or a cached file (every block present). */
   path: string
   progress?: FileProgress
+  /** Blocks being fetched now: advertised as claims, so that peers do not fetch them from the origin too. */
+  inFlight?: Set<number>
   cache?: CacheRecord
 }
 
@@ -72,11 +74,11 @@ export class PeerSharing implements BlockSource, PeerSessions {
   }
 
   /** Offers the blocks of a file being downloaded, as they are verified. */
-  sharePartial (manifest: PublishedManifest, path: string, progress: FileProgress): void {
+  sharePartial (manifest: PublishedManifest, path: string, progress: FileProgress, inFlight: Set<number>): void {
     if (manifest.key === undefined) return
     const existing = this.entries.get(hexId(manifest))
     if (existing?.cache !== undefined) return
-    this.add({ manifest, key: Buffer.from(manifest.key, 'base64'), path, progress })
+    this.add({ manifest, key: Buffer.from(manifest.key, 'base64'), path, progress, inFlight })
   }
 
   /** Keeps a completed, verified file for peers (a hard link into the cache). */
@@ -106,6 +108,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
       manifest: entry.manifest,
       key: entry.key,
       has: (i) => entry.cache !== undefined || entry.progress?.has(i) === true,
+      fetching: (i) => entry.cache === undefined && entry.inFlight?.has(i) === true,
       read: async (i) => await this.read(entry, i)
     }
   }
@@ -122,6 +125,10 @@ export class PeerSharing implements BlockSource, PeerSessions {
       }
     }))
     return sessions.filter(s => s !== undefined)
+  }
+
+  self (): PeerId {
+    return this.libp2p.peerId
   }
 
   penalize (peer: PeerId, reason: string): void {

@@ -4,7 +4,8 @@ import type { Logger, PublishedManifest } from '@canopy/core'
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from '../errors.ts'
 import type { BlockSource as StoredBlockSource, FileProgress } from '../jobs/job.ts'
 import type { FileHandle } from 'node:fs/promises'
-import { fetchFromPeers } from './peer-fetch.ts'
+import { exchangeWithPeers } from './peer-fetch.ts'
+import { BlockPicker } from './picker.ts'
 import type { PeerSessions } from './peer-fetch.ts'
 import type { JobStore } from '../store/job-store.ts'
 import { discard, requestRange } from './http.ts'
@@ -32,6 +33,8 @@ export interface BlockTransferOptions {
   peers?: PeerSessions
   /** Reusable block-sized buffers. */
   buffers: BufferPool
+  /** Blocks being fetched now (from the origin or a peer); peers see them as claims. */
+  inFlight: Set<number>
   /** Plain-HTTP range requests that read straight into block buffers. */
   rangeClient: RangeClient
   /** Blocks one file may hold in memory (being received, verified or written). */
@@ -70,10 +73,7 @@ export async function transferBlocks (o: BlockTransferOptions): Promise<string> 
         hasher.advance(progress.prefixBytes)
         const started = performance.now()
         const sink = new BlockSink(o, handle, hasher, flusher)
-        // Peers first, for the blocks they have; the origin for the rest.
-        if (o.peers !== undefined) await fetchFromPeers(o, expected, sink)
-        // Failed verifications count across passes, so a bad origin ends the job.
-        await fetchMissing(o, expected, sink, attempts)
+        await fetchAll(o, expected, sink, attempts)
         const fetched = performance.now()
         await flusher.settle()
         await handle.datasync()
@@ -104,6 +104,39 @@ export async function transferBlocks (o: BlockTransferOptions): Promise<string> 
     await flusher.settle()
     await handle.close().catch(() => {})
   }
+}
+
+/**
+ * Peers and the origin at once: peers give what they have; the origin is asked
+ * for the rest, skipping what peers have or are fetching now (see BlockPicker).
+ * Either side failing stops the other.
+ */
+async function fetchAll (o: BlockTransferOptions, expected: Uint8Array[], sink: BlockSink, attempts: Map<number, number>): Promise<void> {
+  const inFlight = o.inFlight
+  const withPeers = o.peers !== undefined && o.manifest.key !== undefined
+  const picker = new BlockPicker(o.progress, inFlight, o.blocksPerRequest, withPeers)
+  if (!withPeers) {
+    // Failed verifications count across passes, so a bad origin ends the job.
+    await fetchMissing(o, expected, sink, attempts, picker, inFlight, o.signal)
+    return
+  }
+  const local = new AbortController()
+  const signal = AbortSignal.any([o.signal, local.signal])
+  const peers = await exchangeWithPeers(o, expected, sink, picker, inFlight, signal)
+  const sides = [
+    peers?.run() ?? Promise.resolve(),
+    fetchMissing(o, expected, sink, attempts, picker, inFlight, signal)
+  ].map(async side => {
+    try {
+      await side
+    } catch (err) {
+      local.abort(err)
+      throw err
+    }
+  })
+  const results = await Promise.allSettled(sides)
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+  if (failed !== undefined) throw o.signal.aborted ? o.signal.reason : (local.signal.reason ?? failed.reason)
 }
 
 /** Bytes written between background flushes of a partial file. */
@@ -142,15 +175,14 @@ export class BlockSink {
   }
 }
 
-async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], sink: BlockSink, attempts: Map<number, number>): Promise<void> {
+async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], sink: BlockSink, attempts: Map<number, number>,
+  picker: BlockPicker, inFlight: Set<number>, signal: AbortSignal): Promise<void> {
   const { manifest, progress } = o
-  const queue: number[] = []
-  for (let i = 0; i < expected.length; i++) if (!progress.has(i)) queue.push(i)
-  if (queue.length === 0) return
+  if (progress.complete) return
 
   // One failure stops the other workers at once; the job's signal stops them all.
   const local = new AbortController()
-  const signal = AbortSignal.any([o.signal, local.signal])
+  const stop = AbortSignal.any([signal, local.signal])
   let fullResponse: FullResponse | undefined
   // Reading does not wait for verifying and writing: a block is handed on as soon as
   // its last byte arrived, and the response keeps flowing. Memory for a request's
@@ -170,7 +202,7 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], si
       const count = (attempts.get(index) ?? 0) + 1
       attempts.set(index, count)
       o.logger.warn('block from origin failed verification', { jobId: o.jobId, block: index, attempt: count })
-      const current = await o.refreshManifest(signal)
+      const current = await o.refreshManifest(stop)
       if (current !== undefined && current.id !== manifest.id) {
         throw new TransferError(REMOTE_CHANGED, 'the file changed on the server; starting it over', { transient: true, url: o.url })
       }
@@ -187,9 +219,9 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], si
   }
 
   const deliver = (index: number, bytes: Buffer): void => {
-    const done: Promise<void> = accept(index, bytes).then(ok => {
-      if (!ok) queue.push(index)
-    }, fail).finally(() => {
+    // A block that failed verification is released and picked again.
+    const done: Promise<void> = accept(index, bytes).then(() => {}, fail).finally(() => {
+      inFlight.delete(index)
       buffered.release()
       processing.delete(done)
     })
@@ -198,15 +230,23 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], si
 
   let fastPath = true
   const worker = async (): Promise<void> => {
-    while (queue.length > 0 && fullResponse === undefined && !signal.aborted) {
-      const span = takeSpan(queue, o.blocksPerRequest)
+    while (fullResponse === undefined && !stop.aborted) {
+      const next = picker.next()
+      if (next === 'done') return
+      if (next === 'wait') {
+        // Everything missing is in flight here or in a peer's hands: look again soon.
+        await delay(WAIT_MS, stop)
+        continue
+      }
+      const span = next
+      for (const i of span) inFlight.add(i)
       // Memory for the whole span first: its bytes are read straight into it.
       let held = 0
       try {
-        for (; held < span.length; held++) await buffered.acquire(signal)
+        for (; held < span.length; held++) await buffered.acquire(stop)
       } catch (err) {
         for (let k = 0; k < held; k++) buffered.release()
-        queue.unshift(...span)
+        for (const i of span) inFlight.delete(i)
         throw err
       }
       const buffers = span.map(i => o.buffers.take(blockSpan(i, manifest.size, manifest.blockSize).length))
@@ -219,17 +259,17 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], si
       }
       let body: RangeResponse['body'] | undefined
       try {
-        const fast = fastPath ? await o.rangeClient.get(new URL(o.url), offset, buffers, o.headers, signal, onFilled, manifest.size) : 'fallback'
+        const fast = fastPath ? await o.rangeClient.get(new URL(o.url), offset, buffers, o.headers, stop, onFilled, manifest.size) : 'fallback'
         if (fast === 'fallback') {
           // A redirect, an https origin, an unusual answer: it will be the same for
           // the next request of this transfer, so go straight to undici.
           fastPath = false
-          const res = await requestRange(o.dispatcher, o.url, offset, length, o.headers, signal, manifest.size)
+          const res = await requestRange(o.dispatcher, o.url, offset, length, o.headers, stop, manifest.size)
           body = res.body
           if (res.kind === 'full') {
             // The server ignores Range: switch this file to one streamed GET.
             for (let k = 0; k < span.length; k++) buffered.release()
-            queue.unshift(...span)
+            for (const i of span) inFlight.delete(i)
             if (fullResponse === undefined) fullResponse = res
             else discard(res.body)
             return
@@ -241,28 +281,38 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], si
         }
       } catch (err) {
         for (let k = filled; k < span.length; k++) buffered.release()
-        queue.push(...span.slice(filled))
+        for (const i of span.slice(filled)) inFlight.delete(i)
         if (body !== undefined) discard(body)
-        throw signal.aborted || err instanceof TransferError ? err : classifyError(err, o.url, 'network')
+        throw stop.aborted || err instanceof TransferError ? err : classifyError(err, o.url, 'network')
       }
     }
   }
 
   await Promise.all(Array.from({ length: o.requestsInFlight }, async () => await worker().catch(fail)))
   while (processing.size > 0) await Promise.all([...processing])
-  if (failure !== undefined || o.signal.aborted) {
+  if (failure !== undefined || signal.aborted) {
     if (fullResponse !== undefined) discard(fullResponse.body)
-    throw o.signal.aborted ? o.signal.reason : failure
+    throw signal.aborted ? signal.reason : failure
   }
   if (fullResponse !== undefined) await streamAll(o, fullResponse, accept)
-  if (!progress.complete) await fetchMissing(o, expected, sink, attempts)
+  if (!progress.complete) await fetchMissing(o, expected, sink, attempts, picker, inFlight, signal)
 }
 
-/** Takes up to `max` consecutive block indices from the front of `queue`. */
-function takeSpan (queue: number[], max: number): number[] {
-  const span = [queue.shift()!]
-  while (span.length < max && queue.length > 0 && queue[0] === span[span.length - 1] + 1) span.push(queue.shift()!)
-  return span
+/** How long an origin worker waits before looking again when every missing block is in someone's hands. */
+const WAIT_MS = 25
+
+async function delay (ms: number, signal: AbortSignal): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    const onAbort = (): void => {
+      clearTimeout(timer)
+      reject(signal.reason)
+    }
+    signal.addEventListener('abort', onAbort, { once: true })
+  })
 }
 
 /**

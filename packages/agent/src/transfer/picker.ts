@@ -1,0 +1,61 @@
+import type { FileProgress } from '../jobs/job.ts'
+
+/**
+ * Chooses what the origin is asked for next: runs of consecutive missing blocks
+ * (one range request each), chunk by chunk. Blocks this agent is already fetching
+ * (`inFlight`), and blocks a peer has or is fetching from the origin right now, are
+ * left out: they come from peers. With peers, chunks are visited in a random order,
+ * so that agents that start together begin in different places and split the
+ * origin work instead of all fetching the same blocks.
+ */
+export class BlockPicker {
+  private readonly progress: FileProgress
+  private readonly inFlight: Set<number>
+  private readonly perRequest: number
+  private readonly order: number[]
+  /** Whether some peer can serve the block now. */
+  peerHas: (index: number) => boolean = () => false
+  /** Whether some peer is fetching the block from the origin (and not for too long). */
+  peerFetching: (index: number) => boolean = () => false
+  /**
+   * Whether this agent should fetch the chunk from the origin now. With peers that
+   * fetch the same content, chunks are shared out among them (see
+   * exchangeWithPeers); a chunk of another agent becomes ours only when it stalls.
+   */
+  mine: (chunk: number) => boolean = () => true
+
+  constructor (progress: FileProgress, inFlight: Set<number>, perRequest: number, shuffle: boolean) {
+    this.progress = progress
+    this.inFlight = inFlight
+    this.perRequest = perRequest
+    const chunks = Math.ceil(progress.blocks.length / perRequest)
+    this.order = Array.from({ length: chunks }, (_, i) => i)
+    if (shuffle) {
+      for (let i = this.order.length - 1; i > 0; i--) {
+        const j = Math.floor(Math.random() * (i + 1))
+        ;[this.order[i], this.order[j]] = [this.order[j], this.order[i]]
+      }
+    }
+  }
+
+  private available (i: number): boolean {
+    return !this.progress.has(i) && !this.inFlight.has(i) && !this.peerHas(i) && !this.peerFetching(i)
+  }
+
+  /** The next run of blocks to ask the origin for; 'wait' when the missing ones are all in someone's hands. */
+  next (): number[] | 'wait' | 'done' {
+    if (this.progress.complete) return 'done'
+    const count = this.progress.blocks.length
+    for (const chunk of this.order) {
+      if (!this.mine(chunk)) continue
+      const end = Math.min(count, (chunk + 1) * this.perRequest)
+      for (let i = chunk * this.perRequest; i < end; i++) {
+        if (!this.available(i)) continue
+        const run = [i]
+        while (run.length < this.perRequest && i + run.length < end && this.available(i + run.length)) run.push(i + run.length)
+        return run
+      }
+    }
+    return 'wait'
+  }
+}
