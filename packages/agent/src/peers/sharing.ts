@@ -117,11 +117,17 @@ export class PeerSharing implements BlockSource, PeerSessions {
     const now = Date.now()
     const peers = this.libp2p.getPeers().filter(p => (this.bannedUntil.get(p.toString()) ?? 0) <= now)
     const sessions = await Promise.all(peers.map(async peer => {
+      // A timeout for opening only: the signal given to the dial stays with the
+      // stream, and a plain AbortSignal.timeout would reset a healthy session later.
+      const opening = new AbortController()
+      const timer = setTimeout(() => opening.abort(new Error('opening the exchange timed out')), OPEN_TIMEOUT_MS)
       try {
-        return await ExchangeSession.open(this.libp2p, peer, id, key, AbortSignal.any([signal, AbortSignal.timeout(OPEN_TIMEOUT_MS)]))
+        return await ExchangeSession.open(this.libp2p, peer, id, key, AbortSignal.any([signal, opening.signal]))
       } catch (err) {
         this.logger.debug('could not open an exchange with a peer', { peer: peer.toString(), err: (err as Error).message })
         return undefined
+      } finally {
+        clearTimeout(timer)
       }
     }))
     return sessions.filter(s => s !== undefined)
