@@ -7,23 +7,13 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { CanopyClient } from '@canopy/client'
 import { parseSize } from '@canopy/core'
 import type { JobView } from '@canopy/core'
-import { Processes, writeRandomFile } from '../scripts/lib/processes.ts'
+import { Processes, withClient, writeRandomFile } from '../scripts/lib/processes.ts'
 
 const SIZE = parseSize(process.env.BENCH_SIZE ?? '256MiB')
 const FLEETS = (process.env.BENCH_AGENTS ?? '2,4,8').split(',').map(Number)
 const MiB = 1024 * 1024
-
-async function withClient<T> (stateDir: string, fn: (c: CanopyClient) => Promise<T>): Promise<T> {
-  const client = new CanopyClient({ stateDir })
-  try {
-    return await fn(client)
-  } finally {
-    await client.close()
-  }
-}
 
 async function download (stateDir: string, url: string, path: string): Promise<{ job: JobView, seconds: number }> {
   return await withClient(stateDir, async client => {

@@ -9,21 +9,11 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { formatBytes, parseSize } from '@canopy/core'
 import type { JobView } from '@canopy/core'
-import { CanopyClient } from '@canopy/client'
-import { Processes, writeRandomFile } from './lib/processes.ts'
+import { Processes, withClient, writeRandomFile } from './lib/processes.ts'
 
 const AGENTS = Number(process.env.CANOPY_DEMO_AGENTS ?? 3)
 const SIZE = parseSize(process.env.CANOPY_DEMO_SIZE ?? '64MiB')
 const processes = new Processes()
-
-async function withClient<T> (stateDir: string, fn: (client: CanopyClient) => Promise<T>): Promise<T> {
-  const client = new CanopyClient({ stateDir })
-  try {
-    return await fn(client)
-  } finally {
-    await client.close()
-  }
-}
 
 async function sha256File (path: string): Promise<string> {
   const hash = createHash('sha256')

@@ -22,6 +22,16 @@ export async function writeRandomFile (path: string, size: number): Promise<void
   await once(out, 'finish')
 }
 
+/** Runs `fn` with a client of the agent of `stateDir`, closing it afterwards. */
+export async function withClient<T> (stateDir: string, fn: (client: CanopyClient) => Promise<T>): Promise<T> {
+  const client = new CanopyClient({ stateDir })
+  try {
+    return await fn(client)
+  } finally {
+    await client.close()
+  }
+}
+
 /** Starts `canopy` processes and stops them all at the end. */
 export class Processes {
   private readonly children: ChildProcess[] = []
