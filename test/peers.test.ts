@@ -106,6 +106,41 @@ test('the second and third agents get the content from peers; the first one\'s c
   const sent = await originContentBytes(origin.url)
   t.diagnostic(`origin sent ${sent} bytes for 3 downloads of ${size}`)
   assert.ok(sent <= 1.02 * size, `origin sent ${sent} for ${size}`)
+
+  // What the CLI shows: bytes exchanged per peer, and the cache.
+  const peers = JSON.parse((await runCli(['peers', '--json', '--state-dir', a.stateDir])).stdout) as { peers: Array<{ bytesToPeer: number }> }
+  assert.ok(peers.peers.reduce((sum, p) => sum + p.bytesToPeer, 0) > 0, 'A served its peers')
+  const cache = JSON.parse((await runCli(['cache', '--json', '--state-dir', a.stateDir])).stdout) as { usedBytes: number, entries: unknown[] }
+  assert.equal(cache.entries.length, 1)
+  assert.equal(cache.usedBytes, size)
+  const cleared = await runCli(['cache', 'clear', '--json', '--state-dir', a.stateDir])
+  assert.equal(cleared.code, 0)
+  assert.equal((JSON.parse(cleared.stdout) as { entries: unknown[] }).entries.length, 0)
+})
+
+test('the cache keeps to its quota, evicting the least recently used file', async (t) => {
+  const { mkdir } = await import('node:fs/promises')
+  const { startOrigin } = await import('@canopy/origin')
+  const { randomFile, FINISHED } = await import('./helpers.ts')
+  const dir = await tempDir(t)
+  await mkdir(join(dir, 'root'))
+  const MiB = 1024 * 1024
+  await randomFile(join(dir, 'root', 'one.bin'), 4 * MiB)
+  await randomFile(join(dir, 'root', 'two.bin'), 4 * MiB)
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
+  t.after(async () => await origin.close())
+  const agent = await startAgentProcess(join(dir, 'a'), ['--cache-size', '6MiB'])
+  t.after(async () => await agent.kill())
+  for (const name of ['one.bin', 'two.bin']) {
+    const job = await agent.client.createJob({ files: [{ url: `${origin.url}/${name}`, path: join(dir, name) }], autoComplete: true })
+    assert.equal((await agent.client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })).state, 'acknowledged')
+  }
+  const cache = await agent.client.cache()
+  assert.equal(cache.quotaBytes, 6 * MiB)
+  assert.equal(cache.entries.length, 1, 'the older file was evicted')
+  assert.equal(cache.usedBytes, 4 * MiB)
+  const second = await agent.client.getJob((await agent.client.listJobs())[1].id)
+  assert.equal(cache.entries[0].manifestId, second.files[0].manifestId)
 })
 
 test('patch day: agents that start together share the origin work', async (t) => {

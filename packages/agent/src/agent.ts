@@ -5,7 +5,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import type { Dispatcher } from 'undici'
 import { API_SOCKET_NAME, CanopyError, FINAL_STATES, formatBytes, silentLogger } from '@canopy/core'
-import type { AgentStatus, CreateJobRequest, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
+import type { AgentStatus, CacheView, CreateJobRequest, PeersView, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from './errors.ts'
 import { FileProgress, toView } from './jobs/job.ts'
 import type { FileRecord, JobRecord } from './jobs/job.ts'
@@ -108,7 +108,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
           ...resolved.p2p,
           logger: agent.logger
         })
-        agent.sharing = new PeerSharing(agent.peer.libp2p, agent.store, resolved.stateDir, agent.blockHasher, agent.logger)
+        agent.sharing = new PeerSharing(agent.peer.libp2p, agent.store, resolved.stateDir, agent.blockHasher, agent.logger, resolved.p2p.cacheSize)
         await agent.sharing.start()
       }
       agent.api = await startApiServer(agent, agent.socketPath, agent.logger)
@@ -166,6 +166,23 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       }
     }
     return status
+  }
+
+  peers (): PeersView {
+    return this.requireSharing().peersView()
+  }
+
+  cache (): CacheView {
+    return this.requireSharing().cacheView()
+  }
+
+  async clearCache (): Promise<CacheView> {
+    return await this.requireSharing().clearCache()
+  }
+
+  private requireSharing (): PeerSharing {
+    if (this.sharing === undefined) throw new CanopyError('ERR_NO_PEER_NODE', 'This agent runs no peer node (it was started with --no-p2p): it has no peers and no cache')
+    return this.sharing
   }
 
   listJobs (): JobView[] {

@@ -38,6 +38,8 @@ export interface P2pOptions {
   peers?: string[]
   /** The organisation's swarm key (32 bytes); without it a loud warning. */
   swarmKey?: Uint8Array
+  /** Bytes of completed files kept for peers. Default min(10 GiB, 10% of the state directory's disk). */
+  cacheSize?: number
 }
 
 export const AGENT_DEFAULTS = {

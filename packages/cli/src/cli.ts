@@ -12,10 +12,11 @@ import { cancelVerb, completeVerb, jobsVerb, jobVerb, resumeVerb, statusVerb, su
 import { originVerb } from './verbs/origin.ts'
 import { publishVerb } from './verbs/publish.ts'
 import { keygenVerb } from './verbs/keygen.ts'
+import { cacheVerb, peersVerb } from './verbs/peers.ts'
 
 export const VERBS: readonly Verb[] = [
   getVerb, jobsVerb, jobVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, statusVerb,
-  agentVerb, originVerb, publishVerb, keygenVerb
+  peersVerb, cacheVerb, agentVerb, originVerb, publishVerb, keygenVerb
 ]
 
 export const EXIT_CODES_HELP = `Exit codes:

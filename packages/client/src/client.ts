@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Client } from 'undici'
 import { API_SOCKET_NAME, API_VERSION, CanopyError, ErrorCode } from '@canopy/core'
-import type { AgentStatus, ApiErrorBody, CreateJobRequest, JobState, JobView } from '@canopy/core'
+import type { AgentStatus, ApiErrorBody, CacheView, CreateJobRequest, JobState, JobView, PeersView } from '@canopy/core'
 
 /** Largest response body the client reads from the agent (16 MiB); a larger one is an error. */
 export const MAX_RESPONSE_BYTES = 16 * 1024 * 1024
@@ -99,6 +99,18 @@ export class CanopyClient {
 
   createJob (req: CreateJobRequest, opts?: CallOptions): Promise<JobView> {
     return this.#call<JobView>('POST', '/jobs', req, opts)
+  }
+
+  peers (opts?: CallOptions): Promise<PeersView> {
+    return this.#call<PeersView>('GET', '/peers', undefined, opts)
+  }
+
+  cache (opts?: CallOptions): Promise<CacheView> {
+    return this.#call<CacheView>('GET', '/cache', undefined, opts)
+  }
+
+  clearCache (opts?: CallOptions): Promise<CacheView> {
+    return this.#call<CacheView>('POST', '/cache/clear', undefined, opts)
   }
 
   async listJobs (opts?: CallOptions): Promise<JobView[]> {

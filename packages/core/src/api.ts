@@ -11,6 +11,9 @@
  *   POST /v1/jobs/:id/resume        -> JobView
  *   POST /v1/jobs/:id/cancel        -> JobView
  *   POST /v1/jobs/:id/complete      -> JobView
+ *   GET  /v1/peers                  -> PeersView (404 ERR_NO_PEER_NODE without a peer node)
+ *   GET  /v1/cache                  -> CacheView (likewise)
+ *   POST /v1/cache/clear            -> CacheView
  * Errors: HTTP 4xx/5xx with body ApiErrorBody.
  */
 
@@ -128,6 +131,21 @@ export interface PeerStatus {
   /** Whether peers must hold the same swarm key (false: keyless, open to any keyless agent). */
   swarmKey: boolean
   mdns: boolean
+}
+
+/** GET /v1/peers */
+export interface PeersView {
+  peers: Array<{ peerId: string, addresses: string[], bytesFromPeer: number, bytesToPeer: number }>
+  bans: Array<{ peerId: string, until: string }>
+}
+
+/** GET /v1/cache */
+export interface CacheView {
+  /** Bytes of the files kept for peers. */
+  usedBytes: number
+  /** The quota; least recently used files go first when a new one does not fit. */
+  quotaBytes: number
+  entries: Array<{ manifestId: string, size: number, addedAt: string, usedAt: string }>
 }
 
 export interface ApiErrorBody {

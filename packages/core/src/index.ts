@@ -19,7 +19,7 @@ export { silentLogger } from './logger.ts'
 export type { Logger } from './logger.ts'
 export { API_SOCKET_NAME, API_VERSION, FINAL_STATES, PRIORITIES } from './api.ts'
 export type {
-  AgentStatus, ApiErrorBody, PeerStatus, CreateJobFile, CreateJobRequest, JobBytes, JobError, JobFileView,
+  AgentStatus, ApiErrorBody, CacheView, PeersView, PeerStatus, CreateJobFile, CreateJobRequest, JobBytes, JobError, JobFileView,
   JobPriority, JobState, JobType, JobView
 } from './api.ts'
 export { decodeMessage, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY, MessageType } from './wire.ts'

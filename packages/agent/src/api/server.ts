@@ -16,6 +16,7 @@ const STATUS_BY_CODE: Record<string, number> = {
   ERR_INVALID_REQUEST: 400,
   ERR_BAD_JSON: 400,
   ERR_JOB_NOT_FOUND: 404,
+  ERR_NO_PEER_NODE: 404,
   ERR_NOT_FOUND: 404,
   ERR_METHOD_NOT_ALLOWED: 405,
   ERR_INVALID_STATE: 409,
@@ -80,6 +81,18 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
     if (parts.length === 2 && parts[1] === 'status') {
       only('GET')
       return [200, agent.status()]
+    }
+    if (parts.length === 2 && parts[1] === 'peers') {
+      only('GET')
+      return [200, agent.peers()]
+    }
+    if (parts.length === 2 && parts[1] === 'cache') {
+      only('GET')
+      return [200, agent.cache()]
+    }
+    if (parts.length === 3 && parts[1] === 'cache' && parts[2] === 'clear') {
+      only('POST')
+      return [200, await agent.clearCache()]
     }
     if (parts[1] === 'jobs' && parts.length === 2) {
       if (method === 'POST') return [201, await agent.createJob(await readJson(req))]

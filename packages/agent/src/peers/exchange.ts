@@ -25,6 +25,8 @@ export interface SharedContent {
   fetching?: (index: number) => boolean
   /** The block's bytes, verified against the manifest (never unverified bytes). */
   read: (index: number) => Promise<Uint8Array>
+  /** Called after a block was sent to `peer` (counters, cache recency). */
+  served?: (peer: PeerId, bytes: number) => void
 }
 
 export interface BlockSource {
@@ -89,6 +91,7 @@ async function serveStream (stream: Stream, connection: Connection, self: PeerId
       else {
         try {
           data = await content!.read(request.index)
+          content!.served?.(connection.remotePeer, data.length)
         } catch (err) {
           // A file that moved or changed under us: say we lack the block, keep serving.
           logger.debug('could not read a block for a peer', { index: request.index, err: (err as Error).message })

@@ -1,8 +1,8 @@
-import { link, mkdir, open, rm, stat } from 'node:fs/promises'
+import { link, mkdir, open, rm, stat, statfs } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { PeerId } from '@libp2p/interface'
 import { blockDigest, blockSpan, digestsEqual, discoveryId, DISCOVERY_LABEL } from '@canopy/core'
-import type { Logger, PublishedManifest } from '@canopy/core'
+import type { CacheView, Logger, PeersView, PublishedManifest } from '@canopy/core'
 import type { FileProgress } from '../jobs/job.ts'
 import type { CacheRecord, JobStore } from '../store/job-store.ts'
 import type { PeerSessions } from '../transfer/peer-fetch.ts'
@@ -49,9 +49,15 @@ export class PeerSharing implements BlockSource, PeerSessions {
   private readonly blockHasher: BlockHasher
   private readonly entries = new Map<string, Entry>()
   private readonly strikes = new Map<string, number>()
+  /** Bytes of verified blocks received from / sent to each peer, since the agent started. */
+  private readonly fromPeer = new Map<string, number>()
+  private readonly toPeer = new Map<string, number>()
+  private readonly usedAt = new Map<string, number>()
+  private quotaBytes: number
   private readonly bannedUntil = new Map<string, number>()
 
-  constructor (libp2p: PeerLibp2p, store: JobStore, stateDir: string, blockHasher: BlockHasher, logger: Logger) {
+  constructor (libp2p: PeerLibp2p, store: JobStore, stateDir: string, blockHasher: BlockHasher, logger: Logger, quotaBytes?: number) {
+    this.quotaBytes = quotaBytes ?? 0
     this.libp2p = libp2p
     this.blockHasher = blockHasher
     this.store = store
@@ -62,6 +68,11 @@ export class PeerSharing implements BlockSource, PeerSessions {
   /** Serves the exchange protocol and re-admits the cached files recorded in the store. */
   async start (): Promise<void> {
     await mkdir(this.cacheDir, { recursive: true, mode: 0o700 })
+    if (this.quotaBytes <= 0) {
+      // Default quota: 10 GiB or 10% of the disk that holds the cache, whichever is smaller.
+      const { blocks, bsize } = await statfs(this.cacheDir)
+      this.quotaBytes = Math.min(10 * 1024 ** 3, Math.floor(blocks * bsize / 10))
+    }
     for (const record of await this.store.cacheRecords()) {
       const manifest = await this.store.getManifest(record.manifestId)
       if (manifest?.key === undefined || !await this.unchanged(record)) {
@@ -85,6 +96,12 @@ export class PeerSharing implements BlockSource, PeerSessions {
   async admit (manifest: PublishedManifest, path: string): Promise<void> {
     if (manifest.key === undefined) return
     const cachePath = join(this.cacheDir, manifest.id)
+    const size = (await stat(path)).size
+    if (size > this.quotaBytes) {
+      this.logger.info('completed file larger than the cache quota; not cached', { path, size, quota: this.quotaBytes })
+      return
+    }
+    await this.evictFor(size, manifest.id)
     try {
       await rm(cachePath, { force: true })
       await link(path, cachePath)
@@ -101,6 +118,56 @@ export class PeerSharing implements BlockSource, PeerSessions {
     this.add({ manifest, key: Buffer.from(manifest.key, 'base64'), path: cachePath, cache: record })
   }
 
+  /** Drops least recently used files until `incoming` more bytes fit in the quota. */
+  private async evictFor (incoming: number, keep: string): Promise<void> {
+    const cached = [...this.entries.values()].filter(e => e.cache !== undefined && e.cache.manifestId !== keep).map(e => e.cache!)
+    let used = cached.reduce((sum, r) => sum + r.size, 0)
+    cached.sort((a, b) => (this.usedAt.get(a.manifestId) ?? Date.parse(a.addedAt)) - (this.usedAt.get(b.manifestId) ?? Date.parse(b.addedAt)))
+    for (const record of cached) {
+      if (used + incoming <= this.quotaBytes) break
+      this.logger.info('evicting a cached file (least recently used)', { manifestId: record.manifestId, size: record.size })
+      await this.forget(record)
+      used -= record.size
+    }
+  }
+
+  /** What the cache holds (GET /v1/cache). */
+  cacheView (): CacheView {
+    const entries = [...this.entries.values()].filter(e => e.cache !== undefined).map(e => e.cache!)
+    return {
+      usedBytes: entries.reduce((sum, r) => sum + r.size, 0),
+      quotaBytes: this.quotaBytes,
+      entries: entries.map(r => ({ manifestId: r.manifestId, size: r.size, addedAt: r.addedAt, usedAt: new Date(this.usedAt.get(r.manifestId) ?? Date.parse(r.addedAt)).toISOString() }))
+    }
+  }
+
+  /** Empties the cache (files being downloaded stay shared). */
+  async clearCache (): Promise<CacheView> {
+    for (const entry of [...this.entries.values()]) if (entry.cache !== undefined) await this.forget(entry.cache)
+    return this.cacheView()
+  }
+
+  /** Connected peers and bans (GET /v1/peers). */
+  peersView (): PeersView {
+    return {
+      peers: this.libp2p.getPeers().map(peer => {
+        const id = peer.toString()
+        return {
+          peerId: id,
+          addresses: this.libp2p.getConnections(peer).map(c => c.remoteAddr.toString()),
+          bytesFromPeer: this.fromPeer.get(id) ?? 0,
+          bytesToPeer: this.toPeer.get(id) ?? 0
+        }
+      }),
+      bans: this.bans().map(b => ({ peerId: b.peer, until: b.until }))
+    }
+  }
+
+  received (peer: PeerId, bytes: number): void {
+    const id = peer.toString()
+    this.fromPeer.set(id, (this.fromPeer.get(id) ?? 0) + bytes)
+  }
+
   lookup (id: Uint8Array): SharedContent | undefined {
     const entry = this.entries.get(Buffer.from(id).toString('hex'))
     if (entry === undefined) return undefined
@@ -109,7 +176,12 @@ export class PeerSharing implements BlockSource, PeerSessions {
       key: entry.key,
       has: (i) => entry.cache !== undefined || entry.progress?.has(i) === true,
       fetching: (i) => entry.cache === undefined && entry.inFlight?.has(i) === true,
-      read: async (i) => await this.read(entry, i)
+      read: async (i) => await this.read(entry, i),
+      served: (peer, bytes) => {
+        const key = peer.toString()
+        this.toPeer.set(key, (this.toPeer.get(key) ?? 0) + bytes)
+        if (entry.cache !== undefined) this.usedAt.set(entry.cache.manifestId, Date.now())
+      }
     }
   }
 

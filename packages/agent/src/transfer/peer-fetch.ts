@@ -23,6 +23,8 @@ export interface PeerSessions {
   penalize: (peer: PeerId, reason: string) => void
   /** This agent's own peer id. */
   self: () => PeerId
+  /** Counts verified bytes received from `peer`. */
+  received: (peer: PeerId, bytes: number) => void
 }
 
 interface Offer {
@@ -115,6 +117,7 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
         return
       }
       await sink.store(index, bytes, 'peer')
+      o.peers!.received(offer.session.peer, bytes.length)
     } finally {
       inFlight.delete(index)
     }

@@ -66,7 +66,9 @@ async function p2pOptions (values: Values): Promise<P2pOptions | undefined> {
   } catch (err) {
     throw new UsageError(`--peer: ${(err as Error).message}`, 'agent')
   }
+  const cacheSize = tuning(values, 'cache-size', parseSize, 1)
   return {
+    ...(cacheSize !== undefined ? { cacheSize } : {}),
     listen: [`/${isIP(host) === 6 ? 'ip6' : 'ip4'}/${host}/tcp/${port}`],
     mdns: values['no-mdns'] !== true && process.env.CANOPY_MDNS !== '0',
     peers,
@@ -107,6 +109,8 @@ Peers (the agent's libp2p node):
   --peer MULTIADDR     a static peer, e.g. /ip4/192.168.1.20/tcp/7373 (repeatable;
                        CANOPY_PEERS takes a comma-separated list)
   --swarm-key FILE     accept only peers holding this key (canopy keygen)
+  --cache-size SIZE    bytes of completed files kept for peers (default
+                       min(10 GiB, 10% of the state directory's disk))
   --no-p2p             run no peer node
 
 Each option can also be set in the environment as CANOPY_<OPTION>, e.g.
@@ -131,6 +135,7 @@ Examples:
     'no-mdns': { type: 'boolean' },
     peer: { type: 'string', multiple: true },
     'swarm-key': { type: 'string' },
+    'cache-size': { type: 'string' },
     'no-p2p': { type: 'boolean' }
   },
   positionals: { min: 0, max: 0, name: '' },
