@@ -71,6 +71,8 @@ export interface AgentProcess {
   child: ChildProcess
   client: CanopyClient
   stateDir: string
+  /** What the agent wrote to stderr so far (its log). */
+  stderr: () => string
   /** Sends a signal and waits for the process to exit. */
   kill: (signal?: NodeJS.Signals) => Promise<void>
 }
@@ -102,10 +104,11 @@ export async function startAgentProcess (stateDir: string, extraArgs: string[] =
     child,
     client,
     stateDir,
+    stderr: () => stderr,
     kill: async (signal = 'SIGTERM') => {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal)
       await exited
-      await client.close()
+      await client.close().catch(() => {}) // a second kill (an after-hook) finds it closed
     }
   }
 }

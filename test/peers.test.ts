@@ -176,3 +176,81 @@ test('patch day: agents that start together share the origin work', async (t) =>
   t.diagnostic(`origin sent ${(sent / size).toFixed(2)} × the file for 3 agents started together; from peers: ${done.map(j => j.bytes.fromPeers).join(', ')}`)
   assert.ok(sent <= 1.25 * size, `origin sent ${sent} bytes for 3 agents and a ${size}-byte file`)
 })
+
+test('a peer that sends corrupted blocks is detected and banned, and the file is still right', async (t) => {
+  const { mkdir } = await import('node:fs/promises')
+  const { startOrigin } = await import('@canopy/origin')
+  const { request } = await import('undici')
+  const { decodeManifest, discoveryId, DISCOVERY_LABEL, MANIFEST_MEDIA_TYPE, silentLogger } = await import('@canopy/core')
+  const { loadOrCreatePeerKey, parseSwarmKey, serveExchange, startPeerNode } = await import('@canopy/agent/peers')
+  const { fileSha256, randomFile, FINISHED } = await import('./helpers.ts')
+  const dir = await tempDir(t)
+  await mkdir(join(dir, 'root'))
+  const size = 8 * 1024 * 1024
+  const { sha256 } = await randomFile(join(dir, 'root', 'f.bin'), size)
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
+  t.after(async () => await origin.close())
+  const keyText = (await runCli(['keygen'])).stdout
+  await writeFile(join(dir, 'org.key'), keyText)
+
+  // A member that got the manifest and its key like anyone, but serves garbage.
+  const res = await request(`${origin.url}/f.bin`, { headers: { accept: MANIFEST_MEDIA_TYPE } })
+  const manifest = decodeManifest(Buffer.from(await res.body.arrayBuffer()))
+  const key = Buffer.from(manifest.key!, 'base64')
+  const id = discoveryId(key, DISCOVERY_LABEL)
+  const liar = await startPeerNode({ privateKey: await loadOrCreatePeerKey(join(dir, 'liar')), listen: ['/ip4/127.0.0.1/tcp/0'], swarmKey: parseSwarmKey(keyText), mdns: false, logger: silentLogger })
+  t.after(async () => await liar.stop())
+  await serveExchange(liar.libp2p, {
+    lookup: (asked) => Buffer.compare(asked, id) === 0
+      ? { manifest, key, has: () => true, read: async (i) => Buffer.alloc(Math.min(manifest.blockSize, manifest.size - i * manifest.blockSize), 0x42) }
+      : undefined
+  }, silentLogger)
+
+  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', join(dir, 'org.key'), '--peer', liar.libp2p.getMultiaddrs()[0].toString()])
+  t.after(async () => await b.kill())
+  for (let i = 0; i < 100 && ((await b.client.status()).peer?.connected ?? 0) < 1; i++) await new Promise(resolve => setTimeout(resolve, 100))
+  const job = await b.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'b.bin') }], autoComplete: true })
+  const done = await b.client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+  assert.equal(done.bytes.fromPeers, 0)
+  assert.equal(await fileSha256(join(dir, 'b.bin')), sha256)
+  const peers = await b.client.peers()
+  assert.deepEqual(peers.bans.map(ban => ban.peerId), [liar.libp2p.peerId.toString()])
+})
+
+test('a peer that dies mid-transfer does not stall the job', async (t) => {
+  const { mkdir } = await import('node:fs/promises')
+  const { startOrigin } = await import('@canopy/origin')
+  const { fileSha256, randomFile, FINISHED } = await import('./helpers.ts')
+  const dir = await tempDir(t)
+  await mkdir(join(dir, 'root'))
+  const size = 128 * 1024 * 1024
+  const { sha256 } = await randomFile(join(dir, 'root', 'f.bin'), size)
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
+  t.after(async () => await origin.close())
+  await origin.ready
+  await writeFile(join(dir, 'org.key'), (await runCli(['keygen'])).stdout)
+  const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', join(dir, 'org.key')])
+  t.after(async () => await a.kill())
+  const first = await a.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'a.bin') }], autoComplete: true })
+  assert.equal((await a.client.waitForJob(first.id, { intervalMs: 50, until: FINISHED })).state, 'acknowledged')
+  const addressA = (await a.client.status()).peer!.addresses.find(ma => ma.startsWith('/ip4/127.0.0.1/'))!
+  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', join(dir, 'org.key'), '--peer', addressA])
+  t.after(async () => await b.kill())
+  for (let i = 0; i < 100 && ((await b.client.status()).peer?.connected ?? 0) < 1; i++) await new Promise(resolve => setTimeout(resolve, 100))
+
+  const job = await b.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'b.bin') }], autoComplete: true })
+  let seen = await b.client.getJob(job.id)
+  while (seen.bytes.fromPeers < 8 * 1024 * 1024 && !FINISHED.includes(seen.state)) {
+    await new Promise(resolve => setTimeout(resolve, 20))
+    seen = await b.client.getJob(job.id)
+  }
+  assert.ok(seen.bytes.transferred < size, 'the peer must die before the transfer ends')
+  await a.kill('SIGKILL')
+  const done = await b.client.waitForJob(job.id, { intervalMs: 50, until: FINISHED }).catch((err: unknown) => {
+    throw new Error(`agent B: ${(err as Error).message}\n${b.stderr()}`, { cause: err })
+  })
+  assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+  assert.ok(done.bytes.fromPeers > 0 && done.bytes.fromOrigin > 0, `from peers ${done.bytes.fromPeers}, from origin ${done.bytes.fromOrigin}`)
+  assert.equal(await fileSha256(join(dir, 'b.bin')), sha256)
+})

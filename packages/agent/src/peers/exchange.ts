@@ -228,7 +228,16 @@ export class ExchangeSession {
   private async request (message: ExchangeMessage): Promise<ExchangeMessage> {
     if (this.failure !== undefined) throw this.failure
     const answer = new Promise<ExchangeMessage>((resolve, reject) => this.pending.push({ resolve, reject }))
-    await this.framed.write(encodeMessage(message))
+    // If sending fails, the caller gets that error and `answer` is rejected by
+    // fail() with nobody waiting on it: it must not count as unhandled (it crashed
+    // the agent when a peer died mid-transfer).
+    answer.catch(() => {})
+    try {
+      await this.framed.write(encodeMessage(message))
+    } catch (err) {
+      this.fail(err as Error)
+      throw err
+    }
     void this.readLoop()
     return await answer
   }
