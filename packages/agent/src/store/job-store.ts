@@ -57,17 +57,8 @@ export class JobStore {
     await this.jobs.put(job.id, job)
   }
 
-  async getJob (id: string): Promise<JobRecord | undefined> {
-    return await this.jobs.get(id)
-  }
-
   async allJobs (): Promise<JobRecord[]> {
     return await this.jobs.values().all()
-  }
-
-  async deleteJob (id: string): Promise<void> {
-    await this.clearBlocks(id)
-    await this.jobs.del(id)
   }
 
   /**
