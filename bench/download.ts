@@ -7,18 +7,17 @@
 // the agent and curl on CPU 1, with taskset: on a small machine this stands in for an origin
 // on another host; unpinned, the origin and the downloader compete for the same cores).
 import { execFile } from 'node:child_process'
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
-import { cpus, tmpdir } from 'node:os'
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { CanopyClient } from '@canopy/client'
 import { parseSize } from '@canopy/core'
-import { Processes, writeRandomFile } from '../scripts/lib/processes.ts'
+import { writeRandomFile } from '../scripts/lib/processes.ts'
+import { runBench } from '../scripts/lib/bench.ts'
 
 const SIZES = (process.env.BENCH_SIZES ?? '256MiB,1GiB').split(',').map(parseSize)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const MiB = 1024 * 1024
-const processes = new Processes()
 const PIN = process.env.BENCH_PIN === '1'
 const ORIGIN_CPUS = PIN ? '0' : undefined
 const CLIENT_CPUS = PIN ? '1' : undefined
@@ -28,81 +27,98 @@ async function rssKiB (pid: number, field: 'VmRSS' | 'VmHWM'): Promise<number> {
   return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? 0)
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-
-async function main (): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'canopy-bench-'))
-  try {
-    const root = join(dir, 'root')
-    await mkdir(root)
-    for (const size of SIZES) await writeRandomFile(join(root, `f-${size}.bin`), size)
-    const originUrl = await processes.origin(root, join(dir, 'origin-state'), ORIGIN_CPUS)
-    const agentState = join(dir, 'agent')
-    const agentArgs = (process.env.BENCH_AGENT_ARGS ?? '').split(' ').filter(Boolean)
-    const agent = await processes.agent(agentState, ['--log-level', 'warn', ...agentArgs], CLIENT_CPUS)
-    const client = new CanopyClient({ stateDir: agentState })
-    const results = []
-    for (const size of SIZES) {
-      const url = `${originUrl}/f-${size}.bin`
-      const curlRates: number[] = []
-      const agentRates: number[] = []
-      let rssPeakKiB = 0
-      for (let round = 0; round < ROUNDS; round++) {
-        const curlDest = join(dir, 'curl.bin')
-        const t0 = performance.now()
-        const curl = ['curl', '-sS', '--fail', '-o', curlDest, url]
-        if (CLIENT_CPUS !== undefined) await promisify(execFile)('taskset', ['-c', CLIENT_CPUS, ...curl])
-        else await promisify(execFile)(curl[0], curl.slice(1))
-        curlRates.push(size / MiB / ((performance.now() - t0) / 1000))
-        await rm(curlDest)
-
-        const dest = join(dir, 'agent.bin')
-        let sampling = true
-        const sampler = (async () => {
-          while (sampling) {
-            rssPeakKiB = Math.max(rssPeakKiB, await rssKiB(agent.pid!, 'VmRSS'))
-            await new Promise(resolve => setTimeout(resolve, 50))
-          }
-        })()
-        const t1 = performance.now()
-        const job = await client.createJob({ files: [{ url, path: dest }], autoComplete: true, priority: 'foreground' })
-        const done = await client.waitForJob(job.id, { intervalMs: 10, until: ['acknowledged', 'error', 'cancelled'] })
-        const seconds = (performance.now() - t1) / 1000
-        sampling = false
-        await sampler
-        if (done.state !== 'acknowledged') throw new Error(`agent job ended ${done.state}: ${JSON.stringify(done.error)}`)
-        agentRates.push(size / MiB / seconds)
-        await rm(dest)
-      }
-      results.push({
-        sizeBytes: size,
-        rounds: ROUNDS,
-        curlMiBps: curlRates.map(r => Math.round(r)),
-        agentMiBps: agentRates.map(r => Math.round(r)),
-        curlMedianMiBps: Math.round(median(curlRates)),
-        agentMedianMiBps: Math.round(median(agentRates)),
-        ratio: Number((median(agentRates) / median(curlRates)).toFixed(2)),
-        agentRssPeakMiB: Math.round(rssPeakKiB / 1024)
-      })
-    }
-    await client.close()
-    console.log(JSON.stringify({
-      bench: 'download',
-      what: 'origin → agent (block-verified, written to disk) vs curl -o, loopback, interleaved rounds',
-      node: process.version,
-      agentArgs,
-      pinned: PIN ? { origin: ORIGIN_CPUS, agentAndCurl: CLIENT_CPUS } : false,
-      cpus: cpus().length,
-      cpuModel: cpus()[0]?.model,
-      results
-    }, null, 2))
-  } finally {
-    await processes.stopAll()
-    await rm(dir, { recursive: true, force: true })
+/** CPU seconds (user + system) of each thread of `pid`, summed by thread name. */
+async function threadCpu (pid: number): Promise<Map<string, number>> {
+  const out = new Map<string, number>()
+  for (const tid of await readdir(`/proc/${pid}/task`)) {
+    const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').catch(() => undefined)
+    if (stat === undefined) continue // the thread ended
+    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    // utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
+    const ticks = Number(fields[11]) + Number(fields[12])
+    out.set(name, (out.get(name) ?? 0) + ticks / CLOCK_TICKS)
   }
+  return out
 }
 
-main().catch((err: unknown) => {
-  console.error(err)
-  process.exitCode = 1
+/** Linux's USER_HZ: /proc times are in hundredths of a second. */
+const CLOCK_TICKS = 100
+const sum = (m: Map<string, number>): number => [...m.values()].reduce((a, b) => a + b, 0)
+const perGiB = (seconds: number, size: number): number => Number((seconds / ROUNDS / (size / 1024 ** 3)).toFixed(2))
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+
+runBench('download', 'origin → agent (block-verified, written to disk) vs curl -o, loopback, interleaved rounds', async (dir, processes) => {
+  const root = join(dir, 'root')
+  await mkdir(root)
+  for (const size of SIZES) await writeRandomFile(join(root, `f-${size}.bin`), size)
+  const origin = await processes.origin(root, join(dir, 'origin-state'), ORIGIN_CPUS)
+  const originUrl = origin.url
+  const agentState = join(dir, 'agent')
+  const agentArgs = (process.env.BENCH_AGENT_ARGS ?? '').split(' ').filter(Boolean)
+  const agent = await processes.agent(agentState, ['--log-level', 'warn', ...agentArgs], CLIENT_CPUS)
+  const client = new CanopyClient({ stateDir: agentState })
+  // Settled, before any job: what the agent costs doing nothing.
+  await new Promise(resolve => setTimeout(resolve, 1000))
+  const agentIdleRssMiB = Math.round(await rssKiB(agent.pid!, 'VmRSS') / 1024)
+  const results = []
+  for (const size of SIZES) {
+    const url = `${originUrl}/f-${size}.bin`
+    const curlRates: number[] = []
+    const agentRates: number[] = []
+    let rssPeakKiB = 0
+    const agentCpu = new Map<string, number>()
+    let originCpu = 0
+    for (let round = 0; round < ROUNDS; round++) {
+      const curlDest = join(dir, 'curl.bin')
+      const t0 = performance.now()
+      const curl = ['curl', '-sS', '--fail', '-o', curlDest, url]
+      if (CLIENT_CPUS !== undefined) await promisify(execFile)('taskset', ['-c', CLIENT_CPUS, ...curl])
+      else await promisify(execFile)(curl[0], curl.slice(1))
+      curlRates.push(size / MiB / ((performance.now() - t0) / 1000))
+      await rm(curlDest)
+
+      const dest = join(dir, 'agent.bin')
+      let sampling = true
+      const sampler = (async () => {
+        while (sampling) {
+          rssPeakKiB = Math.max(rssPeakKiB, await rssKiB(agent.pid!, 'VmRSS'))
+          await new Promise(resolve => setTimeout(resolve, 50))
+        }
+      })()
+      const agentBefore = await threadCpu(agent.pid!)
+      const originBefore = sum(await threadCpu(origin.pid))
+      const t1 = performance.now()
+      const job = await client.createJob({ files: [{ url, path: dest }], autoComplete: true, priority: 'foreground' })
+      const done = await client.waitForJob(job.id, { intervalMs: 10, until: ['acknowledged', 'error', 'cancelled'] })
+      const seconds = (performance.now() - t1) / 1000
+      sampling = false
+      await sampler
+      for (const [thread, seconds] of await threadCpu(agent.pid!)) agentCpu.set(thread, (agentCpu.get(thread) ?? 0) + seconds - (agentBefore.get(thread) ?? 0))
+      originCpu += sum(await threadCpu(origin.pid)) - originBefore
+      if (done.state !== 'acknowledged') throw new Error(`agent job ended ${done.state}: ${JSON.stringify(done.error)}`)
+      agentRates.push(size / MiB / seconds)
+      await rm(dest)
+    }
+    results.push({
+      sizeBytes: size,
+      rounds: ROUNDS,
+      curlMiBps: curlRates.map(r => Math.round(r)),
+      agentMiBps: agentRates.map(r => Math.round(r)),
+      curlMedianMiBps: Math.round(median(curlRates)),
+      agentMedianMiBps: Math.round(median(agentRates)),
+      ratio: Number((median(agentRates) / median(curlRates)).toFixed(2)),
+      agentRssPeakMiB: Math.round(rssPeakKiB / 1024),
+      // CPU time per GiB moved during the agent's rounds, by thread name (threads of
+      // one name summed: libuv-worker, V8Worker, WorkerThread, ...).
+      cpuSecondsPerGiB: {
+        agent: Object.fromEntries([...agentCpu].map(([thread, s]) => [thread, perGiB(s, size)])),
+        agentTotal: perGiB(sum(agentCpu), size),
+        origin: perGiB(originCpu, size)
+      }
+    })
+  }
+  await client.close()
+  return { agentIdleRssMiB, agentArgs, pinned: PIN ? { origin: ORIGIN_CPUS, agentAndCurl: CLIENT_CPUS } : false, results }
 })

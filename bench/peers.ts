@@ -4,12 +4,13 @@
 // - patch day: N agents connected as peers start the same download at once; the
 //   origin's own counter says how many bytes crossed "the WAN".
 // Env: BENCH_SIZE (default 256MiB), BENCH_AGENTS (default "2,4,8").
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { cpus, tmpdir } from 'node:os'
+import { mkdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { parseSize } from '@canopy/core'
 import type { JobView } from '@canopy/core'
-import { Processes, withClient, writeRandomFile } from '../scripts/lib/processes.ts'
+import { withClient, writeRandomFile } from '../scripts/lib/processes.ts'
+import type { Processes } from '../scripts/lib/processes.ts'
+import { runBench } from '../scripts/lib/bench.ts'
 
 const SIZE = parseSize(process.env.BENCH_SIZE ?? '256MiB')
 const FLEETS = (process.env.BENCH_AGENTS ?? '2,4,8').split(',').map(Number)
@@ -49,61 +50,41 @@ async function fleet (processes: Processes, dir: string, name: string, count: nu
   return stateDirs
 }
 
-async function main (): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'canopy-bench-peers-'))
-  const processes = new Processes()
-  try {
-    await mkdir(join(dir, 'root'))
-    await writeFile(join(dir, 'org.key'), (await processes.run(['keygen'])).stdout)
-    const keyFile = join(dir, 'org.key')
-    const files = [join(dir, 'root', 'pair.bin'), ...FLEETS.map(n => join(dir, 'root', `fleet-${n}.bin`))]
-    for (const f of files) await writeRandomFile(f, SIZE)
-    const originUrl = await processes.origin(join(dir, 'root'), join(dir, 'origin-state'))
+runBench('peers', 'agent processes on loopback with a swarm key and static peers (no mDNS)', async (dir, processes) => {
+  await mkdir(join(dir, 'root'))
+  await writeFile(join(dir, 'org.key'), (await processes.run(['keygen'])).stdout)
+  const keyFile = join(dir, 'org.key')
+  const files = [join(dir, 'root', 'pair.bin'), ...FLEETS.map(n => join(dir, 'root', `fleet-${n}.bin`))]
+  for (const f of files) await writeRandomFile(f, SIZE)
+  const { url: originUrl } = await processes.origin(join(dir, 'root'), join(dir, 'origin-state'))
 
-    const [a, b] = await fleet(processes, dir, 'pair', 2, keyFile)
-    const fromOrigin = await download(a, `${originUrl}/pair.bin`, join(dir, 'a.bin'))
-    const fromPeer = await download(b, `${originUrl}/pair.bin`, join(dir, 'b.bin'))
-    const pair = {
-      originMiBps: Math.round(SIZE / MiB / fromOrigin.seconds),
-      peerMiBps: Math.round(SIZE / MiB / fromPeer.seconds),
-      ratio: Number((fromOrigin.seconds / fromPeer.seconds).toFixed(2)),
-      peerBytesShare: Number((fromPeer.job.bytes.fromPeers / SIZE).toFixed(3))
-    }
-    await rm(join(dir, 'a.bin'))
-    await rm(join(dir, 'b.bin'))
-
-    const patchDay = []
-    for (const n of FLEETS) {
-      const agents = await fleet(processes, dir, `fleet${n}`, n, keyFile)
-      const before = await originBytes(originUrl)
-      const started = performance.now()
-      const results = await Promise.all(agents.map(async (s, i) => await download(s, `${originUrl}/fleet-${n}.bin`, join(dir, `f${n}-${i}.bin`))))
-      const seconds = (performance.now() - started) / 1000
-      const sent = await originBytes(originUrl) - before
-      patchDay.push({
-        agents: n,
-        originBytesRatio: Number((sent / SIZE).toFixed(2)),
-        seconds: Number(seconds.toFixed(2)),
-        fromPeersShare: Number((results.reduce((s, r) => s + r.job.bytes.fromPeers, 0) / (SIZE * n)).toFixed(3))
-      })
-      for (let i = 0; i < n; i++) await rm(join(dir, `f${n}-${i}.bin`))
-    }
-    console.log(JSON.stringify({
-      bench: 'peers',
-      what: 'agent processes on loopback with a swarm key and static peers (no mDNS)',
-      node: process.version,
-      cpus: cpus().length,
-      sizeBytes: SIZE,
-      pair,
-      patchDay
-    }, null, 2))
-  } finally {
-    await processes.stopAll()
-    await rm(dir, { recursive: true, force: true })
+  const [a, b] = await fleet(processes, dir, 'pair', 2, keyFile)
+  const fromOrigin = await download(a, `${originUrl}/pair.bin`, join(dir, 'a.bin'))
+  const fromPeer = await download(b, `${originUrl}/pair.bin`, join(dir, 'b.bin'))
+  const pair = {
+    originMiBps: Math.round(SIZE / MiB / fromOrigin.seconds),
+    peerMiBps: Math.round(SIZE / MiB / fromPeer.seconds),
+    ratio: Number((fromOrigin.seconds / fromPeer.seconds).toFixed(2)),
+    peerBytesShare: Number((fromPeer.job.bytes.fromPeers / SIZE).toFixed(3))
   }
-}
+  await rm(join(dir, 'a.bin'))
+  await rm(join(dir, 'b.bin'))
 
-main().catch((err: unknown) => {
-  console.error(err)
-  process.exitCode = 1
+  const patchDay = []
+  for (const n of FLEETS) {
+    const agents = await fleet(processes, dir, `fleet${n}`, n, keyFile)
+    const before = await originBytes(originUrl)
+    const started = performance.now()
+    const results = await Promise.all(agents.map(async (s, i) => await download(s, `${originUrl}/fleet-${n}.bin`, join(dir, `f${n}-${i}.bin`))))
+    const seconds = (performance.now() - started) / 1000
+    const sent = await originBytes(originUrl) - before
+    patchDay.push({
+      agents: n,
+      originBytesRatio: Number((sent / SIZE).toFixed(2)),
+      seconds: Number(seconds.toFixed(2)),
+      fromPeersShare: Number((results.reduce((s, r) => s + r.job.bytes.fromPeers, 0) / (SIZE * n)).toFixed(3))
+    })
+    for (let i = 0; i < n; i++) await rm(join(dir, `f${n}-${i}.bin`))
+  }
+  return { sizeBytes: SIZE, pair, patchDay }
 })

@@ -31,7 +31,7 @@ async function main (): Promise<void> {
     await writeRandomFile(sample, SIZE)
     const expected = await sha256File(sample)
 
-    const originUrl = await processes.origin(root, join(dir, 'origin-state'))
+    const { url: originUrl } = await processes.origin(root, join(dir, 'origin-state'))
     console.log(`canopy demo: origin at ${originUrl}, manifests computed`)
 
     const agents: Array<{ name: string, stateDir: string }> = []

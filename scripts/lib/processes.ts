@@ -50,10 +50,10 @@ export class Processes {
     return child
   }
 
-  /** Starts `canopy origin` on a free port; resolves with its URL once its manifests are computed. */
-  async origin (root: string, stateDir: string, cpus?: string): Promise<string> {
+  /** Starts `canopy origin` on a free port; resolves with its URL and pid once its manifests are computed. */
+  async origin (root: string, stateDir: string, cpus?: string): Promise<{ url: string, pid: number }> {
     const origin = this.start(['origin', root, '--port', '0', '--state-dir', stateDir], cpus)
-    return await new Promise<string>((resolve, reject) => {
+    const url = await new Promise<string>((resolve, reject) => {
       let text = ''
       origin.stderr!.on('data', (d: Buffer) => {
         text += d.toString()
@@ -62,6 +62,7 @@ export class Processes {
       })
       origin.once('exit', code => reject(new Error(`the origin exited (${code}): ${text}`)))
     })
+    return { url, pid: origin.pid! }
   }
 
   /**
