@@ -4,11 +4,13 @@ import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { CanopyClient } from '@canopy/client'
+import { startOrigin } from '@canopy/origin'
+import type { Origin } from '@canopy/origin'
 import type { JobState } from '@canopy/core'
 
 /** States after which a job with autoComplete does nothing more by itself. */
@@ -111,4 +113,38 @@ export async function startAgentProcess (stateDir: string, extraArgs: string[] =
       await client.close().catch(() => {}) // a second kill (an after-hook) finds it closed
     }
   }
+}
+
+/** A temp dir with a real origin serving one random file: `${origin.url}/${name}`. */
+export async function originWithFile (t: { after: (fn: () => Promise<void>) => void }, size: number, name = 'f.bin'): Promise<{ dir: string, origin: Origin, sha256: string }> {
+  const dir = await tempDir(t)
+  await mkdir(join(dir, 'root'))
+  const { sha256 } = await randomFile(join(dir, 'root', name), size)
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'origin-state') })
+  t.after(async () => await origin.close())
+  await origin.ready
+  return { dir, origin, sha256 }
+}
+
+/** Writes a new swarm key (made by `canopy keygen`) into `dir`; returns its path. */
+export async function swarmKeyFile (dir: string, name = 'org.key'): Promise<string> {
+  const path = join(dir, name)
+  await writeFile(path, (await runCli(['keygen'])).stdout, { mode: 0o600 })
+  return path
+}
+
+/** The agent's peer-node address on 127.0.0.1. */
+export async function loopbackAddress (agent: AgentProcess): Promise<string> {
+  return (await agent.client.status()).peer!.addresses.find(ma => ma.startsWith('/ip4/127.0.0.1/'))!
+}
+
+/** Waits (up to 10 s) until the agent has at least `peers` connected peers; returns how many it has. */
+export async function waitConnected (agent: AgentProcess, peers: number): Promise<number> {
+  let connected = 0
+  for (let i = 0; i < 100; i++) {
+    connected = (await agent.client.status()).peer?.connected ?? 0
+    if (connected >= peers) break
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  return connected
 }

@@ -3,15 +3,19 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
-import { writeFile } from 'node:fs/promises'
-import { runCli, startAgentProcess, tempDir } from './helpers.ts'
+import { readFile, rm, writeFile } from 'node:fs/promises'
+import { request } from 'undici'
+import { decodeManifest, discoveryId, DISCOVERY_LABEL, MANIFEST_MEDIA_TYPE, silentLogger } from '@canopy/core'
+import { loadOrCreatePeerKey, parseSwarmKey, serveExchange, startPeerNode } from '@canopy/agent/peers'
+import {
+  FINISHED, fileSha256, loopbackAddress, originContentBytes, originWithFile, runCli, startAgentProcess, swarmKeyFile,
+  tempDir, waitConnected
+} from './helpers.ts'
 
 test('two agents with the same swarm key connect through a static peer; status shows it', async (t) => {
   const dir = await tempDir(t)
-  const key = await runCli(['keygen'])
-  assert.equal(key.code, 0)
-  await writeFile(join(dir, 'org.key'), key.stdout, { mode: 0o600 })
-  const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', join(dir, 'org.key')])
+  const keyFile = await swarmKeyFile(dir)
+  const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', keyFile])
   t.after(async () => await a.kill())
   const statusA = await a.client.status()
   assert.ok(statusA.peer !== undefined)
@@ -20,14 +24,9 @@ test('two agents with the same swarm key connect through a static peer; status s
   const address = statusA.peer.addresses.find(ma => ma.startsWith('/ip4/127.0.0.1/tcp/'))
   assert.ok(address !== undefined, statusA.peer.addresses.join(' '))
 
-  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', join(dir, 'org.key'), '--peer', address])
+  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', keyFile, '--peer', address])
   t.after(async () => await b.kill())
-  let connected = 0
-  for (let i = 0; i < 100 && connected === 0; i++) {
-    connected = (await b.client.status()).peer?.connected ?? 0
-    if (connected === 0) await new Promise(resolve => setTimeout(resolve, 100))
-  }
-  assert.equal(connected, 1)
+  assert.equal(await waitConnected(b, 1), 1)
   assert.equal((await a.client.status()).peer?.connected, 1)
 
   const human = await runCli(['status', '--state-dir', b.stateDir])
@@ -38,12 +37,9 @@ test('two agents with the same swarm key connect through a static peer; status s
 
 test('an agent with another swarm key is never connected', async (t) => {
   const dir = await tempDir(t)
-  await writeFile(join(dir, 'one.key'), (await runCli(['keygen'])).stdout)
-  await writeFile(join(dir, 'two.key'), (await runCli(['keygen'])).stdout)
-  const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', join(dir, 'one.key')])
+  const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', await swarmKeyFile(dir, 'one.key')])
   t.after(async () => await a.kill())
-  const address = (await a.client.status()).peer!.addresses.find(ma => ma.startsWith('/ip4/127.0.0.1/'))!
-  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', join(dir, 'two.key'), '--peer', address])
+  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', await swarmKeyFile(dir, 'two.key'), '--peer', await loopbackAddress(a)])
   t.after(async () => await b.kill())
   // Long enough for several dial attempts (the first at start-up).
   await new Promise(resolve => setTimeout(resolve, 1500))
@@ -62,27 +58,16 @@ test('bad peer flags are usage errors (checked before anything is dialled)', asy
 })
 
 test('the second and third agents get the content from peers; the first one\'s copy survives its user deleting the file', async (t) => {
-  const { mkdir, rm: remove } = await import('node:fs/promises')
-  const { startOrigin } = await import('@canopy/origin')
-  const { fileSha256, originContentBytes, randomFile, FINISHED } = await import('./helpers.ts')
-  const dir = await tempDir(t)
-  await mkdir(join(dir, 'root'))
   const size = 12 * 1024 * 1024 + 4321
-  const { sha256 } = await randomFile(join(dir, 'root', 'f.bin'), size)
-  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
-  t.after(async () => await origin.close())
-  await origin.ready
-  await writeFile(join(dir, 'org.key'), (await runCli(['keygen'])).stdout)
-  const keyArgs = ['--swarm-key', join(dir, 'org.key')]
+  const { dir, origin, sha256 } = await originWithFile(t, size)
+  const keyArgs = ['--swarm-key', await swarmKeyFile(dir)]
   const a = await startAgentProcess(join(dir, 'a'), keyArgs)
   t.after(async () => await a.kill())
-  const addressA = (await a.client.status()).peer!.addresses.find(ma => ma.startsWith('/ip4/127.0.0.1/'))!
-  const b = await startAgentProcess(join(dir, 'b'), [...keyArgs, '--peer', addressA])
+  const b = await startAgentProcess(join(dir, 'b'), [...keyArgs, '--peer', await loopbackAddress(a)])
   t.after(async () => await b.kill())
-  const addressB = (await b.client.status()).peer!.addresses.find(ma => ma.startsWith('/ip4/127.0.0.1/'))!
-  const c = await startAgentProcess(join(dir, 'c'), [...keyArgs, '--peer', addressA, '--peer', addressB])
+  const c = await startAgentProcess(join(dir, 'c'), [...keyArgs, '--peer', await loopbackAddress(a), '--peer', await loopbackAddress(b)])
   t.after(async () => await c.kill())
-  for (let i = 0; i < 100 && ((await c.client.status()).peer?.connected ?? 0) < 2; i++) await new Promise(resolve => setTimeout(resolve, 100))
+  await waitConnected(c, 2)
 
   const get = async (agent: typeof a, name: string) => {
     const job = await agent.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, name) }], autoComplete: true })
@@ -91,7 +76,7 @@ test('the second and third agents get the content from peers; the first one\'s c
   const first = await get(a, 'a.bin')
   assert.equal(first.state, 'acknowledged', JSON.stringify(first.error))
   assert.equal(first.bytes.fromOrigin, size)
-  await remove(join(dir, 'a.bin')) // the user deletes A's copy: A's cache still has it
+  await rm(join(dir, 'a.bin')) // the user deletes A's copy: A's cache still has it
 
   const second = await get(b, 'b.bin')
   assert.equal(second.state, 'acknowledged', JSON.stringify(second.error))
@@ -119,16 +104,9 @@ test('the second and third agents get the content from peers; the first one\'s c
 })
 
 test('the cache keeps to its quota, evicting the least recently used file', async (t) => {
-  const { mkdir } = await import('node:fs/promises')
-  const { startOrigin } = await import('@canopy/origin')
-  const { randomFile, FINISHED } = await import('./helpers.ts')
-  const dir = await tempDir(t)
-  await mkdir(join(dir, 'root'))
   const MiB = 1024 * 1024
-  await randomFile(join(dir, 'root', 'one.bin'), 4 * MiB)
-  await randomFile(join(dir, 'root', 'two.bin'), 4 * MiB)
-  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
-  t.after(async () => await origin.close())
+  const { dir, origin } = await originWithFile(t, 4 * MiB, 'one.bin')
+  await writeFile(join(dir, 'root', 'two.bin'), Buffer.alloc(4 * MiB, 2))
   const agent = await startAgentProcess(join(dir, 'a'), ['--cache-size', '6MiB'])
   t.after(async () => await agent.kill())
   for (const name of ['one.bin', 'two.bin']) {
@@ -144,28 +122,18 @@ test('the cache keeps to its quota, evicting the least recently used file', asyn
 })
 
 test('patch day: agents that start together share the origin work', async (t) => {
-  const { mkdir } = await import('node:fs/promises')
-  const { startOrigin } = await import('@canopy/origin')
-  const { fileSha256, originContentBytes, randomFile, FINISHED } = await import('./helpers.ts')
-  const dir = await tempDir(t)
-  await mkdir(join(dir, 'root'))
   const size = 48 * 1024 * 1024
-  const { sha256 } = await randomFile(join(dir, 'root', 'f.bin'), size)
-  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
-  t.after(async () => await origin.close())
-  await origin.ready
-  await writeFile(join(dir, 'org.key'), (await runCli(['keygen'])).stdout)
+  const { dir, origin, sha256 } = await originWithFile(t, size)
+  const keyFile = await swarmKeyFile(dir)
   const agents = []
   const addresses: string[] = []
   for (let i = 0; i < 3; i++) {
-    const agent = await startAgentProcess(join(dir, `a${i}`), ['--swarm-key', join(dir, 'org.key'), ...addresses.flatMap(a => ['--peer', a])])
+    const agent = await startAgentProcess(join(dir, `a${i}`), ['--swarm-key', keyFile, ...addresses.flatMap(a => ['--peer', a])])
     t.after(async () => await agent.kill())
-    addresses.push((await agent.client.status()).peer!.addresses.find(ma => ma.startsWith('/ip4/127.0.0.1/'))!)
+    addresses.push(await loopbackAddress(agent))
     agents.push(agent)
   }
-  for (let i = 0; i < 100 && (await Promise.all(agents.map(async a => (await a.client.status()).peer?.connected ?? 0))).some(n => n < 2); i++) {
-    await new Promise(resolve => setTimeout(resolve, 100))
-  }
+  for (const agent of agents) await waitConnected(agent, 2)
   const jobs = await Promise.all(agents.map(async (a, i) => await a.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, `out${i}.bin`) }], autoComplete: true })))
   const done = await Promise.all(agents.map(async (a, i) => await a.client.waitForJob(jobs[i].id, { intervalMs: 50, until: FINISHED })))
   for (const [i, job] of done.entries()) {
@@ -178,20 +146,9 @@ test('patch day: agents that start together share the origin work', async (t) =>
 })
 
 test('a peer that sends corrupted blocks is detected and banned, and the file is still right', async (t) => {
-  const { mkdir } = await import('node:fs/promises')
-  const { startOrigin } = await import('@canopy/origin')
-  const { request } = await import('undici')
-  const { decodeManifest, discoveryId, DISCOVERY_LABEL, MANIFEST_MEDIA_TYPE, silentLogger } = await import('@canopy/core')
-  const { loadOrCreatePeerKey, parseSwarmKey, serveExchange, startPeerNode } = await import('@canopy/agent/peers')
-  const { fileSha256, randomFile, FINISHED } = await import('./helpers.ts')
-  const dir = await tempDir(t)
-  await mkdir(join(dir, 'root'))
-  const size = 8 * 1024 * 1024
-  const { sha256 } = await randomFile(join(dir, 'root', 'f.bin'), size)
-  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
-  t.after(async () => await origin.close())
-  const keyText = (await runCli(['keygen'])).stdout
-  await writeFile(join(dir, 'org.key'), keyText)
+  const { dir, origin, sha256 } = await originWithFile(t, 8 * 1024 * 1024)
+  const keyFile = await swarmKeyFile(dir)
+  const keyText = await readFile(keyFile, 'utf8')
 
   // A member that got the manifest and its key like anyone, but serves garbage.
   const res = await request(`${origin.url}/f.bin`, { headers: { accept: MANIFEST_MEDIA_TYPE } })
@@ -206,9 +163,9 @@ test('a peer that sends corrupted blocks is detected and banned, and the file is
       : undefined
   }, silentLogger)
 
-  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', join(dir, 'org.key'), '--peer', liar.libp2p.getMultiaddrs()[0].toString()])
+  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', keyFile, '--peer', liar.libp2p.getMultiaddrs()[0].toString()])
   t.after(async () => await b.kill())
-  for (let i = 0; i < 100 && ((await b.client.status()).peer?.connected ?? 0) < 1; i++) await new Promise(resolve => setTimeout(resolve, 100))
+  await waitConnected(b, 1)
   const job = await b.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'b.bin') }], autoComplete: true })
   const done = await b.client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
   assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
@@ -219,25 +176,16 @@ test('a peer that sends corrupted blocks is detected and banned, and the file is
 })
 
 test('a peer that dies mid-transfer does not stall the job', async (t) => {
-  const { mkdir } = await import('node:fs/promises')
-  const { startOrigin } = await import('@canopy/origin')
-  const { fileSha256, randomFile, FINISHED } = await import('./helpers.ts')
-  const dir = await tempDir(t)
-  await mkdir(join(dir, 'root'))
   const size = 128 * 1024 * 1024
-  const { sha256 } = await randomFile(join(dir, 'root', 'f.bin'), size)
-  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
-  t.after(async () => await origin.close())
-  await origin.ready
-  await writeFile(join(dir, 'org.key'), (await runCli(['keygen'])).stdout)
-  const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', join(dir, 'org.key')])
+  const { dir, origin, sha256 } = await originWithFile(t, size)
+  const keyFile = await swarmKeyFile(dir)
+  const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', keyFile])
   t.after(async () => await a.kill())
   const first = await a.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'a.bin') }], autoComplete: true })
   assert.equal((await a.client.waitForJob(first.id, { intervalMs: 50, until: FINISHED })).state, 'acknowledged')
-  const addressA = (await a.client.status()).peer!.addresses.find(ma => ma.startsWith('/ip4/127.0.0.1/'))!
-  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', join(dir, 'org.key'), '--peer', addressA])
+  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', keyFile, '--peer', await loopbackAddress(a)])
   t.after(async () => await b.kill())
-  for (let i = 0; i < 100 && ((await b.client.status()).peer?.connected ?? 0) < 1; i++) await new Promise(resolve => setTimeout(resolve, 100))
+  await waitConnected(b, 1)
 
   const job = await b.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'b.bin') }], autoComplete: true })
   let seen = await b.client.getJob(job.id)
