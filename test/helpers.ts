@@ -116,11 +116,11 @@ export async function startAgentProcess (stateDir: string, extraArgs: string[] =
 }
 
 /** A temp dir with a real origin serving one random file: `${origin.url}/${name}`. */
-export async function originWithFile (t: { after: (fn: () => Promise<void>) => void }, size: number, name = 'f.bin'): Promise<{ dir: string, origin: Origin, sha256: string }> {
+export async function originWithFile (t: { after: (fn: () => Promise<void>) => void }, size: number, name = 'f.bin', options: { rateLimit?: number } = {}): Promise<{ dir: string, origin: Origin, sha256: string }> {
   const dir = await tempDir(t)
   await mkdir(join(dir, 'root'))
   const { sha256 } = await randomFile(join(dir, 'root', name), size)
-  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'origin-state') })
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'origin-state'), ...options })
   t.after(async () => await origin.close())
   await origin.ready
   return { dir, origin, sha256 }

@@ -1,12 +1,14 @@
 // Agents as real processes whose peer nodes find each other through static peers on
 // loopback (mDNS stays off in the root namespace).
 import { test } from 'node:test'
+import type { TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { readFile, rm, writeFile } from 'node:fs/promises'
 import { request } from 'undici'
 import { decodeManifest, discoveryId, DISCOVERY_LABEL, MANIFEST_MEDIA_TYPE, silentLogger } from '@canopy/core'
 import { loadOrCreatePeerKey, parseSwarmKey, serveExchange, startPeerNode } from '@canopy/agent/peers'
+import type { PeerNode } from '@canopy/agent/peers'
 import {
   FINISHED, fileSha256, loopbackAddress, originContentBytes, originWithFile, runCli, startAgentProcess, swarmKeyFile,
   tempDir, waitConnected
@@ -121,9 +123,9 @@ test('the cache keeps to its quota, evicting the least recently used file', asyn
   assert.equal(cache.entries[0].manifestId, second.files[0].manifestId)
 })
 
-test('patch day: agents that start together share the origin work', async (t) => {
-  const size = 48 * 1024 * 1024
-  const { dir, origin, sha256 } = await originWithFile(t, size)
+/** Three agents start the same file together; the origin must send it about once. */
+async function patchDay (t: TestContext, size: number, rateLimit?: number): Promise<void> {
+  const { dir, origin, sha256 } = await originWithFile(t, size, 'f.bin', rateLimit === undefined ? {} : { rateLimit })
   const keyFile = await swarmKeyFile(dir)
   const agents = []
   const addresses: string[] = []
@@ -143,25 +145,39 @@ test('patch day: agents that start together share the origin work', async (t) =>
   const sent = await originContentBytes(origin.url)
   t.diagnostic(`origin sent ${(sent / size).toFixed(2)} × the file for 3 agents started together; from peers: ${done.map(j => j.bytes.fromPeers).join(', ')}`)
   assert.ok(sent <= 1.25 * size, `origin sent ${sent} bytes for 3 agents and a ${size}-byte file`)
+}
+
+test('patch day: agents that start together share the origin work', async (t) => {
+  await patchDay(t, 48 * 1024 * 1024)
 })
 
-test('a peer that sends corrupted blocks is detected and banned, and the file is still right', async (t) => {
-  const { dir, origin, sha256 } = await originWithFile(t, 8 * 1024 * 1024)
-  const keyFile = await swarmKeyFile(dir)
-  const keyText = await readFile(keyFile, 'utf8')
+// Regression: agents used to take every chunk as their own 10 s after they started,
+// so on a slow WAN (found by the lab's patch-day at 20 Mbit/s: 1.63 ×) the origin sent
+// the content almost once per agent after that point.
+test('patch day on a slow origin (a transfer much longer than the stall time): the work is still shared', async (t) => {
+  await patchDay(t, 24 * 1024 * 1024, 1.25 * 1024 * 1024)
+})
 
-  // A member that got the manifest and its key like anyone, but serves garbage.
-  const res = await request(`${origin.url}/f.bin`, { headers: { accept: MANIFEST_MEDIA_TYPE } })
+/** A member that got the manifest and its key like anyone, but advertises every block and serves garbage. */
+async function startLiar (t: TestContext, dir: string, url: string, keyFile: string): Promise<PeerNode> {
+  const res = await request(url, { headers: { accept: MANIFEST_MEDIA_TYPE } })
   const manifest = decodeManifest(Buffer.from(await res.body.arrayBuffer()))
   const key = Buffer.from(manifest.key!, 'base64')
   const id = discoveryId(key, DISCOVERY_LABEL)
-  const liar = await startPeerNode({ privateKey: await loadOrCreatePeerKey(join(dir, 'liar')), listen: ['/ip4/127.0.0.1/tcp/0'], swarmKey: parseSwarmKey(keyText), mdns: false, logger: silentLogger })
+  const liar = await startPeerNode({ privateKey: await loadOrCreatePeerKey(join(dir, 'liar')), listen: ['/ip4/127.0.0.1/tcp/0'], swarmKey: parseSwarmKey(await readFile(keyFile, 'utf8')), mdns: false, logger: silentLogger })
   t.after(async () => await liar.stop())
   await serveExchange(liar.libp2p, {
     lookup: (asked) => Buffer.compare(asked, id) === 0
       ? { manifest, key, has: () => true, read: async (i) => Buffer.alloc(Math.min(manifest.blockSize, manifest.size - i * manifest.blockSize), 0x42) }
       : undefined
   }, silentLogger)
+  return liar
+}
+
+test('a peer that sends corrupted blocks is detected and banned, and the file is still right', async (t) => {
+  const { dir, origin, sha256 } = await originWithFile(t, 8 * 1024 * 1024)
+  const keyFile = await swarmKeyFile(dir)
+  const liar = await startLiar(t, dir, `${origin.url}/f.bin`, keyFile)
 
   const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', keyFile, '--peer', liar.libp2p.getMultiaddrs()[0].toString()])
   t.after(async () => await b.kill())
@@ -173,6 +189,32 @@ test('a peer that sends corrupted blocks is detected and banned, and the file is
   assert.equal(await fileSha256(join(dir, 'b.bin')), sha256)
   const peers = await b.client.peers()
   assert.deepEqual(peers.bans.map(ban => ban.peerId), [liar.libp2p.peerId.toString()])
+})
+
+// Regression: a banned liar's bitfield kept saying it had every block, so agents that
+// also had honest peers never asked the origin and waited for ever (found by the lab's
+// bad-peer scenario; a lone liar did not show it, as the transfer then had no peer left).
+test('a lying peer among honest agents that start together: every agent bans it and finishes', async (t) => {
+  const { dir, origin, sha256 } = await originWithFile(t, 8 * 1024 * 1024)
+  const keyFile = await swarmKeyFile(dir)
+  const liar = await startLiar(t, dir, `${origin.url}/f.bin`, keyFile)
+  const addresses = [liar.libp2p.getMultiaddrs()[0].toString()]
+  const agents = []
+  for (const name of ['b', 'c']) {
+    const agent = await startAgentProcess(join(dir, name), ['--swarm-key', keyFile, ...addresses.flatMap(a => ['--peer', a])])
+    t.after(async () => await agent.kill())
+    addresses.push(await loopbackAddress(agent))
+    agents.push(agent)
+  }
+  for (const agent of agents) await waitConnected(agent, 2)
+  const jobs = await Promise.all(agents.map(async (a, i) => await a.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, `out${i}.bin`) }], autoComplete: true })))
+  // A deadlock detector, not a speed assertion: 8 MiB on loopback takes well under a second.
+  const done = await Promise.all(agents.map(async (a, i) => await a.client.waitForJob(jobs[i].id, { intervalMs: 50, until: FINISHED, signal: AbortSignal.timeout(120_000) })))
+  for (const [i, job] of done.entries()) {
+    assert.equal(job.state, 'acknowledged', JSON.stringify(job.error))
+    assert.equal(await fileSha256(join(dir, `out${i}.bin`)), sha256)
+    assert.deepEqual((await agents[i].client.peers()).bans.map(ban => ban.peerId), [liar.libp2p.peerId.toString()])
+  }
 })
 
 test('a peer that dies mid-transfer does not stall the job', async (t) => {

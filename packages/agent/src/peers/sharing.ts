@@ -211,6 +211,8 @@ export class PeerSharing implements BlockSource, PeerSessions {
 
   penalize (peer: PeerId, reason: string): void {
     const key = peer.toString()
+    // Blocks already in flight when the ban began: the ban stands, no new one.
+    if ((this.bannedUntil.get(key) ?? 0) > Date.now()) return
     const strikes = (this.strikes.get(key) ?? 0) + 1
     this.strikes.set(key, strikes)
     if (strikes >= BAN_AFTER) {

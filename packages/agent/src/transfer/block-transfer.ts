@@ -239,6 +239,7 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], si
         continue
       }
       const span = next
+      o.logger.debug('origin range', { jobId: o.jobId, first: span[0], blocks: span.length })
       for (const i of span) inFlight.add(i)
       // Memory for the whole span first: its bytes are read straight into it.
       let held = 0

@@ -12,7 +12,10 @@ const MAX_PROCESSING = 16
 const BAD_BLOCKS_PER_TRANSFER = 3
 /** How often the peers' bitfields are asked for again while the transfer runs. */
 const REFRESH_MS = 100
-/** A peer's claim on a block (it is fetching it from the origin) is honoured this long. */
+/**
+ * A peer that gained no block for this long is stalled: its claims (blocks it says it
+ * is fetching from the origin) and its share of the chunks are no longer waited for.
+ */
 const STALL_MS = 10_000
 
 /** What a transfer needs from the agent's peer node. */
@@ -32,14 +35,20 @@ interface Offer {
   have: Uint8Array
   fetching: Uint8Array
   bad: number
+  /** Still asked and believed: its stream works and it sent fewer than BAD_BLOCKS_PER_TRANSFER bad blocks. */
   alive: boolean
   /** The peer knows this content (it answered for it); one that does not may start soon. */
   interested: boolean
   cursor: number
+  /** Blocks it had at the last refresh, and when that count last grew (or it became interested). */
+  haveCount: number
+  progressAt: number
 }
 
 const hasBit = (bits: Uint8Array, i: number): boolean => (bits[i >> 3] & (0x80 >> (i & 7))) !== 0
 const clearBit = (bits: Uint8Array, i: number): void => { bits[i >> 3] &= ~(0x80 >> (i & 7)) }
+const BITS_SET = Uint8Array.from({ length: 256 }, (_, b) => { let n = 0; for (let v = b; v !== 0; v >>= 1) n += v & 1; return n })
+const countBits = (bits: Uint8Array): number => { let n = 0; for (const b of bits) n += BITS_SET[b]; return n }
 
 /**
  * The peer side of a transfer, running beside the origin side: it keeps the
@@ -47,8 +56,12 @@ const clearBit = (bits: Uint8Array, i: number): void => { bits[i >> 3] &= ~(0x80
  * the origin right now), tells the picker so that the origin is not asked for those
  * blocks, and fetches from peers every missing block one of them has. Each block is
  * verified against the manifest like an origin block; a peer that sends a bad block
- * is penalized and, after a few, no longer asked. A peer's claim that does not turn
- * into a block within STALL_MS is ignored, and the origin gets that block.
+ * is penalized and, after a few, no longer asked. The claims of a peer that gains
+ * no block for STALL_MS are ignored, and the origin gets those blocks.
+ *
+ * Stalls are judged per peer, by its progress, not by a block's age: on a slow WAN a
+ * 4 MiB range may take longer than STALL_MS to arrive while its owner is busy and
+ * healthy, and fetching it again would send it over the WAN twice.
  */
 export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint8Array[], sink: BlockSink,
   picker: BlockPicker, inFlight: Set<number>, signal: AbortSignal): Promise<{ run: () => Promise<void> } | undefined> {
@@ -57,35 +70,45 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
   const sessions = await o.peers.open(discoveryId(key, DISCOVERY_LABEL), key, signal)
   if (sessions.length === 0) return undefined
   const count = expected.length
-  const offers: Offer[] = sessions.map(session => ({ session, have: new Uint8Array(0), fetching: new Uint8Array(0), bad: 0, alive: true, interested: false, cursor: 0 }))
-  const claimedSince = new Map<number, number>()
+  const offers: Offer[] = sessions.map(session => ({ session, have: new Uint8Array(0), fetching: new Uint8Array(0), bad: 0, alive: true, interested: false, cursor: 0, haveCount: 0, progressAt: Date.now() }))
+  const stalled = (f: Offer): boolean => Date.now() - f.progressAt > STALL_MS
   picker.peerHas = (i) => offers.some(f => f.alive && hasBit(f.have, i))
-  picker.peerFetching = (i) => {
-    const since = claimedSince.get(i)
-    return since !== undefined && Date.now() - since < STALL_MS
-  }
+  picker.peerFetching = (i) => offers.some(f => f.alive && hasBit(f.fetching, i) && !stalled(f))
   // Share the origin work: the agents that fetch this content (this one and every
   // peer that answers for it) sort their peer ids, and chunk c falls to agent
   // c mod n. Every agent computes the same split from the same set. Another agent's
-  // chunk becomes ours when nobody has or claims its blocks STALL_MS after we
-  // started (its owner is slow, gone, or never started).
-  const started = Date.now()
+  // chunk becomes ours when its owner stalls; an owner that leaves drops out of the
+  // set at the next refresh, and the split is made again without it.
   const self = o.peers.self().toString()
-  let rank = 0
-  let agents = 1
+  /** Chunk c's owner is owners[c mod n]: a peer's offer, or undefined for this agent. */
+  let owners: Array<Offer | undefined> = [undefined]
   const share = (): void => {
-    const ids = [self, ...offers.filter(f => f.alive && f.interested).map(f => f.session.peer.toString())].sort()
-    rank = ids.indexOf(self)
-    agents = ids.length
+    // A peer with every block fetches nothing from the origin: it gets no share.
+    const members = offers.filter(f => f.alive && f.interested && f.haveCount < count)
+    const ids = [self, ...members.map(f => f.session.peer.toString())].sort()
+    owners = ids.map(id => members.find(f => f.session.peer.toString() === id))
   }
-  picker.mine = (chunk) => chunk % agents === rank || Date.now() - started > STALL_MS
-  const finished = (): boolean => o.progress.complete || signal.aborted || !offers.some(f => f.alive && f.bad < BAD_BLOCKS_PER_TRANSFER)
+  picker.mine = (chunk) => {
+    const owner = owners[chunk % owners.length]
+    return owner === undefined || stalled(owner)
+  }
+  // Slow start: agents that start together see each other's interest and claims only
+  // at their next refreshes, and until then may split the chunks differently. So one
+  // origin request starts at once and the others after two more refreshes: what two
+  // agents may then fetch twice is one request, not all of them (the lab's bad-peer
+  // scenario showed 4 ranges of 4 MiB fetched twice in the first 100 ms).
+  let refreshes = 0
+  picker.mayIssue = (issued) => issued === 0 || refreshes >= 3
+  const finished = (): boolean => o.progress.complete || signal.aborted || !offers.some(f => f.alive)
 
   const refresh = async (): Promise<void> => {
     await Promise.all(offers.filter(f => f.alive).map(async f => {
       try {
         const bits = await f.session.have()
+        const haveCount = countBits(bits.have)
+        if (!f.interested || haveCount > f.haveCount) f.progressAt = Date.now()
         f.have = bits.have
+        f.haveCount = haveCount
         f.fetching = bits.fetching
         f.interested = true
         f.cursor = 0
@@ -97,12 +120,7 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
       }
     }))
     share()
-    const now = Date.now()
-    for (let i = 0; i < count; i++) {
-      const claimed = !o.progress.has(i) && offers.some(f => f.alive && hasBit(f.fetching, i))
-      if (!claimed) claimedSince.delete(i)
-      else if (!claimedSince.has(i)) claimedSince.set(i, now)
-    }
+    refreshes++
   }
 
   let failed = false
@@ -114,6 +132,10 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
         offer.bad++
         o.logger.warn('block from a peer failed verification', { jobId: o.jobId, block: index, peer: offer.session.peer.toString() })
         o.peers!.penalize(offer.session.peer, `block ${index} failed verification`)
+        // Its bitfields are lies too: a peer left "alive" would keep the picker from
+        // asking the origin for every block it claims, and the transfer would wait
+        // for it for ever (found by the lab's bad-peer scenario).
+        if (offer.bad >= BAD_BLOCKS_PER_TRANSFER) offer.alive = false
         return
       }
       await sink.store(index, bytes, 'peer')
@@ -124,7 +146,7 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
   }
 
   const worker = async (offer: Offer): Promise<void> => {
-    while (!finished() && !failed && offer.alive && offer.bad < BAD_BLOCKS_PER_TRANSFER) {
+    while (!finished() && !failed && offer.alive) {
       while (offer.cursor < count && (o.progress.has(offer.cursor) || inFlight.has(offer.cursor) || !hasBit(offer.have, offer.cursor))) offer.cursor++
       if (offer.cursor >= count) {
         // Nothing from this peer now: look again after the next refresh.
@@ -179,6 +201,7 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
     picker.peerHas = () => false
     picker.peerFetching = () => false
     picker.mine = () => true
+    picker.mayIssue = () => true
     await Promise.all(sessions.map(async s => await s.close()))
     const failure = [...results, ...stored].find((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (failure !== undefined) throw failure.reason

@@ -23,6 +23,13 @@ export class BlockPicker {
    * exchangeWithPeers); a chunk of another agent becomes ours only when it stalls.
    */
   mine: (chunk: number) => boolean = () => true
+  /**
+   * Whether another origin request may start, given how many this picker handed out
+   * so far. With peers, only the first starts before the peers' claims are known (see
+   * exchangeWithPeers); without, every request may.
+   */
+  mayIssue: (issued: number) => boolean = () => true
+  private issued = 0
 
   constructor (progress: FileProgress, inFlight: Set<number>, perRequest: number, shuffle: boolean) {
     this.progress = progress
@@ -45,6 +52,7 @@ export class BlockPicker {
   /** The next run of blocks to ask the origin for; 'wait' when the missing ones are all in someone's hands. */
   next (): number[] | 'wait' | 'done' {
     if (this.progress.complete) return 'done'
+    if (!this.mayIssue(this.issued)) return 'wait'
     const count = this.progress.blocks.length
     for (const chunk of this.order) {
       if (!this.mine(chunk)) continue
@@ -53,6 +61,7 @@ export class BlockPicker {
         if (!this.available(i)) continue
         const run = [i]
         while (run.length < this.perRequest && i + run.length < end && this.available(i + run.length)) run.push(i + run.length)
+        this.issued++
         return run
       }
     }
