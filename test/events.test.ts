@@ -3,7 +3,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { createServer } from 'node:net'
+import { connect, createServer } from 'node:net'
 import type { AddressInfo, Socket } from 'node:net'
 import { join } from 'node:path'
 import { isCanopyError } from '@canopy/core'
@@ -12,6 +12,7 @@ import type { EventStream } from '@canopy/client'
 import { startAgent } from '@canopy/agent'
 import { CanopyClient } from '@canopy/client'
 import { CLI, originWithFile, runCli, startAgentProcess, tempDir } from './helpers.ts'
+import type { AgentProcess } from './helpers.ts'
 
 const MiB = 1024 * 1024
 
@@ -99,22 +100,11 @@ test('canopy watch <id> prints the job\'s transitions and exits 0 when it comple
   t.after(async () => await agent.kill())
   const job = await agent.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'f.bin') }], autoComplete: true, start: false })
 
-  const child = spawn(process.execPath, [CLI, 'watch', job.id, '--state-dir', agent.stateDir], { stdio: ['ignore', 'pipe', 'pipe'] })
-  t.after(() => { child.kill('SIGKILL') })
-  let stdout = ''
-  let stderr = ''
-  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d })
-  const exited = new Promise<number | null>(resolve => child.on('close', resolve))
   // Resume only once watch has the snapshot, so that it sees every transition.
-  await new Promise<void>(resolve => {
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      stdout += d
-      if (stdout.includes('now suspended')) resolve()
-    })
-  })
+  const watch = await watchProcess(t, agent, [job.id], 'now suspended')
   await agent.client.resume(job.id)
-  assert.equal(await exited, 0, stderr)
-  const lines = stdout.trim().split('\n')
+  assert.equal(await watch.exited, 0, watch.stderr())
+  const lines = watch.stdout().trim().split('\n')
   assert.match(lines[0], new RegExp(`^\\d\\d:\\d\\d:\\d\\d  ${job.id.slice(0, 8)}  f\\.bin  now suspended`))
   const transitions = lines.filter(l => l.includes(' -> ')).map(l => l.split(' -> ')[1].split(' ')[0])
   assert.deepEqual(transitions, ['queued', 'connecting', 'transferring', 'transferred', 'acknowledged'])
@@ -127,6 +117,82 @@ test('canopy watch <id> prints the job\'s transitions and exits 0 when it comple
   assert.ok(last.type === 'state' || last.type === 'snapshot')
   assert.equal(last.job.state, 'error')
   assert.equal(last.job.error?.code, 'ERR_HTTP_NOT_FOUND')
+})
+
+/** Spawns `canopy watch ...args` and resolves once its stdout shows `ready` (so it is connected). */
+async function watchProcess (t: { after: (fn: () => void) => void }, agent: AgentProcess, args: string[], ready: string): Promise<{ exited: Promise<number | null>, stdout: () => string, stderr: () => string, child: ReturnType<typeof spawn> }> {
+  const child = spawn(process.execPath, [CLI, 'watch', ...args, '--state-dir', agent.stateDir], { stdio: ['ignore', 'pipe', 'pipe'] })
+  t.after(() => { child.kill('SIGKILL') })
+  let stdout = ''
+  let stderr = ''
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d })
+  const exited = new Promise<number | null>(resolve => child.on('close', resolve))
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d
+      if (stdout.includes(ready)) resolve()
+    })
+    void exited.then(code => reject(new Error(`watch exited ${code} before "${ready}": ${stderr}`)))
+  })
+  return { exited, stdout: () => stdout, stderr: () => stderr, child }
+}
+
+test('canopy watch without an id runs until Ctrl-C (exit 130) and leaves the jobs alone', async (t) => {
+  const { dir, origin } = await originWithFile(t, MiB)
+  const agent = await startAgentProcess(join(dir, 'agent'))
+  t.after(async () => await agent.kill())
+  const job = await agent.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'f.bin') }], start: false })
+  const watch = await watchProcess(t, agent, [], 'now suspended')
+  watch.child.kill('SIGINT')
+  assert.equal(await watch.exited, 130, watch.stderr())
+  assert.equal((await agent.client.getJob(job.id)).state, 'suspended')
+})
+
+/** A raw event-stream connection that reads nothing until told to. */
+async function rawEvents (socketPath: string): Promise<{ socket: Socket, text: () => string, closed: Promise<void> }> {
+  const socket = connect(socketPath)
+  let text = ''
+  socket.setEncoding('utf8')
+  const closed = new Promise<void>(resolve => socket.once('close', () => resolve()))
+  await new Promise<void>(resolve => {
+    socket.on('data', (d: string) => {
+      text += d
+      if (text.includes('\r\n\r\n')) resolve()
+    })
+    socket.write('GET /v1/events HTTP/1.1\r\nHost: agent\r\n\r\n')
+  })
+  socket.pause()
+  return { socket, text: () => text, closed }
+}
+
+test('a client that does not read loses progress events, never state events, and is cut off before the agent buffers without bound', async (t) => {
+  const dir = await tempDir(t)
+  const agent = await startAgent({ stateDir: join(dir, 'agent') })
+  t.after(async () => await agent.stop())
+  const job = await agent.createJob({ files: [{ url: 'http://127.0.0.1:9/f.bin', path: join(dir, 'f.bin') }], start: false })
+  const view = agent.getJob(job.id)
+
+  // Slow: 20,000 progress events (about 12 MB) while it reads nothing.
+  const slow = await rawEvents(agent.socketPath)
+  for (let i = 0; i < 20_000; i++) agent.emit('job:progress', { ...view, bytes: { ...view.bytes, transferred: i } })
+  slow.socket.resume()
+  // The latest progress, held back, goes out once the client reads again.
+  while (!slow.text().includes('"transferred":19999')) await new Promise(resolve => setImmediate(resolve))
+  const progress = slow.text().match(/event: progress\n/g)?.length ?? 0
+  assert.ok(progress < 20_000, `${progress} progress events`)
+  slow.socket.pause()
+  for (const state of ['queued', 'connecting', 'transferring'] as const) agent.emit('job:state', { ...view, state })
+  slow.socket.resume()
+  while (!slow.text().includes('"state":"transferring"')) await new Promise(resolve => setImmediate(resolve))
+  assert.deepEqual([...slow.text().matchAll(/event: state\ndata: .*?"state":"(\w+)"/g)].map(m => m[1]), ['queued', 'connecting', 'transferring'])
+  slow.socket.destroy()
+
+  // Stuck: state events only, past the 8 MiB the agent keeps for one client: cut off, listeners gone.
+  const stuck = await rawEvents(agent.socketPath)
+  for (let i = 0; i < 20_000; i++) agent.emit('job:state', { ...view, name: `${i}` })
+  stuck.socket.resume()
+  await stuck.closed
+  while (agent.listenerCount('job:state') !== 0) await new Promise(resolve => setImmediate(resolve))
 })
 
 test('canopy set --priority changes a queued job\'s priority live: raised to foreground, it starts at once', async (t) => {
