@@ -2,11 +2,12 @@
 // real origin, real agent processes, a real receiving HTTP server and the real CLI.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
+import { isCanopyError } from '@canopy/core'
 import type { JobState, JobView } from '@canopy/core'
 import { originWithFile, runCli, startAgentProcess } from './helpers.ts'
 import type { AgentProcess } from './helpers.ts'
@@ -137,4 +138,49 @@ test('notifications recorded while the receiver is down survive a restart and ar
   await notificationsDelivered(agent)
   assert.deepEqual(hook.delivered.map(d => d.state), TRANSITIONS)
   assert.deepEqual(hook.delivered.map(d => d.id), TRANSITIONS.map((_, i) => `${job.id}:${i + 1}`))
+})
+
+/** Whether a process is gone (or a zombie nobody reaped yet: it no longer runs). */
+function gone (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+  } catch {
+    return true
+  }
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.startsWith('Z') === true
+  } catch {
+    return true
+  }
+}
+
+test('a hanging command is killed after its timeout, with the processes it started, and logged', { skip: process.platform === 'win32' }, async (t) => {
+  const { dir, origin } = await originWithFile(t, MiB)
+  const agent = await startAgentProcess(join(dir, 'agent'), ['--notify-command-timeout', '300'])
+  t.after(async () => await agent.kill())
+  const pidFile = join(dir, 'sleep.pid')
+
+  const r = await runCli(['get', `${origin.url}/f.bin`, '-o', join(dir, 'f.bin'), '--state-dir', agent.stateDir,
+    '--on-complete', `sleep 600 & echo $! > ${pidFile}; wait`])
+  assert.equal(r.code, 0, r.stderr)
+  await notificationsDelivered(agent)
+  assert.match(agent.stderr(), /notification command failed .*reason="still running after 300 ms: killed"/)
+  const pid = Number(await readFile(pidFile, 'utf8'))
+  // SIGTERM went to the command's whole process group; wait for it to land.
+  while (!gone(pid)) await new Promise(resolve => setTimeout(resolve, 20))
+})
+
+test('bad notification settings are refused at creation: ERR_INVALID_REQUEST, and usage errors in the CLI', async (t) => {
+  const { dir, origin } = await originWithFile(t, MiB)
+  const agent = await startAgentProcess(join(dir, 'agent'))
+  t.after(async () => await agent.kill())
+  const files = [{ url: `${origin.url}/f.bin`, path: join(dir, 'f.bin') }]
+  for (const notify of [{ onComplete: 'touch /tmp/x' }, { onError: [] }, { onComplete: [''] }, { url: 'ftp://example.com/' }, { url: 'not a url' }, 'yes']) {
+    await assert.rejects(agent.client.createJob({ files, notify: notify as never }), (err: unknown) => isCanopyError(err, 'ERR_INVALID_REQUEST'), JSON.stringify(notify))
+  }
+  assert.equal((await agent.client.listJobs()).length, 0)
+  for (const args of [['--notify-url', 'ftp://example.com/'], ['--on-complete', ' ']]) {
+    const r = await runCli(['get', `${origin.url}/f.bin`, '-o', join(dir, 'f.bin'), '--state-dir', agent.stateDir, ...args])
+    assert.equal(r.code, 2, args.join(' '))
+  }
 })

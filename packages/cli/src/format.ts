@@ -94,6 +94,9 @@ export function formatJobDetails (job: JobView): string {
       ? undefined
       : `${job.error.code}: ${job.error.message}${job.error.transient ? ' (transient: retrying)' : ''}${job.error.url === undefined ? '' : ` [${job.error.url}]`} at ${when(job.error.at)}`],
     ['retry at', when(job.retryAt)],
+    ['on complete', job.notify?.onComplete?.join(' ')],
+    ['on error', job.notify?.onError?.join(' ')],
+    ['notify url', job.notify?.url],
     ['created', when(job.createdAt)],
     ['modified', when(job.modifiedAt)],
     ['transferred', when(job.transferredAt)],

@@ -183,12 +183,13 @@ export class Notifier {
         if (record.attempts < this.#o.attempts) {
           const delay = backoff(record.attempts, this.#o.retryMinMs, this.#o.retryMaxMs)
           this.#o.logger.warn('notify URL failed; will retry', { jobId: record.jobId, state: record.job.state, url: record.job.notify?.url, reason: failure, attempt: record.attempts, retryInMs: delay })
-          // Counted across restarts, so that a receiver that never recovers costs a bounded number of attempts.
-          await this.#o.store.putNotification(record)
+          // The timer first: if the store fails below, the retry still waits its turn.
           queue.timer = setTimeout(() => {
             queue.timer = undefined
             this.#wake(`${record.jobId}!url`)
           }, delay)
+          // Counted across restarts, so that a receiver that never recovers costs a bounded number of attempts.
+          await this.#o.store.putNotification(record)
           return
         }
         this.#o.logger.warn('notify URL failed too often: notification given up', { jobId: record.jobId, state: record.job.state, url: record.job.notify?.url, reason: failure, attempts: record.attempts })
@@ -197,9 +198,11 @@ export class Notifier {
       await this.#runCommand(record)
       if (this.#stop.signal.aborted) return
     }
-    await this.#o.store.deleteNotification(record)
+    // Done in memory first: if the store fails to forget it, the record is delivered
+    // again at the next start (at least once), not again and again now.
     queue.records.shift()
     this.#pending--
+    await this.#o.store.deleteNotification(record)
   }
 
   /** POSTs the job; resolves with why it failed, or undefined on a 2xx. */

@@ -28,7 +28,8 @@ a second per job), priority changes and removals. One line per event:
 
 With <id>, it exits when the job is acknowledged (exit 0), or cancelled or in
 error (exit 1, with the reason on the line before); a job that is already there
-exits at once. Without <id>, it runs until Ctrl-C (exit 130), which never affects
+exits at once. A job without auto-complete that waits in transferred for
+\`canopy complete\` keeps it watching. Without <id>, it runs until Ctrl-C (exit 130), which never affects
 the jobs. If the agent stops, watch exits 4.
 
 Options:
