@@ -9,7 +9,10 @@ import type { AgentStatus, CacheView, CreateJobRequest, PeersView, JobPriority, 
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from './errors.ts'
 import { FileProgress, toView } from './jobs/job.ts'
 import type { FileRecord, JobRecord } from './jobs/job.ts'
-import { validateCreateJob } from './jobs/validate.ts'
+import { validateCreateJob, validatePriority } from './jobs/validate.ts'
+import { backoff } from './backoff.ts'
+import { Notifier } from './notify/notifier.ts'
+import type { NotificationRecord } from './store/job-store.ts'
 import { AGENT_DEFAULTS, blocksBuffered } from './options.ts'
 import type { AgentOptions, ResolvedAgentOptions } from './options.ts'
 import { JobStore } from './store/job-store.ts'
@@ -31,10 +34,19 @@ const PRIORITY_RANK: Record<JobPriority, number> = { foreground: 0, high: 1, nor
 /** How often progress counters are written while a job transfers (block marks are written per block). */
 const PROGRESS_PERSIST_MS = 1000
 
-/** Events of an agent: a job changed state, or made progress (at most every 500 ms per job). */
+/** How long `stop` lets notifications under way finish before it cuts them off (they are made again at the next start). */
+const NOTIFY_STOP_GRACE_MS = 5_000
+
+/**
+ * Events of an agent: a job changed state (creation included), made progress (at
+ * most every 500 ms per job), had a setting changed (priority), or left the list.
+ * The control API streams them (`GET /v1/events`).
+ */
 export interface AgentEvents {
   'job:state': [JobView]
   'job:progress': [JobView]
+  'job:updated': [JobView]
+  'job:removed': [string]
 }
 
 type Progress = FileProgress | PlainProgress
@@ -54,6 +66,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   private readonly dispatcher: Dispatcher
   private readonly blockHasher: BlockHasher
   private readonly rangeClient: RangeClient
+  private readonly notifier: Notifier
   private readonly jobs = new Map<string, JobRecord>()
   private readonly progress = new Map<string, Array<Progress | undefined>>()
   private readonly running = new Map<string, { controller: AbortController, done: Promise<void> }>()
@@ -81,6 +94,17 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     this.dispatcher = createDispatcher({ connections: options.requestsInFlight * 2, timeoutMs: options.requestTimeoutMs })
     this.blockHasher = new BlockHasher(options.hashThreads)
     this.rangeClient = new RangeClient({ maxPerOrigin: options.requestsInFlight * 2, timeoutMs: options.requestTimeoutMs })
+    this.notifier = new Notifier({
+      store: this.store,
+      logger: this.logger,
+      stateDir: options.stateDir,
+      timeoutMs: options.notifyTimeoutMs,
+      commandTimeoutMs: options.notifyCommandTimeoutMs,
+      retryMinMs: options.notifyRetryMinMs,
+      retryMaxMs: options.notifyRetryMaxMs,
+      attempts: options.notifyAttempts,
+      version: AGENT_VERSION
+    })
   }
 
   /** Opens the state directory, recovers jobs, and starts the control API and the scheduler. */
@@ -89,7 +113,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       throw new CanopyError('ERR_INVALID_ARGUMENT', 'The agent needs a state directory (--state-dir or CANOPY_STATE_DIR)')
     }
     const resolved: ResolvedAgentOptions = { ...AGENT_DEFAULTS, logger: silentLogger, ...withoutUndefined(options), stateDir: options.stateDir, p2p: options.p2p }
-    for (const key of ['maxBackgroundJobs', 'requestsInFlight', 'requestSize', 'maxBlockAttempts', 'requestTimeoutMs', 'retryMinMs', 'retryMaxMs'] as const) {
+    for (const key of ['maxBackgroundJobs', 'requestsInFlight', 'requestSize', 'maxBlockAttempts', 'requestTimeoutMs', 'retryMinMs', 'retryMaxMs',
+      'notifyTimeoutMs', 'notifyCommandTimeoutMs', 'notifyRetryMinMs', 'notifyRetryMaxMs', 'notifyAttempts'] as const) {
       if (!Number.isSafeInteger(resolved[key]) || resolved[key] < 1) throw new CanopyError('ERR_INVALID_ARGUMENT', `${key} must be a positive integer, not ${resolved[key]}`)
     }
     if (!Number.isSafeInteger(resolved.hashThreads) || resolved.hashThreads < 0) throw new CanopyError('ERR_INVALID_ARGUMENT', 'hashThreads must be 0 or more')
@@ -99,6 +124,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     const agent = new CanopyAgent(resolved)
     await agent.store.open()
     try {
+      // The outbox first: recovery may record state changes of its own.
+      await agent.notifier.load()
       await agent.recover()
       if (resolved.p2p !== undefined) {
         // Loaded only when wanted: libp2p costs ~30 MiB resident.
@@ -114,6 +141,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       agent.api = await startApiServer(agent, agent.socketPath, agent.logger)
     } catch (err) {
       await agent.peer?.stop()
+      await agent.notifier.stop(0)
       await agent.store.close()
       throw err
     }
@@ -140,6 +168,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     for (const r of runs) r.controller.abort(new CanopyError('ERR_AGENT_STOPPING', 'the agent is stopping'))
     await Promise.all(runs.map(async r => await r.done))
     await Promise.all([...this.writes.values()])
+    await this.notifier.stop(NOTIFY_STOP_GRACE_MS)
     await this.peer?.stop()
     this.rangeClient.close()
     await this.dispatcher.close()
@@ -154,7 +183,14 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     const counts = Object.fromEntries(['queued', 'connecting', 'transferring', 'suspended', 'error', 'transient_error',
       'transferred', 'acknowledged', 'cancelled'].map(s => [s, 0])) as Record<JobState, number>
     for (const job of this.jobs.values()) counts[job.state]++
-    const status: AgentStatus = { version: AGENT_VERSION, pid: process.pid, stateDir: this.options.stateDir, startedAt: this.startedAt, jobs: counts }
+    const status: AgentStatus = {
+      version: AGENT_VERSION,
+      pid: process.pid,
+      stateDir: this.options.stateDir,
+      startedAt: this.startedAt,
+      jobs: counts,
+      notifications: { pending: this.notifier.pending }
+    }
     if (this.peer !== undefined) {
       const { libp2p } = this.peer
       status.peer = {
@@ -217,9 +253,12 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       autoComplete: req.autoComplete ?? false,
       retryCount: 0,
       createdAt: now,
-      modifiedAt: now
+      modifiedAt: now,
+      ...(req.notify !== undefined ? { notify: req.notify } : {}),
+      // Creation is the job's first state change, and notified like the others.
+      transitions: 1
     }
-    await this.persist(job)
+    await this.persistTransition(job)
     // Visible to the scheduler only once it is durable.
     this.jobs.set(id, job)
     this.progress.set(id, job.files.map(() => undefined))
@@ -266,6 +305,26 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       // whose leftovers recover() removes, never a live job without its data.
       await this.setState(job, 'cancelled')
       await this.removePartials(job)
+      return this.view(job)
+    })
+  }
+
+  /**
+   * Changes a job's priority. The scheduler runs again at once (withJob): a job
+   * raised to foreground starts now, and the order of waiting jobs follows the new
+   * priority. A running job is not stopped by a lower priority (no preemption yet).
+   */
+  async setPriority (id: string, body: { priority: JobPriority } | unknown): Promise<JobView> {
+    const priority = validatePriority(body)
+    return await this.withJob(id, async (job) => {
+      this.requireNotFinal(job, 'change priority')
+      if (job.priority !== priority) {
+        job.priority = priority
+        job.modifiedAt = new Date().toISOString()
+        await this.persist(job)
+        this.logger.info('job priority changed', { jobId: id, priority })
+        this.emit('job:updated', this.view(job))
+      }
       return this.view(job)
     })
   }
@@ -625,8 +684,9 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     for (const job of await this.store.allJobs()) {
       this.jobs.set(job.id, job)
       this.progress.set(job.id, job.files.map(() => undefined))
-      // A job that was moving when the agent went down moves again.
-      if (job.state === 'connecting' || job.state === 'transferring') job.state = 'queued'
+      // A job that was moving when the agent went down moves again (a state change
+      // like any other: notified).
+      if (job.state === 'connecting' || job.state === 'transferring') await this.setState(job, 'queued')
       // A cancel that was cut short after it was recorded: finish removing its files.
       if (job.state === 'cancelled') await this.removePartials(job)
       if (!FINAL_STATES.includes(job.state)) {
@@ -647,8 +707,21 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     job.state = state
     job.modifiedAt = new Date().toISOString()
     if (state !== 'transient_error') job.retryAt = undefined
-    await this.persist(job)
+    job.transitions = (job.transitions ?? 0) + 1
+    await this.persistTransition(job)
     this.emit('job:state', this.view(job))
+  }
+
+  /** Writes a job that just changed state together with the notifications the change owes, then starts delivering them. */
+  private async persistTransition (job: JobRecord): Promise<void> {
+    const owed = this.notifier.owe(job, this.view(job))
+    try {
+      await this.persist(job, owed)
+    } catch (err) {
+      this.notifier.forget(owed)
+      throw err
+    }
+    this.notifier.enqueue(owed)
   }
 
   /**
@@ -656,9 +729,9 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
    * and the last one wins. A failed write rejects (the caller's operation fails);
    * the chain itself carries on.
    */
-  private async persist (job: JobRecord): Promise<void> {
+  private async persist (job: JobRecord, notifications: readonly NotificationRecord[] = []): Promise<void> {
     const previous = this.writes.get(job.id) ?? Promise.resolve()
-    const next = previous.then(async () => await this.store.putJob(job))
+    const next = previous.then(async () => await this.store.putJob(job, notifications))
     const settled = next.catch(() => {})
     this.writes.set(job.id, settled)
     try {
@@ -739,10 +812,4 @@ function withoutUndefined<T extends object> (value: T): Partial<T> {
 
 function byPriority (a: JobRecord, b: JobRecord): number {
   return PRIORITY_RANK[a.priority] - PRIORITY_RANK[b.priority] || a.createdAt.localeCompare(b.createdAt)
-}
-
-/** Exponential backoff with ±20% jitter, so that agents that failed together do not retry together. */
-export function backoff (attempt: number, minMs: number, maxMs: number): number {
-  const base = Math.min(maxMs, minMs * 2 ** Math.max(0, attempt - 1))
-  return Math.round(base * (0.8 + Math.random() * 0.4))
 }

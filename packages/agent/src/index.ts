@@ -5,7 +5,9 @@
 import { CanopyAgent } from './agent.ts'
 import type { AgentOptions } from './options.ts'
 
-export { CanopyAgent, AGENT_VERSION, backoff } from './agent.ts'
+export { CanopyAgent, AGENT_VERSION } from './agent.ts'
+export { backoff } from './backoff.ts'
+export { MAX_PENDING_NOTIFICATIONS } from './notify/notifier.ts'
 export type { AgentEvents } from './agent.ts'
 export { AGENT_DEFAULTS, blocksAtRisk } from './options.ts'
 export type { AgentOptions, P2pOptions } from './options.ts'

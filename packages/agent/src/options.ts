@@ -22,6 +22,16 @@ export interface AgentOptions {
   retryMinMs?: number
   /** Longest retry delay, in ms. Default 600 000 (10 minutes). */
   retryMaxMs?: number
+  /** Longest wait, in ms, for a job's notify URL to answer a POST. Default 30 000. */
+  notifyTimeoutMs?: number
+  /** Longest run, in ms, of an on-complete / on-error command before its process group is killed. Default 120 000. */
+  notifyCommandTimeoutMs?: number
+  /** First delay before a failed notify-URL POST is tried again, in ms; doubles (±20% jitter). Default 1 000. */
+  notifyRetryMinMs?: number
+  /** Longest delay between notify-URL attempts, in ms. Default 300 000 (5 minutes). */
+  notifyRetryMaxMs?: number
+  /** Attempts of one notify-URL POST before it is given up (and logged). Default 10. */
+  notifyAttempts?: number
   /**
    * The peer node. Default: none (a library user opts in; `canopy agent` runs one
    * unless given --no-p2p).
@@ -50,7 +60,12 @@ export const AGENT_DEFAULTS = {
   requestTimeoutMs: 30_000,
   maxBlockAttempts: 3,
   retryMinMs: 2_000,
-  retryMaxMs: 600_000
+  retryMaxMs: 600_000,
+  notifyTimeoutMs: 30_000,
+  notifyCommandTimeoutMs: 120_000,
+  notifyRetryMinMs: 1_000,
+  notifyRetryMaxMs: 300_000,
+  notifyAttempts: 10
 } as const
 
 export type ResolvedAgentOptions = Required<Omit<AgentOptions, 'p2p'>> & Pick<AgentOptions, 'p2p'>

@@ -8,14 +8,15 @@ import { absolute, COMMON_OPTIONS, out, say } from './verb.ts'
 import type { Values, Verb } from './verb.ts'
 import { agentVerb } from './verbs/agent.ts'
 import { getVerb } from './verbs/get.ts'
-import { cancelVerb, completeVerb, jobsVerb, jobVerb, resumeVerb, statusVerb, suspendVerb } from './verbs/jobs.ts'
+import { cancelVerb, completeVerb, jobsVerb, jobVerb, resumeVerb, setVerb, statusVerb, suspendVerb } from './verbs/jobs.ts'
+import { watchVerb } from './verbs/watch.ts'
 import { originVerb } from './verbs/origin.ts'
 import { publishVerb } from './verbs/publish.ts'
 import { keygenVerb } from './verbs/keygen.ts'
 import { cacheVerb, peersVerb } from './verbs/peers.ts'
 
 export const VERBS: readonly Verb[] = [
-  getVerb, jobsVerb, jobVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, statusVerb,
+  getVerb, jobsVerb, jobVerb, watchVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, setVerb, statusVerb,
   peersVerb, cacheVerb, agentVerb, originVerb, publishVerb, keygenVerb
 ]
 
@@ -25,7 +26,7 @@ export const EXIT_CODES_HELP = `Exit codes:
   ${ExitCode.Usage}    usage error: bad flags or arguments
   ${ExitCode.NoAgent}    no agent is running for the state directory (start one with \`canopy agent\`)
   ${ExitCode.Error}    any other error: the agent's API, the network, files
-  ${ExitCode.Interrupted}  interrupted by Ctrl-C (\`canopy get\` leaves its job running)
+  ${ExitCode.Interrupted}  interrupted by Ctrl-C (\`canopy get\` and \`canopy watch\` leave the job running)
 `
 
 const SHORT_EXIT_CODES = `Exit codes: ${ExitCode.Ok} ok, ${ExitCode.JobFailed} job failed or cancelled, ${ExitCode.Usage} usage error, ` +

@@ -3,7 +3,7 @@
  * durations. Pure functions; nothing here prints.
  */
 import { formatBytes } from '@canopy/core'
-import type { AgentStatus, JobBytes, JobState, JobView } from '@canopy/core'
+import type { AgentEvent, AgentStatus, JobBytes, JobState, JobView } from '@canopy/core'
 
 export { formatBytes }
 
@@ -94,6 +94,9 @@ export function formatJobDetails (job: JobView): string {
       ? undefined
       : `${job.error.code}: ${job.error.message}${job.error.transient ? ' (transient: retrying)' : ''}${job.error.url === undefined ? '' : ` [${job.error.url}]`} at ${when(job.error.at)}`],
     ['retry at', when(job.retryAt)],
+    ['on complete', job.notify?.onComplete?.join(' ')],
+    ['on error', job.notify?.onError?.join(' ')],
+    ['notify url', job.notify?.url],
     ['created', when(job.createdAt)],
     ['modified', when(job.modifiedAt)],
     ['transferred', when(job.transferredAt)],
@@ -122,6 +125,7 @@ export function formatStatus (status: AgentStatus, now = Date.now()): string {
     ['state dir', status.stateDir],
     ['up', Number.isNaN(started) ? status.startedAt : `${formatDuration((now - started) / 1000)} (since ${when(status.startedAt)})`],
     ['jobs', counts.length === 0 ? 'none' : counts.join(', ')],
+    ['notifications', status.notifications === undefined || status.notifications.pending === 0 ? 'none pending' : `${status.notifications.pending} pending`],
     ...(status.peer === undefined
       ? [['peers', 'no peer node (--no-p2p)'] as [string, string]]
       : [
@@ -180,4 +184,24 @@ export function formatSummary (path: string, bytes: JobBytes, seconds: number): 
     `from origin ${formatBytes(bytes.fromOrigin)}, peers ${formatBytes(bytes.fromPeers)}`
   if (bytes.fromCache > 0) line += `, cache ${formatBytes(bytes.fromCache)}`
   return line
+}
+
+/**
+ * One line of `canopy watch`: local time, the job's short id and name, then what
+ * happened: `12:04:05  3f2a9c1e  base.iso  now transferring, 12.0 MiB / 100 MiB 12%`.
+ */
+export function formatEvent (event: AgentEvent, at = new Date()): string {
+  const time = at.toTimeString().slice(0, 8)
+  if (event.type === 'removed') return `${time}  ${event.jobId.slice(0, 8)}  removed`
+  const { job } = event
+  const head = `${time}  ${job.id.slice(0, 8)}  ${truncate(job.name, 40)}  `
+  switch (event.type) {
+    case 'snapshot': return `${head}now ${formatState(job)}, ${formatProgress(job.bytes)}`
+    case 'state': {
+      const error = job.state === 'error' || job.state === 'transient_error' ? job.error?.code : undefined
+      return `${head}-> ${formatState(job)}${error === undefined ? '' : ` [${error}]`}`
+    }
+    case 'progress': return `${head}${formatProgress(job.bytes)}`
+    case 'updated': return `${head}priority ${job.priority}`
+  }
 }

@@ -2,7 +2,9 @@
 import { isAbsolute, resolve } from 'node:path'
 import type { ParseArgsOptionsConfig } from 'node:util'
 import { CanopyClient } from '@canopy/client'
-import { UsageError } from './errors.ts'
+import { PRIORITIES } from '@canopy/core'
+import type { JobPriority } from '@canopy/core'
+import { ExitCode, UsageError } from './errors.ts'
 
 export type Values = Record<string, string | boolean | undefined>
 
@@ -73,6 +75,25 @@ export async function withClient<T> (ctx: VerbContext, fn: (client: CanopyClient
   }
 }
 
+/**
+ * Runs `fn` with a signal that Ctrl-C (SIGINT) aborts. When it did, `fn`'s error is
+ * dropped and `onInterrupt` says what goes on without us; resolves with exit code 130.
+ */
+export async function interruptible (fn: (signal: AbortSignal) => Promise<number>, onInterrupt: () => void): Promise<number> {
+  const controller = new AbortController()
+  const onSigint = (): void => { controller.abort() }
+  process.on('SIGINT', onSigint)
+  try {
+    return await fn(controller.signal)
+  } catch (err) {
+    if (!controller.signal.aborted) throw err
+    onInterrupt()
+    return ExitCode.Interrupted
+  } finally {
+    process.off('SIGINT', onSigint)
+  }
+}
+
 /** Whether `text` holds a control character (U+0000 to U+001F, U+007F). */
 export function hasControlChar (text: string): boolean {
   for (let i = 0; i < text.length; i++) {
@@ -80,6 +101,16 @@ export function hasControlChar (text: string): boolean {
     if (c < 0x20 || c === 0x7f) return true
   }
   return false
+}
+
+/** `--priority P`: one of PRIORITIES, or undefined when not given. */
+export function priorityOption (values: Values, verb: string): JobPriority | undefined {
+  const text = str(values, 'priority')
+  if (text === undefined) return undefined
+  if (!(PRIORITIES as readonly string[]).includes(text)) {
+    throw new UsageError(`--priority ${text}: must be one of ${PRIORITIES.join(', ')}`, verb)
+  }
+  return text as JobPriority
 }
 
 /** A job id argument: non-empty, printable, bounded. */

@@ -11,7 +11,7 @@ import { decodeManifest, SIDECAR_SUFFIX } from '@canopy/core'
 import type { AgentStatus, JobView } from '@canopy/core'
 
 const BIN = fileURLToPath(new URL('../bin/canopy.js', import.meta.url))
-const VERBS = ['get', 'jobs', 'job', 'suspend', 'resume', 'cancel', 'complete', 'status', 'agent', 'origin', 'publish']
+const VERBS = ['get', 'jobs', 'job', 'watch', 'suspend', 'resume', 'cancel', 'complete', 'set', 'status', 'agent', 'origin', 'publish']
 
 let scratch: string
 let env: NodeJS.ProcessEnv

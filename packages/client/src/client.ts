@@ -2,8 +2,10 @@ import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Client } from 'undici'
+import type { Dispatcher } from 'undici'
 import { API_SOCKET_NAME, API_VERSION, CanopyError, ErrorCode } from '@canopy/core'
-import type { AgentStatus, ApiErrorBody, CacheView, CreateJobRequest, JobState, JobView, PeersView } from '@canopy/core'
+import type { AgentEvent, AgentStatus, ApiErrorBody, CacheView, CreateJobRequest, JobPriority, JobState, JobView, PeersView } from '@canopy/core'
+import { readEvents, toAgentEvent } from './events.ts'
 
 /** Largest response body the client reads from the agent (16 MiB); a larger one is an error. */
 export const MAX_RESPONSE_BYTES = 16 * 1024 * 1024
@@ -32,6 +34,38 @@ export interface WaitForJobOptions extends CallOptions {
   until?: readonly JobState[]
   /** Called with every polled view of the job, the last one included. */
   onProgress?: (job: JobView) => void
+}
+
+export interface WatchOptions extends CallOptions {
+  /** Only this job's events. Default: every job's. An unknown id fails with ERR_JOB_NOT_FOUND. */
+  jobId?: string
+}
+
+/**
+ * The agent's live events (`GET /v1/events`), as an async iterable. It ends only
+ * by `close()`, a `break` out of `for await`, or an error: ERR_ABORTED when the
+ * signal aborts, ERR_EVENTS_ENDED when the agent closes the stream (it stopped, or
+ * this reader fell more than 8 MiB behind), ERR_AGENT_TIMEOUT when the agent sends
+ * nothing, not even its heartbeat (every 15 s), for 30 s.
+ */
+export class EventStream implements AsyncIterable<AgentEvent> {
+  readonly #events: AsyncGenerator<AgentEvent, void, undefined>
+  readonly #release: () => Promise<void>
+
+  constructor (events: AsyncGenerator<AgentEvent, void, undefined>, release: () => Promise<void>) {
+    this.#events = events
+    this.#release = release
+  }
+
+  [Symbol.asyncIterator] (): AsyncGenerator<AgentEvent, void, undefined> {
+    return this.#events
+  }
+
+  /** Closes the connection; a loop waiting for the next event ends. */
+  async close (): Promise<void> {
+    await this.#release()
+    await this.#events.return(undefined)
+  }
 }
 
 /** The agent answered with an HTTP error; `code` and `message` come from its `ApiErrorBody`. */
@@ -139,6 +173,55 @@ export class CanopyClient {
     return this.#jobAction(id, 'complete', opts)
   }
 
+  /** Changes a job's priority at once (`POST /v1/jobs/:id/priority`); the agent's scheduler runs again. */
+  setPriority (id: string, priority: JobPriority, opts?: CallOptions): Promise<JobView> {
+    return this.#call<JobView>('POST', `/jobs/${encodeURIComponent(id)}/priority`, { priority }, opts)
+  }
+
+  /**
+   * Opens the agent's event stream, on a connection of its own (so that the
+   * client's other calls go on meanwhile). Resolves once the agent has accepted it:
+   * from then on no event is missed. The first events are `snapshot`s of the job
+   * (`jobId`), or of every job not in a final state. Close it with `close()`,
+   * `break`, or the signal.
+   */
+  async watch (opts: WatchOptions = {}): Promise<EventStream> {
+    const signal = this.#combine(opts.signal)
+    const path = `/${API_VERSION}/events${opts.jobId === undefined ? '' : `?job=${encodeURIComponent(opts.jobId)}`}`
+    // The heartbeat comes every 15 s: 30 s of silence means the agent is stuck.
+    const http = new Client('http://localhost', { socketPath: this.socketPath, headersTimeout: ANSWER_TIMEOUT_MS, bodyTimeout: ANSWER_TIMEOUT_MS })
+    const release = async (): Promise<void> => { await http.destroy().catch(() => {}) }
+    try {
+      const res = await this.#send(http, 'GET', path, undefined, signal, 'text/event-stream')
+      if (res.statusCode !== 200) await this.#parse(res.statusCode, await this.#readText(res, 'GET', path), 'GET', path)
+      if (!(res.headers['content-type'] ?? '').toString().startsWith('text/event-stream')) {
+        throw this.#badResponse(`GET ${path}: not an event stream`)
+      }
+      return new EventStream(this.#events(res.body, signal, release), release)
+    } catch (err) {
+      await release()
+      throw err
+    }
+  }
+
+  async * #events (body: AsyncIterable<Uint8Array>, signal: AbortSignal | undefined, release: () => Promise<void>): AsyncGenerator<AgentEvent, void, undefined> {
+    try {
+      const tooLarge = (): Error => new CanopyError('ERR_AGENT_RESPONSE_TOO_LARGE', `An event from the agent is larger than ${MAX_RESPONSE_BYTES} bytes; the client refuses it`)
+      for await (const raw of readEvents(body, MAX_RESPONSE_BYTES, tooLarge)) {
+        const event = toAgentEvent(raw, (why, cause) => this.#badResponse(why, cause))
+        if (event !== undefined) yield event
+      }
+    } catch (err) {
+      if (err instanceof CanopyError) throw err
+      if (signal?.aborted === true) throw this.#aborted(signal, err)
+      throw this.#connectionError(err)
+    } finally {
+      await release()
+    }
+    if (signal?.aborted === true) throw this.#aborted(signal, undefined)
+    throw new CanopyError('ERR_EVENTS_ENDED', `The agent at ${this.socketPath} closed the event stream (it stopped, or this reader fell behind); watch again`)
+  }
+
   /**
    * Polls `getJob` every `intervalMs` (default 250), calling `onProgress(job)` each
    * time, until the job is in one of the `until` states; resolves with that view.
@@ -205,26 +288,29 @@ export class CanopyClient {
       { cause: err })
   }
 
-  async #call<T> (method: 'GET' | 'POST', route: string, body: unknown, opts?: CallOptions): Promise<T> {
-    const signal = this.#combine(opts?.signal)
+  /** Sends a request on `http`; connection failures become the client's errors. */
+  async #send (http: Client, method: 'GET' | 'POST', path: string, body: unknown, signal: AbortSignal | undefined, accept = 'application/json'): Promise<Dispatcher.ResponseData> {
     const aborted = (): boolean => signal?.aborted === true
     if (aborted()) throw this.#aborted(signal, undefined)
-    const path = `/${API_VERSION}${route}`
-    let status: number
-    let text: string
     try {
-      const res = await this.#http.request({
+      return await http.request({
         method,
         path,
-        headers: body === undefined
-          ? { accept: 'application/json' }
-          : { accept: 'application/json', 'content-type': 'application/json' },
+        headers: body === undefined ? { accept } : { accept, 'content-type': 'application/json' },
         body: body === undefined ? undefined : JSON.stringify(body),
         signal
       })
-      status = res.statusCode
-      const chunks: Buffer[] = []
-      let size = 0
+    } catch (err) {
+      if (aborted()) throw this.#aborted(signal, err)
+      throw this.#connectionError(err)
+    }
+  }
+
+  /** Reads a whole answer, at most MAX_RESPONSE_BYTES. */
+  async #readText (res: Dispatcher.ResponseData, method: string, path: string, signal?: AbortSignal): Promise<string> {
+    const chunks: Buffer[] = []
+    let size = 0
+    try {
       for await (const chunk of res.body) {
         size += (chunk as Buffer).length
         if (size > MAX_RESPONSE_BYTES) {
@@ -234,13 +320,23 @@ export class CanopyClient {
         }
         chunks.push(chunk as Buffer)
       }
-      text = Buffer.concat(chunks).toString('utf8')
     } catch (err) {
       if (err instanceof CanopyError) throw err
-      if (aborted()) throw this.#aborted(signal, err)
+      if (signal?.aborted === true) throw this.#aborted(signal, err)
       throw this.#connectionError(err)
     }
+    return Buffer.concat(chunks).toString('utf8')
+  }
 
+  async #call<T> (method: 'GET' | 'POST', route: string, body: unknown, opts?: CallOptions): Promise<T> {
+    const signal = this.#combine(opts?.signal)
+    const path = `/${API_VERSION}${route}`
+    const res = await this.#send(this.#http, method, path, body, signal)
+    return this.#parse<T>(res.statusCode, await this.#readText(res, method, path, signal), method, path)
+  }
+
+  /** The JSON object of a 2xx answer; an AgentApiError for any other. */
+  #parse<T> (status: number, text: string, method: string, path: string): T {
     let value: unknown
     let parsed = false
     try {

@@ -3,5 +3,5 @@
  * Unix socket in the agent's state directory). Used by the `canopy` CLI and by
  * applications.
  */
-export { AgentApiError, CanopyClient, DEFAULT_WAIT_UNTIL, defaultStateDir, MAX_RESPONSE_BYTES } from './client.ts'
-export type { CallOptions, ClientOptions, WaitForJobOptions } from './client.ts'
+export { AgentApiError, CanopyClient, DEFAULT_WAIT_UNTIL, defaultStateDir, EventStream, MAX_RESPONSE_BYTES } from './client.ts'
+export type { CallOptions, ClientOptions, WaitForJobOptions, WatchOptions } from './client.ts'

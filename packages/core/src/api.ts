@@ -11,6 +11,8 @@
  *   POST /v1/jobs/:id/resume        -> JobView
  *   POST /v1/jobs/:id/cancel        -> JobView
  *   POST /v1/jobs/:id/complete      -> JobView
+ *   POST /v1/jobs/:id/priority  SetPriorityRequest -> JobView
+ *   GET  /v1/events[?job=<id>]      -> text/event-stream of AgentEvent
  *   GET  /v1/peers                  -> PeersView (404 ERR_NO_PEER_NODE without a peer node)
  *   GET  /v1/cache                  -> CacheView (likewise)
  *   POST /v1/cache/clear            -> CacheView
@@ -90,6 +92,22 @@ export interface JobView {
   modifiedAt: string
   transferredAt?: string
   completedAt?: string
+  /** The job's notifications, when it has any. */
+  notify?: JobNotify
+}
+
+/**
+ * Notifications of a job, set when it is created. Commands are argument vectors
+ * (program, then arguments) run without a shell: job data reaches them only
+ * through environment variables (CANOPY_JOB_ID, CANOPY_JOB_STATE, ...).
+ */
+export interface JobNotify {
+  /** Run when the job reaches `acknowledged` (its files are in place). */
+  onComplete?: string[]
+  /** Run when the job reaches `error`. */
+  onError?: string[]
+  /** http(s) URL that receives a POST of the JobView on every state change. */
+  url?: string
 }
 
 export interface CreateJobFile {
@@ -109,7 +127,35 @@ export interface CreateJobRequest {
   autoComplete?: boolean
   /** Start at once (default true); false creates the job suspended. */
   start?: boolean
+  /** Commands to run and a URL to call when the job changes state. */
+  notify?: JobNotify
 }
+
+/** POST /v1/jobs/:id/priority */
+export interface SetPriorityRequest {
+  priority: JobPriority
+}
+
+/**
+ * One event of `GET /v1/events` (server-sent events: the SSE `event` field is the
+ * `type`, the `data` field this object as JSON).
+ * - `snapshot`: the job as it is when the stream opens (the watched job, or every
+ *   job not in a final state), so that nothing is missed between a look and a watch;
+ * - `state`: the job entered a state (creation included);
+ * - `progress`: bytes moved, at most 2 per second per job; dropped for a client
+ *   that does not keep up;
+ * - `updated`: a setting of the job changed (its priority);
+ * - `removed`: the job left the agent's list.
+ */
+export type AgentEvent =
+  | { type: 'snapshot', job: JobView }
+  | { type: 'state', job: JobView }
+  | { type: 'progress', job: JobView }
+  | { type: 'updated', job: JobView }
+  | { type: 'removed', jobId: string }
+
+export type AgentEventType = AgentEvent['type']
+export const AGENT_EVENT_TYPES: readonly AgentEventType[] = ['snapshot', 'state', 'progress', 'updated', 'removed']
 
 export interface AgentStatus {
   version: string
@@ -117,6 +163,8 @@ export interface AgentStatus {
   stateDir: string
   startedAt: string
   jobs: Record<JobState, number>
+  /** Notifications recorded and not yet delivered (or given up on). */
+  notifications: { pending: number }
   /** The agent's peer node, when it runs one. */
   peer?: PeerStatus
 }

@@ -17,10 +17,10 @@ export { digestsEqual, sha256 } from './hash.ts'
 export { formatBytes, parseSize } from './sizes.ts'
 export { silentLogger } from './logger.ts'
 export type { Logger } from './logger.ts'
-export { API_SOCKET_NAME, API_VERSION, FINAL_STATES, PRIORITIES } from './api.ts'
+export { AGENT_EVENT_TYPES, API_SOCKET_NAME, API_VERSION, FINAL_STATES, PRIORITIES } from './api.ts'
 export type {
-  AgentStatus, ApiErrorBody, CacheView, PeersView, PeerStatus, CreateJobFile, CreateJobRequest, JobBytes, JobError, JobFileView,
-  JobPriority, JobState, JobType, JobView
+  AgentEvent, AgentEventType, AgentStatus, ApiErrorBody, CacheView, PeersView, PeerStatus, CreateJobFile, CreateJobRequest, JobBytes, JobError, JobFileView,
+  JobNotify, JobPriority, JobState, JobType, JobView, SetPriorityRequest
 } from './api.ts'
 export { decodeMessage, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY, MessageType } from './wire.ts'
 export type { ExchangeMessage } from './wire.ts'

@@ -4,6 +4,7 @@ import { chmod, rm } from 'node:fs/promises'
 import { CanopyError } from '@canopy/core'
 import type { ApiErrorBody, Logger } from '@canopy/core'
 import type { CanopyAgent } from '../agent.ts'
+import { EventClients, MAX_EVENT_CLIENTS, serveEvents } from './events.ts'
 
 /** Largest request body the API reads. */
 const MAX_BODY_BYTES = 1024 * 1024
@@ -21,6 +22,7 @@ const STATUS_BY_CODE: Record<string, number> = {
   ERR_METHOD_NOT_ALLOWED: 405,
   ERR_INVALID_STATE: 409,
   ERR_BODY_TOO_LARGE: 413,
+  ERR_TOO_MANY_CLIENTS: 503,
   ERR_DESTINATION: 409,
   ERR_DISK_FULL: 507,
   ERR_AGENT_STOPPING: 503
@@ -70,7 +72,11 @@ async function socketAnswers (socketPath: string): Promise<boolean> {
  * @canopy/core's api.ts and in docs/API.md.
  */
 export async function startApiServer (agent: CanopyAgent, socketPath: string, logger: Logger): Promise<ApiServer> {
-  const route = async (req: IncomingMessage): Promise<[number, unknown]> => {
+  const eventClients = new EventClients()
+  // Each event stream listens to the agent (four listeners).
+  agent.setMaxListeners(4 * MAX_EVENT_CLIENTS + 10)
+  /** Answers with [status, JSON body], or undefined when it answered itself (the event stream). */
+  const route = async (req: IncomingMessage, res: ServerResponse): Promise<[number, unknown] | undefined> => {
     const url = new URL(req.url ?? '/', 'http://agent')
     const parts = url.pathname.split('/').filter(Boolean)
     if (parts[0] !== 'v1') throw new CanopyError('ERR_NOT_FOUND', `No route ${url.pathname}: the API lives under /v1/`)
@@ -81,6 +87,11 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
     if (parts.length === 2 && parts[1] === 'status') {
       only('GET')
       return [200, agent.status()]
+    }
+    if (parts.length === 2 && parts[1] === 'events') {
+      only('GET')
+      serveEvents(agent, eventClients, res, url.searchParams.get('job') ?? undefined, logger)
+      return undefined
     }
     if (parts.length === 2 && parts[1] === 'peers') {
       only('GET')
@@ -103,10 +114,11 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
       only('GET')
       return [200, agent.getJob(parts[2])]
     }
-    if (parts[1] === 'jobs' && parts.length === 4 && ['suspend', 'resume', 'cancel', 'complete'].includes(parts[3])) {
+    if (parts[1] === 'jobs' && parts.length === 4 && ['suspend', 'resume', 'cancel', 'complete', 'priority'].includes(parts[3])) {
       only('POST')
       const id = parts[2]
       switch (parts[3]) {
+        case 'priority': return [200, await agent.setPriority(id, await readJson(req))]
         case 'suspend': return [200, await agent.suspend(id)]
         case 'resume': return [200, await agent.resume(id)]
         case 'cancel': return [200, await agent.cancel(id)]
@@ -117,7 +129,11 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
   }
 
   const server = createServer((req, res) => {
-    route(req).then(([status, body]) => send(res, status, body), (err: unknown) => {
+    route(req, res).then(reply => { if (reply !== undefined) send(res, reply[0], reply[1]) }, (err: unknown) => {
+      if (res.headersSent) {
+        res.destroy()
+        return
+      }
       const code = err instanceof CanopyError ? err.code : 'ERR_INTERNAL'
       const status = STATUS_BY_CODE[code] ?? 500
       if (status === 500) logger.error('control API failure', { err: String((err as Error)?.stack ?? err) })
@@ -140,6 +156,7 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
   await chmod(socketPath, 0o600)
   return {
     close: async () => {
+      await eventClients.endAll(1000)
       server.closeAllConnections()
       await new Promise<void>(resolve => server.close(() => resolve()))
     }

@@ -1,4 +1,4 @@
-import type { JobError, JobPriority, JobState, JobType, JobView, PublishedManifest } from '@canopy/core'
+import type { JobError, JobNotify, JobPriority, JobState, JobType, JobView, PublishedManifest } from '@canopy/core'
 import { blockCount, blockSpan } from '@canopy/core'
 
 /** One file of a job, as persisted. */
@@ -47,6 +47,14 @@ export interface JobRecord {
   modifiedAt: string
   transferredAt?: string
   completedAt?: string
+  /** Commands and URL to notify on state changes (see notify/notifier.ts). */
+  notify?: JobNotify
+  /**
+   * State changes recorded so far (absent in records older than notifications: 0).
+   * Numbers the transitions, so that a notification is known by (job id, number)
+   * across restarts.
+   */
+  transitions?: number
 }
 
 /** Where a verified block came from (stored as the value of its progress mark). */
@@ -156,7 +164,8 @@ export function toView (job: JobRecord, live: JobLive): JobView {
     createdAt: job.createdAt,
     modifiedAt: job.modifiedAt,
     ...(job.transferredAt !== undefined ? { transferredAt: job.transferredAt } : {}),
-    ...(job.completedAt !== undefined ? { completedAt: job.completedAt } : {})
+    ...(job.completedAt !== undefined ? { completedAt: job.completedAt } : {}),
+    ...(job.notify !== undefined ? { notify: job.notify } : {})
   }
 }
 

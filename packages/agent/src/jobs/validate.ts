@@ -1,14 +1,18 @@
 import { statSync } from 'node:fs'
 import { dirname, isAbsolute, resolve } from 'node:path'
 import { CanopyError, PRIORITIES } from '@canopy/core'
-import type { CreateJobRequest } from '@canopy/core'
+import type { CreateJobRequest, JobNotify, JobPriority } from '@canopy/core'
 
 /** Limits that protect the agent from oversized requests. */
 export const JOB_LIMITS = {
   filesPerJob: 1000,
   urlLength: 8192,
   nameLength: 256,
-  pathLength: 4096
+  pathLength: 4096,
+  /** Arguments of a notification command, the program included. */
+  commandArgs: 256,
+  /** Characters of one argument of a notification command. */
+  commandArgLength: 8192
 } as const
 
 function bad (message: string): CanopyError {
@@ -59,11 +63,51 @@ export function validateCreateJob (body: unknown): CreateJobRequest {
     }
     return { url: parsed.toString(), path, ...(typeof sha256 === 'string' ? { sha256: sha256.toLowerCase() } : {}) }
   })
+  const notify = req.notify === undefined ? undefined : validateNotify(req.notify)
   return {
     files,
+    ...(notify !== undefined ? { notify } : {}),
     ...(req.name !== undefined ? { name: req.name as string } : {}),
     ...(req.priority !== undefined ? { priority: req.priority as CreateJobRequest['priority'] } : {}),
     ...(req.autoComplete !== undefined ? { autoComplete: req.autoComplete as boolean } : {}),
     ...(req.start !== undefined ? { start: req.start as boolean } : {})
   }
+}
+
+/** Checks `notify` of a job request: argument vectors without NUL, an http(s) URL. */
+function validateNotify (value: unknown): JobNotify | undefined {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('notify must be an object { onComplete?, onError?, url? }')
+  const { onComplete, onError, url } = value as Record<string, unknown>
+  const command = (name: string, argv: unknown): string[] | undefined => {
+    if (argv === undefined) return undefined
+    if (!Array.isArray(argv) || argv.length === 0 || argv.length > JOB_LIMITS.commandArgs ||
+      !argv.every(a => typeof a === 'string' && a.length <= JOB_LIMITS.commandArgLength && !a.includes('\0')) || argv[0] === '') {
+      throw bad(`notify.${name} must be a command as an array of strings, the program first (at most ${JOB_LIMITS.commandArgs} of ${JOB_LIMITS.commandArgLength} characters, no NUL), e.g. ["/usr/local/bin/on-done", "--quiet"]`)
+    }
+    return argv as string[]
+  }
+  const notify: JobNotify = {}
+  const complete = command('onComplete', onComplete)
+  const error = command('onError', onError)
+  if (complete !== undefined) notify.onComplete = complete
+  if (error !== undefined) notify.onError = error
+  if (url !== undefined) {
+    let parsed: URL
+    try {
+      if (typeof url !== 'string' || url.length > JOB_LIMITS.urlLength) throw new Error('not a string')
+      parsed = new URL(url)
+    } catch {
+      throw bad(`notify.url must be a URL of at most ${JOB_LIMITS.urlLength} characters`)
+    }
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw bad(`notify.url must be http or https, not ${parsed.protocol}`)
+    notify.url = parsed.toString()
+  }
+  return Object.keys(notify).length === 0 ? undefined : notify
+}
+
+/** Checks the body of POST /v1/jobs/:id/priority. */
+export function validatePriority (body: unknown): JobPriority {
+  const priority = (body as { priority?: unknown } | null)?.priority
+  if (!PRIORITIES.includes(priority as never)) throw bad(`The body must be { "priority": P } with P one of ${PRIORITIES.join(', ')}`)
+  return priority as JobPriority
 }

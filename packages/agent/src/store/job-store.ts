@@ -1,5 +1,5 @@
 import { Level } from 'level'
-import type { PublishedManifest } from '@canopy/core'
+import type { JobView, PublishedManifest } from '@canopy/core'
 import { CanopyError } from '@canopy/core'
 import type { BlockSource, JobRecord } from '../jobs/job.ts'
 
@@ -17,7 +17,10 @@ function blockKey (jobId: string, file: number, block: number): string {
  * - `blocks`: one mark per verified block written to a partial file, valued by
  *   its source. Marks are written after the block's bytes are written, so after
  *   a crash a job refetches at most the blocks that were in flight;
- * - `manifests`: published manifests (with their content keys) by manifest id.
+ * - `manifests`: published manifests (with their content keys) by manifest id;
+ * - `notify`: the notification outbox: one record per notification a state change
+ *   owes and that is not yet delivered, written in the same batch as the state
+ *   change itself (see notify/notifier.ts).
  */
 export class JobStore {
   private readonly db: Level<string, string>
@@ -25,6 +28,7 @@ export class JobStore {
   private readonly blocks
   private readonly manifests
   private readonly cache
+  private readonly notify
   /** The batch of block marks that will be written when the current write ends. */
   private nextBatch?: { marks: Array<{ key: string, value: string }>, written: Promise<void> }
   private writing: Promise<void> = Promise.resolve()
@@ -35,6 +39,7 @@ export class JobStore {
     this.blocks = this.db.sublevel<string, string>('blocks', { valueEncoding: 'utf8' })
     this.manifests = this.db.sublevel<string, PublishedManifest>('manifests', { valueEncoding: 'json' })
     this.cache = this.db.sublevel<string, CacheRecord>('cache', { valueEncoding: 'json' })
+    this.notify = this.db.sublevel<string, NotificationRecord>('notify', { valueEncoding: 'json' })
   }
 
   async open (): Promise<void> {
@@ -53,8 +58,31 @@ export class JobStore {
     await this.db.close()
   }
 
-  async putJob (job: JobRecord): Promise<void> {
-    await this.jobs.put(job.id, job)
+  /**
+   * Writes a job record, and with it, atomically, the notifications its latest state
+   * change owes: a crash cannot keep the one without the other.
+   */
+  async putJob (job: JobRecord, notifications: readonly NotificationRecord[] = []): Promise<void> {
+    if (notifications.length === 0) {
+      await this.jobs.put(job.id, job)
+      return
+    }
+    const batch = this.db.batch().put(job.id, job, { sublevel: this.jobs })
+    for (const n of notifications) batch.put(notificationKey(n), n, { sublevel: this.notify })
+    await batch.write()
+  }
+
+  async putNotification (record: NotificationRecord): Promise<void> {
+    await this.notify.put(notificationKey(record), record)
+  }
+
+  async deleteNotification (record: NotificationRecord): Promise<void> {
+    await this.notify.del(notificationKey(record))
+  }
+
+  /** The outbox, in key order: by job, then by transition. */
+  async notifications (): Promise<NotificationRecord[]> {
+    return await this.notify.values().all()
   }
 
   async allJobs (): Promise<JobRecord[]> {
@@ -128,4 +156,25 @@ export interface CacheRecord {
   mtimeMs: number
   ino: number
   addedAt: string
+}
+
+export type NotificationChannel = 'url' | 'onComplete' | 'onError'
+
+/** A notification that a job's state change owes and that is not yet delivered. */
+export interface NotificationRecord {
+  /** `<job id>:<transition number>`: the same for every attempt, across restarts (receivers may deduplicate on it). */
+  id: string
+  jobId: string
+  /** The job's transition number (JobRecord.transitions after the change). */
+  transition: number
+  channel: NotificationChannel
+  /** The job as it was when it entered the state. */
+  job: JobView
+  /** Attempts that failed so far (URL deliveries only; a command runs once). */
+  attempts: number
+}
+
+function notificationKey (n: NotificationRecord): string {
+  // Fixed width keeps one job's records in transition order.
+  return `${n.jobId}!${n.transition.toString().padStart(10, '0')}!${n.channel}`
 }

@@ -37,7 +37,12 @@ function agentTuning (values: Values) {
     hashThreads: tuning(values, 'hash-threads', integer, 0),
     requestTimeoutMs: tuning(values, 'request-timeout', integer, 1),
     retryMinMs: tuning(values, 'retry-min', integer, 1),
-    retryMaxMs: tuning(values, 'retry-max', integer, 1)
+    retryMaxMs: tuning(values, 'retry-max', integer, 1),
+    notifyTimeoutMs: tuning(values, 'notify-timeout', integer, 1),
+    notifyCommandTimeoutMs: tuning(values, 'notify-command-timeout', integer, 1),
+    notifyRetryMinMs: tuning(values, 'notify-retry-min', integer, 1),
+    notifyRetryMaxMs: tuning(values, 'notify-retry-max', integer, 1),
+    notifyAttempts: tuning(values, 'notify-attempts', integer, 1)
   }
 }
 
@@ -102,6 +107,16 @@ Options:
   --retry-min MS       first retry delay after a transient error (default 2000)
   --retry-max MS       longest retry delay (default 600000)
 
+Notifications (set per job: canopy get --on-complete, --on-error, --notify-url):
+  --notify-timeout MS  longest wait for a notify URL's answer (default 30000)
+  --notify-command-timeout MS  longest run of a notification command before its
+                       process group is killed (default 120000)
+  --notify-retry-min MS  first delay before a failed notify-URL POST is tried
+                       again; doubles each time (default 1000)
+  --notify-retry-max MS  longest such delay (default 300000)
+  --notify-attempts N  attempts of one notify-URL POST before it is given up
+                       (default 10)
+
 Peers (the agent's libp2p node):
   --p2p-port N         TCP port of the peer node (default 7373; 0 picks one)
   --p2p-host IP        address it listens on (default 0.0.0.0)
@@ -130,6 +145,11 @@ Examples:
     'request-timeout': { type: 'string' },
     'retry-min': { type: 'string' },
     'retry-max': { type: 'string' },
+    'notify-timeout': { type: 'string' },
+    'notify-command-timeout': { type: 'string' },
+    'notify-retry-min': { type: 'string' },
+    'notify-retry-max': { type: 'string' },
+    'notify-attempts': { type: 'string' },
     'p2p-port': { type: 'string' },
     'p2p-host': { type: 'string' },
     'no-mdns': { type: 'boolean' },

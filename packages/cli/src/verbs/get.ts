@@ -1,13 +1,13 @@
 /** `canopy get`: download a URL through the agent. */
 import { stat } from 'node:fs/promises'
 import { basename, dirname, join, sep } from 'node:path'
-import { isCanopyError, PRIORITIES } from '@canopy/core'
-import type { JobPriority, JobView } from '@canopy/core'
+import { CanopyError, isCanopyError } from '@canopy/core'
+import type { JobNotify, JobView } from '@canopy/core'
 import { ExitCode, UsageError } from '../errors.ts'
 import { formatSummary } from '../format.ts'
 import { ProgressReporter } from '../progress.ts'
-import { absolute, flag, hasControlChar, out, printJson, say, str, withClient } from '../verb.ts'
-import type { Verb } from '../verb.ts'
+import { absolute, flag, hasControlChar, interruptible, out, printJson, priorityOption, say, str, withClient } from '../verb.ts'
+import type { Values, Verb } from '../verb.ts'
 
 /** Parses the URL argument: http or https only. */
 export function parseDownloadUrl (text: string): URL {
@@ -61,12 +61,31 @@ export async function destinationPath (url: URL, output: string | undefined): Pr
   return path
 }
 
-function parsePriority (text: string | undefined): JobPriority {
-  if (text === undefined) return 'foreground'
-  if (!(PRIORITIES as readonly string[]).includes(text)) {
-    throw new UsageError(`--priority ${text}: must be one of ${PRIORITIES.join(', ')}`, 'get')
+/**
+ * The job's notifications from --on-complete, --on-error and --notify-url. A
+ * command is one string run by the system shell (`/bin/sh -c CMD`; on Windows
+ * `cmd.exe /d /s /c CMD`): the user's own words may use the shell, while the job's
+ * data only ever reaches it through environment variables, never the command line.
+ */
+export function notifyOptions (values: Values, platform: NodeJS.Platform = process.platform): JobNotify | undefined {
+  const shell = (flagName: string): string[] | undefined => {
+    const cmd = str(values, flagName)
+    if (cmd === undefined) return undefined
+    if (cmd.trim() === '' || cmd.includes('\0')) throw new UsageError(`--${flagName} needs a command`, 'get')
+    return platform === 'win32' ? [process.env.ComSpec ?? 'cmd.exe', '/d', '/s', '/c', cmd] : ['/bin/sh', '-c', cmd]
   }
-  return text as JobPriority
+  const notify: JobNotify = {}
+  const onComplete = shell('on-complete')
+  const onError = shell('on-error')
+  const url = str(values, 'notify-url')
+  if (onComplete !== undefined) notify.onComplete = onComplete
+  if (onError !== undefined) notify.onError = onError
+  if (url !== undefined) {
+    const parsed = URL.parse(url)
+    if (parsed === null || (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')) throw new UsageError(`--notify-url ${url}: give an http or https URL`, 'get')
+    notify.url = parsed.href
+  }
+  return Object.keys(notify).length === 0 ? undefined : notify
 }
 
 function parseSha256 (text: string | undefined): string | undefined {
@@ -75,7 +94,7 @@ function parseSha256 (text: string | undefined): string | undefined {
   return text.toLowerCase()
 }
 
-const WAIT_UNTIL = ['acknowledged', 'cancelled', 'error'] as const
+const WAIT_UNTIL: readonly string[] = ['acknowledged', 'cancelled', 'error']
 
 export const getVerb: Verb = {
   name: 'get',
@@ -95,7 +114,19 @@ Options:
                       others only use bandwidth nobody else is using)
   --sha256 HEX        expected SHA-256 of the file: it is refused if it differs
   --name N            the job's display name (default: the file name)
-  --detach            print the job id on stdout and return; follow it with \`canopy job <id>\`
+  --detach            print the job id on stdout and return; follow it with
+                      \`canopy watch <id>\` or \`canopy job <id>\`
+  --on-complete CMD   run CMD once the file is in place, and --on-error CMD when
+                      the job fails (ends in error), even with --detach. CMD is run
+                      by /bin/sh -c; the job's data is in its environment, never on
+                      its command line: CANOPY_JOB_ID, CANOPY_JOB_NAME,
+                      CANOPY_JOB_STATE, CANOPY_JOB_PATH, CANOPY_JOB_ERROR_CODE,
+                      CANOPY_JOB_ERROR_MESSAGE, CANOPY_NOTIFY_ID, CANOPY_STATE_DIR.
+                      A failing or hanging command is logged by the agent, and
+                      killed after the agent's --notify-command-timeout
+  --on-error CMD      (see --on-complete)
+  --notify-url URL    POST the job (JobView JSON) to URL on every state change;
+                      retried with backoff when the receiver fails
   --json              print the final job (JobView) as JSON on stdout
   --state-dir D       the agent's state directory
 
@@ -106,6 +137,7 @@ Examples:
   canopy get https://downloads.example.com/tools/app-1.2.3.tar.gz
   canopy get https://origin.example.com/images/base.iso -o /var/cache/images/ --priority low --detach
   canopy get https://example.com/a.bin --sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 --json
+  canopy get https://origin.example.com/patch.msu --detach --on-complete 'logger "canopy: $CANOPY_JOB_PATH is ready"'
 `,
   options: {
     output: { type: 'string', short: 'o' },
@@ -113,12 +145,16 @@ Examples:
     sha256: { type: 'string' },
     name: { type: 'string' },
     detach: { type: 'boolean' },
-    json: { type: 'boolean' }
+    json: { type: 'boolean' },
+    'on-complete': { type: 'string' },
+    'on-error': { type: 'string' },
+    'notify-url': { type: 'string' }
   },
   positionals: { min: 1, max: 1, name: '<url>' },
   async run (ctx) {
     const url = parseDownloadUrl(ctx.positionals[0])
-    const priority = parsePriority(str(ctx.values, 'priority'))
+    const priority = priorityOption(ctx.values, 'get') ?? 'foreground'
+    const notify = notifyOptions(ctx.values)
     const sha256 = parseSha256(str(ctx.values, 'sha256'))
     const path = await destinationPath(url, str(ctx.values, 'output'))
     const name = str(ctx.values, 'name') ?? basename(path)
@@ -131,7 +167,8 @@ Examples:
         type: 'download',
         priority,
         files: [sha256 === undefined ? { url: url.href, path } : { url: url.href, path, sha256 }],
-        autoComplete: true
+        autoComplete: true,
+        ...(notify !== undefined ? { notify } : {})
       })
       if (flag(ctx.values, 'detach')) {
         if (json) printJson(created)
@@ -140,30 +177,32 @@ Examples:
       }
 
       const progress = new ProgressReporter(process.stderr)
-      const controller = new AbortController()
-      const onSigint = (): void => { controller.abort() }
-      process.on('SIGINT', onSigint)
-      let job: JobView
-      try {
-        progress.update(created)
-        job = await client.waitForJob(created.id, {
-          signal: controller.signal,
-          until: WAIT_UNTIL,
-          onProgress: j => { progress.update(j) }
-        })
-      } catch (err) {
+      let job: JobView = created
+      const interrupted = await interruptible(async signal => {
+        // The job's own events (its snapshot first), not polling: each state and at most 2 progress updates a second.
+        const events = await client.watch({ jobId: created.id, signal })
+        try {
+          for await (const event of events) {
+            if (event.type === 'removed') throw new CanopyError('ERR_JOB_NOT_FOUND', `job ${created.id} was removed from the agent`)
+            job = event.job
+            progress.update(job)
+            if (WAIT_UNTIL.includes(job.state)) return ExitCode.Ok
+          }
+        } catch (err) {
+          progress.clear()
+          if (isCanopyError(err, 'ERR_AGENT_NOT_RUNNING') || isCanopyError(err, 'ERR_EVENTS_ENDED')) {
+            say(`canopy: lost the agent while waiting; job ${created.id} resumes when it starts again`)
+          }
+          throw err
+        } finally {
+          await events.close()
+        }
+        return ExitCode.Ok
+      }, () => {
         progress.clear()
-        if (controller.signal.aborted) {
-          say(`job ${created.id} continues in the background; follow it with canopy job ${created.id}`)
-          return ExitCode.Interrupted
-        }
-        if (isCanopyError(err, 'ERR_AGENT_NOT_RUNNING')) {
-          say(`canopy: lost the agent while waiting; job ${created.id} resumes when it starts again`)
-        }
-        throw err
-      } finally {
-        process.off('SIGINT', onSigint)
-      }
+        say(`job ${created.id} continues in the background; follow it with canopy watch ${created.id}`)
+      })
+      if (interrupted !== ExitCode.Ok) return interrupted
       progress.clear()
 
       const seconds = (performance.now() - started) / 1000

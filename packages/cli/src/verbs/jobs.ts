@@ -1,9 +1,9 @@
 /** The read and control verbs: jobs, job, suspend, resume, cancel, complete, status. */
 import type { CanopyClient } from '@canopy/client'
 import type { JobView } from '@canopy/core'
-import { ExitCode } from '../errors.ts'
+import { ExitCode, UsageError } from '../errors.ts'
 import { formatJobDetails, formatJobsTable, formatState, formatStatus } from '../format.ts'
-import { flag, JSON_OPTION, jobId, out, printJson, say, withClient } from '../verb.ts'
+import { flag, JSON_OPTION, jobId, out, printJson, priorityOption, say, withClient } from '../verb.ts'
 import type { Verb } from '../verb.ts'
 
 export const jobsVerb: Verb = {
@@ -115,6 +115,38 @@ export const suspendVerb = actionVerb('suspend')
 export const resumeVerb = actionVerb('resume')
 export const cancelVerb = actionVerb('cancel')
 export const completeVerb = actionVerb('complete')
+
+export const setVerb: Verb = {
+  name: 'set',
+  summary: 'change a job\'s priority while it waits or runs',
+  help: `Usage: canopy set <id> --priority P [--json] [--state-dir D]
+
+Changes a job's priority at once; the agent decides again what runs. A job set to
+foreground starts now, whatever else runs; waiting background jobs start in the
+order of their new priorities. A running job is not stopped when another one is
+raised above it (no preemption yet). Prints the job's priority and state.
+
+Options:
+  --priority P    foreground, high, normal or low
+  --json          print the job (JobView) as JSON on stdout
+  --state-dir D   the agent's state directory
+
+Examples:
+  canopy set 3f2a9c1e --priority foreground
+  canopy jobs --json | jq -r '.[] | select(.priority == "low") | .id' | xargs -I{} canopy set {} --priority normal
+`,
+  options: { ...JSON_OPTION, priority: { type: 'string' } },
+  positionals: { min: 1, max: 1, name: '<id>' },
+  async run (ctx) {
+    const id = jobId(ctx.positionals[0], 'set')
+    const priority = priorityOption(ctx.values, 'set')
+    if (priority === undefined) throw new UsageError('nothing to set: give --priority P', 'set')
+    const job = await withClient(ctx, client => client.setPriority(id, priority))
+    if (flag(ctx.values, 'json')) printJson(job)
+    else out(`${job.id}: priority ${job.priority}, ${formatState(job)}\n`)
+    return ExitCode.Ok
+  }
+}
 
 export const statusVerb: Verb = {
   name: 'status',
