@@ -1,5 +1,7 @@
 # One image for every Canopy role: `canopy origin`, `canopy agent`, and the CLI.
 FROM node:24-bookworm-slim
+# iproute2: the lab's router shapes the WAN with tc, and its hosts set routes.
+RUN apt-get update && apt-get install -y --no-install-recommends iproute2 && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/canopy
 COPY package.json package-lock.json ./
 COPY packages ./packages

@@ -1,0 +1,110 @@
+/**
+ * docker-compose.yml, built from the same topology as the namespace lab (addresses,
+ * ports, WAN rate), so the two cannot drift: `npm run lab -- compose > docker-compose.yml`
+ * writes it, and a test checks that the committed file is what this renders.
+ */
+import { ADDRESSES, CONTENT_PATH, LAB_DEFAULTS, ORIGIN_PORT, formatRate } from './topology.ts'
+
+const subnet = (address: string, prefix: number): string => `${address.split('.').slice(0, 3).join('.')}.0/${prefix}`
+
+export function renderCompose (): string {
+  const wanSubnet = subnet(ADDRESSES.origin, ADDRESSES.wanPrefix)
+  const lanSubnet = subnet(ADDRESSES.routerLan, ADDRESSES.lanPrefix)
+  // Agents get addresses from .64 to .127 of the branch subnet: clear of the router's
+  // fixed address and of the extra hosts'.
+  const agentRange = `${lanSubnet.split('.').slice(0, 3).join('.')}.64/26`
+  const contentUrl = `http://${ADDRESSES.origin}:${ORIGIN_PORT}${CONTENT_PATH}`
+  return `# The branch-office lab for Docker, generated from packages/lab/src/topology.ts by
+# \`npm run lab -- compose > docker-compose.yml\` (the namespace lab is built from the
+# same description; a test checks this file matches it). Do not edit by hand.
+#
+#   origin (${ADDRESSES.origin}) --wan ${wanSubnet}-- router (tc tbf, WAN_RATE) --branch ${lanSubnet}-- agents (mDNS)
+#
+#   mkdir -p .lab/content && head -c 64M /dev/urandom > .lab/content${CONTENT_PATH}
+#   docker compose up -d --build --scale agent=${LAB_DEFAULTS.agents}
+#   docker compose exec --index 1 agent canopy get ${contentUrl} -o /tmp${CONTENT_PATH}
+#   docker compose exec --index 1 agent canopy peers
+#   docker compose --profile bad-peer up -d liar          # a member that serves garbage
+#   docker compose --profile unauthorized up -d intruder  # an agent without the key
+#
+# Only the lab networks are attached (both internal): nothing reaches the outside.
+x-canopy: &canopy
+  build: .
+  image: canopy:lab
+  cap_add: [NET_ADMIN]
+  entrypoint: [/opt/canopy/packages/lab/docker/host.sh]
+
+x-branch-host: &branch-host
+  <<: *canopy
+  environment:
+    LAB_ROUTE: ${wanSubnet}
+    LAB_GATEWAY: ${ADDRESSES.routerLan}
+    LAB_SWARM_KEY: /lab/org.key
+    CANOPY_STATE_DIR: /var/lib/canopy
+  volumes:
+    - ./.lab:/lab
+  depends_on: [router, origin]
+
+services:
+  origin:
+    <<: *canopy
+    command: [origin, /lab/content, --host, 0.0.0.0, --port, "${ORIGIN_PORT}", --state-dir, /var/lib/canopy-origin]
+    environment:
+      LAB_ROUTE: ${lanSubnet}
+      LAB_GATEWAY: ${ADDRESSES.routerWan}
+    volumes:
+      - ./.lab/content:/lab/content:ro
+    networks:
+      wan:
+        ipv4_address: ${ADDRESSES.origin}
+
+  router:
+    <<: *canopy
+    entrypoint: [/bin/sh, /opt/canopy/packages/lab/docker/router.sh]
+    sysctls:
+      net.ipv4.ip_forward: "1"
+    environment:
+      WAN_RATE: \${WAN_RATE:-${formatRate(LAB_DEFAULTS.wanBitsPerSecond)}}
+      ROUTER_WAN: ${ADDRESSES.routerWan}
+      ROUTER_LAN: ${ADDRESSES.routerLan}
+    networks:
+      wan:
+        ipv4_address: ${ADDRESSES.routerWan}
+      branch:
+        ipv4_address: ${ADDRESSES.routerLan}
+
+  agent:
+    <<: *branch-host
+    command: [agent, --swarm-key, /lab/org.key]
+    networks: [branch]
+
+  liar:
+    <<: *branch-host
+    profiles: [bad-peer]
+    command: [node, /opt/canopy/packages/lab/bin/liar.ts, --url, ${contentUrl}, --swarm-key, /lab/org.key, --state-dir, /var/lib/canopy]
+    networks:
+      branch:
+        ipv4_address: ${ADDRESSES.extra(1)}
+
+  intruder:
+    <<: *branch-host
+    profiles: [unauthorized]
+    command: [agent]
+    networks:
+      branch:
+        ipv4_address: ${ADDRESSES.extra(2)}
+
+networks:
+  wan:
+    internal: true
+    ipam:
+      config:
+        - subnet: ${wanSubnet}
+  branch:
+    internal: true
+    ipam:
+      config:
+        - subnet: ${lanSubnet}
+          ip_range: ${agentRange}
+`
+}

@@ -1,0 +1,15 @@
+/**
+ * @canopy/lab: the branch-office lab. One topology (topology.ts) built two ways:
+ * Linux network namespaces (netns.ts, what CI and the benchmarks run) and
+ * docker-compose.yml (compose.ts); scenarios that drive real agents on it and
+ * judge the result (scenarios.ts, run-scenario.ts); a chart of the swarm at work.
+ */
+export { ADDRESSES, CONTENT_PATH, LAB_DEFAULTS, MAX_AGENTS, ORIGIN_PORT, formatRate, parseRate, tbfArguments } from './topology.ts'
+export { NetnsLab, cleanNamespaces, netnsSupport, NAMESPACE_PREFIX } from './netns.ts'
+export type { LabHost, NetnsLabOptions, Support } from './netns.ts'
+export { SCENARIOS, SCENARIO_SPECS, scenarioSpec } from './scenarios.ts'
+export type { ScenarioName, ScenarioSpec } from './scenarios.ts'
+export { countersAgree, runScenario } from './run-scenario.ts'
+export type { HostReport, LabReport, ScenarioOptions } from './run-scenario.ts'
+export { renderChart } from './chart.ts'
+export { renderCompose } from './compose.ts'
