@@ -3,7 +3,8 @@
 // for the job list (`canopy jobs --json` calls GET /v1/jobs) back to back, and the
 // agent's RSS is sampled. Prints one JSON document: latencies (p50/p99/max) of job
 // creation and of the list, the real CLI's `jobs --json` wall time, RSS, total time.
-// Env: BENCH_JOBS (1000), BENCH_FILE_SIZE (64KiB), BENCH_FILES (100 distinct files).
+// Env: BENCH_JOBS (1000), BENCH_FILE_SIZE (64KiB), BENCH_FILES (100 distinct files),
+// BENCH_LIST_INTERVAL_MS (0: the list is read back to back; more: a pause between reads).
 import { mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { parseSize } from '@canopy/core'
@@ -13,6 +14,7 @@ import { runBench } from '../scripts/lib/bench.ts'
 const JOBS = Number(process.env.BENCH_JOBS ?? 1000)
 const FILE_SIZE = parseSize(process.env.BENCH_FILE_SIZE ?? '64KiB')
 const FILES = Number(process.env.BENCH_FILES ?? 100)
+const LIST_INTERVAL_MS = Number(process.env.BENCH_LIST_INTERVAL_MS ?? 0)
 /** The bench stops itself if the jobs have not all finished by then. */
 const LIMIT_MS = 15 * 60_000
 const MiB = 1024 * 1024
@@ -64,6 +66,7 @@ runBench('jobs', `${JOBS} queued download jobs of ${FILE_SIZE} bytes on one agen
         const t0 = performance.now()
         const jobs = await client.listJobs()
         listMs.push(performance.now() - t0)
+        if (LIST_INTERVAL_MS > 0) await new Promise(resolve => setTimeout(resolve, LIST_INTERVAL_MS))
         finished = jobs.filter(j => j.state === 'acknowledged' || j.state === 'error' || j.state === 'cancelled').length
         failed = jobs.filter(j => j.state === 'error' || j.state === 'cancelled').length
         if (performance.now() - lastCli > 2000) {
@@ -79,6 +82,7 @@ runBench('jobs', `${JOBS} queued download jobs of ${FILE_SIZE} bytes on one agen
         jobs: JOBS,
         fileBytes: FILE_SIZE,
         distinctFiles: FILES,
+        listIntervalMs: LIST_INTERVAL_MS,
         failedJobs: failed,
         secondsToCreateAll: Math.round(createdSeconds * 100) / 100,
         secondsUntilAllFinished: Math.round(seconds * 100) / 100,
