@@ -90,6 +90,21 @@ test('the second and third agents get the content from peers; the first one\'s c
   assert.ok(third.bytes.fromPeers >= 0.98 * size, `C: ${third.bytes.fromPeers} of ${size} from peers`)
   assert.equal(await fileSha256(join(dir, 'c.bin')), sha256)
 
+  // Bytes from peers in detail, per peer: only A and B, adding up to fromPeers, kept
+  // across a restart, and shown by `canopy job`.
+  assert.equal(first.bytes.byPeer, undefined)
+  const peerIds = [(await a.client.status()).peer!.peerId, (await b.client.status()).peer!.peerId]
+  const byPeer = third.bytes.byPeer ?? {}
+  assert.ok(Object.keys(byPeer).length > 0 && Object.keys(byPeer).every(id => peerIds.includes(id)), JSON.stringify(byPeer))
+  assert.equal(Object.values(byPeer).reduce((sum, n) => sum + n, 0), third.bytes.fromPeers)
+  assert.deepEqual(third.files[0].bytesByPeer, byPeer)
+  await c.kill()
+  const restarted = await startAgentProcess(c.stateDir, keyArgs)
+  t.after(async () => await restarted.kill())
+  assert.deepEqual((await restarted.client.getJob(third.id)).bytes.byPeer, byPeer)
+  const shown = await runCli(['job', third.id, '--state-dir', c.stateDir])
+  assert.match(shown.stdout, new RegExp(`by peer: +${Object.keys(byPeer).sort((x, y) => byPeer[y] - byPeer[x])[0].slice(0, 12)}…`))
+
   const sent = await originContentBytes(origin.url)
   t.diagnostic(`origin sent ${sent} bytes for 3 downloads of ${size}`)
   assert.ok(sent <= 1.02 * size, `origin sent ${sent} for ${size}`)

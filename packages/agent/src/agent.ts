@@ -26,6 +26,7 @@ import type { PlainProgress } from './transfer/plain-transfer.ts'
 import { startApiServer } from './api/server.ts'
 import type { PeerNode } from './peers/node.ts'
 import type { PeerSharing } from './peers/sharing.ts'
+import type { PeerSessions } from './transfer/peer-fetch.ts'
 import type { ApiServer } from './api/server.ts'
 
 export const AGENT_VERSION = '0.1.0'
@@ -519,7 +520,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
           headers,
           blockHasher: this.blockHasher,
           inFlight,
-          ...(this.sharing !== undefined ? { peers: this.sharing } : {}),
+          ...(this.sharing !== undefined ? { peers: this.peerSessions(this.sharing, file) } : {}),
           buffers: new BufferPool(manifest.blockSize, blocksBuffered(this.options, manifest.blockSize)),
           maxBufferedBlocks: blocksBuffered(this.options, manifest.blockSize),
           rangeClient: this.rangeClient,
@@ -542,6 +543,20 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     await this.persist(job)
   }
 
+  /** The agent's peer sessions for one file's transfer, also counting each peer's bytes in the file's record. */
+  private peerSessions (sharing: PeerSharing, file: FileRecord): PeerSessions {
+    return {
+      open: async (id, key, signal) => await sharing.open(id, key, signal),
+      penalize: (peer, reason) => sharing.penalize(peer, reason),
+      self: () => sharing.self(),
+      received: (peer, bytes) => {
+        sharing.received(peer, bytes)
+        const byPeer = file.bytesByPeer ??= {}
+        byPeer[peer.toString()] = (byPeer[peer.toString()] ?? 0) + bytes
+      }
+    }
+  }
+
   /** Forgets a file's progress and manifest (its remote copy changed). */
   private async resetFile (job: JobRecord, index: number): Promise<void> {
     const file = job.files[index]
@@ -551,6 +566,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     file.manifestId = undefined
     file.size = -1
     file.plainBytes = undefined
+    file.bytesByPeer = undefined
     this.progress.get(job.id)![index] = undefined
     await this.persist(job)
   }

@@ -89,6 +89,10 @@ export function formatJobDetails (job: JobView): string {
     ['state', formatState(job)],
     ['progress', `${formatProgress(b)}, files ${job.filesTransferred}/${job.filesTotal}`],
     ['sources', `origin ${formatBytes(b.fromOrigin)}, peers ${formatBytes(b.fromPeers)}, cache ${formatBytes(b.fromCache)}`],
+    // Largest first; peer ids are long, so the first 12 and last 6 characters.
+    ['by peer', b.byPeer === undefined
+      ? undefined
+      : Object.entries(b.byPeer).sort((x, y) => y[1] - x[1]).map(([peer, bytes]) => `${peer.length > 20 ? `${peer.slice(0, 12)}…${peer.slice(-6)}` : peer} ${formatBytes(bytes)}`).join(', ')],
     ['auto-complete', job.autoComplete ? 'yes' : 'no'],
     ['error', job.error === undefined
       ? undefined

@@ -59,6 +59,8 @@ export interface JobFileView {
   manifestId?: string
   /** Whole-file SHA-256 (hex) once known. */
   sha256?: string
+  /** Verified bytes from each peer (peer id -> bytes), when some came from peers. */
+  bytesByPeer?: Record<string, number>
 }
 
 export interface JobBytes {
@@ -68,6 +70,12 @@ export interface JobBytes {
   fromOrigin: number
   fromPeers: number
   fromCache: number
+  /**
+   * fromPeers in detail: verified bytes from each peer (peer id -> bytes), when some
+   * came from peers. Saved about once a second: after an agent crash the detail may
+   * be short of fromPeers by the last second's blocks.
+   */
+  byPeer?: Record<string, number>
 }
 
 export interface JobView {

@@ -25,6 +25,12 @@ export interface FileRecord {
   visible?: boolean
   /** Bytes by source, kept when the job completes (its block marks are deleted then). */
   bytesBySource?: { origin: number, peers: number, cache: number }
+  /**
+   * Verified bytes received from each peer (peer id -> bytes), counted as blocks
+   * arrive and saved with the record. After a crash they may lag the block marks
+   * (which fromPeers is counted from) by the last second of progress.
+   */
+  bytesByPeer?: Record<string, number>
   /** Verified whole-file SHA-256 (hex), set when the file is complete. */
   sha256?: string
   done: boolean
@@ -128,6 +134,7 @@ export function toView (job: JobRecord, live: JobLive): JobView {
   let fromOrigin = 0
   let fromPeers = 0
   let fromCache = 0
+  let byPeer: Record<string, number> | undefined
   let unknown = false
   const files = job.files.map((f, i) => {
     const p = live.progress[i]
@@ -138,13 +145,18 @@ export function toView (job: JobRecord, live: JobLive): JobView {
     fromOrigin += p?.fromOrigin ?? 0
     fromPeers += p?.fromPeers ?? 0
     fromCache += p?.fromCache ?? 0
+    for (const [peer, bytes] of Object.entries(f.bytesByPeer ?? {})) {
+      byPeer ??= {}
+      byPeer[peer] = (byPeer[peer] ?? 0) + bytes
+    }
     return {
       url: f.url,
       path: f.path,
       bytesTotal: f.size,
       bytesTransferred: done,
       ...(f.manifestId !== undefined ? { manifestId: f.manifestId } : {}),
-      ...(f.sha256 !== undefined ? { sha256: f.sha256 } : {})
+      ...(f.sha256 !== undefined ? { sha256: f.sha256 } : {}),
+      ...(f.bytesByPeer !== undefined ? { bytesByPeer: { ...f.bytesByPeer } } : {})
     }
   })
   return {
@@ -155,7 +167,7 @@ export function toView (job: JobRecord, live: JobLive): JobView {
     state: job.state,
     ...(live.reason !== undefined ? { reason: live.reason } : {}),
     files,
-    bytes: { total: unknown ? -1 : total, transferred, fromOrigin, fromPeers, fromCache },
+    bytes: { total: unknown ? -1 : total, transferred, fromOrigin, fromPeers, fromCache, ...(byPeer !== undefined ? { byPeer } : {}) },
     filesTransferred: job.files.filter(f => f.done).length,
     filesTotal: job.files.length,
     ...(job.error !== undefined ? { error: job.error } : {}),
