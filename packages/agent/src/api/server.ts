@@ -66,66 +66,87 @@ async function socketAnswers (socketPath: string): Promise<boolean> {
   })
 }
 
+interface RouteContext {
+  req: IncomingMessage
+  res: ServerResponse
+  url: URL
+  /** Values of the path's {placeholders}. */
+  params: Record<string, string>
+}
+
+export interface ApiRoute {
+  method: 'GET' | 'POST'
+  /** Path template, e.g. /v1/jobs/{id}/suspend (the form docs/openapi.json uses). */
+  path: string
+  /** Answers with [status, JSON body], or undefined when it answered itself. */
+  handle: (ctx: RouteContext) => Promise<[number, unknown] | undefined>
+}
+
+/** The path's {placeholders} filled from `parts`, or undefined when it does not match. */
+function matchPath (template: string, parts: string[]): Record<string, string> | undefined {
+  const pattern = template.split('/').filter(Boolean)
+  if (pattern.length !== parts.length) return undefined
+  const params: Record<string, string> = {}
+  for (const [i, segment] of pattern.entries()) {
+    if (segment.startsWith('{')) params[segment.slice(1, -1)] = decodeURIComponent(parts[i])
+    else if (segment !== parts[i]) return undefined
+  }
+  return params
+}
+
+/**
+ * Every route of the control API. docs/openapi.json documents exactly these (a test
+ * compares the two and checks live answers against the document's schemas).
+ */
+export function apiRoutes (agent: CanopyAgent, eventClients: EventClients, logger: Logger): ApiRoute[] {
+  const ok = (body: unknown): [number, unknown] => [200, body]
+  return [
+    { method: 'GET', path: '/v1/status', handle: async () => ok(agent.status()) },
+    {
+      method: 'GET',
+      path: '/v1/events',
+      handle: async ({ res, url }) => {
+        serveEvents(agent, eventClients, res, url.searchParams.get('job') ?? undefined, logger)
+        return undefined
+      }
+    },
+    { method: 'GET', path: '/v1/peers', handle: async () => ok(agent.peers()) },
+    { method: 'GET', path: '/v1/cache', handle: async () => ok(agent.cache()) },
+    { method: 'POST', path: '/v1/cache/clear', handle: async () => ok(await agent.clearCache()) },
+    { method: 'GET', path: '/v1/jobs', handle: async () => ok({ jobs: agent.listJobs() }) },
+    { method: 'POST', path: '/v1/jobs', handle: async ({ req }) => [201, await agent.createJob(await readJson(req))] },
+    { method: 'GET', path: '/v1/jobs/{id}', handle: async ({ params }) => ok(agent.getJob(params.id)) },
+    { method: 'POST', path: '/v1/jobs/{id}/suspend', handle: async ({ params }) => ok(await agent.suspend(params.id)) },
+    { method: 'POST', path: '/v1/jobs/{id}/resume', handle: async ({ params }) => ok(await agent.resume(params.id)) },
+    { method: 'POST', path: '/v1/jobs/{id}/cancel', handle: async ({ params }) => ok(await agent.cancel(params.id)) },
+    { method: 'POST', path: '/v1/jobs/{id}/complete', handle: async ({ params }) => ok(await agent.complete(params.id)) },
+    { method: 'POST', path: '/v1/jobs/{id}/priority', handle: async ({ req, params }) => ok(await agent.setPriority(params.id, await readJson(req))) }
+  ]
+}
+
 /**
  * The control API: HTTP+JSON on a Unix socket that only the agent's user may use
- * (the state directory is 0700 and the socket 0600). Routes are listed in
- * @canopy/core's api.ts and in docs/API.md.
+ * (the state directory is 0700 and the socket 0600). Routes: apiRoutes above;
+ * documented in docs/API.md and docs/openapi.json.
  */
 export async function startApiServer (agent: CanopyAgent, socketPath: string, logger: Logger): Promise<ApiServer> {
   const eventClients = new EventClients()
   // Each event stream listens to the agent (four listeners).
   agent.setMaxListeners(4 * MAX_EVENT_CLIENTS + 10)
+  const routes = apiRoutes(agent, eventClients, logger)
   /** Answers with [status, JSON body], or undefined when it answered itself (the event stream). */
   const route = async (req: IncomingMessage, res: ServerResponse): Promise<[number, unknown] | undefined> => {
     const url = new URL(req.url ?? '/', 'http://agent')
-    const parts = url.pathname.split('/').filter(Boolean)
-    if (parts[0] !== 'v1') throw new CanopyError('ERR_NOT_FOUND', `No route ${url.pathname}: the API lives under /v1/`)
+    if (!url.pathname.startsWith('/v1/')) throw new CanopyError('ERR_NOT_FOUND', `No route ${url.pathname}: the API lives under /v1/`)
     const method = req.method ?? 'GET'
-    const only = (allowed: string): void => {
-      if (method !== allowed) throw new CanopyError('ERR_METHOD_NOT_ALLOWED', `${method} is not allowed on ${url.pathname}; use ${allowed}`)
+    const parts = url.pathname.split('/').filter(Boolean)
+    const matching = routes.map(r => ({ route: r, params: matchPath(r.path, parts) })).filter(m => m.params !== undefined)
+    if (matching.length === 0) throw new CanopyError('ERR_NOT_FOUND', `No route ${method} ${url.pathname}`)
+    const found = matching.find(m => m.route.method === method)
+    if (found === undefined) {
+      throw new CanopyError('ERR_METHOD_NOT_ALLOWED', `${method} is not allowed on ${url.pathname}; use ${matching.map(m => m.route.method).join(' or ')}`)
     }
-    if (parts.length === 2 && parts[1] === 'status') {
-      only('GET')
-      return [200, agent.status()]
-    }
-    if (parts.length === 2 && parts[1] === 'events') {
-      only('GET')
-      serveEvents(agent, eventClients, res, url.searchParams.get('job') ?? undefined, logger)
-      return undefined
-    }
-    if (parts.length === 2 && parts[1] === 'peers') {
-      only('GET')
-      return [200, agent.peers()]
-    }
-    if (parts.length === 2 && parts[1] === 'cache') {
-      only('GET')
-      return [200, agent.cache()]
-    }
-    if (parts.length === 3 && parts[1] === 'cache' && parts[2] === 'clear') {
-      only('POST')
-      return [200, await agent.clearCache()]
-    }
-    if (parts[1] === 'jobs' && parts.length === 2) {
-      if (method === 'POST') return [201, await agent.createJob(await readJson(req))]
-      only('GET')
-      return [200, { jobs: agent.listJobs() }]
-    }
-    if (parts[1] === 'jobs' && parts.length === 3) {
-      only('GET')
-      return [200, agent.getJob(parts[2])]
-    }
-    if (parts[1] === 'jobs' && parts.length === 4 && ['suspend', 'resume', 'cancel', 'complete', 'priority'].includes(parts[3])) {
-      only('POST')
-      const id = parts[2]
-      switch (parts[3]) {
-        case 'priority': return [200, await agent.setPriority(id, await readJson(req))]
-        case 'suspend': return [200, await agent.suspend(id)]
-        case 'resume': return [200, await agent.resume(id)]
-        case 'cancel': return [200, await agent.cancel(id)]
-        case 'complete': return [200, await agent.complete(id)]
-      }
-    }
-    throw new CanopyError('ERR_NOT_FOUND', `No route ${method} ${url.pathname}`)
+    return await found.route.handle({ req, res, url, params: found.params! })
   }
 
   const server = createServer((req, res) => {
