@@ -16,6 +16,10 @@ export interface ApiServer {
 const STATUS_BY_CODE: Record<string, number> = {
   ERR_INVALID_REQUEST: 400,
   ERR_BAD_JSON: 400,
+  ERR_TOO_MANY_FILES: 400,
+  ERR_URL_TOO_LONG: 400,
+  ERR_NAME_TOO_LONG: 400,
+  ERR_TOO_MANY_JOBS: 409,
   ERR_JOB_NOT_FOUND: 404,
   ERR_NO_PEER_NODE: 404,
   ERR_NOT_FOUND: 404,
@@ -114,11 +118,12 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
       only('GET')
       return [200, agent.getJob(parts[2])]
     }
-    if (parts[1] === 'jobs' && parts.length === 4 && ['suspend', 'resume', 'cancel', 'complete', 'priority'].includes(parts[3])) {
+    if (parts[1] === 'jobs' && parts.length === 4 && ['suspend', 'resume', 'cancel', 'complete', 'priority', 'files'].includes(parts[3])) {
       only('POST')
       const id = parts[2]
       switch (parts[3]) {
         case 'priority': return [200, await agent.setPriority(id, await readJson(req))]
+        case 'files': return [200, await agent.addFiles(id, await readJson(req))]
         case 'suspend': return [200, await agent.suspend(id)]
         case 'resume': return [200, await agent.resume(id)]
         case 'cancel': return [200, await agent.cancel(id)]
