@@ -3,28 +3,17 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { connect, createServer } from 'node:net'
-import type { AddressInfo, Socket } from 'node:net'
+import { connect } from 'node:net'
+import type { Socket } from 'node:net'
 import { join } from 'node:path'
 import { isCanopyError } from '@canopy/core'
 import type { AgentEvent, JobState, JobView } from '@canopy/core'
-import type { EventStream } from '@canopy/client'
 import { startAgent } from '@canopy/agent'
 import { CanopyClient } from '@canopy/client'
-import { CLI, originWithFile, runCli, startAgentProcess, tempDir } from './helpers.ts'
+import { CLI, originWithFile, readUntil, runCli, stalledOrigin, startAgentProcess, tempDir } from './helpers.ts'
 import type { AgentProcess } from './helpers.ts'
 
 const MiB = 1024 * 1024
-
-/** Reads events until `stop` says so; returns them all. */
-async function readUntil (events: EventStream, stop: (e: AgentEvent) => boolean): Promise<AgentEvent[]> {
-  const seen: AgentEvent[] = []
-  for await (const event of events) {
-    seen.push(event)
-    if (stop(event)) break
-  }
-  return seen
-}
 
 const jobOf = (e: AgentEvent): JobView | undefined => e.type === 'removed' ? undefined : e.job
 const statesOf = (events: AgentEvent[], id: string): JobState[] =>
@@ -198,14 +187,7 @@ test('a client that does not read loses progress events, never state events, and
 test('canopy set --priority changes a queued job\'s priority live: raised to foreground, it starts at once', async (t) => {
   const { dir, origin } = await originWithFile(t, 2 * MiB)
   // An origin that accepts connections and never answers: the job on it holds the one background slot.
-  const sockets = new Set<Socket>()
-  const silent = createServer(socket => { sockets.add(socket) })
-  await new Promise<void>(resolve => silent.listen(0, '127.0.0.1', resolve))
-  t.after(async () => {
-    for (const s of sockets) s.destroy()
-    await new Promise(resolve => silent.close(resolve))
-  })
-  const stuckUrl = `http://127.0.0.1:${(silent.address() as AddressInfo).port}/stuck.bin`
+  const stuckUrl = `${await stalledOrigin(t)}/stuck.bin`
   const agent = await startAgentProcess(join(dir, 'agent'), ['--max-background-jobs', '1', '--request-timeout', '3600000'])
   t.after(async () => await agent.kill())
 
@@ -216,7 +198,7 @@ test('canopy set --priority changes a queued job\'s priority live: raised to for
   t.after(async () => await events.close())
   const queued = await agent.client.getJob(waiting.id)
   assert.equal(queued.state, 'queued')
-  assert.equal(queued.reason, 'waiting: 1 job ahead')
+  assert.equal(queued.reason, 'waiting: 1 higher-priority job')
 
   const r = await runCli(['set', waiting.id, '--priority', 'foreground', '--json', '--state-dir', agent.stateDir])
   assert.equal(r.code, 0, r.stderr)

@@ -5,13 +5,16 @@ import type { ChildProcess } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { CanopyClient } from '@canopy/client'
 import { startOrigin } from '@canopy/origin'
 import type { Origin } from '@canopy/origin'
-import type { JobState } from '@canopy/core'
+import type { AgentEvent, JobState } from '@canopy/core'
+import type { EventStream } from '@canopy/client'
 
 /** States after which a job with autoComplete does nothing more by itself. */
 export const FINISHED: JobState[] = ['acknowledged', 'error', 'cancelled']
@@ -116,7 +119,7 @@ export async function startAgentProcess (stateDir: string, extraArgs: string[] =
 }
 
 /** A temp dir with a real origin serving one random file: `${origin.url}/${name}`. */
-export async function originWithFile (t: { after: (fn: () => Promise<void>) => void }, size: number, name = 'f.bin', options: { rateLimit?: number } = {}): Promise<{ dir: string, origin: Origin, sha256: string }> {
+export async function originWithFile (t: { after: (fn: () => Promise<void>) => void }, size: number, name = 'f.bin', options: { rateLimit?: number, blockSize?: number } = {}): Promise<{ dir: string, origin: Origin, sha256: string }> {
   const dir = await tempDir(t)
   await mkdir(join(dir, 'root'))
   const { sha256 } = await randomFile(join(dir, 'root', name), size)
@@ -147,4 +150,38 @@ export async function waitConnected (agent: AgentProcess, peers: number): Promis
     await new Promise(resolve => setTimeout(resolve, 100))
   }
   return connected
+}
+
+/**
+ * An "origin" that accepts connections and never answers: a job on it stays in
+ * connecting (with a long --request-timeout), holding its slot. Returns its base URL.
+ */
+export async function stalledOrigin (t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
+  const sockets = new Set<Socket>()
+  const server = createServer(socket => { sockets.add(socket) })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  t.after(async () => {
+    for (const s of sockets) s.destroy()
+    await new Promise(resolve => server.close(resolve))
+  })
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+}
+
+/** A loopback URL base on which nothing listens (connections are refused). */
+export async function refusingOrigin (): Promise<string> {
+  const server = createServer()
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  await new Promise(resolve => server.close(resolve))
+  return `http://127.0.0.1:${port}`
+}
+
+/** Reads events until `stop` says so; returns them all. */
+export async function readUntil (events: EventStream, stop: (e: AgentEvent) => boolean): Promise<AgentEvent[]> {
+  const seen: AgentEvent[] = []
+  for await (const event of events) {
+    seen.push(event)
+    if (stop(event)) break
+  }
+  return seen
 }

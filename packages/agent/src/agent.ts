@@ -4,12 +4,12 @@ import { basename, dirname, join } from 'node:path'
 import { createHash, randomUUID } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import type { Dispatcher } from 'undici'
-import { API_SOCKET_NAME, CanopyError, FINAL_STATES, formatBytes, silentLogger } from '@canopy/core'
-import type { AgentStatus, CacheView, CreateJobRequest, PeersView, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
+import { API_SOCKET_NAME, CanopyError, FINAL_STATES, formatBytes, formatDuration, silentLogger } from '@canopy/core'
+import type { AgentStatus, CacheView, CreateJobFile, CreateJobRequest, PeersView, JobLimits, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from './errors.ts'
-import { FileProgress, toView } from './jobs/job.ts'
+import { ACTIVE_STATES, FileProgress, toView } from './jobs/job.ts'
 import type { FileRecord, JobRecord } from './jobs/job.ts'
-import { validateCreateJob, validatePriority } from './jobs/validate.ts'
+import { LimitCode, validateAddFiles, validateCreateJob, validatePriority } from './jobs/validate.ts'
 import { backoff } from './backoff.ts'
 import { Notifier } from './notify/notifier.ts'
 import type { NotificationRecord } from './store/job-store.ts'
@@ -37,6 +37,41 @@ const PROGRESS_PERSIST_MS = 1000
 
 /** How long `stop` lets notifications under way finish before it cuts them off (they are made again at the next start). */
 const NOTIFY_STOP_GRACE_MS = 5_000
+
+/**
+ * Longest sleep of the scheduler's timer: deadlines can be days away (beyond what
+ * setTimeout holds, 2^31 - 1 ms), and a clock that jumps is noticed within this.
+ */
+const MAX_TIMER_MS = 3_600_000
+
+/** Wait before acting again on a deadline whose action failed (a store error). */
+const EXPIRY_RETRY_MS = 60_000
+
+/**
+ * Why the scheduler stopped a running job that did nothing wrong: a higher priority
+ * needs its slot, or its time slice ended while an equal waits. The runner puts the
+ * job back in the queue (its block marks stay: it resumes from them).
+ */
+class SchedulerYield extends CanopyError {
+  readonly why: 'preempted' | 'slice'
+
+  constructor (why: 'preempted' | 'slice') {
+    super('ERR_YIELD', why === 'preempted' ? 'preempted by a higher-priority job' : 'time slice over')
+    this.why = why
+  }
+}
+
+/** What the scheduler does to a job by itself when a deadline passes. */
+type Expiry = 'no-progress' | 'max-time' | 'inactive' | 'retention'
+
+interface Run {
+  controller: AbortController
+  done: Promise<void>
+  /** When this run started: its time slice is counted from here. */
+  startedAt: number
+  /** The scheduler asked it to yield; its slot is about to be free. */
+  stopping: boolean
+}
 
 /**
  * Events of an agent: a job changed state (creation included), made progress (at
@@ -70,24 +105,31 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   private readonly notifier: Notifier
   private readonly jobs = new Map<string, JobRecord>()
   private readonly progress = new Map<string, Array<Progress | undefined>>()
-  private readonly running = new Map<string, { controller: AbortController, done: Promise<void> }>()
+  private readonly running = new Map<string, Run>()
   private readonly writes = new Map<string, Promise<void>>()
   /** Per job: the tail of the chain of user commands (see withJob). */
   private readonly locks = new Map<string, Promise<void>>()
   private readonly completing = new Map<string, Promise<boolean>>()
   private readonly lastProgressEvent = new Map<string, number>()
   private readonly lastPersist = new Map<string, number>()
+  /** Jobs whose deadline could not be acted on (the store failed): not tried again before this time, so a broken disk is not a busy loop. */
+  private readonly expiryHeld = new Map<string, number>()
   private api?: ApiServer
   private peer?: PeerNode
   private sharing?: PeerSharing
-  private retryTimer?: NodeJS.Timeout
+  private wakeTimer?: NodeJS.Timeout
+  /** Creations under way (validated, not yet in `jobs`): counted against maxJobs. */
+  private creating = 0
   private tickQueued = false
   private stopped = false
-  private readonly startedAt = new Date().toISOString()
+  private readonly startedAt: string
+  private readonly now: () => number
 
   private constructor (options: ResolvedAgentOptions) {
     super()
     this.options = options
+    this.now = options.now
+    this.startedAt = new Date(this.now()).toISOString()
     this.logger = options.logger
     this.socketPath = join(options.stateDir, API_SOCKET_NAME)
     this.store = new JobStore(join(options.stateDir, 'db'))
@@ -115,10 +157,14 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     }
     const resolved: ResolvedAgentOptions = { ...AGENT_DEFAULTS, logger: silentLogger, ...withoutUndefined(options), stateDir: options.stateDir, p2p: options.p2p }
     for (const key of ['maxBackgroundJobs', 'requestsInFlight', 'requestSize', 'maxBlockAttempts', 'requestTimeoutMs', 'retryMinMs', 'retryMaxMs',
-      'notifyTimeoutMs', 'notifyCommandTimeoutMs', 'notifyRetryMinMs', 'notifyRetryMaxMs', 'notifyAttempts'] as const) {
+      'notifyTimeoutMs', 'notifyCommandTimeoutMs', 'notifyRetryMinMs', 'notifyRetryMaxMs', 'notifyAttempts', 'timeSliceMs', 'noProgressTimeoutMs',
+      'inactiveJobTimeoutMs', 'retentionMs', 'maxJobs', 'maxFilesPerJob', 'maxUrlLength', 'maxNameLength'] as const) {
       if (!Number.isSafeInteger(resolved[key]) || resolved[key] < 1) throw new CanopyError('ERR_INVALID_ARGUMENT', `${key} must be a positive integer, not ${resolved[key]}`)
     }
-    if (!Number.isSafeInteger(resolved.hashThreads) || resolved.hashThreads < 0) throw new CanopyError('ERR_INVALID_ARGUMENT', 'hashThreads must be 0 or more')
+    for (const key of ['hashThreads', 'maxDownloadTimeMs'] as const) {
+      if (!Number.isSafeInteger(resolved[key]) || resolved[key] < 0) throw new CanopyError('ERR_INVALID_ARGUMENT', `${key} must be 0 or more`)
+    }
+    if (typeof resolved.now !== 'function') throw new CanopyError('ERR_INVALID_ARGUMENT', 'now must be a function returning ms since the epoch')
     await mkdir(resolved.stateDir, { recursive: true, mode: 0o700 })
     // The control socket lives here: keep the directory owner-only even if it existed.
     await chmod(resolved.stateDir, 0o700)
@@ -163,7 +209,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   async stop (): Promise<void> {
     if (this.stopped) return
     this.stopped = true
-    clearTimeout(this.retryTimer)
+    clearTimeout(this.wakeTimer)
     await this.api?.close()
     const runs = [...this.running.values()]
     for (const r of runs) r.controller.abort(new CanopyError('ERR_AGENT_STOPPING', 'the agent is stopping'))
@@ -233,33 +279,38 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   // ---- commands ------------------------------------------------------------
 
   async createJob (request: CreateJobRequest | unknown): Promise<JobView> {
-    const req = validateCreateJob(request)
+    const req = validateCreateJob(request, this.options)
+    const live = [...this.jobs.values()].filter(j => !FINAL_STATES.includes(j.state)).length + this.creating
+    if (live >= this.options.maxJobs) {
+      throw new CanopyError(LimitCode.TooManyJobs,
+        `The agent already holds ${live} unfinished jobs, its limit (--max-jobs ${this.options.maxJobs}): complete or cancel some first`)
+    }
     const id = randomUUID()
-    const now = new Date().toISOString()
+    const at = this.now()
+    const now = new Date(at).toISOString()
     const job: JobRecord = {
       id,
       name: req.name ?? basename(req.files[0].path),
       type: 'download',
       priority: req.priority ?? 'normal',
       state: req.start === false ? 'suspended' : 'queued',
-      files: req.files.map(f => ({
-        url: f.url,
-        path: f.path,
-        // Next to the destination, so that completing is a rename within one filesystem.
-        partPath: join(dirname(f.path), `.${basename(f.path)}.${id.slice(0, 8)}.canopy-part`),
-        ...(f.sha256 !== undefined ? { expectedSha256: f.sha256 } : {}),
-        size: -1,
-        done: false
-      })),
+      files: req.files.map(f => fileRecord(id, f)),
       autoComplete: req.autoComplete ?? false,
       retryCount: 0,
       createdAt: now,
       modifiedAt: now,
+      queuedAt: at,
       ...(req.notify !== undefined ? { notify: req.notify } : {}),
+      ...(req.limits !== undefined ? { limits: req.limits } : {}),
       // Creation is the job's first state change, and notified like the others.
       transitions: 1
     }
-    await this.persistTransition(job)
+    this.creating++
+    try {
+      await this.persistTransition(job)
+    } finally {
+      this.creating--
+    }
     // Visible to the scheduler only once it is durable.
     this.jobs.set(id, job)
     this.progress.set(id, job.files.map(() => undefined))
@@ -289,6 +340,10 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         job.error = undefined
         job.retryAt = undefined
         job.retryCount = 0
+        // A resumed job starts its time limits over, and queues behind the jobs waiting now.
+        job.activeMs = 0
+        job.activeSince = undefined
+        job.queuedAt = this.now()
         await this.setState(job, 'queued')
       }
       return this.view(job)
@@ -300,20 +355,49 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       this.requireNotFinal(job, 'cancel')
       await this.halt(job)
       this.requireNotFinal(job, 'cancel')
-      job.error = undefined
-      job.retryAt = undefined
-      // Cancelled first, files second: a crash in between leaves a cancelled job
-      // whose leftovers recover() removes, never a live job without its data.
-      await this.setState(job, 'cancelled')
-      await this.removePartials(job)
+      await this.cancelHalted(job)
+      return this.view(job)
+    })
+  }
+
+  /** Cancels a job whose runner is stopped (a user's cancel, or inactivity). */
+  private async cancelHalted (job: JobRecord, reason?: string): Promise<void> {
+    job.error = undefined
+    job.retryAt = undefined
+    if (reason !== undefined) job.cancelReason = reason
+    // Cancelled first, files second: a crash in between leaves a cancelled job
+    // whose leftovers recover() removes, never a live job without its data.
+    await this.setState(job, 'cancelled')
+    await this.removePartials(job)
+  }
+
+  /**
+   * Appends files to a suspended job (BITS's AddFile). They are transferred after
+   * the job's other files, and become visible with them when the job completes.
+   */
+  async addFiles (id: string, body: { files: CreateJobFile[] } | unknown): Promise<JobView> {
+    return await this.withJob(id, async (job) => {
+      if (job.state !== 'suspended') {
+        throw new CanopyError('ERR_INVALID_STATE', `Files can be added only to a suspended job, and this one is ${job.state}${FINAL_STATES.includes(job.state) ? '' : ': suspend it first'}`)
+      }
+      // A completion that failed half-way put some files in place: the rest of the job must follow them, not grow.
+      if (job.files.some(f => f.visible === true)) throw new CanopyError('ERR_INVALID_STATE', 'Some files of this job are already in place: complete it, or create another job')
+      const files = validateAddFiles(body, this.options, job.files.map(f => f.path))
+      job.files.push(...files.map(f => fileRecord(job.id, f)))
+      this.progress.get(job.id)!.push(...files.map(() => undefined))
+      job.modifiedAt = new Date(this.now()).toISOString()
+      await this.persist(job)
+      this.logger.info('files added to a job', { jobId: id, added: files.length, files: job.files.length })
+      this.emit('job:updated', this.view(job))
       return this.view(job)
     })
   }
 
   /**
    * Changes a job's priority. The scheduler runs again at once (withJob): a job
-   * raised to foreground starts now, and the order of waiting jobs follows the new
-   * priority. A running job is not stopped by a lower priority (no preemption yet).
+   * raised to foreground starts now; a waiting job raised above a running one
+   * preempts it when the background slots are full; a running job lowered below a
+   * waiting one is preempted; the order of waiting jobs follows the new priorities.
    */
   async setPriority (id: string, body: { priority: JobPriority } | unknown): Promise<JobView> {
     const priority = validatePriority(body)
@@ -321,7 +405,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       this.requireNotFinal(job, 'change priority')
       if (job.priority !== priority) {
         job.priority = priority
-        job.modifiedAt = new Date().toISOString()
+        job.modifiedAt = new Date(this.now()).toISOString()
         await this.persist(job)
         this.logger.info('job priority changed', { jobId: id, priority })
         this.emit('job:updated', this.view(job))
@@ -378,35 +462,113 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     })
   }
 
-  /** The one place that decides what transfers: foreground jobs at once, background jobs by priority. */
+  /**
+   * The one place that decides what transfers (single-threaded, run after every
+   * creation, command, runner end and timer):
+   * 1. deadlines: jobs past their no-progress timeout, maximum download time,
+   *    inactivity limit or retention are dealt with (as commands, so one at a time);
+   * 2. launches: foreground jobs at once; background jobs by priority, then queue
+   *    order, while fewer than maxBackgroundJobs run;
+   * 3. making room for background jobs that still wait: a strictly higher priority
+   *    preempts the weakest running job; an equal (or higher) one takes the slot of
+   *    a job whose time slice is over;
+   * 4. a timer for the next thing that will be due.
+   */
   private tick (): void {
     if (this.stopped) return
-    const now = Date.now()
+    const now = this.now()
+    let wake = Infinity
+    const wakeAt = (at: number): void => { if (at > now && at < wake) wake = at }
+
+    // Expire first: a job being expired is locked, so it is not launched below.
+    for (const job of this.jobs.values()) {
+      if (this.locks.has(job.id) || (this.expiryHeld.get(job.id) ?? 0) > now) continue
+      const deadline = this.deadlineOf(job)
+      if (deadline !== undefined && deadline.at <= now) this.expire(job, deadline.kind)
+    }
+
     const ready = [...this.jobs.values()]
-      .filter(j => !this.running.has(j.id) && !this.locks.has(j.id) &&
-        (j.state === 'queued' || (j.state === 'transient_error' && Date.parse(j.retryAt ?? '') <= now)))
-      .sort(byPriority)
-    let background = [...this.running.keys()].filter(id => this.jobs.get(id)?.priority !== 'foreground').length
+      .filter(j => !this.running.has(j.id) && !this.locks.has(j.id) && this.isReady(j, now))
+      .sort(byQueue)
+    const background = [...this.running].filter(([id]) => this.jobs.get(id)?.priority !== 'foreground')
+    let busy = background.length
+    const waiting: JobRecord[] = []
     for (const job of ready) {
-      if (job.priority === 'foreground') this.launch(job)
-      else if (background < this.options.maxBackgroundJobs) {
-        this.launch(job)
-        background++
+      if (job.priority === 'foreground') this.launch(job, now)
+      else if (busy < this.options.maxBackgroundJobs) {
+        this.launch(job, now)
+        busy++
+      } else {
+        waiting.push(job)
       }
     }
-    clearTimeout(this.retryTimer)
-    // Retries that are due but wait for a free slot start when a runner ends
-    // (schedule() is called then); the timer is only for retries not yet due.
-    const nextRetry = Math.min(...[...this.jobs.values()]
-      .filter(j => j.state === 'transient_error' && !this.running.has(j.id))
-      .map(j => Date.parse(j.retryAt ?? ''))
-      .filter(at => at > now))
-    if (Number.isFinite(nextRetry)) {
-      this.retryTimer = setTimeout(() => this.schedule(), Math.max(0, nextRetry - now) + 5)
+    if (waiting.length > 0) this.makeRoom(waiting, background, now, wakeAt)
+
+    // Launching started the clocks of the jobs launched: their deadlines count too.
+    for (const job of this.jobs.values()) {
+      if (job.state === 'transient_error' && !this.running.has(job.id)) wakeAt(Date.parse(job.retryAt ?? ''))
+      const deadline = this.locks.has(job.id) ? undefined : this.deadlineOf(job)
+      if (deadline !== undefined) wakeAt(Math.max(deadline.at, this.expiryHeld.get(job.id) ?? 0))
+    }
+    clearTimeout(this.wakeTimer)
+    if (Number.isFinite(wake)) {
+      this.wakeTimer = setTimeout(() => this.schedule(), Math.min(MAX_TIMER_MS, wake - now + 5))
     }
   }
 
-  private launch (job: JobRecord): void {
+  /** Queued, or in transient_error with its retry due. */
+  private isReady (job: JobRecord, now: number): boolean {
+    return job.state === 'queued' || (job.state === 'transient_error' && Date.parse(job.retryAt ?? '') <= now)
+  }
+
+  /**
+   * Frees background slots for `waiting` (ready jobs, best first) by stopping
+   * running jobs, which go back to the queue and resume from their block marks.
+   * Rules that keep it from thrashing:
+   * - slots already being freed count for the first waiting jobs, so one arrival
+   *   stops one job, however many ticks run before that job has stopped;
+   * - preemption needs a strictly higher priority, so jobs of one priority never
+   *   preempt each other and a preempted job cannot preempt back;
+   * - a retry that is due does not preempt (its origin just failed; stopping a job
+   *   that moves for it is a bad trade): it takes a slot when one frees, or when a
+   *   time slice ends;
+   * - a time slice ends a run only while a job of the same or a higher priority
+   *   waits, and the job that yielded queues behind its equals.
+   */
+  private makeRoom (waiting: JobRecord[], background: Array<[string, Run]>, now: number, wakeAt: (at: number) => void): void {
+    const freeing = background.filter(([, run]) => run.stopping).length
+    const victims = background
+      .filter(([id, run]) => !run.stopping && ['connecting', 'transferring'].includes(this.jobs.get(id)!.state))
+      .map(([id, run]) => ({ job: this.jobs.get(id)!, run }))
+      // Weakest first: the lowest priority, and among equals the one that started last (it has the least to lose), then the last in the queue.
+      .sort((a, b) => rank(b.job) - rank(a.job) || b.run.startedAt - a.run.startedAt || byQueue(b.job, a.job))
+    for (const job of waiting.slice(freeing)) {
+      const weakest = victims[0]
+      if (weakest === undefined) return
+      if (job.state === 'queued' && rank(job) < rank(weakest.job)) {
+        this.yieldSlot(weakest.job, weakest.run, 'preempted', job)
+        victims.shift()
+        continue
+      }
+      const turn = victims.filter(v => rank(v.job) >= rank(job))
+      const over = turn.filter(v => now - v.run.startedAt >= this.options.timeSliceMs).sort((a, b) => a.run.startedAt - b.run.startedAt)[0]
+      if (over !== undefined) {
+        this.yieldSlot(over.job, over.run, 'slice', job)
+        victims.splice(victims.indexOf(over), 1)
+      } else {
+        for (const v of turn) wakeAt(v.run.startedAt + this.options.timeSliceMs)
+      }
+    }
+  }
+
+  private yieldSlot (job: JobRecord, run: Run, why: 'preempted' | 'slice', to: JobRecord): void {
+    this.logger.info(why === 'preempted' ? 'job preempted by a higher-priority job' : 'time slice over; job yields its slot',
+      { jobId: job.id, priority: job.priority, for: to.id, forPriority: to.priority })
+    run.stopping = true
+    run.controller.abort(new SchedulerYield(why))
+  }
+
+  private launch (job: JobRecord, now: number): void {
     const controller = new AbortController()
     const done = this.run(job, controller.signal).catch((err: unknown) => {
       // Only a failure to record the failure lands here (e.g. the state disk is full).
@@ -415,7 +577,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       this.running.delete(job.id)
       this.schedule()
     })
-    this.running.set(job.id, { controller, done })
+    this.running.set(job.id, { controller, done, startedAt: now, stopping: false })
   }
 
   /** Stops a job's runner, if any, and waits until it has let go of its files. */
@@ -426,37 +588,137 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     await run.done
   }
 
+  /** The retry and time limits in force for a job: its own, else the agent's. */
+  private limitsOf (job: JobRecord): JobLimits {
+    const o = this.options
+    return {
+      retryMinMs: job.limits?.retryMinMs ?? o.retryMinMs,
+      retryMaxMs: job.limits?.retryMaxMs ?? o.retryMaxMs,
+      noProgressTimeoutMs: job.limits?.noProgressTimeoutMs ?? o.noProgressTimeoutMs,
+      maxDownloadTimeMs: job.limits?.maxDownloadTimeMs ?? o.maxDownloadTimeMs
+    }
+  }
+
+  /** The next thing the scheduler must do to a job by itself, and when. */
+  private deadlineOf (job: JobRecord): { kind: Expiry, at: number } | undefined {
+    if (FINAL_STATES.includes(job.state)) {
+      return { kind: 'retention', at: Date.parse(job.completedAt ?? job.modifiedAt) + this.options.retentionMs }
+    }
+    if (ACTIVE_STATES.includes(job.state) && job.activeSince !== undefined) {
+      const limits = this.limitsOf(job)
+      const stall = { kind: 'no-progress' as const, at: (job.progressAt ?? job.activeSince) + limits.noProgressTimeoutMs }
+      if (limits.maxDownloadTimeMs === 0) return stall
+      const max = { kind: 'max-time' as const, at: job.activeSince + limits.maxDownloadTimeMs - (job.activeMs ?? 0) }
+      return max.at < stall.at ? max : stall
+    }
+    // Running jobs modify their record as they progress; a stuck one meets its no-progress timeout.
+    if (this.running.has(job.id)) return undefined
+    return { kind: 'inactive', at: Date.parse(job.modifiedAt) + this.options.inactiveJobTimeoutMs }
+  }
+
+  /** Acts on a passed deadline, as a command on the job (one at a time with the user's). */
+  private expire (job: JobRecord, kind: Expiry): void {
+    this.withJob(job.id, async (job) => {
+      // A command or progress may have moved the deadline since the tick saw it.
+      const deadline = this.deadlineOf(job)
+      if (deadline === undefined || deadline.kind !== kind || deadline.at > this.now()) return
+      if (kind === 'retention') {
+        await this.removeJob(job)
+        return
+      }
+      await this.halt(job)
+      if (FINAL_STATES.includes(job.state)) return
+      if (kind === 'inactive') {
+        this.logger.info('job cancelled after inactivity', { jobId: job.id, state: job.state })
+        await this.cancelHalted(job, `cancelled: not modified for ${formatDuration(this.options.inactiveJobTimeoutMs)} (the agent's inactivity limit)`)
+        return
+      }
+      // The runner may have finished while it was being stopped.
+      if (!ACTIVE_STATES.includes(job.state)) return
+      const limits = this.limitsOf(job)
+      const last = job.error?.transient === true ? ` (last error: ${job.error.message})` : ''
+      job.error = kind === 'no-progress'
+        ? {
+            code: JobErrorCode.NoProgress,
+            message: `No progress for ${formatDuration(limits.noProgressTimeoutMs)}${last}: check the origin and the network, then resume the job`,
+            transient: false,
+            at: new Date(this.now()).toISOString()
+          }
+        : {
+            code: JobErrorCode.MaxTime,
+            message: `The job did not finish within its maximum download time of ${formatDuration(limits.maxDownloadTimeMs)}${last}: resume it to try again (the time starts over)`,
+            transient: false,
+            at: new Date(this.now()).toISOString()
+          }
+      this.logger.warn('job failed', { jobId: job.id, code: job.error.code, reason: job.error.message })
+      await this.setState(job, 'error')
+    }).catch((err: unknown) => {
+      if (err instanceof CanopyError && err.code === 'ERR_JOB_NOT_FOUND') return
+      this.logger.error('could not act on a job\'s deadline; trying again in a minute', { jobId: job.id, kind, err: String(err) })
+      this.expiryHeld.set(job.id, this.now() + EXPIRY_RETRY_MS)
+    })
+  }
+
+  /** Removes a finished job from the store and the list (retention). Notifications it still owes stay in the outbox. */
+  private async removeJob (job: JobRecord): Promise<void> {
+    await this.writes.get(job.id)
+    await this.store.deleteJob(job.id)
+    this.jobs.delete(job.id)
+    this.progress.delete(job.id)
+    this.lastProgressEvent.delete(job.id)
+    this.lastPersist.delete(job.id)
+    this.expiryHeld.delete(job.id)
+    this.logger.info('finished job removed after its retention', { jobId: job.id, state: job.state })
+    this.emit('job:removed', job.id)
+  }
+
   // ---- transfer ------------------------------------------------------------
 
   private async run (job: JobRecord, signal: AbortSignal): Promise<void> {
+    // A cancel, suspend or stop; the scheduler's yields are not: a job whose files are all done goes on to completion.
+    const stoppedByUser = (): boolean => signal.aborted && !(signal.reason instanceof SchedulerYield)
     try {
       await this.setState(job, 'connecting')
       for (let i = 0; i < job.files.length; i++) {
         if (!job.files[i].done) await this.transferFile(job, i, signal, 0)
       }
-      signal.throwIfAborted()
-      job.transferredAt = new Date().toISOString()
+      if (stoppedByUser()) throw signal.reason
+      job.transferredAt = new Date(this.now()).toISOString()
       job.retryCount = 0
       job.error = undefined
       await this.setState(job, 'transferred')
       // A cancel or suspend that arrived meanwhile wins over completing.
-      if (job.autoComplete && !signal.aborted) await this.completeJob(job)
+      if (job.autoComplete && !stoppedByUser()) await this.completeJob(job)
     } catch (err) {
-      // suspend, cancel and stop set the job's state themselves
-      if (signal.aborted) return
+      if (signal.aborted) {
+        // Preempted, or its time slice is over: back to the queue; it resumes from its block marks.
+        const reason: unknown = signal.reason
+        if (reason instanceof SchedulerYield && (job.state === 'connecting' || job.state === 'transferring')) {
+          job.waitReason = reason.why
+          // After a time slice it queues behind its equals; a preempted job keeps its place.
+          if (reason.why === 'slice') job.queuedAt = this.now()
+          await this.setState(job, 'queued')
+        }
+        // suspend, cancel, stop and deadlines set the job's state themselves
+        return
+      }
       const failure = classifyError(err)
       if (failure.code === JobErrorCode.Internal) this.logger.error('unexpected transfer failure', { jobId: job.id, err: String((err as Error)?.stack ?? err) })
       job.error = {
         code: failure.code,
         message: failure.message,
         transient: failure.transient,
-        at: new Date().toISOString(),
+        at: new Date(this.now()).toISOString(),
         ...(failure.url !== undefined ? { url: failure.url } : {})
       }
       if (failure.transient) {
         job.retryCount++
-        const delay = backoff(job.retryCount, this.options.retryMinMs, this.options.retryMaxMs)
-        job.retryAt = new Date(Date.now() + delay).toISOString()
+        const limits = this.limitsOf(job)
+        const delay = backoff(job.retryCount, limits.retryMinMs, limits.retryMaxMs)
+        const retryAt = this.now() + delay
+        job.retryAt = new Date(retryAt).toISOString()
+        // When the retry is due it queues behind the jobs that were waiting before then.
+        job.queuedAt = retryAt
         this.logger.warn('transient failure; will retry', { jobId: job.id, code: failure.code, reason: failure.message, retryInMs: delay })
         await this.setState(job, 'transient_error')
       } else {
@@ -614,8 +876,10 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   }
 
   private onProgress (job: JobRecord): void {
-    const now = Date.now()
+    const now = this.now()
     if (job.retryCount > 0) job.retryCount = 0
+    // Restarts the no-progress clock (persisted with the record, at most every second).
+    job.progressAt = now
     if (now - (this.lastProgressEvent.get(job.id) ?? 0) >= 500) {
       this.lastProgressEvent.set(job.id, now)
       this.emit('job:progress', this.view(job))
@@ -673,7 +937,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
             ? `The downloaded data for ${file.path} is gone (was ${file.partPath} deleted?): cancel the job and download again`
             : `Could not put ${file.path} in place: ${failure.message}`,
           transient: false,
-          at: new Date().toISOString(),
+          at: new Date(this.now()).toISOString(),
           url: file.url
         }
         await this.setState(job, 'error')
@@ -689,7 +953,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     })
     await this.store.clearBlocks(job.id)
     job.error = undefined
-    job.completedAt = new Date().toISOString()
+    job.completedAt = new Date(this.now()).toISOString()
     await this.setState(job, 'acknowledged')
     return true
   }
@@ -702,7 +966,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       this.progress.set(job.id, job.files.map(() => undefined))
       // A job that was moving when the agent went down moves again (a state change
       // like any other: notified).
-      if (job.state === 'connecting' || job.state === 'transferring') await this.setState(job, 'queued')
+      // Its active time ends when it was last recorded, not now: the agent was down in between.
+      if (job.state === 'connecting' || job.state === 'transferring') await this.setState(job, 'queued', Date.parse(job.modifiedAt))
       // A cancel that was cut short after it was recorded: finish removing its files.
       if (job.state === 'cancelled') await this.removePartials(job)
       if (!FINAL_STATES.includes(job.state)) {
@@ -719,9 +984,28 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     }
   }
 
-  private async setState (job: JobRecord, state: JobState): Promise<void> {
+  /**
+   * Records a state change. It also keeps the clocks of the time limits: entering
+   * connecting, transferring or transient_error from another state starts the
+   * active time and the no-progress clock; leaving them adds the active time up
+   * to `activeUntil` (default now) and stops the no-progress clock.
+   */
+  private async setState (job: JobRecord, state: JobState, activeUntil?: number): Promise<void> {
+    const now = this.now()
+    const wasActive = ACTIVE_STATES.includes(job.state)
+    const isActive = ACTIVE_STATES.includes(state)
+    if (!wasActive && isActive) {
+      job.activeSince = now
+      job.progressAt = now
+    } else if (wasActive && !isActive) {
+      const until = activeUntil ?? now
+      job.activeMs = (job.activeMs ?? 0) + Math.max(0, until - (job.activeSince ?? until))
+      job.activeSince = undefined
+      job.progressAt = undefined
+    }
+    if (state !== 'queued') job.waitReason = undefined
     job.state = state
-    job.modifiedAt = new Date().toISOString()
+    job.modifiedAt = new Date(now).toISOString()
     if (state !== 'transient_error') job.retryAt = undefined
     job.transitions = (job.transitions ?? 0) + 1
     await this.persistTransition(job)
@@ -765,26 +1049,56 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       }
       return p
     })
-    return toView(job, { progress, reason: this.reasonFor(job) })
+    return toView(job, { progress, reason: this.reasonFor(job), limits: this.limitsOf(job) })
   }
 
+  /** The plain-language reason of a job's state: why it waits, or what went wrong. */
   private reasonFor (job: JobRecord): string | undefined {
     switch (job.state) {
       case 'queued': {
-        if (this.running.has(job.id)) return undefined
-        const ahead = [...this.jobs.values()].filter(j => j.id !== job.id && j.priority !== 'foreground' &&
-          (this.running.has(j.id) || (j.state === 'queued' && byPriority(j, job) < 0))).length
-        return ahead > 0 ? `waiting: ${ahead} job${ahead === 1 ? '' : 's'} ahead` : 'waiting to start'
+        // Launched, about to connect; a runner that is yielding its slot has a reason.
+        if (this.running.get(job.id)?.stopping === false) return undefined
+        if (job.waitReason === 'preempted') return 'waiting: preempted by a higher-priority job'
+        const ahead = this.aheadOf(job)
+        if (job.waitReason === 'slice') return `waiting: time slice over${ahead === '' ? '' : `; ${ahead}`}`
+        return ahead === '' ? 'waiting to start' : `waiting: ${ahead}`
       }
       case 'transient_error': {
-        const seconds = Math.max(0, Math.round((Date.parse(job.retryAt ?? '') - Date.now()) / 1000))
-        return `${job.error?.message ?? 'transient error'}, next retry in ${seconds} s`
+        const message = job.error?.message ?? 'transient error'
+        const wait = Date.parse(job.retryAt ?? '') - this.now()
+        if (wait > 0) return `${message}, next retry in ${formatDuration(Math.ceil(wait / 1000) * 1000)}`
+        return this.running.has(job.id) ? undefined : `${message}, retry due: waiting for a free slot`
       }
       case 'error': return job.error?.message
       case 'suspended': return 'suspended: resume it to continue'
       case 'transferred': return job.autoComplete ? undefined : 'transferred: complete it to make the files visible'
+      case 'cancelled': return job.cancelReason
       default: return undefined
     }
+  }
+
+  /**
+   * What a waiting background job waits for: the background jobs of a higher
+   * priority that run or are ready, and those of its priority that run or come
+   * before it in the queue ("2 higher-priority jobs and 1 same-priority job ahead").
+   * Empty when nothing is ahead (it starts at the next tick) and for foreground jobs.
+   */
+  private aheadOf (job: JobRecord): string {
+    if (job.priority === 'foreground') return ''
+    const now = this.now()
+    let higher = 0
+    let same = 0
+    for (const other of this.jobs.values()) {
+      if (other.id === job.id || other.priority === 'foreground') continue
+      const competing = this.running.has(other.id) || this.isReady(other, now)
+      if (!competing) continue
+      if (rank(other) < rank(job)) higher++
+      else if (rank(other) === rank(job) && (this.running.has(other.id) || byQueue(other, job) < 0)) same++
+    }
+    const parts = []
+    if (higher > 0) parts.push(`${higher} higher-priority job${higher === 1 ? '' : 's'}`)
+    if (same > 0) parts.push(`${same} same-priority job${same === 1 ? '' : 's'} ahead`)
+    return parts.join(' and ')
   }
 
   private requireJob (id: string): JobRecord {
@@ -826,6 +1140,23 @@ function withoutUndefined<T extends object> (value: T): Partial<T> {
   return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>
 }
 
-function byPriority (a: JobRecord, b: JobRecord): number {
-  return PRIORITY_RANK[a.priority] - PRIORITY_RANK[b.priority] || a.createdAt.localeCompare(b.createdAt)
+function rank (job: JobRecord): number {
+  return PRIORITY_RANK[job.priority]
+}
+
+/** Queue order: priority, then place in the queue (queuedAt; older records: creation), then creation. */
+function byQueue (a: JobRecord, b: JobRecord): number {
+  return rank(a) - rank(b) || (a.queuedAt ?? Date.parse(a.createdAt)) - (b.queuedAt ?? Date.parse(b.createdAt)) || a.createdAt.localeCompare(b.createdAt)
+}
+
+/** The record of a new file of job `id`; its partial file lies next to the destination, so that completing is a rename within one filesystem. */
+function fileRecord (id: string, f: CreateJobFile): FileRecord {
+  return {
+    url: f.url,
+    path: f.path,
+    partPath: join(dirname(f.path), `.${basename(f.path)}.${id.slice(0, 8)}.canopy-part`),
+    ...(f.sha256 !== undefined ? { expectedSha256: f.sha256 } : {}),
+    size: -1,
+    done: false
+  }
 }

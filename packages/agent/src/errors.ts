@@ -13,7 +13,11 @@ export const JobErrorCode = {
   Destination: 'ERR_DESTINATION',
   ProtocolViolation: 'ERR_PROTOCOL',
   Tls: 'ERR_TLS',
-  Internal: 'ERR_INTERNAL'
+  Internal: 'ERR_INTERNAL',
+  /** No progress for the job's no-progress timeout (set by the scheduler, not by a transfer). */
+  NoProgress: 'ERR_NO_PROGRESS',
+  /** The job's maximum download time ran out (set by the scheduler). */
+  MaxTime: 'ERR_MAX_TIME'
 } as const
 
 /** Code of the transient error that tells the runner the remote file changed: rediscover it and start it over. */

@@ -33,6 +33,43 @@ export interface AgentOptions {
   /** Attempts of one notify-URL POST before it is given up (and logged). Default 10. */
   notifyAttempts?: number
   /**
+   * How long a background job runs before it gives its slot to a waiting job of the
+   * same (or higher) priority, in ms; it goes back to the queue and resumes from its
+   * block marks later. Default 300 000 (5 minutes).
+   */
+  timeSliceMs?: number
+  /**
+   * Default of a job's no-progress timeout, in ms: a job that spends this long in
+   * connecting, transferring or transient_error without a byte of progress stops in
+   * error (ERR_NO_PROGRESS). Default 1 209 600 000 (14 days, as BITS).
+   */
+  noProgressTimeoutMs?: number
+  /**
+   * Default of a job's maximum download time, in ms: its total time in connecting,
+   * transferring and transient_error, then error (ERR_MAX_TIME). Default 0: no limit.
+   */
+  maxDownloadTimeMs?: number
+  /** A job not modified for this long, in ms, in any state but a final one, is cancelled. Default 7 776 000 000 (90 days, as BITS). */
+  inactiveJobTimeoutMs?: number
+  /** How long an acknowledged or cancelled job stays listable, in ms, before it is removed. Default 604 800 000 (7 days). */
+  retentionMs?: number
+  /** Jobs not in a final state the agent holds at most; a new one beyond is refused (ERR_TOO_MANY_JOBS). Default 10 000. */
+  maxJobs?: number
+  /** Files in one job at most (ERR_TOO_MANY_FILES). Default 1000. */
+  maxFilesPerJob?: number
+  /** Characters of a file's URL at most (ERR_URL_TOO_LONG). Default 8192. */
+  maxUrlLength?: number
+  /** Characters of a job's name at most (ERR_NAME_TOO_LONG). Default 256. */
+  maxNameLength?: number
+  /**
+   * The clock, in ms since the epoch, that every scheduling decision and deadline
+   * reads (time slices, retries, timeouts, retention). Default `Date.now`; tests and
+   * simulations pass their own. Timers still run in real time: after moving the
+   * clock, any call that schedules (a job created, a command) makes the agent look
+   * at the deadlines again.
+   */
+  now?: () => number
+  /**
    * The peer node. Default: none (a library user opts in; `canopy agent` runs one
    * unless given --no-p2p).
    */
@@ -52,6 +89,8 @@ export interface P2pOptions {
   cacheSize?: number
 }
 
+const DAY_MS = 86_400_000
+
 export const AGENT_DEFAULTS = {
   maxBackgroundJobs: 2,
   requestsInFlight: 4,
@@ -65,10 +104,23 @@ export const AGENT_DEFAULTS = {
   notifyCommandTimeoutMs: 120_000,
   notifyRetryMinMs: 1_000,
   notifyRetryMaxMs: 300_000,
-  notifyAttempts: 10
+  notifyAttempts: 10,
+  timeSliceMs: 5 * 60_000,
+  noProgressTimeoutMs: 14 * DAY_MS,
+  maxDownloadTimeMs: 0,
+  inactiveJobTimeoutMs: 90 * DAY_MS,
+  retentionMs: 7 * DAY_MS,
+  maxJobs: 10_000,
+  maxFilesPerJob: 1000,
+  maxUrlLength: 8192,
+  maxNameLength: 256,
+  now: Date.now
 } as const
 
 export type ResolvedAgentOptions = Required<Omit<AgentOptions, 'p2p'>> & Pick<AgentOptions, 'p2p'>
+
+/** The limits a job request is checked against (a subset of the agent's options). */
+export type RequestLimits = Pick<ResolvedAgentOptions, 'maxFilesPerJob' | 'maxUrlLength' | 'maxNameLength'>
 
 /**
  * Blocks one file transfer holds in memory at most: each request's blocks are

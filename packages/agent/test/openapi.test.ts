@@ -85,7 +85,9 @@ test('docs/openapi.json documents exactly the routes the agent serves, and the a
   assert.equal((await call('POST', job('complete'), '/v1/jobs/{id}/complete')).status, 200)
   assert.equal((await call('GET', '/v1/jobs', '/v1/jobs')).body.jobs.length, 1)
   assert.equal((await call('POST', job('cancel'), '/v1/jobs/{id}/cancel')).status, 409, 'an acknowledged job cannot be cancelled')
-  const second = await call('POST', '/v1/jobs', '/v1/jobs', { files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'two.bin') }], start: false, notify: { onComplete: ['true'] } })
+  const second = await call('POST', '/v1/jobs', '/v1/jobs', { files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'two.bin') }], start: false, notify: { onComplete: ['true'] }, limits: { retryMinMs: 2000 } })
+  assert.equal((await call('POST', `/v1/jobs/${second.body.id}/files`, '/v1/jobs/{id}/files', { files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'three.bin') }] })).status, 200)
+  assert.equal((await call('POST', job('files'), '/v1/jobs/{id}/files', { files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'four.bin') }] })).status, 409, 'only a suspended job takes files')
   assert.equal((await call('POST', `/v1/jobs/${second.body.id}/cancel`, '/v1/jobs/{id}/cancel')).status, 200)
 
   assert.equal((await call('GET', '/v1/peers', '/v1/peers')).status, 200)

@@ -7,7 +7,7 @@ import { ExitCode, UsageError } from './errors.ts'
 import { absolute, COMMON_OPTIONS, out, say } from './verb.ts'
 import type { Values, Verb } from './verb.ts'
 import { agentVerb } from './verbs/agent.ts'
-import { getVerb } from './verbs/get.ts'
+import { addVerb, getVerb } from './verbs/get.ts'
 import { cancelVerb, completeVerb, jobsVerb, jobVerb, resumeVerb, setVerb, statusVerb, suspendVerb } from './verbs/jobs.ts'
 import { watchVerb } from './verbs/watch.ts'
 import { originVerb } from './verbs/origin.ts'
@@ -16,7 +16,7 @@ import { keygenVerb } from './verbs/keygen.ts'
 import { cacheVerb, peersVerb } from './verbs/peers.ts'
 
 export const VERBS: readonly Verb[] = [
-  getVerb, jobsVerb, jobVerb, watchVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, setVerb, statusVerb,
+  getVerb, addVerb, jobsVerb, jobVerb, watchVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, setVerb, statusVerb,
   peersVerb, cacheVerb, agentVerb, originVerb, publishVerb, keygenVerb
 ]
 
@@ -142,11 +142,19 @@ const ERRNO_HINTS: Record<string, string> = {
   EADDRNOTAVAIL: 'the address is not one of this machine\'s: check --host'
 }
 
+/** Codes of the agent's request limits: the CLI reports them as usage errors (exit code 2). */
+const AGENT_USAGE_CODES = new Set(['ERR_TOO_MANY_FILES', 'ERR_URL_TOO_LONG', 'ERR_NAME_TOO_LONG'])
+
 /** Prints an error as `canopy: <message>` and returns its exit code. */
 export function reportError (err: unknown): number {
   if (err instanceof UsageError) {
     say(`canopy: ${err.message}`)
     say(err.verb === undefined ? 'Run `canopy --help` for usage.' : `Run \`canopy ${err.verb} --help\` for usage.`)
+    return ExitCode.Usage
+  }
+  if (isCanopyError(err) && AGENT_USAGE_CODES.has(err.code)) {
+    // The agent refused a request over one of its limits: the user's input was too big.
+    say(`canopy: ${err.message} (${err.code})`)
     return ExitCode.Usage
   }
   if (isCanopyError(err, 'ERR_AGENT_NOT_RUNNING')) {

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { Client } from 'undici'
 import type { Dispatcher } from 'undici'
 import { API_SOCKET_NAME, API_VERSION, CanopyError, ErrorCode } from '@canopy/core'
-import type { AgentEvent, AgentStatus, ApiErrorBody, CacheView, CreateJobRequest, JobPriority, JobState, JobView, PeersView } from '@canopy/core'
+import type { AgentEvent, AgentStatus, ApiErrorBody, CacheView, CreateJobFile, CreateJobRequest, JobPriority, JobState, JobView, PeersView } from '@canopy/core'
 import { readEvents, toAgentEvent } from './events.ts'
 
 /** Largest response body the client reads from the agent (16 MiB); a larger one is an error. */
@@ -171,6 +171,14 @@ export class CanopyClient {
 
   complete (id: string, opts?: CallOptions): Promise<JobView> {
     return this.#jobAction(id, 'complete', opts)
+  }
+
+  /**
+   * Appends files to a suspended job (`POST /v1/jobs/:id/files`); they are fetched
+   * after its other files and appear with them when the job completes.
+   */
+  addFiles (id: string, files: CreateJobFile[], opts?: CallOptions): Promise<JobView> {
+    return this.#call<JobView>('POST', `/jobs/${encodeURIComponent(id)}/files`, { files }, opts)
   }
 
   /** Changes a job's priority at once (`POST /v1/jobs/:id/priority`); the agent's scheduler runs again. */

@@ -22,7 +22,8 @@ function job (id: string, state: JobView['state'], transferred = 0): JobView {
     filesTotal: 1,
     autoComplete: true,
     createdAt: new Date().toISOString(),
-    modifiedAt: new Date().toISOString()
+    modifiedAt: new Date().toISOString(),
+    limits: { retryMinMs: 2000, retryMaxMs: 600_000, noProgressTimeoutMs: 1_209_600_000, maxDownloadTimeMs: 0 }
   }
 }
 

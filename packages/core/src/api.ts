@@ -12,6 +12,7 @@
  *   POST /v1/jobs/:id/cancel        -> JobView
  *   POST /v1/jobs/:id/complete      -> JobView
  *   POST /v1/jobs/:id/priority  SetPriorityRequest -> JobView
+ *   POST /v1/jobs/:id/files     AddFilesRequest -> JobView (a suspended job)
  *   GET  /v1/events[?job=<id>]      -> text/event-stream of AgentEvent
  *   GET  /v1/peers                  -> PeersView (404 ERR_NO_PEER_NODE without a peer node)
  *   GET  /v1/cache                  -> CacheView (likewise)
@@ -84,7 +85,7 @@ export interface JobView {
   type: JobType
   priority: JobPriority
   state: JobState
-  /** Plain-language reason for the current state ("waiting: 2 jobs ahead", "retrying in 8 s: ..."). */
+  /** Plain-language reason for the current state ("waiting: 2 higher-priority jobs", "origin unreachable (ECONNREFUSED), next retry in 8 s"). */
   reason?: string
   files: JobFileView[]
   bytes: JobBytes
@@ -102,6 +103,29 @@ export interface JobView {
   completedAt?: string
   /** The job's notifications, when it has any. */
   notify?: JobNotify
+  /** The retry and time limits in force for this job: its own, else the agent's defaults. */
+  limits: JobLimits
+}
+
+/**
+ * Retry and time limits of a job. In a request each is optional (the agent's
+ * default applies); in a view each is the value in force.
+ */
+export interface JobLimits {
+  /** First retry delay after a transient error, ms; doubles with each consecutive failure (±20% jitter). */
+  retryMinMs: number
+  /** Cap of that doubling, ms. */
+  retryMaxMs: number
+  /**
+   * Longest time, ms, a job may spend in connecting, transferring or transient_error
+   * without a byte of progress before it stops in `error` with ERR_NO_PROGRESS.
+   */
+  noProgressTimeoutMs: number
+  /**
+   * Longest total time, ms, the job may spend in connecting, transferring and
+   * transient_error before it stops in `error` with ERR_MAX_TIME; 0: no limit.
+   */
+  maxDownloadTimeMs: number
 }
 
 /**
@@ -137,6 +161,13 @@ export interface CreateJobRequest {
   start?: boolean
   /** Commands to run and a URL to call when the job changes state. */
   notify?: JobNotify
+  /** This job's retry and time limits; each one left out takes the agent's default. */
+  limits?: Partial<JobLimits>
+}
+
+/** POST /v1/jobs/:id/files: files to append to a suspended job. */
+export interface AddFilesRequest {
+  files: CreateJobFile[]
 }
 
 /** POST /v1/jobs/:id/priority */

@@ -15,11 +15,12 @@ export type { CreateManifestOptions, IdentifiedManifest, Manifest, PublishedMani
 export { contentKey, discoveryId, DISCOVERY_LABEL, generateSecret, readProof } from './keys.ts'
 export { digestsEqual, sha256 } from './hash.ts'
 export { formatBytes, parseSize } from './sizes.ts'
+export { formatDuration, parseDuration } from './durations.ts'
 export { silentLogger } from './logger.ts'
 export type { Logger } from './logger.ts'
 export { AGENT_EVENT_TYPES, API_SOCKET_NAME, API_VERSION, FINAL_STATES, PRIORITIES } from './api.ts'
 export type {
-  AgentEvent, AgentEventType, AgentStatus, ApiErrorBody, CacheView, PeersView, PeerStatus, CreateJobFile, CreateJobRequest, JobBytes, JobError, JobFileView,
+  AgentEvent, AgentEventType, AgentStatus, ApiErrorBody, CacheView, PeersView, PeerStatus, AddFilesRequest, CreateJobFile, CreateJobRequest, JobBytes, JobLimits, JobError, JobFileView,
   JobNotify, JobPriority, JobState, JobType, JobView, SetPriorityRequest
 } from './api.ts'
 export { decodeMessage, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY, MessageType } from './wire.ts'

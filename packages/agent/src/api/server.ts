@@ -16,6 +16,10 @@ export interface ApiServer {
 const STATUS_BY_CODE: Record<string, number> = {
   ERR_INVALID_REQUEST: 400,
   ERR_BAD_JSON: 400,
+  ERR_TOO_MANY_FILES: 400,
+  ERR_URL_TOO_LONG: 400,
+  ERR_NAME_TOO_LONG: 400,
+  ERR_TOO_MANY_JOBS: 409,
   ERR_JOB_NOT_FOUND: 404,
   ERR_NO_PEER_NODE: 404,
   ERR_NOT_FOUND: 404,
@@ -120,7 +124,8 @@ export function apiRoutes (agent: CanopyAgent, eventClients: EventClients, logge
     { method: 'POST', path: '/v1/jobs/{id}/resume', handle: async ({ params }) => ok(await agent.resume(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/cancel', handle: async ({ params }) => ok(await agent.cancel(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/complete', handle: async ({ params }) => ok(await agent.complete(params.id)) },
-    { method: 'POST', path: '/v1/jobs/{id}/priority', handle: async ({ req, params }) => ok(await agent.setPriority(params.id, await readJson(req))) }
+    { method: 'POST', path: '/v1/jobs/{id}/priority', handle: async ({ req, params }) => ok(await agent.setPriority(params.id, await readJson(req))) },
+    { method: 'POST', path: '/v1/jobs/{id}/files', handle: async ({ req, params }) => ok(await agent.addFiles(params.id, await readJson(req))) }
   ]
 }
 

@@ -1,4 +1,4 @@
-import type { JobError, JobNotify, JobPriority, JobState, JobType, JobView, PublishedManifest } from '@canopy/core'
+import type { JobError, JobLimits, JobNotify, JobPriority, JobState, JobType, JobView, PublishedManifest } from '@canopy/core'
 import { blockCount, blockSpan } from '@canopy/core'
 
 /** One file of a job, as persisted. */
@@ -61,7 +61,28 @@ export interface JobRecord {
    * across restarts.
    */
   transitions?: number
+  /** The limits the job was created with (the agent's defaults fill in the others when they are read). */
+  limits?: Partial<JobLimits>
+  /**
+   * Its place in the queue among jobs of its priority (ms since the epoch; absent in
+   * older records: its creation time). Set at creation, on resume, at the end of a
+   * time slice (behind its equals) and at a retry time; kept by a preemption.
+   */
+  queuedAt?: number
+  /** Why a queued job waits, when it was running before: stopped for a higher priority, or its time slice ended. */
+  waitReason?: 'preempted' | 'slice'
+  /** When the job last entered connecting, transferring or transient_error (while it stays in them). */
+  activeSince?: number
+  /** Time spent in those states before activeSince, for the maximum download time. */
+  activeMs?: number
+  /** Last progress (a block verified, plain bytes written), or when the job became active: the no-progress clock. */
+  progressAt?: number
+  /** Why the agent cancelled the job by itself (inactivity), shown as its reason. */
+  cancelReason?: string
 }
+
+/** States in which a job is trying to transfer: the no-progress and maximum-time clocks run only in these. */
+export const ACTIVE_STATES: readonly JobState[] = ['connecting', 'transferring', 'transient_error']
 
 /** Where a verified block came from (stored as the value of its progress mark). */
 export type BlockSource = 'origin' | 'peer' | 'cache'
@@ -126,6 +147,8 @@ export class FileProgress {
 export interface JobLive {
   progress: Array<{ bytesDone: number, fromOrigin: number, fromPeers: number, fromCache: number } | undefined>
   reason?: string
+  /** The limits in force (the job's own, else the agent's defaults). */
+  limits: JobLimits
 }
 
 export function toView (job: JobRecord, live: JobLive): JobView {
@@ -177,7 +200,8 @@ export function toView (job: JobRecord, live: JobLive): JobView {
     modifiedAt: job.modifiedAt,
     ...(job.transferredAt !== undefined ? { transferredAt: job.transferredAt } : {}),
     ...(job.completedAt !== undefined ? { completedAt: job.completedAt } : {}),
-    ...(job.notify !== undefined ? { notify: job.notify } : {})
+    ...(job.notify !== undefined ? { notify: job.notify } : {}),
+    limits: live.limits
   }
 }
 

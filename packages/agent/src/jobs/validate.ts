@@ -1,41 +1,88 @@
 import { statSync } from 'node:fs'
 import { dirname, isAbsolute, resolve } from 'node:path'
 import { CanopyError, PRIORITIES } from '@canopy/core'
-import type { CreateJobRequest, JobNotify, JobPriority } from '@canopy/core'
+import type { CreateJobFile, CreateJobRequest, JobLimits, JobNotify, JobPriority } from '@canopy/core'
+import type { RequestLimits } from '../options.ts'
 
-/** Limits that protect the agent from oversized requests. */
+/**
+ * Fixed limits of job requests. The limits an operator may want to change (files
+ * per job, URL and name length, jobs per agent) are agent options (RequestLimits).
+ */
 export const JOB_LIMITS = {
-  filesPerJob: 1000,
-  urlLength: 8192,
-  nameLength: 256,
   pathLength: 4096,
   /** Arguments of a notification command, the program included. */
   commandArgs: 256,
   /** Characters of one argument of a notification command. */
-  commandArgLength: 8192
+  commandArgLength: 8192,
+  /** Characters of a notify URL. */
+  notifyUrlLength: 8192
+} as const
+
+/** Stable codes of the limits a request can exceed (besides ERR_INVALID_REQUEST for a malformed one). */
+export const LimitCode = {
+  TooManyJobs: 'ERR_TOO_MANY_JOBS',
+  TooManyFiles: 'ERR_TOO_MANY_FILES',
+  UrlTooLong: 'ERR_URL_TOO_LONG',
+  NameTooLong: 'ERR_NAME_TOO_LONG'
 } as const
 
 function bad (message: string): CanopyError {
   return new CanopyError('ERR_INVALID_REQUEST', message)
 }
 
-/** Checks a job request from the API; throws ERR_INVALID_REQUEST with what to fix. */
-export function validateCreateJob (body: unknown): CreateJobRequest {
+/** Checks a job request from the API; throws ERR_INVALID_REQUEST (or a limit's code) with what to fix. */
+export function validateCreateJob (body: unknown, limits: RequestLimits): CreateJobRequest {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw bad('The request body must be a JSON object')
   const req = body as Record<string, unknown>
   if (req.type !== undefined && req.type !== 'download') throw bad(`Job type ${JSON.stringify(req.type)} is not supported: use "download"`)
   if (req.priority !== undefined && !PRIORITIES.includes(req.priority as never)) throw bad(`Priority must be one of ${PRIORITIES.join(', ')}`)
-  if (req.name !== undefined && (typeof req.name !== 'string' || req.name.length > JOB_LIMITS.nameLength)) throw bad(`name must be a string of at most ${JOB_LIMITS.nameLength} characters`)
+  if (req.name !== undefined && typeof req.name !== 'string') throw bad('name must be a string')
+  if (typeof req.name === 'string' && req.name.length > limits.maxNameLength) {
+    throw new CanopyError(LimitCode.NameTooLong, `The job's name has ${req.name.length} characters; this agent allows at most ${limits.maxNameLength} (--max-name-length)`)
+  }
   for (const flag of ['autoComplete', 'start'] as const) {
     if (req[flag] !== undefined && typeof req[flag] !== 'boolean') throw bad(`${flag} must be true or false`)
   }
-  if (!Array.isArray(req.files) || req.files.length === 0) throw bad('files must be a non-empty array of { url, path }')
-  if (req.files.length > JOB_LIMITS.filesPerJob) throw bad(`A job holds at most ${JOB_LIMITS.filesPerJob} files`)
-  const seen = new Set<string>()
-  const files = req.files.map((f: unknown, i: number) => {
+  const files = validateFiles(req.files, limits, [])
+  const notify = req.notify === undefined ? undefined : validateNotify(req.notify)
+  const jobLimits = req.limits === undefined ? undefined : validateJobLimits(req.limits)
+  return {
+    files,
+    ...(notify !== undefined ? { notify } : {}),
+    ...(jobLimits !== undefined ? { limits: jobLimits } : {}),
+    ...(req.name !== undefined ? { name: req.name as string } : {}),
+    ...(req.priority !== undefined ? { priority: req.priority as CreateJobRequest['priority'] } : {}),
+    ...(req.autoComplete !== undefined ? { autoComplete: req.autoComplete as boolean } : {}),
+    ...(req.start !== undefined ? { start: req.start as boolean } : {})
+  }
+}
+
+/** Checks the body of POST /v1/jobs/:id/files against the job's current destinations. */
+export function validateAddFiles (body: unknown, limits: RequestLimits, existing: readonly string[]): CreateJobFile[] {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw bad('The request body must be a JSON object { files: [{ url, path }] }')
+  return validateFiles((body as Record<string, unknown>).files, limits, existing)
+}
+
+/**
+ * Checks a list of files to add to a job that already has `existing` destinations
+ * (none for a new job): the count within the limit, each URL and path, and no
+ * destination twice.
+ */
+function validateFiles (value: unknown, limits: RequestLimits, existing: readonly string[]): CreateJobFile[] {
+  if (!Array.isArray(value) || value.length === 0) throw bad('files must be a non-empty array of { url, path }')
+  if (existing.length + value.length > limits.maxFilesPerJob) {
+    throw new CanopyError(LimitCode.TooManyFiles, existing.length === 0
+      ? `A job holds at most ${limits.maxFilesPerJob} files on this agent (--max-files-per-job), not ${value.length}: split it into several jobs`
+      : `The job has ${existing.length} files; with ${value.length} more it would exceed this agent's ${limits.maxFilesPerJob} (--max-files-per-job): create another job`)
+  }
+  const seen = new Set<string>(existing)
+  return value.map((f: unknown, i: number) => {
     if (typeof f !== 'object' || f === null) throw bad(`files[${i}] must be an object { url, path }`)
     const { url, path: rawPath, sha256 } = f as Record<string, unknown>
-    if (typeof url !== 'string' || url.length > JOB_LIMITS.urlLength) throw bad(`files[${i}].url must be a URL of at most ${JOB_LIMITS.urlLength} characters`)
+    if (typeof url !== 'string') throw bad(`files[${i}].url must be a URL`)
+    if (url.length > limits.maxUrlLength) {
+      throw new CanopyError(LimitCode.UrlTooLong, `files[${i}].url has ${url.length} characters; this agent allows at most ${limits.maxUrlLength} (--max-url-length)`)
+    }
     let parsed: URL
     try {
       parsed = new URL(url)
@@ -63,15 +110,25 @@ export function validateCreateJob (body: unknown): CreateJobRequest {
     }
     return { url: parsed.toString(), path, ...(typeof sha256 === 'string' ? { sha256: sha256.toLowerCase() } : {}) }
   })
-  const notify = req.notify === undefined ? undefined : validateNotify(req.notify)
-  return {
-    files,
-    ...(notify !== undefined ? { notify } : {}),
-    ...(req.name !== undefined ? { name: req.name as string } : {}),
-    ...(req.priority !== undefined ? { priority: req.priority as CreateJobRequest['priority'] } : {}),
-    ...(req.autoComplete !== undefined ? { autoComplete: req.autoComplete as boolean } : {}),
-    ...(req.start !== undefined ? { start: req.start as boolean } : {})
+}
+
+/** The least each limit may be: delays and timeouts at least 1 ms; a maximum download time of 0 means none. */
+const JOB_LIMIT_MINIMUM: Record<keyof JobLimits, number> = { retryMinMs: 1, retryMaxMs: 1, noProgressTimeoutMs: 1, maxDownloadTimeMs: 0 }
+
+/** Checks `limits` of a job request: known keys, whole milliseconds. */
+function validateJobLimits (value: unknown): Partial<JobLimits> | undefined {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('limits must be an object { retryMinMs?, retryMaxMs?, noProgressTimeoutMs?, maxDownloadTimeMs? }')
+  const limits: Partial<JobLimits> = {}
+  for (const [key, v] of Object.entries(value)) {
+    const min = JOB_LIMIT_MINIMUM[key as keyof JobLimits]
+    if (min === undefined) throw bad(`limits.${key} is not a job limit: use ${Object.keys(JOB_LIMIT_MINIMUM).join(', ')}`)
+    if (!Number.isSafeInteger(v) || (v as number) < min) throw bad(`limits.${key} must be a whole number of milliseconds, at least ${min}`)
+    limits[key as keyof JobLimits] = v as number
   }
+  if (limits.retryMinMs !== undefined && limits.retryMaxMs !== undefined && limits.retryMaxMs < limits.retryMinMs) {
+    throw bad('limits.retryMaxMs must not be less than limits.retryMinMs')
+  }
+  return Object.keys(limits).length === 0 ? undefined : limits
 }
 
 /** Checks `notify` of a job request: argument vectors without NUL, an http(s) URL. */
@@ -94,10 +151,10 @@ function validateNotify (value: unknown): JobNotify | undefined {
   if (url !== undefined) {
     let parsed: URL
     try {
-      if (typeof url !== 'string' || url.length > JOB_LIMITS.urlLength) throw new Error('not a string')
+      if (typeof url !== 'string' || url.length > JOB_LIMITS.notifyUrlLength) throw new Error('not a string')
       parsed = new URL(url)
     } catch {
-      throw bad(`notify.url must be a URL of at most ${JOB_LIMITS.urlLength} characters`)
+      throw bad(`notify.url must be a URL of at most ${JOB_LIMITS.notifyUrlLength} characters`)
     }
     if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw bad(`notify.url must be http or https, not ${parsed.protocol}`)
     notify.url = parsed.toString()

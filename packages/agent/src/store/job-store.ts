@@ -85,6 +85,13 @@ export class JobStore {
     return await this.notify.values().all()
   }
 
+  /** Removes a job and its block marks in one batch (retention). */
+  async deleteJob (jobId: string): Promise<void> {
+    const batch = this.db.batch().del(jobId, { sublevel: this.jobs })
+    for await (const key of this.blocks.keys({ gte: `${jobId}!`, lt: `${jobId}!~` })) batch.del(key, { sublevel: this.blocks })
+    await batch.write()
+  }
+
   async allJobs (): Promise<JobRecord[]> {
     return await this.jobs.values().all()
   }

@@ -3,7 +3,7 @@ import { mkdir } from 'node:fs/promises'
 import { ExitCode, UsageError } from '../errors.ts'
 import { createStderrLogger, parseLogLevel } from '../logger.ts'
 import { isIP } from 'node:net'
-import { parseSize } from '@canopy/core'
+import { parseDuration, parseSize } from '@canopy/core'
 import type { P2pOptions } from '@canopy/agent'
 import { say, str } from '../verb.ts'
 import type { Values, Verb } from '../verb.ts'
@@ -35,14 +35,24 @@ function agentTuning (values: Values) {
     requestsInFlight: tuning(values, 'requests-in-flight', integer, 1),
     requestSize: tuning(values, 'request-size', parseSize, 1),
     hashThreads: tuning(values, 'hash-threads', integer, 0),
-    requestTimeoutMs: tuning(values, 'request-timeout', integer, 1),
-    retryMinMs: tuning(values, 'retry-min', integer, 1),
-    retryMaxMs: tuning(values, 'retry-max', integer, 1),
-    notifyTimeoutMs: tuning(values, 'notify-timeout', integer, 1),
-    notifyCommandTimeoutMs: tuning(values, 'notify-command-timeout', integer, 1),
-    notifyRetryMinMs: tuning(values, 'notify-retry-min', integer, 1),
-    notifyRetryMaxMs: tuning(values, 'notify-retry-max', integer, 1),
-    notifyAttempts: tuning(values, 'notify-attempts', integer, 1)
+    // Every MS flag also takes a duration ("30s", "5m"); a plain number stays milliseconds.
+    requestTimeoutMs: tuning(values, 'request-timeout', parseDuration, 1),
+    retryMinMs: tuning(values, 'retry-min', parseDuration, 1),
+    retryMaxMs: tuning(values, 'retry-max', parseDuration, 1),
+    notifyTimeoutMs: tuning(values, 'notify-timeout', parseDuration, 1),
+    notifyCommandTimeoutMs: tuning(values, 'notify-command-timeout', parseDuration, 1),
+    notifyRetryMinMs: tuning(values, 'notify-retry-min', parseDuration, 1),
+    notifyRetryMaxMs: tuning(values, 'notify-retry-max', parseDuration, 1),
+    notifyAttempts: tuning(values, 'notify-attempts', integer, 1),
+    timeSliceMs: tuning(values, 'time-slice', parseDuration, 1),
+    noProgressTimeoutMs: tuning(values, 'no-progress-timeout', parseDuration, 1),
+    maxDownloadTimeMs: tuning(values, 'max-download-time', parseDuration, 0),
+    inactiveJobTimeoutMs: tuning(values, 'inactive-job-timeout', parseDuration, 1),
+    retentionMs: tuning(values, 'retention', parseDuration, 1),
+    maxJobs: tuning(values, 'max-jobs', integer, 1),
+    maxFilesPerJob: tuning(values, 'max-files-per-job', integer, 1),
+    maxUrlLength: tuning(values, 'max-url-length', integer, 1),
+    maxNameLength: tuning(values, 'max-name-length', integer, 1)
   }
 }
 
@@ -107,6 +117,24 @@ Options:
   --retry-min MS       first retry delay after a transient error (default 2000)
   --retry-max MS       longest retry delay (default 600000)
 
+Scheduling and job limits (DUR: 1500 = ms, or 30s, 5m, 2h, 14d; every MS option
+above takes a DUR too; the retry and time limits are defaults: a job may set its
+own, see canopy get --help):
+  --time-slice DUR     a background job runs this long before a waiting job of
+                       its priority takes its turn (default 5m)
+  --no-progress-timeout DUR  a job trying this long without progress stops in
+                       error, ERR_NO_PROGRESS (default 14d)
+  --max-download-time DUR    total time a job may spend trying before it stops
+                       in error, ERR_MAX_TIME (default 0: no limit)
+  --inactive-job-timeout DUR a job not modified for this long is cancelled
+                       (default 90d)
+  --retention DUR      acknowledged and cancelled jobs stay listed this long,
+                       then are removed (default 7d)
+  --max-jobs N         unfinished jobs the agent holds at most (default 10000)
+  --max-files-per-job N  (default 1000)
+  --max-url-length N   characters of a file's URL (default 8192)
+  --max-name-length N  characters of a job's name (default 256)
+
 Notifications (set per job: canopy get --on-complete, --on-error, --notify-url):
   --notify-timeout MS  longest wait for a notify URL's answer (default 30000)
   --notify-command-timeout MS  longest run of a notification command before its
@@ -150,6 +178,15 @@ Examples:
     'notify-retry-min': { type: 'string' },
     'notify-retry-max': { type: 'string' },
     'notify-attempts': { type: 'string' },
+    'time-slice': { type: 'string' },
+    'no-progress-timeout': { type: 'string' },
+    'max-download-time': { type: 'string' },
+    'inactive-job-timeout': { type: 'string' },
+    retention: { type: 'string' },
+    'max-jobs': { type: 'string' },
+    'max-files-per-job': { type: 'string' },
+    'max-url-length': { type: 'string' },
+    'max-name-length': { type: 'string' },
     'p2p-port': { type: 'string' },
     'p2p-host': { type: 'string' },
     'no-mdns': { type: 'boolean' },

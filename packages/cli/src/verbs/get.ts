@@ -1,30 +1,30 @@
 /** `canopy get`: download a URL through the agent. */
 import { stat } from 'node:fs/promises'
 import { basename, dirname, join, sep } from 'node:path'
-import { CanopyError, isCanopyError } from '@canopy/core'
-import type { JobNotify, JobView } from '@canopy/core'
+import { CanopyError, isCanopyError, parseDuration } from '@canopy/core'
+import type { JobLimits, JobNotify, JobView } from '@canopy/core'
 import { ExitCode, UsageError } from '../errors.ts'
 import { formatSummary } from '../format.ts'
 import { ProgressReporter } from '../progress.ts'
-import { absolute, flag, hasControlChar, interruptible, out, printJson, priorityOption, say, str, withClient } from '../verb.ts'
+import { absolute, flag, hasControlChar, interruptible, jobId, out, printJson, priorityOption, say, str, withClient } from '../verb.ts'
 import type { Values, Verb } from '../verb.ts'
 
 /** Parses the URL argument: http or https only. */
-export function parseDownloadUrl (text: string): URL {
+export function parseDownloadUrl (text: string, verb = 'get'): URL {
   let url: URL
   try {
     url = new URL(text)
   } catch {
-    throw new UsageError(`"${text}" is not a URL: write e.g. https://example.com/file.iso`, 'get')
+    throw new UsageError(`"${text}" is not a URL: write e.g. https://example.com/file.iso`, verb)
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new UsageError(`${url.protocol.slice(0, -1)} URLs are not supported: canopy get downloads http and https URLs`, 'get')
+    throw new UsageError(`${url.protocol.slice(0, -1)} URLs are not supported: canopy ${verb} downloads http and https URLs`, verb)
   }
   return url
 }
 
 /** The file name a URL names: its last path segment, decoded; refuses names that are no file name. */
-export function fileNameFromUrl (url: URL): string {
+export function fileNameFromUrl (url: URL, verb = 'get'): string {
   const segment = url.pathname.slice(url.pathname.lastIndexOf('/') + 1)
   let name: string
   try {
@@ -33,30 +33,30 @@ export function fileNameFromUrl (url: URL): string {
     name = segment
   }
   if (name === '' || name === '.' || name === '..' || /[/\\]/.test(name) || hasControlChar(name) || name.length > 255) {
-    throw new UsageError(`cannot take a file name from ${url.origin}${url.pathname}: name the destination with -o PATH`, 'get')
+    throw new UsageError(`cannot take a file name from ${url.origin}${url.pathname}: name the destination with -o PATH`, verb)
   }
   return name
 }
 
 /** The absolute destination: `-o` against the cwd (into it when it names a directory), else the URL's file name in the cwd. */
-export async function destinationPath (url: URL, output: string | undefined): Promise<string> {
-  if (output === '-') throw new UsageError('canopy get writes files, not stdout: name a file with -o PATH', 'get')
-  if (output === '') throw new UsageError('-o needs a path', 'get')
+export async function destinationPath (url: URL, output: string | undefined, verb = 'get'): Promise<string> {
+  if (output === '-') throw new UsageError(`canopy ${verb} writes files, not stdout: name a file with -o PATH`, verb)
+  if (output === '') throw new UsageError('-o needs a path', verb)
   let path: string
   if (output === undefined) {
-    path = absolute(fileNameFromUrl(url))
+    path = absolute(fileNameFromUrl(url, verb))
   } else {
     const target = absolute(output)
     const info = await stat(target).catch(() => undefined)
     const isDir = info?.isDirectory() === true || output.endsWith('/') || output.endsWith(sep)
-    path = isDir ? join(target, fileNameFromUrl(url)) : target
+    path = isDir ? join(target, fileNameFromUrl(url, verb)) : target
   }
   const parent = await stat(dirname(path)).catch(() => undefined)
   if (parent === undefined || !parent.isDirectory()) {
-    throw new UsageError(`cannot write ${path}: directory ${dirname(path)} does not exist`, 'get')
+    throw new UsageError(`cannot write ${path}: directory ${dirname(path)} does not exist`, verb)
   }
   if ((await stat(path).catch(() => undefined))?.isDirectory() === true) {
-    throw new UsageError(`cannot write ${path}: it is a directory`, 'get')
+    throw new UsageError(`cannot write ${path}: it is a directory`, verb)
   }
   return path
 }
@@ -88,10 +88,36 @@ export function notifyOptions (values: Values, platform: NodeJS.Platform = proce
   return Object.keys(notify).length === 0 ? undefined : notify
 }
 
-function parseSha256 (text: string | undefined): string | undefined {
+function parseSha256 (text: string | undefined, verb = 'get'): string | undefined {
   if (text === undefined) return undefined
-  if (!/^[0-9a-fA-F]{64}$/.test(text)) throw new UsageError(`--sha256 ${text}: must be 64 hex digits`, 'get')
+  if (!/^[0-9a-fA-F]{64}$/.test(text)) throw new UsageError(`--sha256 ${text}: must be 64 hex digits`, verb)
   return text.toLowerCase()
+}
+
+/** The flags of a job's own retry and time limits, and the JobLimits field each sets (the least value it takes). */
+const LIMIT_FLAGS: ReadonlyArray<[string, keyof JobLimits, number]> = [
+  ['retry-min', 'retryMinMs', 1],
+  ['retry-max', 'retryMaxMs', 1],
+  ['no-progress-timeout', 'noProgressTimeoutMs', 1],
+  ['max-download-time', 'maxDownloadTimeMs', 0]
+]
+
+/** The job's own limits from --retry-min, --retry-max, --no-progress-timeout, --max-download-time (durations). */
+export function jobLimitsOptions (values: Values, verb = 'get'): Partial<JobLimits> | undefined {
+  const limits: Partial<JobLimits> = {}
+  for (const [flagName, key, min] of LIMIT_FLAGS) {
+    const text = str(values, flagName)
+    if (text === undefined) continue
+    let ms: number
+    try {
+      ms = parseDuration(text)
+    } catch (err) {
+      throw new UsageError(`--${flagName} ${text}: ${(err as Error).message}`, verb)
+    }
+    if (ms < min) throw new UsageError(`--${flagName} ${text}: must be at least ${min} ms`, verb)
+    limits[key] = ms
+  }
+  return Object.keys(limits).length === 0 ? undefined : limits
 }
 
 const WAIT_UNTIL: readonly string[] = ['acknowledged', 'cancelled', 'error']
@@ -116,6 +142,15 @@ Options:
   --name N            the job's display name (default: the file name)
   --detach            print the job id on stdout and return; follow it with
                       \`canopy watch <id>\` or \`canopy job <id>\`
+  --suspended         create the job suspended and print its id (implies
+                      --detach): add files with \`canopy add\`, then \`canopy resume\`
+  --retry-min DUR     this job's first retry delay after a transient error; it
+                      doubles up to --retry-max DUR (defaults: the agent's, 2s
+                      and 10m). DUR: 1500 (ms), 30s, 5m, 2h, 14d
+  --no-progress-timeout DUR  stop in error (ERR_NO_PROGRESS) after trying this
+                      long without progress (default: the agent's, 14d)
+  --max-download-time DUR    stop in error (ERR_MAX_TIME) after trying this long
+                      in all (default: the agent's, no limit)
   --on-complete CMD   run CMD once the file is in place, and --on-error CMD when
                       the job fails (ends in error), even with --detach. CMD is run
                       by /bin/sh -c; the job's data is in its environment, never on
@@ -148,7 +183,9 @@ Examples:
     json: { type: 'boolean' },
     'on-complete': { type: 'string' },
     'on-error': { type: 'string' },
-    'notify-url': { type: 'string' }
+    'notify-url': { type: 'string' },
+    suspended: { type: 'boolean' },
+    ...Object.fromEntries(LIMIT_FLAGS.map(([name]) => [name, { type: 'string' as const }]))
   },
   positionals: { min: 1, max: 1, name: '<url>' },
   async run (ctx) {
@@ -156,6 +193,8 @@ Examples:
     const priority = priorityOption(ctx.values, 'get') ?? 'foreground'
     const notify = notifyOptions(ctx.values)
     const sha256 = parseSha256(str(ctx.values, 'sha256'))
+    const limits = jobLimitsOptions(ctx.values)
+    const suspended = flag(ctx.values, 'suspended')
     const path = await destinationPath(url, str(ctx.values, 'output'))
     const name = str(ctx.values, 'name') ?? basename(path)
     const json = flag(ctx.values, 'json')
@@ -168,9 +207,11 @@ Examples:
         priority,
         files: [sha256 === undefined ? { url: url.href, path } : { url: url.href, path, sha256 }],
         autoComplete: true,
-        ...(notify !== undefined ? { notify } : {})
+        ...(suspended ? { start: false } : {}),
+        ...(notify !== undefined ? { notify } : {}),
+        ...(limits !== undefined ? { limits } : {})
       })
-      if (flag(ctx.values, 'detach')) {
+      if (flag(ctx.values, 'detach') || suspended) {
         if (json) printJson(created)
         else out(`${created.id}\n`)
         return ExitCode.Ok
@@ -220,5 +261,45 @@ Examples:
       say(`canopy: fix the cause and run \`canopy resume ${job.id}\`, or drop the job with \`canopy cancel ${job.id}\``)
       return ExitCode.JobFailed
     })
+  }
+}
+
+export const addVerb: Verb = {
+  name: 'add',
+  summary: 'add a file to a suspended job',
+  help: `Usage: canopy add <id> <url> [-o PATH] [--sha256 HEX] [--json]
+
+Adds <url> to the job <id>, which must be suspended (create one with
+\`canopy get <url> --suspended\`, or suspend it with \`canopy suspend\`). A job's
+files are fetched in order and appear together, when the job completes.
+\`canopy resume <id>\` starts it.
+
+Options:
+  -o, --output PATH   destination file, or a directory to put it in
+                      (default: the URL's last path segment, in the current directory)
+  --sha256 HEX        expected SHA-256 of the file: it is refused if it differs
+  --json              print the job (JobView) as JSON on stdout
+  --state-dir D       the agent's state directory
+
+Examples:
+  id=$(canopy get https://origin.example.com/app/part1.bin --suspended)
+  canopy add "$id" https://origin.example.com/app/part2.bin -o /srv/app/
+  canopy resume "$id"
+`,
+  options: {
+    output: { type: 'string', short: 'o' },
+    sha256: { type: 'string' },
+    json: { type: 'boolean' }
+  },
+  positionals: { min: 2, max: 2, name: '<id> <url>' },
+  async run (ctx) {
+    const id = jobId(ctx.positionals[0], 'add')
+    const url = parseDownloadUrl(ctx.positionals[1], 'add')
+    const sha256 = parseSha256(str(ctx.values, 'sha256'), 'add')
+    const path = await destinationPath(url, str(ctx.values, 'output'), 'add')
+    const job = await withClient(ctx, client => client.addFiles(id, [sha256 === undefined ? { url: url.href, path } : { url: url.href, path, sha256 }]))
+    if (flag(ctx.values, 'json')) printJson(job)
+    else out(`${job.id}: ${job.filesTotal} file${job.filesTotal === 1 ? '' : 's'}, ${job.state}\n`)
+    return ExitCode.Ok
   }
 }

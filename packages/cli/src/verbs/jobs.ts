@@ -122,9 +122,10 @@ export const setVerb: Verb = {
   help: `Usage: canopy set <id> --priority P [--json] [--state-dir D]
 
 Changes a job's priority at once; the agent decides again what runs. A job set to
-foreground starts now, whatever else runs; waiting background jobs start in the
-order of their new priorities. A running job is not stopped when another one is
-raised above it (no preemption yet). Prints the job's priority and state.
+foreground starts now, whatever else runs. A background job raised above a running
+one takes its slot when the slots are full (the other goes back to the queue,
+keeping its progress); a running job lowered below a waiting one gives its slot
+up. Prints the job's priority and state.
 
 Options:
   --priority P    foreground, high, normal or low
