@@ -3,6 +3,7 @@ import { chmod, mkdir, open, rename, rm, stat, statfs } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import { createHash, randomUUID } from 'node:crypto'
 import { createReadStream } from 'node:fs'
+import { request } from 'undici'
 import type { Dispatcher } from 'undici'
 import { API_SOCKET_NAME, CanopyError, FINAL_STATES, formatBytes, formatDuration, silentLogger } from '@canopy/core'
 import type { AgentStatus, CacheView, CreateJobFile, CreateJobRequest, PeersView, JobLimits, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
@@ -10,6 +11,7 @@ import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from './er
 import { ACTIVE_STATES, FileProgress, toView } from './jobs/job.ts'
 import type { FileRecord, JobRecord } from './jobs/job.ts'
 import { LimitCode, validateAddFiles, validateCreateJob, validatePriority } from './jobs/validate.ts'
+import { requestHeaders } from './jobs/http-options.ts'
 import { backoff } from './backoff.ts'
 import { Notifier } from './notify/notifier.ts'
 import type { NotificationRecord } from './store/job-store.ts'
@@ -17,7 +19,7 @@ import { AGENT_DEFAULTS, blocksBuffered } from './options.ts'
 import type { AgentOptions, ResolvedAgentOptions } from './options.ts'
 import { JobStore } from './store/job-store.ts'
 import { transferBlocks } from './transfer/block-transfer.ts'
-import { createDispatcher, discoverManifest } from './transfer/http.ts'
+import { createDispatcher, discard, discoverManifest } from './transfer/http.ts'
 import { BlockHasher } from './transfer/block-hasher.ts'
 import { BufferPool } from './transfer/buffer-pool.ts'
 import { RangeClient } from './transfer/range-client.ts'
@@ -302,6 +304,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       queuedAt: at,
       ...(req.notify !== undefined ? { notify: req.notify } : {}),
       ...(req.limits !== undefined ? { limits: req.limits } : {}),
+      ...(req.http !== undefined ? { http: req.http } : {}),
+      ...(req.ifNewer === true ? { ifNewer: true } : {}),
       // Creation is the job's first state change, and notified like the others.
       transitions: 1
     }
@@ -730,7 +734,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
 
   private async transferFile (job: JobRecord, index: number, signal: AbortSignal, restarts: number): Promise<void> {
     const file = job.files[index]
-    const headers: Record<string, string> = {}
+    const headers = requestHeaders(job.http)
     if (file.mode === undefined) {
       const manifest = await discoverManifest(this.dispatcher, file.url, headers, signal)
       if (manifest !== undefined) {
@@ -747,6 +751,15 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         file.mode = 'plain'
       }
       await this.persist(job)
+    }
+    if (job.ifNewer === true && await this.upToDate(file, headers, signal)) {
+      this.logger.info('skipped: the destination is up to date', { jobId: job.id, path: file.path })
+      await rm(file.partPath, { force: true })
+      await this.store.clearBlocks(job.id, index)
+      // In place already: completing the job leaves it alone, cancelling does not remove it.
+      Object.assign(file, { done: true, skipped: true, visible: true, bytesByPeer: undefined })
+      await this.persist(job)
+      return
     }
     await this.checkDestination(file)
     if (job.state !== 'transferring') await this.setState(job, 'transferring')
@@ -817,6 +830,33 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         byPeer[peer.toString()] = (byPeer[peer.toString()] ?? 0) + bytes
       }
     }
+  }
+
+  /**
+   * Whether the file's destination is already what the origin has (ifNewer): with
+   * a manifest, the local file has its size and SHA-256; without, the server answers
+   * 304 to If-Modified-Since the local file's modification time.
+   */
+  private async upToDate (file: FileRecord, headers: Record<string, string>, signal: AbortSignal): Promise<boolean> {
+    const local = await stat(file.path).catch(() => undefined)
+    if (local === undefined || !local.isFile()) return false
+    if (file.mode === 'blocks') {
+      const manifest = await this.store.getManifest(file.manifestId!)
+      if (manifest === undefined || manifest.size !== local.size) return false
+      const hash = createHash('sha256')
+      for await (const chunk of createReadStream(file.path, { signal })) hash.update(chunk as Buffer)
+      const current = hash.digest('hex') === manifest.sha256
+      if (current) file.sha256 = manifest.sha256
+      return current
+    }
+    const res = await request(file.url, {
+      dispatcher: this.dispatcher,
+      method: 'GET',
+      headers: { ...headers, range: 'bytes=0-0', 'if-modified-since': local.mtime.toUTCString() },
+      signal
+    })
+    discard(res.body)
+    return res.statusCode === 304
   }
 
   /** Forgets a file's progress and manifest (its remote copy changed). */
@@ -1073,6 +1113,11 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       case 'suspended': return 'suspended: resume it to continue'
       case 'transferred': return job.autoComplete ? undefined : 'transferred: complete it to make the files visible'
       case 'cancelled': return job.cancelReason
+      case 'acknowledged': {
+        const skipped = job.files.filter(f => f.skipped === true).length
+        if (skipped === 0) return undefined
+        return skipped === job.files.length ? 'skipped: up to date' : `${skipped} of ${job.files.length} files skipped: up to date`
+      }
       default: return undefined
     }
   }

@@ -62,6 +62,8 @@ export interface JobFileView {
   sha256?: string
   /** Verified bytes from each peer (peer id -> bytes), when some came from peers. */
   bytesByPeer?: Record<string, number>
+  /** True when the destination was already current and the file was not transferred (ifNewer). */
+  skipped?: boolean
 }
 
 export interface JobBytes {
@@ -105,6 +107,10 @@ export interface JobView {
   notify?: JobNotify
   /** The retry and time limits in force for this job: its own, else the agent's defaults. */
   limits: JobLimits
+  /** Its HTTP options, when it has any (names and scheme only). */
+  http?: JobHttpView
+  /** Whether files already current at their destinations are skipped (CreateJobRequest.ifNewer). */
+  ifNewer?: boolean
 }
 
 /**
@@ -163,6 +169,34 @@ export interface CreateJobRequest {
   notify?: JobNotify
   /** This job's retry and time limits; each one left out takes the agent's default. */
   limits?: Partial<JobLimits>
+  /** Request headers and credentials sent to the origin (never to peers). */
+  http?: JobHttpOptions
+  /**
+   * Skip a file whose destination is already current: with a manifest, when the
+   * local file has the published SHA-256; without, when the server says it has not
+   * changed since the local file's modification time (If-Modified-Since). A skipped
+   * file is left as it is and reported with `skipped: true`.
+   */
+  ifNewer?: boolean
+}
+
+/**
+ * HTTP options of a job. Header values and credentials are write-only: the agent
+ * stores them owner-only in its state directory, sends them to the origin (and the
+ * custom headers, not the credentials, across redirects to other hosts), and never
+ * shows or logs them; views list the header names and the credential scheme only.
+ */
+export interface JobHttpOptions {
+  /** Extra request headers, e.g. { "X-Api-Key": "..." }. Host, Range, Authorization and hop-by-hop headers are refused. */
+  headers?: Record<string, string>
+  credentials?: { scheme: 'basic', username: string, password: string } | { scheme: 'bearer', token: string }
+}
+
+/** What a view shows of a job's HTTP options. */
+export interface JobHttpView {
+  /** Names of the custom headers (their values are write-only). */
+  headers: string[]
+  credentials?: 'basic' | 'bearer'
 }
 
 /** POST /v1/jobs/:id/files: files to append to a suspended job. */

@@ -21,7 +21,7 @@ export type { Logger } from './logger.ts'
 export { AGENT_EVENT_TYPES, API_SOCKET_NAME, API_VERSION, FINAL_STATES, PRIORITIES } from './api.ts'
 export type {
   AgentEvent, AgentEventType, AgentStatus, ApiErrorBody, CacheView, PeersView, PeerStatus, AddFilesRequest, CreateJobFile, CreateJobRequest, JobBytes, JobLimits, JobError, JobFileView,
-  JobNotify, JobPriority, JobState, JobType, JobView, SetPriorityRequest
+  JobHttpOptions, JobHttpView, JobNotify, JobPriority, JobState, JobType, JobView, SetPriorityRequest
 } from './api.ts'
 export { decodeMessage, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY, MessageType } from './wire.ts'
 export type { ExchangeMessage } from './wire.ts'

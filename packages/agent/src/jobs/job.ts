@@ -1,5 +1,6 @@
-import type { JobError, JobLimits, JobNotify, JobPriority, JobState, JobType, JobView, PublishedManifest } from '@canopy/core'
+import type { JobError, JobHttpOptions, JobLimits, JobNotify, JobPriority, JobState, JobType, JobView, PublishedManifest } from '@canopy/core'
 import { blockCount, blockSpan } from '@canopy/core'
+import { httpView } from './http-options.ts'
 
 /** One file of a job, as persisted. */
 export interface FileRecord {
@@ -34,6 +35,8 @@ export interface FileRecord {
   /** Verified whole-file SHA-256 (hex), set when the file is complete. */
   sha256?: string
   done: boolean
+  /** The destination was already current (ifNewer): not transferred, left as it was. */
+  skipped?: boolean
 }
 
 /** A job as persisted in the job store. Progress by block lives beside it (see JobStore). */
@@ -55,6 +58,10 @@ export interface JobRecord {
   completedAt?: string
   /** Commands and URL to notify on state changes (see notify/notifier.ts). */
   notify?: JobNotify
+  /** Custom headers and credentials for the origin (write-only: see http-options.ts). */
+  http?: JobHttpOptions
+  /** Skip files whose destination is already current. */
+  ifNewer?: boolean
   /**
    * State changes recorded so far (absent in records older than notifications: 0).
    * Numbers the transitions, so that a notification is known by (job id, number)
@@ -179,7 +186,8 @@ export function toView (job: JobRecord, live: JobLive): JobView {
       bytesTransferred: done,
       ...(f.manifestId !== undefined ? { manifestId: f.manifestId } : {}),
       ...(f.sha256 !== undefined ? { sha256: f.sha256 } : {}),
-      ...(f.bytesByPeer !== undefined ? { bytesByPeer: { ...f.bytesByPeer } } : {})
+      ...(f.bytesByPeer !== undefined ? { bytesByPeer: { ...f.bytesByPeer } } : {}),
+      ...(f.skipped === true ? { skipped: true } : {})
     }
   })
   return {
@@ -201,7 +209,9 @@ export function toView (job: JobRecord, live: JobLive): JobView {
     ...(job.transferredAt !== undefined ? { transferredAt: job.transferredAt } : {}),
     ...(job.completedAt !== undefined ? { completedAt: job.completedAt } : {}),
     ...(job.notify !== undefined ? { notify: job.notify } : {}),
-    limits: live.limits
+    limits: live.limits,
+    ...(job.http !== undefined ? { http: httpView(job.http) } : {}),
+    ...(job.ifNewer === true ? { ifNewer: true } : {})
   }
 }
 

@@ -3,6 +3,7 @@ import { dirname, isAbsolute, resolve } from 'node:path'
 import { CanopyError, PRIORITIES } from '@canopy/core'
 import type { CreateJobFile, CreateJobRequest, JobLimits, JobNotify, JobPriority } from '@canopy/core'
 import type { RequestLimits } from '../options.ts'
+import { validateHttpOptions } from './http-options.ts'
 
 /**
  * Fixed limits of job requests. The limits an operator may want to change (files
@@ -40,13 +41,16 @@ export function validateCreateJob (body: unknown, limits: RequestLimits): Create
   if (typeof req.name === 'string' && req.name.length > limits.maxNameLength) {
     throw new CanopyError(LimitCode.NameTooLong, `The job's name has ${req.name.length} characters; this agent allows at most ${limits.maxNameLength} (--max-name-length)`)
   }
-  for (const flag of ['autoComplete', 'start'] as const) {
+  for (const flag of ['autoComplete', 'start', 'ifNewer'] as const) {
     if (req[flag] !== undefined && typeof req[flag] !== 'boolean') throw bad(`${flag} must be true or false`)
   }
   const files = validateFiles(req.files, limits, [])
   const notify = req.notify === undefined ? undefined : validateNotify(req.notify)
   const jobLimits = req.limits === undefined ? undefined : validateJobLimits(req.limits)
+  const http = req.http === undefined ? undefined : validateHttpOptions(req.http)
   return {
+    ...(http !== undefined ? { http } : {}),
+    ...(req.ifNewer === true ? { ifNewer: true } : {}),
     files,
     ...(notify !== undefined ? { notify } : {}),
     ...(jobLimits !== undefined ? { limits: jobLimits } : {}),

@@ -1,8 +1,8 @@
 /** `canopy get`: download a URL through the agent. */
-import { stat } from 'node:fs/promises'
+import { readFile, stat } from 'node:fs/promises'
 import { basename, dirname, join, sep } from 'node:path'
 import { CanopyError, isCanopyError, parseDuration } from '@canopy/core'
-import type { JobLimits, JobNotify, JobView } from '@canopy/core'
+import type { JobHttpOptions, JobLimits, JobNotify, JobView } from '@canopy/core'
 import { ExitCode, UsageError } from '../errors.ts'
 import { formatSummary } from '../format.ts'
 import { ProgressReporter } from '../progress.ts'
@@ -120,6 +120,40 @@ export function jobLimitsOptions (values: Values, verb = 'get'): Partial<JobLimi
   return Object.keys(limits).length === 0 ? undefined : limits
 }
 
+/**
+ * The job's HTTP options from -H/--header (repeatable), --bearer-token-file and
+ * --basic-auth-file. Secrets come from files, not arguments, so that they never
+ * show in the process list or the shell's history.
+ */
+async function httpOptions (values: Values): Promise<JobHttpOptions | undefined> {
+  const http: JobHttpOptions = {}
+  for (const header of (values.header as unknown as string[] | undefined) ?? []) {
+    const colon = header.indexOf(':')
+    if (colon <= 0) throw new UsageError(`--header ${header.slice(0, 80)}: write it as 'Name: value'`, 'get')
+    http.headers ??= {}
+    http.headers[header.slice(0, colon).trim()] = header.slice(colon + 1).trim()
+  }
+  const secret = async (flagName: string): Promise<string | undefined> => {
+    const file = str(values, flagName)
+    if (file === undefined) return undefined
+    try {
+      return (await readFile(file, 'utf8')).replace(/\r?\n$/, '')
+    } catch (err) {
+      throw new UsageError(`--${flagName} ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`, 'get')
+    }
+  }
+  const token = await secret('bearer-token-file')
+  const basic = await secret('basic-auth-file')
+  if (token !== undefined && basic !== undefined) throw new UsageError('--bearer-token-file and --basic-auth-file: give one of them', 'get')
+  if (token !== undefined) http.credentials = { scheme: 'bearer', token }
+  if (basic !== undefined) {
+    const colon = basic.indexOf(':')
+    if (colon <= 0) throw new UsageError('--basic-auth-file: the file must hold user:password on one line', 'get')
+    http.credentials = { scheme: 'basic', username: basic.slice(0, colon), password: basic.slice(colon + 1) }
+  }
+  return http.headers === undefined && http.credentials === undefined ? undefined : http
+}
+
 const WAIT_UNTIL: readonly string[] = ['acknowledged', 'cancelled', 'error']
 
 export const getVerb: Verb = {
@@ -160,6 +194,15 @@ Options:
                       A failing or hanging command is logged by the agent, and
                       killed after the agent's --notify-command-timeout
   --on-error CMD      (see --on-complete)
+  -H, --header 'N: V' a request header for the origin (repeatable); values are
+                      write-only: views list header names only
+  --bearer-token-file F  send Authorization: Bearer <the file's first line>
+  --basic-auth-file F    send basic credentials: the file holds user:password
+                      (never on the command line; never sent to peers, nor to
+                      another host after a redirect)
+  --if-newer          skip the download when the destination is already current
+                      (same SHA-256 as the origin's manifest, or unchanged since
+                      its modification time): "skipped: up to date"
   --notify-url URL    POST the job (JobView JSON) to URL on every state change;
                       retried with backoff when the receiver fails
   --json              print the final job (JobView) as JSON on stdout
@@ -173,6 +216,7 @@ Examples:
   canopy get https://origin.example.com/images/base.iso -o /var/cache/images/ --priority low --detach
   canopy get https://example.com/a.bin --sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 --json
   canopy get https://origin.example.com/patch.msu --detach --on-complete 'logger "canopy: $CANOPY_JOB_PATH is ready"'
+  canopy get https://origin.example.com/private/tool.zip --bearer-token-file ~/.canopy-token --if-newer
 `,
   options: {
     output: { type: 'string', short: 'o' },
@@ -184,6 +228,10 @@ Examples:
     'on-complete': { type: 'string' },
     'on-error': { type: 'string' },
     'notify-url': { type: 'string' },
+    header: { type: 'string', short: 'H', multiple: true },
+    'bearer-token-file': { type: 'string' },
+    'basic-auth-file': { type: 'string' },
+    'if-newer': { type: 'boolean' },
     suspended: { type: 'boolean' },
     ...Object.fromEntries(LIMIT_FLAGS.map(([name]) => [name, { type: 'string' as const }]))
   },
@@ -194,6 +242,7 @@ Examples:
     const notify = notifyOptions(ctx.values)
     const sha256 = parseSha256(str(ctx.values, 'sha256'))
     const limits = jobLimitsOptions(ctx.values)
+    const http = await httpOptions(ctx.values)
     const suspended = flag(ctx.values, 'suspended')
     const path = await destinationPath(url, str(ctx.values, 'output'))
     const name = str(ctx.values, 'name') ?? basename(path)
@@ -209,7 +258,9 @@ Examples:
         autoComplete: true,
         ...(suspended ? { start: false } : {}),
         ...(notify !== undefined ? { notify } : {}),
-        ...(limits !== undefined ? { limits } : {})
+        ...(limits !== undefined ? { limits } : {}),
+        ...(http !== undefined ? { http } : {}),
+        ...(flag(ctx.values, 'if-newer') ? { ifNewer: true } : {})
       })
       if (flag(ctx.values, 'detach') || suspended) {
         if (json) printJson(created)
