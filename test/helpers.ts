@@ -83,10 +83,10 @@ export interface AgentProcess {
 }
 
 /** Starts `canopy agent` as a child process and waits until its API answers. */
-export async function startAgentProcess (stateDir: string, extraArgs: string[] = []): Promise<AgentProcess> {
+export async function startAgentProcess (stateDir: string, extraArgs: string[] = [], env: Record<string, string> = {}): Promise<AgentProcess> {
   const child = spawn(process.execPath, [CLI, 'agent', '--state-dir', stateDir, ...LOOPBACK_P2P, ...extraArgs], {
     stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env }
+    env: { ...process.env, ...env }
   })
   let stderr = ''
   child.stderr!.on('data', (d: Buffer) => { stderr += d.toString() })

@@ -5,7 +5,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createServer, request as httpRequest } from 'node:http'
-import type { IncomingHttpHeaders, Server } from 'node:http'
+import type { IncomingHttpHeaders, IncomingMessage, Server, ServerResponse } from 'node:http'
 import { once } from 'node:events'
 import { readFile, stat, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -22,6 +22,17 @@ async function listen (t: { after: (fn: () => Promise<void>) => void }, server: 
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
 }
 
+/** Sends `req` on to `target` and its answer back. */
+function forward (req: IncomingMessage, res: ServerResponse, target: string): void {
+  const url = new URL(target)
+  const upstream = httpRequest(url, { method: req.method, headers: { ...req.headers, host: url.host } }, up => {
+    res.writeHead(up.statusCode!, up.headers)
+    up.pipe(res)
+  })
+  upstream.on('error', () => res.destroy())
+  req.pipe(upstream)
+}
+
 /** Forwards to `target`, recording each request; refuses HEAD with 403, as a signed S3 URL (valid for GET only) does. */
 async function recordingProxy (t: { after: (fn: () => Promise<void>) => void }, target: string): Promise<{ url: string, seen: Seen[] }> {
   const seen: Seen[] = []
@@ -31,12 +42,7 @@ async function recordingProxy (t: { after: (fn: () => Promise<void>) => void }, 
       res.writeHead(403).end()
       return
     }
-    const upstream = httpRequest(`${target}${req.url!}`, { method: req.method, headers: { ...req.headers, host: new URL(target).host } }, up => {
-      res.writeHead(up.statusCode!, up.headers)
-      up.pipe(res)
-    })
-    upstream.on('error', () => res.destroy())
-    req.pipe(upstream)
+    forward(req, res, `${target}${req.url!}`)
   })
   return { url: await listen(t, server), seen }
 }
@@ -174,4 +180,86 @@ test('--if-newer skips a destination that is current and fetches one that change
   await utimes(plainOut, new Date('2025-06-01'), new Date('2025-06-01')) // older: fetched again
   assert.equal((await get(`${plain}/p.txt`, plainOut)).files[0].skipped, undefined)
   assert.ok(bodies > bodiesBefore)
+})
+
+/** A forward HTTP proxy (absolute-form requests), recording what it forwards. */
+async function forwardProxy (t: { after: (fn: () => Promise<void>) => void }): Promise<{ url: string, seen: string[] }> {
+  const seen: string[] = []
+  const server = createServer((req, res) => {
+    seen.push(req.url!)
+    forward(req, res, req.url!)
+  })
+  return { url: await listen(t, server), seen }
+}
+
+test('proxies: from the environment (HTTP_PROXY), per job, and "direct"', async (t) => {
+  const { dir, origin, sha256 } = await originWithFile(t, 5 * 1024 * 1024 + 3)
+  const fromEnv = await forwardProxy(t)
+  const perJob = await forwardProxy(t)
+  const agent = await startAgentProcess(join(dir, 'agent'), [], { HTTP_PROXY: fromEnv.url, NO_PROXY: '' })
+  t.after(async () => await agent.kill())
+  const get = async (out: string, ...flags: string[]): Promise<void> => {
+    const run = await runCli(['get', `${origin.url}/f.bin`, '-o', join(dir, out), '--state-dir', agent.stateDir, ...flags])
+    assert.equal(run.code, 0, run.stderr)
+    assert.equal(await fileSha256(join(dir, out)), sha256)
+  }
+  await get('env.bin')
+  assert.ok(fromEnv.seen.some(u => u === `${origin.url}/f.bin`), 'the manifest and the content went through the environment\'s proxy')
+  const envCount = fromEnv.seen.length
+  await get('job.bin', '--proxy', perJob.url)
+  assert.ok(perJob.seen.length > 0 && fromEnv.seen.length === envCount, 'the job\'s own proxy replaces the environment\'s')
+  await get('direct.bin', '--proxy', 'direct')
+  assert.equal(fromEnv.seen.length, envCount)
+  const shown = JSON.parse((await runCli(['jobs', '--json', '--state-dir', agent.stateDir])).stdout) as Array<{ http?: { proxy?: string } }>
+  assert.deepEqual(shown.map(j => j.http?.proxy), [undefined, `${perJob.url}/`, 'direct'])
+})
+
+test('TLS options: an extra CA and a client certificate, against an https server that requires one', async (t) => {
+  const dir = await tempDir(t)
+  const ssl = async (...args: string[]): Promise<void> => {
+    const { execFile } = await import('node:child_process')
+    await new Promise<void>((resolve, reject) => execFile('openssl', args, { cwd: dir }, err => err === null ? resolve() : reject(err)))
+  }
+  // A private CA; a server certificate for 127.0.0.1 and a client certificate, both signed by it.
+  await ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=Canopy test CA')
+  for (const [name, ext] of [['server', 'subjectAltName=IP:127.0.0.1'], ['client', 'extendedKeyUsage=clientAuth']]) {
+    await ssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`)
+    await writeFile(join(dir, `${name}.ext`), `${ext}\n`)
+    await ssl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${name}.pem`, '-days', '2', '-extfile', `${name}.ext`)
+  }
+  const { sha256 } = await randomFile(join(dir, 'f.bin'), 3 * 1024 * 1024 + 1)
+  const origin = await startOrigin({ root: dir, stateDir: join(dir, '.origin') })
+  t.after(async () => await origin.close())
+  await origin.ready
+  const { createServer: createHttpsServer } = await import('node:https')
+  const clients: string[] = []
+  const https = createHttpsServer({
+    key: await readFile(join(dir, 'server.key')),
+    cert: await readFile(join(dir, 'server.pem')),
+    ca: await readFile(join(dir, 'ca.pem')),
+    requestCert: true,
+    rejectUnauthorized: true
+  }, (req, res) => {
+    clients.push(String((req.socket as import('node:tls').TLSSocket).getPeerCertificate().subject.CN))
+    forward(req, res, `${origin.url}${req.url!}`)
+  })
+  https.listen(0, '127.0.0.1')
+  await once(https, 'listening')
+  t.after(async () => { https.closeAllConnections(); await new Promise(resolve => https.close(resolve)) })
+  const url = `https://127.0.0.1:${(https.address() as AddressInfo).port}/f.bin`
+  const agent = await startAgentProcess(join(dir, 'agent'))
+  t.after(async () => await agent.kill())
+
+  const ok = await runCli(['get', url, '-o', join(dir, 'out.bin'), '--json', '--state-dir', agent.stateDir,
+    '--ca-file', join(dir, 'ca.pem'), '--cert-file', join(dir, 'client.pem'), '--key-file', join(dir, 'client.key')])
+  assert.equal(ok.code, 0, ok.stderr)
+  assert.equal(await fileSha256(join(dir, 'out.bin')), sha256)
+  assert.ok(clients.length > 0 && clients.every(cn => cn === 'client'))
+
+  // Without the CA, the server's certificate is refused: an error that says so, not retries.
+  const job = await agent.client.createJob({ files: [{ url, path: join(dir, 'no-ca.bin') }], autoComplete: true })
+  const failed = await agent.client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(failed.state, 'error')
+  assert.equal(failed.error?.code, 'ERR_TLS', JSON.stringify(failed.error))
+  await assert.rejects(agent.client.createJob({ files: [{ url, path: join(dir, 'x.bin') }], http: { tls: { certFile: join(dir, 'client.pem') } } }), { code: 'ERR_INVALID_REQUEST' })
 })

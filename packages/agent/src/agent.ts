@@ -11,7 +11,7 @@ import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from './er
 import { ACTIVE_STATES, FileProgress, toView } from './jobs/job.ts'
 import type { FileRecord, JobRecord } from './jobs/job.ts'
 import { LimitCode, validateAddFiles, validateCreateJob, validatePriority } from './jobs/validate.ts'
-import { requestHeaders } from './jobs/http-options.ts'
+import { readTls, requestHeaders } from './jobs/http-options.ts'
 import { backoff } from './backoff.ts'
 import { Notifier } from './notify/notifier.ts'
 import type { NotificationRecord } from './store/job-store.ts'
@@ -19,7 +19,7 @@ import { AGENT_DEFAULTS, blocksBuffered } from './options.ts'
 import type { AgentOptions, ResolvedAgentOptions } from './options.ts'
 import { JobStore } from './store/job-store.ts'
 import { transferBlocks } from './transfer/block-transfer.ts'
-import { createDispatcher, discard, discoverManifest } from './transfer/http.ts'
+import { createDispatcher, discard, discoverManifest, usesProxy } from './transfer/http.ts'
 import { BlockHasher } from './transfer/block-hasher.ts'
 import { BufferPool } from './transfer/buffer-pool.ts'
 import { RangeClient } from './transfer/range-client.ts'
@@ -732,11 +732,38 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     }
   }
 
+  /**
+   * How one transfer of the job reaches its origin: the agent's shared pool and its
+   * direct range client, or, for a job with its own proxy or TLS settings, a pool of
+   * its own (closed after the transfer). Through a proxy, the direct range client
+   * (plain TCP to the origin) is not used.
+   */
+  private async networkFor (job: JobRecord): Promise<{ dispatcher: Dispatcher, rangeClient?: RangeClient, close: () => Promise<void> }> {
+    const own = job.http?.proxy !== undefined || job.http?.tls !== undefined
+    const options = { proxy: job.http?.proxy, tls: await readTls(job.http?.tls) }
+    const rangeClient = usesProxy(options) ? undefined : this.rangeClient
+    if (!own) return { dispatcher: this.dispatcher, ...(rangeClient !== undefined ? { rangeClient } : {}), close: async () => {} }
+    const dispatcher = createDispatcher({ connections: this.options.requestsInFlight * 2, timeoutMs: this.options.requestTimeoutMs, ...options })
+    return { dispatcher, ...(rangeClient !== undefined ? { rangeClient } : {}), close: async () => await dispatcher.close() }
+  }
+
   private async transferFile (job: JobRecord, index: number, signal: AbortSignal, restarts: number): Promise<void> {
+    const net = await this.networkFor(job).catch((err: unknown) => {
+      throw new TransferError(JobErrorCode.Internal, `cannot read the job's TLS files: ${(err as Error).message}`, { transient: false })
+    })
+    try {
+      await this.transferFileWith(job, index, signal, restarts, net)
+    } finally {
+      await net.close()
+    }
+  }
+
+  private async transferFileWith (job: JobRecord, index: number, signal: AbortSignal, restarts: number,
+    net: { dispatcher: Dispatcher, rangeClient?: RangeClient }): Promise<void> {
     const file = job.files[index]
     const headers = requestHeaders(job.http)
     if (file.mode === undefined) {
-      const manifest = await discoverManifest(this.dispatcher, file.url, headers, signal)
+      const manifest = await discoverManifest(net.dispatcher, file.url, headers, signal)
       if (manifest !== undefined) {
         if (file.expectedSha256 !== undefined && file.expectedSha256 !== manifest.sha256) {
           throw new TransferError(JobErrorCode.DigestMismatch,
@@ -752,7 +779,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       }
       await this.persist(job)
     }
-    if (job.ifNewer === true && await this.upToDate(file, headers, signal)) {
+    if (job.ifNewer === true && await this.upToDate(file, net.dispatcher, headers, signal)) {
       this.logger.info('skipped: the destination is up to date', { jobId: job.id, path: file.path })
       await rm(file.partPath, { force: true })
       await this.store.clearBlocks(job.id, index)
@@ -769,7 +796,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       file.sha256 = await transferPlain({
         file,
         progress,
-        dispatcher: this.dispatcher,
+        dispatcher: net.dispatcher,
         headers,
         persist: async () => await this.persist(job),
         onProgress: () => this.onProgress(job),
@@ -791,18 +818,18 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
           manifest,
           progress,
           store: this.store,
-          dispatcher: this.dispatcher,
+          dispatcher: net.dispatcher,
           headers,
           blockHasher: this.blockHasher,
           inFlight,
           ...(this.sharing !== undefined ? { peers: this.peerSessions(this.sharing, file) } : {}),
           buffers: new BufferPool(manifest.blockSize, blocksBuffered(this.options, manifest.blockSize)),
           maxBufferedBlocks: blocksBuffered(this.options, manifest.blockSize),
-          rangeClient: this.rangeClient,
+          ...(net.rangeClient !== undefined ? { rangeClient: net.rangeClient } : {}),
           requestsInFlight: this.options.requestsInFlight,
           blocksPerRequest: Math.max(1, Math.floor(this.options.requestSize / manifest.blockSize)),
           maxBlockAttempts: this.options.maxBlockAttempts,
-          refreshManifest: async (s) => await discoverManifest(this.dispatcher, file.url, headers, s),
+          refreshManifest: async (s) => await discoverManifest(net.dispatcher, file.url, headers, s),
           onBlock: () => this.onProgress(job),
           logger: this.logger,
           signal
@@ -811,7 +838,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         if (!(err instanceof TransferError) || err.code !== REMOTE_CHANGED || restarts >= 2) throw err
         this.logger.info('remote file changed; restarting it', { jobId: job.id, url: file.url })
         await this.resetFile(job, index)
-        return await this.transferFile(job, index, signal, restarts + 1)
+        return await this.transferFileWith(job, index, signal, restarts + 1, net)
       }
     }
     file.done = true
@@ -837,7 +864,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
    * a manifest, the local file has its size and SHA-256; without, the server answers
    * 304 to If-Modified-Since the local file's modification time.
    */
-  private async upToDate (file: FileRecord, headers: Record<string, string>, signal: AbortSignal): Promise<boolean> {
+  private async upToDate (file: FileRecord, dispatcher: Dispatcher, headers: Record<string, string>, signal: AbortSignal): Promise<boolean> {
     const local = await stat(file.path).catch(() => undefined)
     if (local === undefined || !local.isFile()) return false
     if (file.mode === 'blocks') {
@@ -850,7 +877,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       return current
     }
     const res = await request(file.url, {
-      dispatcher: this.dispatcher,
+      dispatcher,
       method: 'GET',
       headers: { ...headers, range: 'bytes=0-0', 'if-modified-since': local.mtime.toUTCString() },
       signal

@@ -190,6 +190,10 @@ export interface JobHttpOptions {
   /** Extra request headers, e.g. { "X-Api-Key": "..." }. Host, Range, Authorization and hop-by-hop headers are refused. */
   headers?: Record<string, string>
   credentials?: { scheme: 'basic', username: string, password: string } | { scheme: 'bearer', token: string }
+  /** 'direct', or a proxy URL (http://host:port); default: the agent's environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY). */
+  proxy?: string
+  /** Absolute paths of PEM files, read when the job transfers: extra CAs to trust, a client certificate and its key. */
+  tls?: { caFile?: string, certFile?: string, keyFile?: string }
 }
 
 /** What a view shows of a job's HTTP options. */
@@ -197,6 +201,9 @@ export interface JobHttpView {
   /** Names of the custom headers (their values are write-only). */
   headers: string[]
   credentials?: 'basic' | 'bearer'
+  /** The job's proxy setting, without any user:password it holds. */
+  proxy?: string
+  tls?: { caFile?: string, certFile?: string, keyFile?: string }
 }
 
 /** POST /v1/jobs/:id/files: files to append to a suspended job. */

@@ -5,6 +5,9 @@
  * directory is owner-only), sent to the origin, and shown only as header names and
  * a credential scheme.
  */
+import { readFile } from 'node:fs/promises'
+import { accessSync, constants } from 'node:fs'
+import { isAbsolute } from 'node:path'
 import { CanopyError } from '@canopy/core'
 import type { JobHttpOptions, JobHttpView } from '@canopy/core'
 
@@ -33,8 +36,8 @@ function bad (message: string): CanopyError {
 /** Checks `http` of a job request. */
 export function validateHttpOptions (value: unknown): JobHttpOptions {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('http must be an object { headers?, credentials? }')
-  const { headers, credentials, ...rest } = value as Record<string, unknown>
-  if (Object.keys(rest).length > 0) throw bad(`http.${Object.keys(rest)[0]} is not an HTTP option: use headers or credentials`)
+  const { headers, credentials, proxy, tls, ...rest } = value as Record<string, unknown>
+  if (Object.keys(rest).length > 0) throw bad(`http.${Object.keys(rest)[0]} is not an HTTP option: use headers, credentials, proxy or tls`)
   const out: JobHttpOptions = {}
   if (headers !== undefined) {
     if (typeof headers !== 'object' || headers === null || Array.isArray(headers)) throw bad('http.headers must be an object of header names to values')
@@ -65,7 +68,37 @@ export function validateHttpOptions (value: unknown): JobHttpOptions {
       throw bad('http.credentials must be { scheme: "bearer", token } or { scheme: "basic", username, password } (printable ASCII; no ":" in the username)')
     }
   }
+  if (proxy !== undefined) {
+    const url = typeof proxy === 'string' && proxy !== 'direct' && URL.canParse(proxy) ? new URL(proxy) : undefined
+    if (proxy !== 'direct' && (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:'))) {
+      throw bad('http.proxy must be "direct" or a proxy URL such as http://proxy.example.com:3128')
+    }
+    out.proxy = proxy as string
+  }
+  if (tls !== undefined) {
+    if (typeof tls !== 'object' || tls === null || Array.isArray(tls)) throw bad('http.tls must be an object { caFile?, certFile?, keyFile? }')
+    const files = tls as Record<string, unknown>
+    for (const [key, path] of Object.entries(files)) {
+      if (!['caFile', 'certFile', 'keyFile'].includes(key)) throw bad(`http.tls.${key} is not a TLS option: use caFile, certFile or keyFile`)
+      if (typeof path !== 'string' || !isAbsolute(path)) throw bad(`http.tls.${key} must be an absolute path`)
+      try {
+        accessSync(path, constants.R_OK)
+      } catch {
+        throw bad(`http.tls.${key}: the agent cannot read ${path}`)
+      }
+    }
+    if ((files.certFile === undefined) !== (files.keyFile === undefined)) throw bad('http.tls: give certFile and keyFile together')
+    out.tls = files as NonNullable<JobHttpOptions['tls']>
+  }
   return out
+}
+
+/** The PEM contents of a job's TLS files, read now (they may have been renewed since the job was created). */
+export async function readTls (tls: JobHttpOptions['tls']): Promise<{ ca?: string, cert?: string, key?: string } | undefined> {
+  if (tls === undefined) return undefined
+  const read = async (path: string | undefined): Promise<string | undefined> => path === undefined ? undefined : await readFile(path, 'utf8')
+  const [ca, cert, key] = await Promise.all([read(tls.caFile), read(tls.certFile), read(tls.keyFile)])
+  return { ...(ca !== undefined ? { ca } : {}), ...(cert !== undefined ? { cert } : {}), ...(key !== undefined ? { key } : {}) }
 }
 
 /** The headers every request of the job to its origin carries. */
@@ -79,6 +112,18 @@ export function requestHeaders (http: JobHttpOptions | undefined): Record<string
 
 /** What a view shows: header names and the credential scheme, never values. */
 export function httpView (http: JobHttpOptions | undefined): JobHttpView | undefined {
-  if (http === undefined || (http.headers === undefined && http.credentials === undefined)) return undefined
-  return { headers: Object.keys(http.headers ?? {}), ...(http.credentials !== undefined ? { credentials: http.credentials.scheme } : {}) }
+  if (http === undefined || Object.keys(http).length === 0) return undefined
+  let proxy = http.proxy
+  if (proxy !== undefined && proxy !== 'direct') {
+    const url = new URL(proxy)
+    url.username = ''
+    url.password = ''
+    proxy = url.href
+  }
+  return {
+    headers: Object.keys(http.headers ?? {}),
+    ...(http.credentials !== undefined ? { credentials: http.credentials.scheme } : {}),
+    ...(proxy !== undefined ? { proxy } : {}),
+    ...(http.tls !== undefined ? { tls: { ...http.tls } } : {})
+  }
 }

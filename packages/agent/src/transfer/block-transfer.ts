@@ -36,7 +36,8 @@ export interface BlockTransferOptions {
   /** Blocks being fetched now (from the origin or a peer); peers see them as claims. */
   inFlight: Set<number>
   /** Plain-HTTP range requests that read straight into block buffers. */
-  rangeClient: RangeClient
+  /** The direct range client; absent when requests must go through the dispatcher (a proxy). */
+  rangeClient?: RangeClient
   /** Blocks one file may hold in memory (being received, verified or written). */
   maxBufferedBlocks: number
   /** Range requests in flight for this file. */
@@ -260,7 +261,7 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], si
       }
       let body: RangeResponse['body'] | undefined
       try {
-        const fast = fastPath ? await o.rangeClient.get(new URL(o.url), offset, buffers, o.headers, stop, onFilled, manifest.size) : 'fallback'
+        const fast = fastPath && o.rangeClient !== undefined ? await o.rangeClient.get(new URL(o.url), offset, buffers, o.headers, stop, onFilled, manifest.size) : 'fallback'
         if (fast === 'fallback') {
           // A redirect, an https origin, an unusual answer: it will be the same for
           // the next request of this transfer, so go straight to undici.

@@ -1,5 +1,6 @@
-import { Agent, interceptors, request } from 'undici'
+import { Agent, EnvHttpProxyAgent, ProxyAgent, interceptors, request } from 'undici'
 import type { Dispatcher } from 'undici'
+import { rootCertificates } from 'node:tls'
 import { MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, SIDECAR_SUFFIX, decodeManifest } from '@canopy/core'
 import type { PublishedManifest } from '@canopy/core'
 import { REMOTE_CHANGED, JobErrorCode, TransferError, classifyError, httpStatusError } from '../errors.ts'
@@ -11,19 +12,50 @@ export interface HttpOptions {
   connections: number
   /** Milliseconds to wait for response headers, and between body chunks. */
   timeoutMs: number
+  /**
+   * 'environment' (default): HTTP_PROXY / HTTPS_PROXY / NO_PROXY (either case), as
+   * curl and most tools read them; 'direct': no proxy; else a proxy URL.
+   */
+  proxy?: string
+  /** PEM contents: extra trusted CAs (added to Node's), a client certificate and its key. */
+  tls?: { ca?: string, cert?: string, key?: string }
+}
+
+/** Whether the environment names a proxy (HTTP_PROXY, HTTPS_PROXY, either case). */
+export function environmentProxy (env: NodeJS.ProcessEnv = process.env): boolean {
+  return ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'].some(name => (env[name] ?? '') !== '')
+}
+
+/** Whether requests made with these options go through a proxy (then the agent's direct range client must not be used). */
+export function usesProxy (options: Pick<HttpOptions, 'proxy'>): boolean {
+  const proxy = options.proxy ?? 'environment'
+  return proxy === 'environment' ? environmentProxy() : proxy !== 'direct'
 }
 
 /** Redirects followed before a request fails (CDNs and mirrors redirect). */
 const MAX_REDIRECTS = 5
 
-/** One keep-alive connection pool per agent, shared by all jobs; follows redirects. */
+/**
+ * A keep-alive connection pool that follows redirects: one per agent, shared by the
+ * jobs without proxy or TLS options of their own, and one per transfer of a job
+ * that has them.
+ */
 export function createDispatcher (options: HttpOptions): Dispatcher {
-  return new Agent({
+  const tls = options.tls === undefined ? undefined : { ...options.tls, ...(options.tls.ca !== undefined ? { ca: [...rootCertificates, options.tls.ca] } : {}) }
+  const common = {
     connections: options.connections,
     headersTimeout: options.timeoutMs,
     bodyTimeout: options.timeoutMs,
-    keepAliveTimeout: 30_000
-  }).compose(interceptors.redirect({ maxRedirections: MAX_REDIRECTS }))
+    keepAliveTimeout: 30_000,
+    ...(tls !== undefined ? { connect: tls } : {})
+  }
+  const proxy = options.proxy ?? 'environment'
+  const base = proxy === 'direct' || (proxy === 'environment' && !environmentProxy())
+    ? new Agent(common)
+    : proxy === 'environment'
+      ? new EnvHttpProxyAgent({ ...common, ...(tls !== undefined ? { requestTls: tls } : {}) })
+      : new ProxyAgent({ uri: proxy, ...common, ...(tls !== undefined ? { requestTls: tls } : {}) })
+  return base.compose(interceptors.redirect({ maxRedirections: MAX_REDIRECTS }))
 }
 
 export interface RangeResponse {

@@ -151,7 +151,15 @@ async function httpOptions (values: Values): Promise<JobHttpOptions | undefined>
     if (colon <= 0) throw new UsageError('--basic-auth-file: the file must hold user:password on one line', 'get')
     http.credentials = { scheme: 'basic', username: basic.slice(0, colon), password: basic.slice(colon + 1) }
   }
-  return http.headers === undefined && http.credentials === undefined ? undefined : http
+  const proxy = str(values, 'proxy')
+  if (proxy !== undefined) http.proxy = proxy
+  const tls: NonNullable<JobHttpOptions['tls']> = {}
+  for (const [flagName, key] of [['ca-file', 'caFile'], ['cert-file', 'certFile'], ['key-file', 'keyFile']] as const) {
+    const file = str(values, flagName)
+    if (file !== undefined) tls[key] = absolute(file)
+  }
+  if (Object.keys(tls).length > 0) http.tls = tls
+  return Object.keys(http).length === 0 ? undefined : http
 }
 
 const WAIT_UNTIL: readonly string[] = ['acknowledged', 'cancelled', 'error']
@@ -200,6 +208,11 @@ Options:
   --basic-auth-file F    send basic credentials: the file holds user:password
                       (never on the command line; never sent to peers, nor to
                       another host after a redirect)
+  --proxy URL|direct  the HTTP proxy for this job (default: the agent's
+                      HTTP_PROXY / HTTPS_PROXY / NO_PROXY); direct: none
+  --ca-file F         also trust the CA certificates in this PEM file (https)
+  --cert-file F --key-file F
+                      present this client certificate to the origin (https)
   --if-newer          skip the download when the destination is already current
                       (same SHA-256 as the origin's manifest, or unchanged since
                       its modification time): "skipped: up to date"
@@ -232,6 +245,10 @@ Examples:
     'bearer-token-file': { type: 'string' },
     'basic-auth-file': { type: 'string' },
     'if-newer': { type: 'boolean' },
+    proxy: { type: 'string' },
+    'ca-file': { type: 'string' },
+    'cert-file': { type: 'string' },
+    'key-file': { type: 'string' },
     suspended: { type: 'boolean' },
     ...Object.fromEntries(LIMIT_FLAGS.map(([name]) => [name, { type: 'string' as const }]))
   },
