@@ -187,7 +187,11 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         agent.sharing = new PeerSharing(agent.peer.libp2p, agent.store, resolved.stateDir, agent.blockHasher, agent.logger, resolved.p2p.cacheSize)
         await agent.sharing.start()
       }
-      agent.api = await startApiServer(agent, agent.socketPath, agent.logger)
+      if (resolved.apiListen !== undefined && (resolved.apiToken ?? '') === '') {
+        throw new CanopyError('ERR_INVALID_ARGUMENT', 'The TCP listener of the control API needs a bearer token (--api-token-file): it is never open without one')
+      }
+      agent.api = await startApiServer(agent, agent.socketPath, agent.logger,
+        resolved.apiListen !== undefined ? { listen: resolved.apiListen, token: resolved.apiToken! } : undefined)
     } catch (err) {
       await agent.peer?.stop()
       await agent.notifier.stop(0)
@@ -238,7 +242,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       stateDir: this.options.stateDir,
       startedAt: this.startedAt,
       jobs: counts,
-      notifications: { pending: this.notifier.pending }
+      notifications: { pending: this.notifier.pending },
+      ...(this.api?.tcpAddress !== undefined ? { apiTcp: this.api.tcpAddress } : {})
     }
     if (this.peer !== undefined) {
       const { libp2p } = this.peer

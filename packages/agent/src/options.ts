@@ -6,6 +6,14 @@ export interface AgentOptions {
   stateDir: string
   /** Default: silent. */
   logger?: Logger
+  /**
+   * Also serve the control API on TCP (host:port) for remote administration; every
+   * request must then carry `Authorization: Bearer <apiToken>`. Default: none (the
+   * Unix socket only).
+   */
+  apiListen?: string
+  /** The bearer token of the TCP listener (required with apiListen). */
+  apiToken?: string
   /** Background (non-foreground) jobs transferring at once. Default 2. Foreground jobs always run. */
   maxBackgroundJobs?: number
   /** Range requests in flight per file being fetched from an origin. Default 4. */
@@ -117,7 +125,7 @@ export const AGENT_DEFAULTS = {
   now: Date.now
 } as const
 
-export type ResolvedAgentOptions = Required<Omit<AgentOptions, 'p2p'>> & Pick<AgentOptions, 'p2p'>
+export type ResolvedAgentOptions = Required<Omit<AgentOptions, 'p2p' | 'apiListen' | 'apiToken'>> & Pick<AgentOptions, 'p2p' | 'apiListen' | 'apiToken'>
 
 /** The limits a job request is checked against (a subset of the agent's options). */
 export type RequestLimits = Pick<ResolvedAgentOptions, 'maxFilesPerJob' | 'maxUrlLength' | 'maxNameLength'>

@@ -1,4 +1,5 @@
 /** What every verb of `canopy` is made of, and the helpers they share. */
+import { readFile } from 'node:fs/promises'
 import { isAbsolute, resolve } from 'node:path'
 import type { ParseArgsOptionsConfig } from 'node:util'
 import { CanopyClient } from '@canopy/client'
@@ -65,9 +66,30 @@ export function printJson (value: unknown): void {
   out(JSON.stringify(value, null, 2) + '\n')
 }
 
-/** Runs `fn` with a client of the agent of `ctx.stateDir`, closing it afterwards. */
+/** A bearer token from a file (its first line), for the agent's TCP listener. */
+export async function readApiToken (file: string, verb: string): Promise<string> {
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    throw new UsageError(`API token file ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`, verb)
+  }
+  const token = text.split(/\r?\n/)[0].trim()
+  if (token === '' || !/^[\x21-\x7e]+$/.test(token)) throw new UsageError(`API token file ${file}: its first line must be the token (printable, no spaces)`, verb)
+  return token
+}
+
+/**
+ * Runs `fn` with a client of the agent, closing it afterwards: the agent of
+ * `ctx.stateDir` through its Unix socket, or, when CANOPY_AGENT_URL is set, an agent's
+ * TCP listener with the token of CANOPY_API_TOKEN_FILE (remote administration).
+ */
 export async function withClient<T> (ctx: VerbContext, fn: (client: CanopyClient) => Promise<T>): Promise<T> {
-  const client = new CanopyClient({ stateDir: ctx.stateDir })
+  const url = process.env.CANOPY_AGENT_URL
+  const tokenFile = process.env.CANOPY_API_TOKEN_FILE
+  const client = url !== undefined && url !== ''
+    ? new CanopyClient({ url, ...(tokenFile !== undefined && tokenFile !== '' ? { token: await readApiToken(tokenFile, 'agent') } : {}) })
+    : new CanopyClient({ stateDir: ctx.stateDir })
   try {
     return await fn(client)
   } finally {

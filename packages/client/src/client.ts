@@ -19,6 +19,13 @@ export interface ClientOptions {
   stateDir?: string
   /** The control socket. Default: `join(stateDir, API_SOCKET_NAME)` (`agent.sock`). */
   socketPath?: string
+  /**
+   * An agent's TCP listener instead of its socket (remote administration), e.g.
+   * http://10.0.0.5:7380; requests then carry `token`.
+   */
+  url?: string
+  /** Bearer token of the TCP listener (the agent's --api-token-file). */
+  token?: string
   /** Aborts every call of this client (combined with each call's own signal). */
   signal?: AbortSignal
 }
@@ -113,18 +120,27 @@ function errnoCode (err: unknown): string | undefined {
 export class CanopyClient {
   readonly stateDir: string
   readonly socketPath: string
+  /** Where the agent is reached: its socket, or its TCP listener's URL (for messages). */
+  readonly endpoint: string
   readonly #signal: AbortSignal | undefined
   readonly #http: Client
+  readonly #url: string | undefined
+  readonly #token: string | undefined
 
   constructor (options: ClientOptions = {}) {
     this.stateDir = options.stateDir ?? defaultStateDir()
     this.socketPath = options.socketPath ?? join(this.stateDir, API_SOCKET_NAME)
+    this.#url = options.url
+    this.#token = options.token
+    this.endpoint = options.url ?? this.socketPath
     this.#signal = options.signal
-    this.#http = new Client('http://localhost', {
-      socketPath: this.socketPath,
-      headersTimeout: ANSWER_TIMEOUT_MS,
-      bodyTimeout: ANSWER_TIMEOUT_MS
-    })
+    this.#http = this.#connection()
+  }
+
+  /** A keep-alive connection to the agent: its socket, or its TCP listener. */
+  #connection (): Client {
+    const timeouts = { headersTimeout: ANSWER_TIMEOUT_MS, bodyTimeout: ANSWER_TIMEOUT_MS }
+    return this.#url !== undefined ? new Client(new URL(this.#url).origin, timeouts) : new Client('http://localhost', { socketPath: this.socketPath, ...timeouts })
   }
 
   status (opts?: CallOptions): Promise<AgentStatus> {
@@ -197,7 +213,7 @@ export class CanopyClient {
     const signal = this.#combine(opts.signal)
     const path = `/${API_VERSION}/events${opts.jobId === undefined ? '' : `?job=${encodeURIComponent(opts.jobId)}`}`
     // The heartbeat comes every 15 s: 30 s of silence means the agent is stuck.
-    const http = new Client('http://localhost', { socketPath: this.socketPath, headersTimeout: ANSWER_TIMEOUT_MS, bodyTimeout: ANSWER_TIMEOUT_MS })
+    const http = this.#connection()
     const release = async (): Promise<void> => { await http.destroy().catch(() => {}) }
     try {
       const res = await this.#send(http, 'GET', path, undefined, signal, 'text/event-stream')
@@ -227,7 +243,7 @@ export class CanopyClient {
       await release()
     }
     if (signal?.aborted === true) throw this.#aborted(signal, undefined)
-    throw new CanopyError('ERR_EVENTS_ENDED', `The agent at ${this.socketPath} closed the event stream (it stopped, or this reader fell behind); watch again`)
+    throw new CanopyError('ERR_EVENTS_ENDED', `The agent at ${this.endpoint} closed the event stream (it stopped, or this reader fell behind); watch again`)
   }
 
   /**
@@ -269,7 +285,7 @@ export class CanopyClient {
   }
 
   #badResponse (why: string, cause?: unknown): CanopyError {
-    return new CanopyError('ERR_AGENT_BAD_RESPONSE', `The agent at ${this.socketPath} sent an answer the client cannot read (${why}); are the agent and the client the same version?`, { cause })
+    return new CanopyError('ERR_AGENT_BAD_RESPONSE', `The agent at ${this.endpoint} sent an answer the client cannot read (${why}); are the agent and the client the same version?`, { cause })
   }
 
   #connectionError (err: unknown): CanopyError {
@@ -287,12 +303,12 @@ export class CanopyClient {
     }
     if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
       return new CanopyError('ERR_AGENT_TIMEOUT',
-        `The agent at ${this.socketPath} did not answer within ${ANSWER_TIMEOUT_MS / 1000} s: it may be overloaded or stuck; check its log`,
+        `The agent at ${this.endpoint} did not answer within ${ANSWER_TIMEOUT_MS / 1000} s: it may be overloaded or stuck; check its log`,
         { cause: err })
     }
     const detail = err instanceof Error ? err.message : String(err)
     return new CanopyError('ERR_AGENT_CONNECTION',
-      `Lost the connection to the agent at ${this.socketPath} (${code ?? 'error'}: ${detail}); check that it is still running`,
+      `Lost the connection to the agent at ${this.endpoint} (${code ?? 'error'}: ${detail}); check that it is still running`,
       { cause: err })
   }
 
@@ -304,7 +320,11 @@ export class CanopyClient {
       return await http.request({
         method,
         path,
-        headers: body === undefined ? { accept } : { accept, 'content-type': 'application/json' },
+        headers: {
+          accept,
+          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+          ...(this.#token !== undefined ? { authorization: `Bearer ${this.#token}` } : {})
+        },
         body: body === undefined ? undefined : JSON.stringify(body),
         signal
       })

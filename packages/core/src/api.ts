@@ -245,6 +245,8 @@ export interface AgentStatus {
   jobs: Record<JobState, number>
   /** Notifications recorded and not yet delivered (or given up on). */
   notifications: { pending: number }
+  /** host:port of the control API's TCP listener (token required), when it has one. */
+  apiTcp?: string
   /** The agent's peer node, when it runs one. */
   peer?: PeerStatus
 }

@@ -1,6 +1,8 @@
 import { createServer, request as httpRequest } from 'node:http'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { chmod, rm } from 'node:fs/promises'
+import { createHash, timingSafeEqual } from 'node:crypto'
+import type { AddressInfo } from 'node:net'
 import { CanopyError } from '@canopy/core'
 import type { ApiErrorBody, Logger } from '@canopy/core'
 import type { CanopyAgent } from '../agent.ts'
@@ -10,7 +12,17 @@ import { EventClients, MAX_EVENT_CLIENTS, serveEvents } from './events.ts'
 const MAX_BODY_BYTES = 1024 * 1024
 
 export interface ApiServer {
+  /** The TCP listener's address (host:port), when there is one. */
+  tcpAddress?: string
   close: () => Promise<void>
+}
+
+/** The optional TCP listener for remote administration. */
+export interface TcpApiOptions {
+  /** host:port to listen on (port 0: any free port). */
+  listen: string
+  /** The bearer token every request must carry (Authorization: Bearer <token>). */
+  token: string
 }
 
 const STATUS_BY_CODE: Record<string, number> = {
@@ -136,7 +148,7 @@ export function apiRoutes (agent: CanopyAgent, eventClients: EventClients, logge
  * (the state directory is 0700 and the socket 0600). Routes: apiRoutes above;
  * documented in docs/API.md and docs/openapi.json.
  */
-export async function startApiServer (agent: CanopyAgent, socketPath: string, logger: Logger): Promise<ApiServer> {
+export async function startApiServer (agent: CanopyAgent, socketPath: string, logger: Logger, tcp?: TcpApiOptions): Promise<ApiServer> {
   const eventClients = new EventClients()
   // Each event stream listens to the agent (four listeners).
   agent.setMaxListeners(4 * MAX_EVENT_CLIENTS + 10)
@@ -156,7 +168,7 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
     return await found.route.handle({ req, res, url, params: found.params! })
   }
 
-  const server = createServer((req, res) => {
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
     route(req, res).then(reply => { if (reply !== undefined) send(res, reply[0], reply[1]) }, (err: unknown) => {
       if (res.headersSent) {
         res.destroy()
@@ -168,7 +180,8 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
       const body: ApiErrorBody = { error: { code, message: err instanceof Error ? err.message : String(err) } }
       send(res, status, body)
     })
-  })
+  }
+  const server = createServer(handle)
 
   if (await socketAnswers(socketPath)) {
     throw new CanopyError('ERR_AGENT_ALREADY_RUNNING', `Another agent answers on ${socketPath}`)
@@ -182,11 +195,55 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
     })
   })
   await chmod(socketPath, 0o600)
+  const servers = [server]
+  let tcpAddress: string | undefined
+  if (tcp !== undefined) {
+    // The same API over TCP, for remote administration: every request must carry the
+    // token (compared in constant time); the Unix socket stays as it is.
+    const expected = createHash('sha256').update(`Bearer ${tcp.token}`).digest()
+    const tcpServer = createServer((req, res) => {
+      const given = createHash('sha256').update(req.headers.authorization ?? '').digest()
+      if (!timingSafeEqual(given, expected)) {
+        res.setHeader('www-authenticate', 'Bearer realm="canopy-agent"')
+        send(res, 401, { error: { code: 'ERR_UNAUTHORIZED', message: 'This listener needs Authorization: Bearer <the token of --api-token-file>' } } satisfies ApiErrorBody)
+        return
+      }
+      handle(req, res)
+    })
+    const { host, port } = parseListen(tcp.listen)
+    try {
+      await new Promise<void>((resolve, reject) => {
+        tcpServer.once('error', reject)
+        tcpServer.listen(port, host, () => {
+          tcpServer.off('error', reject)
+          resolve()
+        })
+      })
+    } catch (err) {
+      server.close()
+      throw new CanopyError('ERR_API_LISTEN', `Cannot listen on ${tcp.listen} for the control API: ${(err as Error).message}`, { cause: err })
+    }
+    const address = tcpServer.address() as AddressInfo
+    tcpAddress = `${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`
+    servers.push(tcpServer)
+    logger.info('control API listening on TCP', { address: tcpAddress })
+  }
   return {
+    ...(tcpAddress !== undefined ? { tcpAddress } : {}),
     close: async () => {
       await eventClients.endAll(1000)
-      server.closeAllConnections()
-      await new Promise<void>(resolve => server.close(() => resolve()))
+      await Promise.all(servers.map(async s => {
+        s.closeAllConnections()
+        await new Promise<void>(resolve => s.close(() => resolve()))
+      }))
     }
   }
+}
+
+/** "host:port", "[v6]:port" or ":port" (all interfaces). */
+export function parseListen (text: string): { host: string, port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(text)
+  const port = Number(match?.[3])
+  if (match === null || !(port >= 0 && port <= 65535)) throw new CanopyError('ERR_INVALID_ARGUMENT', `${text}: give the API listener as host:port, e.g. 127.0.0.1:7380`)
+  return { host: match[1] ?? (match[2] === '' ? '0.0.0.0' : match[2]), port }
 }

@@ -5,7 +5,7 @@ import { createStderrLogger, parseLogLevel } from '../logger.ts'
 import { isIP } from 'node:net'
 import { parseDuration, parseSize } from '@canopy/core'
 import type { P2pOptions } from '@canopy/agent'
-import { say, str } from '../verb.ts'
+import { readApiToken, say, str } from '../verb.ts'
 import type { Values, Verb } from '../verb.ts'
 import { untilSignal } from './signals.ts'
 
@@ -54,6 +54,19 @@ function agentTuning (values: Values) {
     maxUrlLength: tuning(values, 'max-url-length', integer, 1),
     maxNameLength: tuning(values, 'max-name-length', integer, 1)
   }
+}
+
+/** --api-listen and the token read from --api-token-file (flags, else CANOPY_API_LISTEN / CANOPY_API_TOKEN_FILE). */
+async function apiListenOptions (values: Values): Promise<{ apiListen?: string, apiToken?: string }> {
+  const listen = str(values, 'api-listen') ?? process.env.CANOPY_API_LISTEN
+  const tokenFile = str(values, 'api-token-file') ?? process.env.CANOPY_API_TOKEN_FILE
+  if (listen === undefined || listen === '') {
+    if (tokenFile !== undefined && str(values, 'api-token-file') !== undefined) throw new UsageError('--api-token-file goes with --api-listen', 'agent')
+    return {}
+  }
+  if (tokenFile === undefined) throw new UsageError('--api-listen needs --api-token-file: the TCP listener is never open without a token', 'agent')
+  const token = await readApiToken(tokenFile, 'agent')
+  return { apiListen: listen, apiToken: token }
 }
 
 /** The peer node's options from flags, else CANOPY_* variables; undefined with --no-p2p. */
@@ -145,6 +158,12 @@ Notifications (set per job: canopy get --on-complete, --on-error, --notify-url):
   --notify-attempts N  attempts of one notify-URL POST before it is given up
                        (default 10)
 
+Remote administration (the Unix socket is always there, owner-only):
+  --api-listen HOST:PORT  also serve the control API on TCP, e.g. 0.0.0.0:7380
+  --api-token-file F   the bearer token it requires (required with --api-listen);
+                       clients: CANOPY_AGENT_URL=http://HOST:PORT and
+                       CANOPY_API_TOKEN_FILE=F
+
 Peers (the agent's libp2p node):
   --p2p-port N         TCP port of the peer node (default 7373; 0 picks one)
   --p2p-host IP        address it listens on (default 0.0.0.0)
@@ -166,6 +185,8 @@ Examples:
 `,
   options: {
     'log-level': { type: 'string' },
+    'api-listen': { type: 'string' },
+    'api-token-file': { type: 'string' },
     'max-background-jobs': { type: 'string' },
     'requests-in-flight': { type: 'string' },
     'request-size': { type: 'string' },
@@ -201,7 +222,7 @@ Examples:
     const stopping = untilSignal('canopy agent')
     const { startAgent } = await import('@canopy/agent')
     await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
-    const agent = await startAgent({ stateDir: ctx.stateDir, logger, ...agentTuning(ctx.values), p2p: await p2pOptions(ctx.values) })
+    const agent = await startAgent({ stateDir: ctx.stateDir, logger, ...agentTuning(ctx.values), ...await apiListenOptions(ctx.values), p2p: await p2pOptions(ctx.values) })
     say(`canopy agent: listening on ${agent.socketPath}`)
     const signal = await stopping
     say(`canopy agent: ${signal}: stopping`)
