@@ -954,6 +954,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       if (job.state === 'connecting' || job.state === 'transferring') await this.setState(job, 'queued', Date.parse(job.modifiedAt))
       // A cancel that was cut short after it was recorded: finish removing its files.
       if (job.state === 'cancelled') await this.removePartials(job)
+      // A record from before the time limits: its clocks start now.
+      if (ACTIVE_STATES.includes(job.state) && job.activeSince === undefined) job.activeSince = job.progressAt = this.now()
       if (!FINAL_STATES.includes(job.state)) {
         for (let i = 0; i < job.files.length; i++) {
           const file = job.files[i]
