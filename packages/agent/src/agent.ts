@@ -580,10 +580,10 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   }
 
   /** Stops a job's runner, if any, and waits until it has let go of its files. */
-  private async halt (job: JobRecord): Promise<void> {
+  private async halt (job: JobRecord, why = 'stopped by the user'): Promise<void> {
     const run = this.running.get(job.id)
     if (run === undefined) return
-    run.controller.abort(new CanopyError('ERR_ABORTED', 'stopped by the user'))
+    run.controller.abort(new CanopyError('ERR_ABORTED', why))
     await run.done
   }
 
@@ -625,7 +625,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         await this.removeJob(job)
         return
       }
-      await this.halt(job)
+      await this.halt(job, `stopped by the scheduler: ${kind}`)
       if (FINAL_STATES.includes(job.state)) return
       if (kind === 'inactive') {
         this.logger.info('job cancelled after inactivity', { jobId: job.id, state: job.state })
