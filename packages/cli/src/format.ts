@@ -62,7 +62,8 @@ export function formatTable (headers: readonly string[], rows: ReadonlyArray<rea
 export function formatJobsTable (jobs: readonly JobView[]): string {
   return formatTable(
     ['ID', 'NAME', 'STATE', 'PROGRESS', 'PRIORITY'],
-    jobs.map(j => [j.id, truncate(j.name, 40), truncate(formatState(j), 50), formatProgress(j.bytes), j.priority])
+    // The reason is why people look (BITS's most common complaint is a job stuck without one): room for the longest waiting reasons.
+    jobs.map(j => [j.id, truncate(j.name, 40), truncate(formatState(j), 90), formatProgress(j.bytes), j.priority])
   )
 }
 
