@@ -3,7 +3,7 @@
 // the limits checked at creation: real agent processes, real origins, the real CLI.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { stat } from 'node:fs/promises'
+import { mkdir, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { startAgent } from '@canopy/agent'
 import { isCanopyError } from '@canopy/core'
@@ -347,4 +347,37 @@ test('limits are checked at creation with stable codes: jobs per agent (409), fi
   const name = await runCli(['get', url, '-o', join(dir, 'e.bin'), '--name', 'much too long', '--detach', '--state-dir', agent.stateDir])
   assert.equal(name.code, 2)
   assert.match(name.stderr, /ERR_NAME_TOO_LONG/)
+})
+
+test('a config file sets the agent\'s defaults (<state-dir>/config.json or --config FILE); a flag wins over it; an unknown key is a usage error', async (t) => {
+  const { dir, origin } = await originWithFile(t, MiB)
+  const stateDir = join(dir, 'agent')
+  await mkdir(stateDir, { recursive: true, mode: 0o700 })
+  await writeFile(join(stateDir, 'config.json'), JSON.stringify({ 'max-jobs': 1, 'no-progress-timeout': '3d', 'max-background-jobs': 3 }))
+  const request = (name: string): Parameters<CanopyClient['createJob']>[0] => ({ start: false, files: [{ url: `${origin.url}/f.bin`, path: join(dir, name) }] })
+
+  let agent = await startAgentProcess(stateDir)
+  t.after(async () => await agent.kill())
+  const first = await agent.client.createJob(request('a.bin'))
+  assert.equal(first.limits.noProgressTimeoutMs, 3 * 86_400_000)
+  await assert.rejects(agent.client.createJob(request('b.bin')), (err: unknown) => isCanopyError(err, 'ERR_TOO_MANY_JOBS'))
+  await agent.kill()
+
+  agent = await startAgentProcess(stateDir, ['--max-jobs', '2'])
+  await agent.client.createJob(request('b.bin'))
+  assert.equal((await agent.client.getJob(first.id)).limits.noProgressTimeoutMs, 3 * 86_400_000)
+  await agent.kill()
+
+  const bad = join(dir, 'bad.json')
+  await writeFile(bad, JSON.stringify({ 'max-jobz': 1 }))
+  const r = await runCli(['agent', '--state-dir', stateDir, '--no-p2p', '--config', bad])
+  assert.equal(r.code, 2)
+  assert.match(r.stderr, /unknown option "max-jobz"/)
+  await writeFile(bad, JSON.stringify({ retention: 'soon' }))
+  const r2 = await runCli(['agent', '--state-dir', stateDir, '--no-p2p', '--config', bad])
+  assert.equal(r2.code, 2)
+  assert.match(r2.stderr, /"retention": soon in .*bad\.json: "soon" is not a duration/)
+  const missing = await runCli(['agent', '--state-dir', stateDir, '--no-p2p', '--config', join(dir, 'none.json')])
+  assert.equal(missing.code, 2)
+  assert.match(missing.stderr, /cannot read the config file .*none\.json \(ENOENT\)/)
 })
