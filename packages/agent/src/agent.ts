@@ -590,10 +590,10 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   }
 
   /** Stops a job's runner, if any, and waits until it has let go of its files. */
-  private async halt (job: JobRecord): Promise<void> {
+  private async halt (job: JobRecord, why = 'stopped by the user'): Promise<void> {
     const run = this.running.get(job.id)
     if (run === undefined) return
-    run.controller.abort(new CanopyError('ERR_ABORTED', 'stopped by the user'))
+    run.controller.abort(new CanopyError('ERR_ABORTED', why))
     await run.done
   }
 
@@ -635,7 +635,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         await this.removeJob(job)
         return
       }
-      await this.halt(job)
+      await this.halt(job, `stopped by the scheduler: ${kind}`)
       if (FINAL_STATES.includes(job.state)) return
       if (kind === 'inactive') {
         this.logger.info('job cancelled after inactivity', { jobId: job.id, state: job.state })
@@ -1042,6 +1042,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       if (job.state === 'connecting' || job.state === 'transferring') await this.setState(job, 'queued', Date.parse(job.modifiedAt))
       // A cancel that was cut short after it was recorded: finish removing its files.
       if (job.state === 'cancelled') await this.removePartials(job)
+      // A record from before the time limits: its clocks start now.
+      if (ACTIVE_STATES.includes(job.state) && job.activeSince === undefined) job.activeSince = job.progressAt = this.now()
       if (!FINAL_STATES.includes(job.state)) {
         for (let i = 0; i < job.files.length; i++) {
           const file = job.files[i]

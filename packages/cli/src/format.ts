@@ -2,8 +2,8 @@
  * Human formatting for the CLI: tables, the progress line, sizes, rates and
  * durations. Pure functions; nothing here prints.
  */
-import { formatBytes } from '@canopy/core'
-import type { AgentEvent, AgentStatus, JobBytes, JobState, JobView } from '@canopy/core'
+import { formatBytes, formatDuration as formatMs } from '@canopy/core'
+import type { AgentEvent, AgentStatus, JobBytes, JobLimits, JobState, JobView } from '@canopy/core'
 
 export { formatBytes }
 
@@ -62,7 +62,8 @@ export function formatTable (headers: readonly string[], rows: ReadonlyArray<rea
 export function formatJobsTable (jobs: readonly JobView[]): string {
   return formatTable(
     ['ID', 'NAME', 'STATE', 'PROGRESS', 'PRIORITY'],
-    jobs.map(j => [j.id, truncate(j.name, 40), truncate(formatState(j), 50), formatProgress(j.bytes), j.priority])
+    // The reason is why people look (BITS's most common complaint is a job stuck without one): room for the longest waiting reasons.
+    jobs.map(j => [j.id, truncate(j.name, 40), truncate(formatState(j), 90), formatProgress(j.bytes), j.priority])
   )
 }
 
@@ -98,6 +99,7 @@ export function formatJobDetails (job: JobView): string {
       ? undefined
       : `${job.error.code}: ${job.error.message}${job.error.transient ? ' (transient: retrying)' : ''}${job.error.url === undefined ? '' : ` [${job.error.url}]`} at ${when(job.error.at)}`],
     ['retry at', when(job.retryAt)],
+    ['limits', formatLimits(job.limits)],
     ['on complete', job.notify?.onComplete?.join(' ')],
     ['on error', job.notify?.onError?.join(' ')],
     ['notify url', job.notify?.url],
@@ -116,6 +118,13 @@ export function formatJobDetails (job: JobView): string {
     out += '\n'
   }
   return out
+}
+
+/** A job's retry and time limits, in words ("retry 2 s to 10 min, no progress 14 d, max time none"); undefined from an agent that sends none. */
+function formatLimits (limits: JobLimits | undefined): string | undefined {
+  if (limits === undefined) return undefined
+  const max = limits.maxDownloadTimeMs === 0 ? 'none' : formatMs(limits.maxDownloadTimeMs)
+  return `retry ${formatMs(limits.retryMinMs)} to ${formatMs(limits.retryMaxMs)}, no progress ${formatMs(limits.noProgressTimeoutMs)}, max time ${max}`
 }
 
 /** The output of `canopy status`. */

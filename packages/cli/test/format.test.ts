@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import type { JobView } from '@canopy/core'
-import { formatDuration, formatProgressLine, formatState, formatSummary, formatTable, truncate } from '../src/format.ts'
+import { formatDuration, formatJobDetails, formatProgressLine, formatState, formatSummary, formatTable, truncate } from '../src/format.ts'
 import { ProgressReporter } from '../src/progress.ts'
 
 const bytes = (total: number, transferred: number): JobView['bytes'] =>
@@ -12,6 +12,16 @@ test('durations', () => {
   assert.equal(formatDuration(185), '3m05s')
   assert.equal(formatDuration(7260), '2h01m')
   assert.equal(formatDuration(Infinity), '-')
+})
+
+test('job details show the limits in force, in words', () => {
+  const job = {
+    id: 'j1', name: 'a.bin', type: 'download', priority: 'low', state: 'queued', files: [], bytes: bytes(10, 0),
+    filesTransferred: 0, filesTotal: 0, autoComplete: false, createdAt: '2026-01-01T00:00:00Z', modifiedAt: '2026-01-01T00:00:00Z',
+    limits: { retryMinMs: 2000, retryMaxMs: 600_000, noProgressTimeoutMs: 1_209_600_000, maxDownloadTimeMs: 0 }
+  } satisfies JobView
+  assert.match(formatJobDetails(job), /^limits: +retry 2 s to 10 min, no progress 14 d, max time none$/m)
+  assert.match(formatJobDetails({ ...job, limits: { ...job.limits, maxDownloadTimeMs: 5_400_000 } }), /max time 90 min$/m)
 })
 
 test('tables pad every column but the last', () => {

@@ -1,5 +1,6 @@
 /** `canopy agent`: the agent daemon in the foreground. */
-import { mkdir } from 'node:fs/promises'
+import { mkdir, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { ExitCode, UsageError } from '../errors.ts'
 import { createStderrLogger, parseLogLevel } from '../logger.ts'
 import { isIP } from 'node:net'
@@ -9,18 +10,30 @@ import { readApiToken, say, str } from '../verb.ts'
 import type { Values, Verb } from '../verb.ts'
 import { untilSignal } from './signals.ts'
 
-/** Reads a tuning option from its flag, else from CANOPY_<NAME>; undefined leaves the agent's default. */
-function tuning (values: Values, name: string, parse: (text: string) => number, min: number): number | undefined {
+/** Values from the configuration file, by option name (the flag without "--"), as text. */
+type Config = Record<string, string>
+
+/** Where a tuning option was set, for messages: the flag, its variable, or the config file. */
+interface Sources { values: Values, config: Config, configPath: string }
+
+/**
+ * Reads a tuning option, by precedence: its flag, CANOPY_<NAME>, the config file;
+ * undefined leaves the agent's default.
+ */
+function tuning (sources: Sources, name: string, parse: (text: string) => number, min: number): number | undefined {
   const env = `CANOPY_${name.toUpperCase().replaceAll('-', '_')}`
-  const text = str(values, name) ?? process.env[env]
+  const flagText = str(sources.values, name)
+  const envText = process.env[env] === '' ? undefined : process.env[env]
+  const text = flagText ?? envText ?? sources.config[name]
   if (text === undefined || text === '') return undefined
+  const where = flagText !== undefined ? `--${name} ${text}` : envText !== undefined ? `--${name} ${text} (from ${env})` : `"${name}": ${text} in ${sources.configPath}`
   let value: number
   try {
     value = parse(text)
   } catch (err) {
-    throw new UsageError(`--${name} ${text}: ${(err as Error).message}`, 'agent')
+    throw new UsageError(`${where}: ${(err as Error).message}`, 'agent')
   }
-  if (!Number.isSafeInteger(value) || value < min) throw new UsageError(`--${name} ${text}: must be a whole number of at least ${min} (flag or ${env})`, 'agent')
+  if (!Number.isSafeInteger(value) || value < min) throw new UsageError(`${where}: must be a whole number of at least ${min}`, 'agent')
   return value
 }
 
@@ -29,31 +42,82 @@ const integer = (text: string): number => {
   return Number(text)
 }
 
-function agentTuning (values: Values) {
-  return {
-    maxBackgroundJobs: tuning(values, 'max-background-jobs', integer, 1),
-    requestsInFlight: tuning(values, 'requests-in-flight', integer, 1),
-    requestSize: tuning(values, 'request-size', parseSize, 1),
-    hashThreads: tuning(values, 'hash-threads', integer, 0),
-    // Every MS flag also takes a duration ("30s", "5m"); a plain number stays milliseconds.
-    requestTimeoutMs: tuning(values, 'request-timeout', parseDuration, 1),
-    retryMinMs: tuning(values, 'retry-min', parseDuration, 1),
-    retryMaxMs: tuning(values, 'retry-max', parseDuration, 1),
-    notifyTimeoutMs: tuning(values, 'notify-timeout', parseDuration, 1),
-    notifyCommandTimeoutMs: tuning(values, 'notify-command-timeout', parseDuration, 1),
-    notifyRetryMinMs: tuning(values, 'notify-retry-min', parseDuration, 1),
-    notifyRetryMaxMs: tuning(values, 'notify-retry-max', parseDuration, 1),
-    notifyAttempts: tuning(values, 'notify-attempts', integer, 1),
-    timeSliceMs: tuning(values, 'time-slice', parseDuration, 1),
-    noProgressTimeoutMs: tuning(values, 'no-progress-timeout', parseDuration, 1),
-    maxDownloadTimeMs: tuning(values, 'max-download-time', parseDuration, 0),
-    inactiveJobTimeoutMs: tuning(values, 'inactive-job-timeout', parseDuration, 1),
-    retentionMs: tuning(values, 'retention', parseDuration, 1),
-    maxJobs: tuning(values, 'max-jobs', integer, 1),
-    maxFilesPerJob: tuning(values, 'max-files-per-job', integer, 1),
-    maxUrlLength: tuning(values, 'max-url-length', integer, 1),
-    maxNameLength: tuning(values, 'max-name-length', integer, 1)
+type TuningKey = 'maxBackgroundJobs' | 'requestsInFlight' | 'requestSize' | 'hashThreads' | 'requestTimeoutMs' | 'retryMinMs' | 'retryMaxMs' |
+  'notifyTimeoutMs' | 'notifyCommandTimeoutMs' | 'notifyRetryMinMs' | 'notifyRetryMaxMs' | 'notifyAttempts' | 'timeSliceMs' |
+  'noProgressTimeoutMs' | 'maxDownloadTimeMs' | 'inactiveJobTimeoutMs' | 'retentionMs' | 'maxJobs' | 'maxFilesPerJob' | 'maxUrlLength' | 'maxNameLength'
+
+/**
+ * The agent's numeric options: the AgentOptions field, the flag (also the config
+ * file's key and, upper-cased, the CANOPY_ variable), how the text is read, the
+ * least value. Every MS option also takes a duration ("30s", "5m"); a plain number
+ * stays milliseconds.
+ */
+const TUNING: ReadonlyArray<readonly [TuningKey, string, (text: string) => number, number]> = [
+  ['maxBackgroundJobs', 'max-background-jobs', integer, 1],
+  ['requestsInFlight', 'requests-in-flight', integer, 1],
+  ['requestSize', 'request-size', parseSize, 1],
+  ['hashThreads', 'hash-threads', integer, 0],
+  ['requestTimeoutMs', 'request-timeout', parseDuration, 1],
+  ['retryMinMs', 'retry-min', parseDuration, 1],
+  ['retryMaxMs', 'retry-max', parseDuration, 1],
+  ['notifyTimeoutMs', 'notify-timeout', parseDuration, 1],
+  ['notifyCommandTimeoutMs', 'notify-command-timeout', parseDuration, 1],
+  ['notifyRetryMinMs', 'notify-retry-min', parseDuration, 1],
+  ['notifyRetryMaxMs', 'notify-retry-max', parseDuration, 1],
+  ['notifyAttempts', 'notify-attempts', integer, 1],
+  ['timeSliceMs', 'time-slice', parseDuration, 1],
+  ['noProgressTimeoutMs', 'no-progress-timeout', parseDuration, 1],
+  ['maxDownloadTimeMs', 'max-download-time', parseDuration, 0],
+  ['inactiveJobTimeoutMs', 'inactive-job-timeout', parseDuration, 1],
+  ['retentionMs', 'retention', parseDuration, 1],
+  ['maxJobs', 'max-jobs', integer, 1],
+  ['maxFilesPerJob', 'max-files-per-job', integer, 1],
+  ['maxUrlLength', 'max-url-length', integer, 1],
+  ['maxNameLength', 'max-name-length', integer, 1]
+]
+
+/** Keys a config file may hold: the numeric options above, and the peer node's port and cache size. */
+const CONFIG_KEYS: readonly string[] = [...TUNING.map(([, name]) => name), 'p2p-port', 'cache-size']
+
+function agentTuning (sources: Sources): Partial<Record<TuningKey, number>> {
+  return Object.fromEntries(TUNING.map(([key, name, parse, min]) => [key, tuning(sources, name, parse, min)]))
+}
+
+/**
+ * Reads the configuration file: `--config FILE` (or CANOPY_CONFIG), which must
+ * exist, else `<state-dir>/config.json` when there is one. A JSON object whose keys
+ * are option names without "--" and whose values are numbers or strings, read like
+ * the flags ({"max-background-jobs": 4, "retention": "30d"}). An unknown key is an
+ * error, so that a typo does not silently leave a default in place.
+ */
+async function readConfig (values: Values, stateDir: string): Promise<{ config: Config, configPath: string }> {
+  const envPath = process.env.CANOPY_CONFIG === '' ? undefined : process.env.CANOPY_CONFIG
+  const explicit = str(values, 'config') ?? envPath
+  const configPath = explicit ?? join(stateDir, 'config.json')
+  let text: string
+  try {
+    text = await readFile(configPath, 'utf8')
+  } catch (err) {
+    const code = (err as { code?: string }).code
+    if (explicit === undefined && code === 'ENOENT') return { config: {}, configPath }
+    throw new UsageError(`cannot read the config file ${configPath} (${code ?? String(err)})`, 'agent')
   }
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch (err) {
+    throw new UsageError(`the config file ${configPath} is not valid JSON: ${(err as Error).message}`, 'agent')
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new UsageError(`the config file ${configPath} must hold a JSON object, e.g. {"max-background-jobs": 4, "retention": "30d"}`, 'agent')
+  }
+  const config: Config = {}
+  for (const [key, value] of Object.entries(parsed)) {
+    if (!CONFIG_KEYS.includes(key)) throw new UsageError(`the config file ${configPath} has an unknown option "${key}"; it may set: ${CONFIG_KEYS.join(', ')}`, 'agent')
+    if (typeof value !== 'number' && typeof value !== 'string') throw new UsageError(`the config file ${configPath}: "${key}" must be a number or a string`, 'agent')
+    config[key] = String(value)
+  }
+  return { config, configPath }
 }
 
 /** --api-listen and the token read from --api-token-file (flags, else CANOPY_API_LISTEN / CANOPY_API_TOKEN_FILE). */
@@ -70,11 +134,12 @@ async function apiListenOptions (values: Values): Promise<{ apiListen?: string, 
 }
 
 /** The peer node's options from flags, else CANOPY_* variables; undefined with --no-p2p. */
-async function p2pOptions (values: Values): Promise<P2pOptions | undefined> {
+async function p2pOptions (sources: Sources): Promise<P2pOptions | undefined> {
+  const { values } = sources
   if (values['no-p2p'] === true || process.env.CANOPY_P2P === '0') return undefined
   // Loaded here, not at the top: other verbs should not pay for libp2p's start-up.
   const { DEFAULT_P2P_PORT, parsePeerAddresses, readSwarmKey } = await import('@canopy/agent/peers')
-  const port = tuning(values, 'p2p-port', integer, 0) ?? DEFAULT_P2P_PORT
+  const port = tuning(sources, 'p2p-port', integer, 0) ?? DEFAULT_P2P_PORT
   if (port > 65535) throw new UsageError(`--p2p-port ${port}: a TCP port is at most 65535`, 'agent')
   const host = str(values, 'p2p-host') ?? process.env.CANOPY_P2P_HOST ?? '0.0.0.0'
   if (isIP(host) === 0) throw new UsageError(`--p2p-host ${host}: give an IP address`, 'agent')
@@ -94,7 +159,7 @@ async function p2pOptions (values: Values): Promise<P2pOptions | undefined> {
   } catch (err) {
     throw new UsageError(`--peer: ${(err as Error).message}`, 'agent')
   }
-  const cacheSize = tuning(values, 'cache-size', parseSize, 1)
+  const cacheSize = tuning(sources, 'cache-size', parseSize, 1)
   return {
     ...(cacheSize !== undefined ? { cacheSize } : {}),
     listen: [`/${isIP(host) === 6 ? 'ip6' : 'ip4'}/${host}/tcp/${port}`],
@@ -120,6 +185,9 @@ Options:
                        else ~/.local/state/canopy; macOS ~/Library/Application
                        Support/Canopy; Windows %LOCALAPPDATA%\\Canopy)
   --log-level L        debug, info, warn or error (default: CANOPY_LOG_LEVEL, else info)
+  --config FILE        a JSON file of options (default: <state-dir>/config.json when
+                       it exists; CANOPY_CONFIG), keys as the flags without "--":
+                       {"max-background-jobs": 4, "retention": "30d"}
   --max-background-jobs N   background jobs transferring at once (default 2;
                        foreground jobs always run)
   --requests-in-flight N    range requests in flight per file (default 4)
@@ -176,7 +244,8 @@ Peers (the agent's libp2p node):
   --no-p2p             run no peer node
 
 Each option can also be set in the environment as CANOPY_<OPTION>, e.g.
-CANOPY_REQUESTS_IN_FLIGHT=8; a flag wins over the environment.
+CANOPY_REQUESTS_IN_FLIGHT=8, and the numeric ones (and --p2p-port, --cache-size)
+in the config file. A flag wins over the environment, which wins over the file.
 
 Examples:
   canopy agent
@@ -184,6 +253,7 @@ Examples:
   canopy agent --no-mdns --p2p-host 127.0.0.1 --p2p-port 7374 --peer /ip4/127.0.0.1/tcp/7373
 `,
   options: {
+    config: { type: 'string' },
     'log-level': { type: 'string' },
     'api-listen': { type: 'string' },
     'api-token-file': { type: 'string' },
@@ -222,7 +292,8 @@ Examples:
     const stopping = untilSignal('canopy agent')
     const { startAgent } = await import('@canopy/agent')
     await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
-    const agent = await startAgent({ stateDir: ctx.stateDir, logger, ...agentTuning(ctx.values), ...await apiListenOptions(ctx.values), p2p: await p2pOptions(ctx.values) })
+    const sources = { values: ctx.values, ...await readConfig(ctx.values, ctx.stateDir) }
+    const agent = await startAgent({ stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(ctx.values), p2p: await p2pOptions(sources) })
     say(`canopy agent: listening on ${agent.socketPath}`)
     const signal = await stopping
     say(`canopy agent: ${signal}: stopping`)
