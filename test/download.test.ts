@@ -95,3 +95,25 @@ test('cancel removes the partial file', async (t) => {
   assert.deepEqual((await readdir(dir)).filter(n => n.includes('canopy-part')), [])
   assert.equal(existsSync(dest), false)
 })
+
+test('a transferring job shows its recent rate (JobView.rate, the RATE column of canopy jobs)', async (t) => {
+  const dir = await tempDir(t)
+  await randomFile(join(dir, 'slow.bin'), 6 * 1024 * 1024)
+  const origin = await startOrigin({ root: dir, stateDir: join(dir, '.origin'), rateLimit: 1024 * 1024 })
+  t.after(async () => await origin.close())
+  await origin.ready
+  const agent = await startAgentProcess(join(dir, 'agent'))
+  t.after(async () => await agent.kill())
+  const job = await agent.client.createJob({ files: [{ url: `${origin.url}/slow.bin`, path: join(dir, 'out.bin') }] })
+  let seen = await agent.client.getJob(job.id)
+  while (seen.rate === undefined && seen.state !== 'transferred') {
+    await new Promise(resolve => setTimeout(resolve, 100))
+    seen = await agent.client.getJob(job.id)
+  }
+  assert.equal(seen.state, 'transferring', 'the rate is shown while the job transfers')
+  assert.ok(seen.rate! > 0, `rate ${seen.rate}`)
+  const table = await runCli(['jobs', '--state-dir', agent.stateDir])
+  assert.match(table.stdout, /(KiB|MiB)\/s/)
+  await agent.client.cancel(job.id)
+  assert.equal((await agent.client.getJob(job.id)).rate, undefined, 'no rate once it stopped')
+})

@@ -114,6 +114,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   private readonly completing = new Map<string, Promise<boolean>>()
   private readonly lastProgressEvent = new Map<string, number>()
   private readonly lastPersist = new Map<string, number>()
+  /** Per job: the last rate sample (see sampleRate). */
+  private readonly rates = new Map<string, { at: number, bytes: number, rate?: number }>()
   /** Jobs whose deadline could not be acted on (the store failed): not tried again before this time, so a broken disk is not a busy loop. */
   private readonly expiryHeld = new Map<string, number>()
   private api?: ApiServer
@@ -676,6 +678,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     this.progress.delete(job.id)
     this.lastProgressEvent.delete(job.id)
     this.lastPersist.delete(job.id)
+    this.rates.delete(job.id)
     this.expiryHeld.delete(job.id)
     this.logger.info('finished job removed after its retention', { jobId: job.id, state: job.state })
     this.emit('job:removed', job.id)
@@ -954,6 +957,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     job.progressAt = now
     if (now - (this.lastProgressEvent.get(job.id) ?? 0) >= 500) {
       this.lastProgressEvent.set(job.id, now)
+      this.sampleRate(job, now)
       this.emit('job:progress', this.view(job))
     }
     if (now - (this.lastPersist.get(job.id) ?? 0) >= PROGRESS_PERSIST_MS) {
@@ -1115,6 +1119,25 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     }
   }
 
+  /** Updates the job's recent rate (bytes/s, smoothed over about two samples of 0.5 s or more). */
+  private sampleRate (job: JobRecord, now: number): void {
+    const bytes = (this.progress.get(job.id) ?? []).reduce((sum, p) => sum + (p?.bytesDone ?? 0), 0)
+    const last = this.rates.get(job.id)
+    if (last === undefined || now <= last.at || bytes < last.bytes) {
+      this.rates.set(job.id, { at: now, bytes, ...(last?.rate !== undefined ? { rate: last.rate } : {}) })
+      return
+    }
+    const instant = (bytes - last.bytes) * 1000 / (now - last.at)
+    this.rates.set(job.id, { at: now, bytes, rate: last.rate === undefined ? instant : (last.rate + instant) / 2 })
+  }
+
+  /** The job's recent rate while it transfers and has moved bytes in the last 3 s. */
+  private rateOf (job: JobRecord): number | undefined {
+    const sample = this.rates.get(job.id)
+    if (job.state !== 'transferring' || sample?.rate === undefined || this.now() - sample.at > 3000) return undefined
+    return Math.round(sample.rate)
+  }
+
   private view (job: JobRecord): JobView {
     const progress = (this.progress.get(job.id) ?? []).map((p, i) => {
       const f = job.files[i]
@@ -1123,7 +1146,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       }
       return p
     })
-    return toView(job, { progress, reason: this.reasonFor(job), limits: this.limitsOf(job) })
+    const rate = this.rateOf(job)
+    return toView(job, { progress, reason: this.reasonFor(job), limits: this.limitsOf(job), ...(rate !== undefined ? { rate } : {}) })
   }
 
   /** The plain-language reason of a job's state: why it waits, or what went wrong. */

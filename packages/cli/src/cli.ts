@@ -43,7 +43,8 @@ export function mainHelp (): string {
 
 Canopy moves files in the background: the agent runs persistent, resumable
 download jobs and verifies every block against the manifest the origin publishes.
-(Sharing blocks between the machines of a branch office is being built.)
+Agents of a branch office share verified blocks with each other (libp2p, a swarm
+key), so the WAN carries each byte about once.
 
 Commands:
 ${VERBS.map(v => `  ${v.name.padEnd(width)}  ${v.summary}`).join('\n')}
@@ -59,6 +60,9 @@ Environment:
                      (else $XDG_STATE_HOME/canopy, else ~/.local/state/canopy; macOS
                      ~/Library/Application Support/Canopy; Windows %LOCALAPPDATA%\\Canopy)
   CANOPY_LOG_LEVEL   log level of \`canopy agent\` and \`canopy origin\` (default info)
+  CANOPY_AGENT_URL   talk to an agent's TCP listener (canopy agent --api-listen)
+                     instead of the local socket, with the bearer token in the
+                     file named by CANOPY_API_TOKEN_FILE
 
 Examples:
   canopy agent &

@@ -61,9 +61,9 @@ export function formatTable (headers: readonly string[], rows: ReadonlyArray<rea
 /** The table of `canopy jobs`. */
 export function formatJobsTable (jobs: readonly JobView[]): string {
   return formatTable(
-    ['ID', 'NAME', 'STATE', 'PROGRESS', 'PRIORITY'],
+    ['ID', 'NAME', 'STATE', 'PROGRESS', 'RATE', 'PRIORITY'],
     // The reason is why people look (BITS's most common complaint is a job stuck without one): room for the longest waiting reasons.
-    jobs.map(j => [j.id, truncate(j.name, 40), truncate(formatState(j), 90), formatProgress(j.bytes), j.priority])
+    jobs.map(j => [j.id, truncate(j.name, 40), truncate(formatState(j), 90), formatProgress(j.bytes), j.rate === undefined ? '' : formatRate(j.rate), j.priority])
   )
 }
 

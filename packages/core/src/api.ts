@@ -109,6 +109,8 @@ export interface JobView {
   limits: JobLimits
   /** Its HTTP options, when it has any (names and scheme only). */
   http?: JobHttpView
+  /** Recent transfer rate in bytes per second, while the job transfers (smoothed over about a second). */
+  rate?: number
   /** Whether files already current at their destinations are skipped (CreateJobRequest.ifNewer). */
   ifNewer?: boolean
 }

@@ -156,6 +156,8 @@ export interface JobLive {
   reason?: string
   /** The limits in force (the job's own, else the agent's defaults). */
   limits: JobLimits
+  /** Recent transfer rate, bytes per second, while transferring. */
+  rate?: number
 }
 
 export function toView (job: JobRecord, live: JobLive): JobView {
@@ -210,6 +212,7 @@ export function toView (job: JobRecord, live: JobLive): JobView {
     ...(job.completedAt !== undefined ? { completedAt: job.completedAt } : {}),
     ...(job.notify !== undefined ? { notify: job.notify } : {}),
     limits: live.limits,
+    ...(live.rate !== undefined ? { rate: live.rate } : {}),
     ...(job.http !== undefined ? { http: httpView(job.http) } : {}),
     ...(job.ifNewer === true ? { ifNewer: true } : {})
   }
