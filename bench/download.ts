@@ -42,6 +42,16 @@ async function threadCpu (pid: number): Promise<Map<string, number>> {
   return out
 }
 
+/**
+ * CPU seconds of the whole process, threads that already ended included (a
+ * finished transfer's whole-file hashing worker is gone from /proc/<pid>/task).
+ */
+async function processCpu (pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
+}
+
 /** Linux's USER_HZ: /proc times are in hundredths of a second. */
 const CLOCK_TICKS = 100
 const sum = (m: Map<string, number>): number => [...m.values()].reduce((a, b) => a + b, 0)
@@ -69,6 +79,7 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
     const agentRates: number[] = []
     let rssPeakKiB = 0
     const agentCpu = new Map<string, number>()
+    let agentProcessCpu = 0
     let originCpu = 0
     for (let round = 0; round < ROUNDS; round++) {
       const curlDest = join(dir, 'curl.bin')
@@ -88,6 +99,7 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
         }
       })()
       const agentBefore = await threadCpu(agent.pid!)
+      const agentProcessBefore = await processCpu(agent.pid!)
       const originBefore = sum(await threadCpu(origin.pid))
       const t1 = performance.now()
       const job = await client.createJob({ files: [{ url, path: dest }], autoComplete: true, priority: 'foreground' })
@@ -96,6 +108,7 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
       sampling = false
       await sampler
       for (const [thread, seconds] of await threadCpu(agent.pid!)) agentCpu.set(thread, (agentCpu.get(thread) ?? 0) + seconds - (agentBefore.get(thread) ?? 0))
+      agentProcessCpu += await processCpu(agent.pid!) - agentProcessBefore
       originCpu += sum(await threadCpu(origin.pid)) - originBefore
       if (done.state !== 'acknowledged') throw new Error(`agent job ended ${done.state}: ${JSON.stringify(done.error)}`)
       agentRates.push(size / MiB / seconds)
@@ -111,10 +124,15 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
       ratio: Number((median(agentRates) / median(curlRates)).toFixed(2)),
       agentRssPeakMiB: Math.round(rssPeakKiB / 1024),
       // CPU time per GiB moved during the agent's rounds, by thread name (threads of
-      // one name summed: libuv-worker, V8Worker, WorkerThread, ...).
+      // one name summed: libuv-worker, V8Worker, WorkerThread, ...). Threads that
+      // ended during a round (the whole-file hasher of each transfer) are only in
+      // agentTotal, which is the whole process's time, as `endedThreads`.
       cpuSecondsPerGiB: {
-        agent: Object.fromEntries([...agentCpu].map(([thread, s]) => [thread, perGiB(s, size)])),
-        agentTotal: perGiB(sum(agentCpu), size),
+        agent: {
+          ...Object.fromEntries([...agentCpu].map(([thread, s]) => [thread, perGiB(s, size)])),
+          endedThreads: perGiB(Math.max(0, agentProcessCpu - sum(agentCpu)), size)
+        },
+        agentTotal: perGiB(agentProcessCpu, size),
         origin: perGiB(originCpu, size)
       }
     })

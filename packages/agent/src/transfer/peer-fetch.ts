@@ -1,5 +1,5 @@
 import type { PeerId } from '@libp2p/interface'
-import { digestsEqual, discoveryId, DISCOVERY_LABEL } from '@canopy/core'
+import { discoveryId, DISCOVERY_LABEL } from '@canopy/core'
 import type { ExchangeSession } from '../peers/exchange.ts'
 import type { BlockSink, BlockTransferOptions } from './block-transfer.ts'
 import type { BlockPicker } from './picker.ts'
@@ -109,14 +109,13 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
   const processing = new Set<Promise<void>>()
   const accept = async (offer: Offer, index: number, own: Buffer): Promise<void> => {
     try {
-      const { digest, bytes } = await o.blockHasher.hash(own)
-      if (!digestsEqual(digest, expected[index])) {
+      const { ok, bytes } = await sink.verifyAndStore(index, own, 'peer')
+      if (!ok) {
         offer.bad++
         o.logger.warn('block from a peer failed verification', { jobId: o.jobId, block: index, peer: offer.session.peer.toString() })
         o.peers!.penalize(offer.session.peer, `block ${index} failed verification`)
         return
       }
-      await sink.store(index, bytes, 'peer')
       o.peers!.received(offer.session.peer, bytes.length)
     } finally {
       inFlight.delete(index)
