@@ -13,7 +13,7 @@ import { promisify } from 'node:util'
 import { CanopyClient } from '@canopy/client'
 import { parseSize } from '@canopy/core'
 import { writeRandomFile } from '../scripts/lib/processes.ts'
-import { runBench } from '../scripts/lib/bench.ts'
+import { processCpu, runBench } from '../scripts/lib/bench.ts'
 
 const SIZES = (process.env.BENCH_SIZES ?? '256MiB,1GiB').split(',').map(parseSize)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
@@ -40,16 +40,6 @@ async function threadCpu (pid: number): Promise<Map<string, number>> {
     out.set(name, (out.get(name) ?? 0) + ticks / CLOCK_TICKS)
   }
   return out
-}
-
-/**
- * CPU seconds of the whole process, threads that already ended included (a
- * finished transfer's whole-file hashing worker is gone from /proc/<pid>/task).
- */
-async function processCpu (pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
 }
 
 /** Linux's USER_HZ: /proc times are in hundredths of a second. */

@@ -22,5 +22,5 @@ export type {
   AgentStatus, ApiErrorBody, CacheView, PeersView, PeerStatus, CreateJobFile, CreateJobRequest, JobBytes, JobError, JobFileView,
   JobPriority, JobState, JobType, JobView
 } from './api.ts'
-export { decodeMessage, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY, MessageType } from './wire.ts'
+export { decodeMessage, encodeFrameParts, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY, MessageType, RESPONSE_HEAD_BYTES } from './wire.ts'
 export type { ExchangeMessage } from './wire.ts'

@@ -1,5 +1,5 @@
 import type { PeerId } from '@libp2p/interface'
-import { discoveryId, DISCOVERY_LABEL } from '@canopy/core'
+import { blockSpan, discoveryId, DISCOVERY_LABEL } from '@canopy/core'
 import type { ExchangeSession } from '../peers/exchange.ts'
 import type { BlockSink, BlockTransferOptions } from './block-transfer.ts'
 import type { BlockPicker } from './picker.ts'
@@ -107,9 +107,10 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
 
   let failed = false
   const processing = new Set<Promise<void>>()
-  const accept = async (offer: Offer, index: number, own: Buffer): Promise<void> => {
+  const accept = async (offer: Offer, index: number, received: Buffer): Promise<void> => {
     try {
-      const { ok, bytes } = await sink.verifyAndStore(index, own, 'peer')
+      const { ok, bytes } = await sink.verifyAndStore(index, received, 'peer')
+      o.buffers.give(bytes)
       if (!ok) {
         offer.bad++
         o.logger.warn('block from a peer failed verification', { jobId: o.jobId, block: index, peer: offer.session.peer.toString() })
@@ -133,24 +134,27 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
       }
       const index = offer.cursor++
       inFlight.add(index)
+      // The block is received straight into a buffer of the pool, which owns its
+      // memory: the hashing worker can take it without a copy.
+      const into = o.buffers.take(blockSpan(index, o.manifest.size, o.manifest.blockSize).length)
       let received: Uint8Array | undefined
       try {
-        received = await offer.session.block(index)
+        received = await offer.session.block(index, into)
       } catch {
         inFlight.delete(index)
         offer.alive = false // the stream is gone: stop using this peer here
         return
       }
       if (received === undefined) {
+        o.buffers.give(into)
         inFlight.delete(index)
         clearBit(offer.have, index)
         continue
       }
-      // Own the memory, so that the hashing worker can take it without a copy.
-      const own = Buffer.allocUnsafeSlow(received.length)
-      own.set(received)
+      // Anything but `into` came with the wrong length: it fails verification (inline).
+      const bytes = received === into ? into : Buffer.from(received.buffer, received.byteOffset, received.byteLength)
       // Verify and store while the next request is already on its way.
-      const done: Promise<void> = accept(offer, index, own).catch((err: unknown) => {
+      const done: Promise<void> = accept(offer, index, bytes).catch((err: unknown) => {
         failed = true
         throw err
       }).finally(() => processing.delete(done))
