@@ -13,7 +13,7 @@ import { promisify } from 'node:util'
 import { CanopyClient } from '@canopy/client'
 import { parseSize } from '@canopy/core'
 import { writeRandomFile } from '../scripts/lib/processes.ts'
-import { runBench } from '../scripts/lib/bench.ts'
+import { processCpu, runBench } from '../scripts/lib/bench.ts'
 
 const SIZES = (process.env.BENCH_SIZES ?? '256MiB,1GiB').split(',').map(parseSize)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
@@ -69,6 +69,7 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
     const agentRates: number[] = []
     let rssPeakKiB = 0
     const agentCpu = new Map<string, number>()
+    let agentProcessCpu = 0
     let originCpu = 0
     for (let round = 0; round < ROUNDS; round++) {
       const curlDest = join(dir, 'curl.bin')
@@ -88,6 +89,7 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
         }
       })()
       const agentBefore = await threadCpu(agent.pid!)
+      const agentProcessBefore = await processCpu(agent.pid!)
       const originBefore = sum(await threadCpu(origin.pid))
       const t1 = performance.now()
       const job = await client.createJob({ files: [{ url, path: dest }], autoComplete: true, priority: 'foreground' })
@@ -96,6 +98,7 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
       sampling = false
       await sampler
       for (const [thread, seconds] of await threadCpu(agent.pid!)) agentCpu.set(thread, (agentCpu.get(thread) ?? 0) + seconds - (agentBefore.get(thread) ?? 0))
+      agentProcessCpu += await processCpu(agent.pid!) - agentProcessBefore
       originCpu += sum(await threadCpu(origin.pid)) - originBefore
       if (done.state !== 'acknowledged') throw new Error(`agent job ended ${done.state}: ${JSON.stringify(done.error)}`)
       agentRates.push(size / MiB / seconds)
@@ -111,10 +114,15 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
       ratio: Number((median(agentRates) / median(curlRates)).toFixed(2)),
       agentRssPeakMiB: Math.round(rssPeakKiB / 1024),
       // CPU time per GiB moved during the agent's rounds, by thread name (threads of
-      // one name summed: libuv-worker, V8Worker, WorkerThread, ...).
+      // one name summed: libuv-worker, V8Worker, WorkerThread, ...). Threads that
+      // ended during a round (the whole-file hasher of each transfer) are only in
+      // agentTotal, which is the whole process's time, as `endedThreads`.
       cpuSecondsPerGiB: {
-        agent: Object.fromEntries([...agentCpu].map(([thread, s]) => [thread, perGiB(s, size)])),
-        agentTotal: perGiB(sum(agentCpu), size),
+        agent: {
+          ...Object.fromEntries([...agentCpu].map(([thread, s]) => [thread, perGiB(s, size)])),
+          endedThreads: perGiB(Math.max(0, agentProcessCpu - sum(agentCpu)), size)
+        },
+        agentTotal: perGiB(agentProcessCpu, size),
         origin: perGiB(originCpu, size)
       }
     })

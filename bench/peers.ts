@@ -10,7 +10,7 @@ import { parseSize } from '@canopy/core'
 import type { JobView } from '@canopy/core'
 import { withClient, writeRandomFile } from '../scripts/lib/processes.ts'
 import type { Processes } from '../scripts/lib/processes.ts'
-import { runBench } from '../scripts/lib/bench.ts'
+import { processCpu, runBench } from '../scripts/lib/bench.ts'
 
 const SIZE = parseSize(process.env.BENCH_SIZE ?? '256MiB')
 const FLEETS = (process.env.BENCH_AGENTS ?? '2,4,8').split(',').map(Number)
@@ -31,13 +31,14 @@ async function originBytes (url: string): Promise<number> {
   return Number(/canopy_origin_bytes_sent_total\{kind="content"\} (\d+)/.exec(text)?.[1] ?? 0)
 }
 
-/** Starts `count` agents, each given the addresses of those before it. */
-async function fleet (processes: Processes, dir: string, name: string, count: number, keyFile: string): Promise<string[]> {
+/** Starts `count` agents, each given the addresses of those before it; resolves with their state directories and pids. */
+async function fleet (processes: Processes, dir: string, name: string, count: number, keyFile: string): Promise<{ stateDirs: string[], pids: number[] }> {
   const stateDirs: string[] = []
+  const pids: number[] = []
   const addresses: string[] = []
   for (let i = 0; i < count; i++) {
     const stateDir = join(dir, `${name}-${i}`)
-    await processes.agent(stateDir, ['--log-level', 'warn', '--swarm-key', keyFile, ...addresses.flatMap(a => ['--peer', a])])
+    pids.push((await processes.agent(stateDir, ['--log-level', 'warn', '--swarm-key', keyFile, ...addresses.flatMap(a => ['--peer', a])])).pid!)
     const status = await withClient(stateDir, async c => await c.status())
     addresses.push(status.peer!.addresses.find(a => a.startsWith('/ip4/127.0.0.1/'))!)
     stateDirs.push(stateDir)
@@ -47,7 +48,7 @@ async function fleet (processes: Processes, dir: string, name: string, count: nu
     if (connected.every(n => n >= count - 1)) break
     await new Promise(resolve => setTimeout(resolve, 100))
   }
-  return stateDirs
+  return { stateDirs, pids }
 }
 
 runBench('peers', 'agent processes on loopback with a swarm key and static peers (no mDNS)', async (dir, processes) => {
@@ -58,21 +59,26 @@ runBench('peers', 'agent processes on loopback with a swarm key and static peers
   for (const f of files) await writeRandomFile(f, SIZE)
   const { url: originUrl } = await processes.origin(join(dir, 'root'), join(dir, 'origin-state'))
 
-  const [a, b] = await fleet(processes, dir, 'pair', 2, keyFile)
+  const { stateDirs: [a, b], pids } = await fleet(processes, dir, 'pair', 2, keyFile)
   const fromOrigin = await download(a, `${originUrl}/pair.bin`, join(dir, 'a.bin'))
+  const cpuBefore = await Promise.all(pids.map(processCpu))
   const fromPeer = await download(b, `${originUrl}/pair.bin`, join(dir, 'b.bin'))
+  const cpuAfter = await Promise.all(pids.map(processCpu))
+  const perGiB = (k: number): number => Number(((cpuAfter[k] - cpuBefore[k]) / (SIZE / 1024 ** 3)).toFixed(2))
   const pair = {
     originMiBps: Math.round(SIZE / MiB / fromOrigin.seconds),
     peerMiBps: Math.round(SIZE / MiB / fromPeer.seconds),
     ratio: Number((fromOrigin.seconds / fromPeer.seconds).toFixed(2)),
-    peerBytesShare: Number((fromPeer.job.bytes.fromPeers / SIZE).toFixed(3))
+    peerBytesShare: Number((fromPeer.job.bytes.fromPeers / SIZE).toFixed(3)),
+    // CPU time per GiB of the peer transfer (whole processes): A serving, B receiving.
+    cpuSecondsPerGiB: { serving: perGiB(0), receiving: perGiB(1) }
   }
   await rm(join(dir, 'a.bin'))
   await rm(join(dir, 'b.bin'))
 
   const patchDay = []
   for (const n of FLEETS) {
-    const agents = await fleet(processes, dir, `fleet${n}`, n, keyFile)
+    const { stateDirs: agents } = await fleet(processes, dir, `fleet${n}`, n, keyFile)
     const before = await originBytes(originUrl)
     const started = performance.now()
     const results = await Promise.all(agents.map(async (s, i) => await download(s, `${originUrl}/fleet-${n}.bin`, join(dir, `f${n}-${i}.bin`))))

@@ -1,6 +1,6 @@
 // The frame every benchmark shares: a temp dir, canopy processes, one JSON document
 // on stdout (with the machine's facts), clean-up, and a non-zero exit on failure.
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Processes } from './processes.ts'
@@ -21,4 +21,15 @@ export function runBench (name: string, what: string, body: (dir: string, proces
     console.error(err)
     process.exitCode = 1
   })
+}
+
+/**
+ * CPU seconds (user + system) of the whole process `pid`, threads that already ended
+ * included (a finished transfer's whole-file hashing worker is gone from /proc/<pid>/task).
+ */
+export async function processCpu (pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  // utime and stime are fields 14 and 15 of stat(5), in USER_HZ (hundredths of a second).
+  return (Number(fields[11]) + Number(fields[12])) / 100
 }

@@ -19,3 +19,4 @@ export async function startAgent (options: AgentOptions): Promise<CanopyAgent> {
   return await CanopyAgent.start(options)
 }
 export { RangeClient } from './transfer/range-client.ts'
+export { BlockHasher } from './transfer/block-hasher.ts'

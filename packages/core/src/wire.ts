@@ -42,7 +42,7 @@ function bad (why: string): CanopyError {
 
 /** Type, status and one 32-bit number: the head every response starts with. */
 function responseHead (type: number, status: number, value: number): Buffer {
-  const head = Buffer.alloc(6)
+  const head = Buffer.alloc(RESPONSE_HEAD_BYTES)
   head[0] = type
   head[1] = status
   head.writeUInt32BE(value, 2)
@@ -51,6 +51,17 @@ function responseHead (type: number, status: number, value: number): Buffer {
 
 /** Encodes one message as a frame (length prefix included). */
 export function encodeMessage (m: ExchangeMessage): Uint8Array {
+  const parts = encodeFrameParts(m)
+  return parts.length === 1 ? parts[0] : Buffer.concat(parts)
+}
+
+/**
+ * Encodes one message as the parts of a frame, to be sent one after the other: a
+ * block response is its head (length prefix included) and then the block's bytes
+ * as they are, so that a block is not copied into a frame buffer; any other
+ * message is one part.
+ */
+export function encodeFrameParts (m: ExchangeMessage): Uint8Array[] {
   let body: Buffer
   switch (m.type) {
     case MessageType.HaveRequest:
@@ -65,15 +76,20 @@ export function encodeMessage (m: ExchangeMessage): Uint8Array {
       body = Buffer.concat([Buffer.from([m.type]), m.discoveryId, m.proof, tail])
       break
     }
-    case MessageType.BlockResponse:
-      body = Buffer.concat([responseHead(m.type, m.status, m.index), m.data])
-      break
+    case MessageType.BlockResponse: {
+      const head = Buffer.concat([Buffer.alloc(4), responseHead(m.type, m.status, m.index)])
+      head.writeUInt32BE(head.length - 4 + m.data.length, 0)
+      return m.data.length === 0 ? [head] : [head, m.data]
+    }
   }
   const frame = Buffer.allocUnsafe(4 + body.length)
   frame.writeUInt32BE(body.length, 0)
   body.copy(frame, 4)
-  return frame
+  return [frame]
 }
+
+/** Bytes of a response's head in a frame body: type, status and one 32-bit number. */
+export const RESPONSE_HEAD_BYTES = 6
 
 /** Decodes one frame body (without its length prefix), strictly. */
 export function decodeMessage (body: Uint8Array): ExchangeMessage {

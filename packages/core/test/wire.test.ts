@@ -1,7 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { decodeMessage, encodeMessage, MessageType, readProof } from '@canopy/core'
+import { decodeMessage, encodeFrameParts, encodeMessage, MessageType, readProof, RESPONSE_HEAD_BYTES } from '@canopy/core'
 import type { ExchangeMessage } from '@canopy/core'
 
 const body = (frame: Uint8Array): Uint8Array => frame.subarray(4)
@@ -40,4 +40,16 @@ test('a read proof is bound to the key and to both peers', () => {
   assert.notDeepEqual(readProof(key, b, a), proof)
   assert.notDeepEqual(readProof(randomBytes(32), a, b), proof)
   assert.deepEqual(readProof(key, a, b), proof)
+})
+
+test('a block response is framed as its head and the block itself, not a copy', () => {
+  const data = randomBytes(5000)
+  const m: ExchangeMessage = { type: MessageType.BlockResponse, status: 0, index: 9, data }
+  const parts = encodeFrameParts(m)
+  assert.equal(parts.length, 2)
+  assert.equal(parts[1], data, 'the block goes out as it is')
+  assert.equal(parts[0].length, 4 + RESPONSE_HEAD_BYTES)
+  assert.deepEqual(Buffer.concat(parts), Buffer.from(encodeMessage(m)))
+  const back = decodeMessage(body(Buffer.concat(parts)))
+  assert.equal(back.type === MessageType.BlockResponse && back.index, 9)
 })

@@ -1,8 +1,8 @@
 import { timingSafeEqual } from 'node:crypto'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import {
-  CanopyError, decodeMessage, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY,
-  MessageType, readProof
+  CanopyError, decodeMessage, encodeFrameParts, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY,
+  MessageType, readProof, RESPONSE_HEAD_BYTES
 } from '@canopy/core'
 import type { ExchangeMessage, Logger, PublishedManifest } from '@canopy/core'
 import { FramedStream } from './framing.ts'
@@ -66,12 +66,12 @@ async function serveStream (stream: Stream, connection: Connection, self: PeerId
   const server = peerBytes(self)
   // Requests are answered in order, but the next ones are read and prepared (disk
   // read, verification) while earlier answers are still being sent.
-  const answers: Array<Promise<Uint8Array>> = []
+  const answers: Array<Promise<Uint8Array[]>> = []
   let readingDone = false
   let wakeWriter: (() => void) | undefined
   let wakeReader: (() => void) | undefined
 
-  const answer = async (body: Uint8Array): Promise<Uint8Array> => {
+  const answer = async (body: Uint8Array): Promise<Uint8Array[]> => {
     const request = decodeMessage(body)
     if (request.type !== MessageType.HaveRequest && request.type !== MessageType.BlockRequest) {
       throw new CanopyError('ERR_PROTOCOL', 'a response where a request belongs')
@@ -81,7 +81,7 @@ async function serveStream (stream: Stream, connection: Connection, self: PeerId
     if (content === undefined) status = ExchangeStatus.Unknown
     else if (!sameBytes(readProof(content.key, asker, server), request.proof)) status = ExchangeStatus.Denied
     if (request.type === MessageType.HaveRequest) {
-      return encodeMessage(status === ExchangeStatus.Ok
+      return encodeFrameParts(status === ExchangeStatus.Ok
         ? { type: MessageType.HaveResponse, status, blockCount: content!.manifest.blocks.length, bitfield: bitfieldOf(content!, content!.has), fetching: bitfieldOf(content!, content!.fetching ?? (() => false)) }
         : { type: MessageType.HaveResponse, status, blockCount: 0, bitfield: new Uint8Array(0), fetching: new Uint8Array(0) })
     }
@@ -99,7 +99,7 @@ async function serveStream (stream: Stream, connection: Connection, self: PeerId
         }
       }
     }
-    return encodeMessage({ type: MessageType.BlockResponse, status, index: request.index, data })
+    return encodeFrameParts({ type: MessageType.BlockResponse, status, index: request.index, data })
   }
 
   const writer = async (): Promise<void> => {
@@ -109,10 +109,10 @@ async function serveStream (stream: Stream, connection: Connection, self: PeerId
         await new Promise<void>(resolve => { wakeWriter = resolve })
         continue
       }
-      const frame = await answers[0]
+      const parts = await answers[0]
       answers.shift()
       wakeReader?.()
-      await framed.write(frame)
+      await framed.write(...parts)
     }
   }
   const reader = async (): Promise<void> => {
@@ -165,7 +165,7 @@ export class ExchangeSession {
   private readonly framed: FramedStream
   private readonly discoveryId: Uint8Array
   private readonly proof: Uint8Array
-  private readonly pending: Array<{ resolve: (m: ExchangeMessage) => void, reject: (err: Error) => void }> = []
+  private readonly pending: Array<{ resolve: (m: ExchangeMessage) => void, reject: (err: Error) => void, into?: Uint8Array }> = []
   private failure?: Error
   private reading = false
   readonly peer: PeerId
@@ -193,9 +193,13 @@ export class ExchangeSession {
     return { have: response.bitfield, fetching: response.fetching }
   }
 
-  /** Block `index` as the peer sent it (the caller verifies it), or undefined if the peer lacks it. */
-  async block (index: number): Promise<Uint8Array | undefined> {
-    const response = await this.request({ type: MessageType.BlockRequest, discoveryId: this.discoveryId, proof: this.proof, index })
+  /**
+   * Block `index` as the peer sent it (the caller verifies it), or undefined if the
+   * peer lacks it. Given `into`, a block of exactly its length is received there
+   * (and `into` is what resolves), in one copy from the stream.
+   */
+  async block (index: number, into?: Uint8Array): Promise<Uint8Array | undefined> {
+    const response = await this.request({ type: MessageType.BlockRequest, discoveryId: this.discoveryId, proof: this.proof, index }, into)
     if (response.type !== MessageType.BlockResponse || response.index !== index) throw this.broken('answered out of order')
     if (response.status === ExchangeStatus.Missing) return undefined
     this.check(response.status)
@@ -225,9 +229,9 @@ export class ExchangeSession {
     this.framed.stream.abort(err)
   }
 
-  private async request (message: ExchangeMessage): Promise<ExchangeMessage> {
+  private async request (message: ExchangeMessage, into?: Uint8Array): Promise<ExchangeMessage> {
     if (this.failure !== undefined) throw this.failure
-    const answer = new Promise<ExchangeMessage>((resolve, reject) => this.pending.push({ resolve, reject }))
+    const answer = new Promise<ExchangeMessage>((resolve, reject) => this.pending.push({ resolve, reject, into }))
     // If sending fails, the caller gets that error and `answer` is rejected by
     // fail() with nobody waiting on it: it must not count as unhandled (it crashed
     // the agent when a peer died mid-transfer).
@@ -247,9 +251,21 @@ export class ExchangeSession {
     this.reading = true
     try {
       while (this.pending.length > 0) {
-        const body = await this.framed.read(MAX_FRAME_BODY, RESPONSE_TIMEOUT_MS)
-        if (body === undefined) throw new PeerExchangeError('ERR_PEER_PROTOCOL', 'the peer closed the stream with requests unanswered')
-        this.pending.shift()!.resolve(decodeMessage(body))
+        const length = await this.framed.readLength(MAX_FRAME_BODY, RESPONSE_TIMEOUT_MS)
+        if (length === undefined) throw new PeerExchangeError('ERR_PEER_PROTOCOL', 'the peer closed the stream with requests unanswered')
+        const { into } = this.pending[0]
+        let response: ExchangeMessage
+        if (into !== undefined && length === RESPONSE_HEAD_BYTES + into.length) {
+          // Head and block apart: the block goes straight into the caller's memory.
+          const head = Buffer.from(await this.framed.readBody(RESPONSE_HEAD_BYTES, RESPONSE_TIMEOUT_MS))
+          response = decodeMessage(head)
+          if (response.type !== MessageType.BlockResponse || response.status !== ExchangeStatus.Ok) throw this.broken('sent a block-sized frame that is not a block')
+          await this.framed.readBody(into.length, RESPONSE_TIMEOUT_MS, into)
+          response.data = into
+        } else {
+          response = decodeMessage(await this.framed.readBody(length, RESPONSE_TIMEOUT_MS))
+        }
+        this.pending.shift()!.resolve(response)
       }
     } catch (err) {
       this.fail(err as Error)

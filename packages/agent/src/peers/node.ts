@@ -1,6 +1,7 @@
 import { createLibp2p } from 'libp2p'
 import type { Libp2p } from 'libp2p'
 import { noise } from '@chainsafe/libp2p-noise'
+import { noiseCrypto } from './noise-crypto.ts'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { tcp } from '@libp2p/tcp'
 import { identify } from '@libp2p/identify'
@@ -66,7 +67,7 @@ export async function startPeerNode (options: PeerNodeOptions): Promise<PeerNode
     privateKey: options.privateKey,
     addresses: { listen: options.listen ?? [`/ip4/0.0.0.0/tcp/${DEFAULT_P2P_PORT}`] },
     transports: [tcp()],
-    connectionEncrypters: [noise({ prologueBytes: noisePrologue(options.swarmKey) })],
+    connectionEncrypters: [noise({ prologueBytes: noisePrologue(options.swarmKey), crypto: noiseCrypto })],
     streamMuxers: [yamux()],
     peerDiscovery: options.mdns === false ? [] : [mdns()],
     services: { identify: identify(), ping: ping() },

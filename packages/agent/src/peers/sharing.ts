@@ -1,4 +1,5 @@
 import { link, mkdir, open, rm, stat, statfs } from 'node:fs/promises'
+import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { PeerId } from '@libp2p/interface'
 import { blockDigest, blockSpan, digestsEqual, discoveryId, DISCOVERY_LABEL } from '@canopy/core'
@@ -17,6 +18,8 @@ const BAN_AFTER = 3
 const BAN_MS = 10 * 60_000
 /** How long opening a session to one peer may take. */
 const OPEN_TIMEOUT_MS = 5000
+/** A file served to peers stays open this long after its last block was read. */
+const IDLE_CLOSE_MS = 2000
 
 interface Entry {
   manifest: PublishedManifest
@@ -27,6 +30,9 @@ interface Entry {
   /** Blocks being fetched now: advertised as claims, so that peers do not fetch them from the origin too. */
   inFlight?: Set<number>
   cache?: CacheRecord
+  /** The file, open while peers read it (closed IDLE_CLOSE_MS after the last read). */
+  file?: Promise<FileHandle>
+  closer?: NodeJS.Timeout
 }
 
 /**
@@ -109,6 +115,8 @@ export class PeerSharing implements BlockSource, PeerSessions {
       // Another filesystem than the state directory's: not cached (a copy would
       // double the disk writes of every download).
       this.logger.info('completed file not cached for peers', { path, err: (err as Error).message })
+      const entry = this.entries.get(hexId(manifest))
+      if (entry !== undefined) this.release(entry)
       this.entries.delete(hexId(manifest))
       return
     }
@@ -229,23 +237,51 @@ export class PeerSharing implements BlockSource, PeerSessions {
   }
 
   private add (entry: Entry): void {
-    this.entries.set(hexId(entry.manifest), entry)
+    const id = hexId(entry.manifest)
+    const previous = this.entries.get(id)
+    if (previous !== undefined) this.release(previous)
+    this.entries.set(id, entry)
+  }
+
+  /**
+   * The entry's file, opened once for the blocks peers read in a row rather than per
+   * block. A cached file is checked (size, mtime, inode) when it is opened; while it
+   * is open, every block is still verified before it leaves.
+   */
+  private async file (entry: Entry): Promise<FileHandle> {
+    if (entry.file === undefined) {
+      const opening = (async () => {
+        if (entry.cache !== undefined && !await this.unchanged(entry.cache)) {
+          await this.forget(entry.cache)
+          throw new Error('the cached file changed')
+        }
+        return await open(entry.path, 'r')
+      })()
+      // A failed open is tried again at the next read.
+      opening.catch(() => { if (entry.file === opening) entry.file = undefined })
+      entry.file = opening
+    }
+    const file = entry.file
+    clearTimeout(entry.closer)
+    entry.closer = setTimeout(() => this.release(entry), IDLE_CLOSE_MS)
+    entry.closer.unref()
+    return await file
+  }
+
+  /** Closes the entry's file (after any read under way: FileHandle.close waits for it). */
+  private release (entry: Entry): void {
+    clearTimeout(entry.closer)
+    const file = entry.file
+    entry.file = undefined
+    file?.then(async handle => await handle.close()).catch(() => {})
   }
 
   private async read (entry: Entry, index: number): Promise<Uint8Array> {
-    if (entry.cache !== undefined && !await this.unchanged(entry.cache)) {
-      await this.forget(entry.cache)
-      throw new Error('the cached file changed')
-    }
     const { offset, length } = blockSpan(index, entry.manifest.size, entry.manifest.blockSize)
-    const handle = await open(entry.path, 'r')
+    const handle = await this.file(entry)
     let bytes: Buffer = Buffer.allocUnsafeSlow(length)
-    try {
-      const { bytesRead } = await handle.read(bytes, 0, length, offset)
-      if (bytesRead !== length) throw new Error('short read')
-    } finally {
-      await handle.close()
-    }
+    const { bytesRead } = await handle.read(bytes, 0, length, offset)
+    if (bytesRead !== length) throw new Error('short read')
     // Never serve what was not verified: the disk is not trusted more than the wire.
     // (On the hashing worker: the event loop is busy with Noise.)
     const hashed = await this.blockHasher.hash(bytes)
@@ -264,7 +300,11 @@ export class PeerSharing implements BlockSource, PeerSessions {
 
   private async forget (record: CacheRecord): Promise<void> {
     this.logger.info('dropping a cached file', { manifestId: record.manifestId })
-    for (const [id, entry] of this.entries) if (entry.cache?.manifestId === record.manifestId) this.entries.delete(id)
+    for (const [id, entry] of this.entries) {
+      if (entry.cache?.manifestId !== record.manifestId) continue
+      this.entries.delete(id)
+      this.release(entry)
+    }
     await this.store.deleteCacheRecord(record.manifestId)
     await rm(record.path, { force: true })
   }

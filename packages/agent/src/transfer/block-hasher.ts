@@ -1,10 +1,28 @@
 import { createHash } from 'node:crypto'
+import type { FileHandle } from 'node:fs/promises'
 import { Worker } from 'node:worker_threads'
+import { digestsEqual } from '@canopy/core'
+import { WRITE_PIECE, writeFully } from './partial-file.ts'
+
+interface Answer {
+  digest: Uint8Array
+  bytes: Buffer
+  /** The block matched and was written (asked with a write order only). */
+  written: boolean
+}
 
 interface Pending {
-  resolve: (value: { digest: Uint8Array, bytes: Buffer }) => void
+  resolve: (value: Answer) => void
   reject: (err: Error) => void
   length: number
+}
+
+interface Reply {
+  id: number
+  buffer: ArrayBuffer
+  digest: ArrayBuffer
+  written: boolean
+  error?: { code?: string, message: string }
 }
 
 /**
@@ -13,6 +31,7 @@ interface Pending {
  * event loop; these workers do. A block's memory is transferred to the worker and
  * back (no copy): `hash` resolves with the digest and the same bytes, in a new
  * Buffer over the returned memory. The caller must not touch `bytes` meanwhile.
+ * `verifyAndWrite` also writes a block that matches its digest, on the same worker.
  * With `threads: 0` hashing is done inline.
  */
 export class BlockHasher {
@@ -24,13 +43,14 @@ export class BlockHasher {
 
   constructor (threads: number) {
     for (let i = 0; i < threads; i++) {
-      const worker = new Worker(new URL('./block-hasher-worker.js', import.meta.url))
+      const worker = new Worker(new URL('./block-hasher-worker.js', import.meta.url), { workerData: { writePiece: WRITE_PIECE } })
       worker.unref()
-      worker.on('message', ({ id, buffer, digest }: { id: number, buffer: ArrayBuffer, digest: ArrayBuffer }) => {
+      worker.on('message', ({ id, buffer, digest, written, error }: Reply) => {
         const p = this.pending.get(id)
         if (p === undefined) return
         this.pending.delete(id)
-        p.resolve({ digest: new Uint8Array(digest), bytes: Buffer.from(buffer, 0, p.length) })
+        if (error !== undefined) p.reject(Object.assign(new Error(`writing a block failed: ${error.message}`), { code: error.code }))
+        else p.resolve({ digest: new Uint8Array(digest), bytes: Buffer.from(buffer, 0, p.length), written })
       })
       // A worker that dies takes its pending hashes with it: fail them (the job retries)
       // and hash inline from then on rather than post to a dead thread.
@@ -48,16 +68,35 @@ export class BlockHasher {
   }
 
   async hash (bytes: Buffer): Promise<{ digest: Uint8Array, bytes: Buffer }> {
+    const { digest, bytes: back } = await this.run(bytes)
+    return { digest, bytes: back }
+  }
+
+  /**
+   * Verifies `bytes` against the SHA-256 `expected` and, only if they match, writes
+   * them at `position` of `file`, both off the event loop. Resolves with whether
+   * they matched (and are written) and the bytes; a failed write rejects with its
+   * errno error. The caller must keep `file` open until this settles.
+   */
+  async verifyAndWrite (bytes: Buffer, expected: Uint8Array, file: FileHandle, position: number): Promise<{ ok: boolean, bytes: Buffer }> {
+    const answer = await this.run(bytes, { fd: file.fd, position, expected })
+    if (answer.written || !digestsEqual(answer.digest, expected)) return { ok: answer.written, bytes: answer.bytes }
+    // Hashed inline: write from here.
+    await writeFully(file, answer.bytes, position)
+    return { ok: true, bytes: answer.bytes }
+  }
+
+  private async run (bytes: Buffer, write?: { fd: number, position: number, expected: Uint8Array }): Promise<Answer> {
     // Only memory the buffer owns alone can move; small buffers share Node's pool.
     const owned = bytes.byteOffset === 0 && bytes.buffer.byteLength === bytes.length && bytes.buffer instanceof ArrayBuffer
     if (this.workers.length === 0 || !owned) {
-      return { digest: createHash('sha256').update(bytes).digest(), bytes }
+      return { digest: createHash('sha256').update(bytes).digest(), bytes, written: false }
     }
     const id = this.nextId++
     const worker = this.workers[this.turn++ % this.workers.length]
     return await new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, length: bytes.length })
-      worker.postMessage({ id, buffer: bytes.buffer, length: bytes.length }, [bytes.buffer as ArrayBuffer])
+      worker.postMessage({ id, buffer: bytes.buffer, length: bytes.length, write }, [bytes.buffer as ArrayBuffer])
     })
   }
 

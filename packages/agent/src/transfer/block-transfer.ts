@@ -10,7 +10,7 @@ import type { PeerSessions } from './peer-fetch.ts'
 import type { JobStore } from '../store/job-store.ts'
 import { discard, requestRange } from './http.ts'
 import type { FullResponse, RangeResponse } from './http.ts'
-import { BackgroundFlusher, openPartial, writeFully } from './partial-file.ts'
+import { BackgroundFlusher, openPartial } from './partial-file.ts'
 import { WholeFileHasher } from './whole-file-hasher.ts'
 import type { BlockHasher } from './block-hasher.ts'
 import type { BufferPool } from './buffer-pool.ts'
@@ -73,7 +73,7 @@ export async function transferBlocks (o: BlockTransferOptions): Promise<string> 
       try {
         hasher.advance(progress.prefixBytes)
         const started = performance.now()
-        const sink = new BlockSink(o, handle, hasher, flusher)
+        const sink = new BlockSink(o, expected, handle, hasher, flusher)
         await fetchAll(o, expected, sink, attempts)
         const fetched = performance.now()
         await flusher.settle()
@@ -146,33 +146,43 @@ const FLUSH_EVERY = 64 * 1024 * 1024
 type Body = RangeResponse['body']
 
 /**
- * Where verified blocks go: written at their offset, flushed in the background,
- * then marked (the mark follows the write: after a process crash a marked block is
- * in the file; after a power loss it may not be, and the whole-file check and the
- * second pass catch that), then counted and fed to the whole-file hash.
+ * Where received blocks go: verified against the manifest and, only if they match,
+ * written at their offset (both on a hashing worker), flushed in the background, then
+ * marked (the mark follows the write: after a process crash a marked block is in the
+ * file; after a power loss it may not be, and the whole-file check and the second
+ * pass catch that), then counted and fed to the whole-file hash.
  */
 export class BlockSink {
   private readonly o: BlockTransferOptions
+  private readonly expected: Uint8Array[]
   private readonly handle: FileHandle
   private readonly hasher: WholeFileHasher
   private readonly flusher: BackgroundFlusher
 
-  constructor (o: BlockTransferOptions, handle: FileHandle, hasher: WholeFileHasher, flusher: BackgroundFlusher) {
+  constructor (o: BlockTransferOptions, expected: Uint8Array[], handle: FileHandle, hasher: WholeFileHasher, flusher: BackgroundFlusher) {
     this.o = o
+    this.expected = expected
     this.handle = handle
     this.hasher = hasher
     this.flusher = flusher
   }
 
-  async store (index: number, bytes: Uint8Array, source: StoredBlockSource): Promise<void> {
+  /**
+   * Verifies block `index` and stores it if it matches. Resolves with whether it
+   * matched and with its bytes (the same memory, back from the worker), which the
+   * caller owns again.
+   */
+  async verifyAndStore (index: number, received: Buffer, source: StoredBlockSource): Promise<{ ok: boolean, bytes: Buffer }> {
     const { o } = this
     const { offset } = blockSpan(index, o.manifest.size, o.manifest.blockSize)
-    await writeFully(this.handle, bytes, offset)
-    this.flusher.wrote(bytes.length)
+    const verdict = await o.blockHasher.verifyAndWrite(received, this.expected[index], this.handle, offset)
+    if (!verdict.ok) return verdict
+    this.flusher.wrote(verdict.bytes.length)
     await o.store.markBlock(o.jobId, o.fileIndex, index, source)
     o.progress.mark(index, source)
     this.hasher.advance(o.progress.prefixBytes)
     o.onBlock()
+    return verdict
   }
 }
 
@@ -198,8 +208,9 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], si
   }
 
   const accept = async (index: number, received: Buffer): Promise<boolean> => {
-    const { digest, bytes } = await o.blockHasher.hash(received)
-    if (!digestsEqual(digest, expected[index])) {
+    const { ok, bytes } = await sink.verifyAndStore(index, received, 'origin')
+    o.buffers.give(bytes)
+    if (!ok) {
       const count = (attempts.get(index) ?? 0) + 1
       attempts.set(index, count)
       o.logger.warn('block from origin failed verification', { jobId: o.jobId, block: index, attempt: count })
@@ -214,8 +225,6 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], si
       }
       return false
     }
-    await sink.store(index, bytes, 'origin')
-    o.buffers.give(bytes)
     return true
   }
 

@@ -19,11 +19,20 @@ export async function openPartial (path: string, size: number): Promise<FileHand
   }
 }
 
-/** Writes all of `bytes` at `position` (a positional write may be short). */
+/**
+ * Bytes per write call into a partial file. A 1 MiB write makes the kernel (Linux
+ * 6.18, ext4) put it in large page-cache folios, which on the build machines' VMs come
+ * from memory the host has to fault in again: measured with `dd` into a new 1 GiB file,
+ * 2.7 CPU-s with bs=1M versus 0.9-1.7 with bs=64k (curl, which writes 8-16 KiB at a
+ * time, 0.6). The copy into the page cache was half of the agent's CPU time.
+ */
+export const WRITE_PIECE = 64 * 1024
+
+/** Writes all of `bytes` at `position`, WRITE_PIECE at a time (a positional write may also be short). */
 export async function writeFully (handle: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
   let done = 0
   while (done < bytes.length) {
-    const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position + done)
+    const { bytesWritten } = await handle.write(bytes, done, Math.min(WRITE_PIECE, bytes.length - done), position + done)
     done += bytesWritten
   }
 }

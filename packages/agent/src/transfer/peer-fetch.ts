@@ -1,5 +1,5 @@
 import type { PeerId } from '@libp2p/interface'
-import { digestsEqual, discoveryId, DISCOVERY_LABEL } from '@canopy/core'
+import { blockSpan, discoveryId, DISCOVERY_LABEL } from '@canopy/core'
 import type { ExchangeSession } from '../peers/exchange.ts'
 import type { BlockSink, BlockTransferOptions } from './block-transfer.ts'
 import type { BlockPicker } from './picker.ts'
@@ -125,10 +125,11 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
 
   let failed = false
   const processing = new Set<Promise<void>>()
-  const accept = async (offer: Offer, index: number, own: Buffer): Promise<void> => {
+  const accept = async (offer: Offer, index: number, received: Buffer): Promise<void> => {
     try {
-      const { digest, bytes } = await o.blockHasher.hash(own)
-      if (!digestsEqual(digest, expected[index])) {
+      const { ok, bytes } = await sink.verifyAndStore(index, received, 'peer')
+      o.buffers.give(bytes)
+      if (!ok) {
         offer.bad++
         o.logger.warn('block from a peer failed verification', { jobId: o.jobId, block: index, peer: offer.session.peer.toString() })
         o.peers!.penalize(offer.session.peer, `block ${index} failed verification`)
@@ -138,7 +139,6 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
         if (offer.bad >= BAD_BLOCKS_PER_TRANSFER) offer.alive = false
         return
       }
-      await sink.store(index, bytes, 'peer')
       o.peers!.received(offer.session.peer, bytes.length)
     } finally {
       inFlight.delete(index)
@@ -156,24 +156,27 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
       }
       const index = offer.cursor++
       inFlight.add(index)
+      // The block is received straight into a buffer of the pool, which owns its
+      // memory: the hashing worker can take it without a copy.
+      const into = o.buffers.take(blockSpan(index, o.manifest.size, o.manifest.blockSize).length)
       let received: Uint8Array | undefined
       try {
-        received = await offer.session.block(index)
+        received = await offer.session.block(index, into)
       } catch {
         inFlight.delete(index)
         offer.alive = false // the stream is gone: stop using this peer here
         return
       }
       if (received === undefined) {
+        o.buffers.give(into)
         inFlight.delete(index)
         clearBit(offer.have, index)
         continue
       }
-      // Own the memory, so that the hashing worker can take it without a copy.
-      const own = Buffer.allocUnsafeSlow(received.length)
-      own.set(received)
+      // Anything but `into` came with the wrong length: it fails verification (inline).
+      const bytes = received === into ? into : Buffer.from(received.buffer, received.byteOffset, received.byteLength)
       // Verify and store while the next request is already on its way.
-      const done: Promise<void> = accept(offer, index, own).catch((err: unknown) => {
+      const done: Promise<void> = accept(offer, index, bytes).catch((err: unknown) => {
         failed = true
         throw err
       }).finally(() => processing.delete(done))
