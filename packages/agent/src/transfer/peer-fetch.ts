@@ -39,6 +39,7 @@ interface Offer {
   alive: boolean
   /** The peer knows this content (it answered for it); one that does not may start soon. */
   interested: boolean
+  /** Position in `order` of the next block to consider asking this peer for. */
   cursor: number
   /** Blocks it had at the last refresh, and when that count last grew (or it became interested). */
   haveCount: number
@@ -49,6 +50,24 @@ const hasBit = (bits: Uint8Array, i: number): boolean => (bits[i >> 3] & (0x80 >
 const clearBit = (bits: Uint8Array, i: number): void => { bits[i >> 3] &= ~(0x80 >> (i & 7)) }
 const BITS_SET = Uint8Array.from({ length: 256 }, (_, b) => { let n = 0; for (let v = b; v !== 0; v >>= 1) n += v & 1; return n })
 const countBits = (bits: Uint8Array): number => { let n = 0; for (const b of bits) n += BITS_SET[b]; return n }
+
+/**
+ * The blocks to ask peers for, rarest first: every block `missing` that at least
+ * one of `bitfields` has, ordered by how many have it (fewest first), then by index.
+ * Fetching the rarest blocks first spreads copies through the swarm before the only
+ * peer holding some block leaves, and leaves the common blocks, which any peer can
+ * serve, for last. A counting sort: O(blocks × peers).
+ */
+export function rarestFirst (count: number, missing: (index: number) => boolean, bitfields: readonly Uint8Array[]): number[] {
+  const byHolders: number[][] = Array.from({ length: bitfields.length + 1 }, () => [])
+  for (let i = 0; i < count; i++) {
+    if (!missing(i)) continue
+    let holders = 0
+    for (const bits of bitfields) if (hasBit(bits, i)) holders++
+    if (holders > 0) byHolders[holders].push(i)
+  }
+  return byHolders.flat()
+}
 
 /**
  * The peer side of a transfer, running beside the origin side: it keeps the
@@ -98,6 +117,8 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
   // agents may then fetch twice is one request, not all of them (the lab's bad-peer
   // scenario showed 4 ranges of 4 MiB fetched twice in the first 100 ms).
   let refreshes = 0
+  /** The blocks peers have and this agent lacks, rarest first (made at each refresh). */
+  let order: number[] = []
   picker.mayIssue = (issued) => issued === 0 || refreshes >= 3
   const finished = (): boolean => o.progress.complete || signal.aborted || !offers.some(f => f.alive)
 
@@ -120,6 +141,7 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
       }
     }))
     share()
+    order = rarestFirst(count, i => !o.progress.has(i), offers.filter(f => f.alive).map(f => f.have))
     refreshes++
   }
 
@@ -147,14 +169,14 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
 
   const worker = async (offer: Offer): Promise<void> => {
     while (!finished() && !failed && offer.alive) {
-      while (offer.cursor < count && (o.progress.has(offer.cursor) || inFlight.has(offer.cursor) || !hasBit(offer.have, offer.cursor))) offer.cursor++
-      if (offer.cursor >= count) {
+      while (offer.cursor < order.length && (o.progress.has(order[offer.cursor]) || inFlight.has(order[offer.cursor]) || !hasBit(offer.have, order[offer.cursor]))) offer.cursor++
+      if (offer.cursor >= order.length) {
         // Nothing from this peer now: look again after the next refresh.
         await new Promise(resolve => setTimeout(resolve, REFRESH_MS))
         offer.cursor = 0
         continue
       }
-      const index = offer.cursor++
+      const index = order[offer.cursor++]
       inFlight.add(index)
       // The block is received straight into a buffer of the pool, which owns its
       // memory: the hashing worker can take it without a copy.
