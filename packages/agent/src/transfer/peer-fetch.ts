@@ -185,6 +185,7 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
       try {
         received = await offer.session.block(index, into)
       } catch {
+        o.buffers.give(into)
         inFlight.delete(index)
         offer.alive = false // the stream is gone: stop using this peer here
         return
