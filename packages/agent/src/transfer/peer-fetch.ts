@@ -185,7 +185,8 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
       try {
         received = await offer.session.block(index, into)
       } catch {
-        o.buffers.give(into)
+        // `into` is not handed back to the pool: a read of the failed stream may still
+        // be under way into it, and must not land in a buffer that another block uses.
         inFlight.delete(index)
         offer.alive = false // the stream is gone: stop using this peer here
         return
