@@ -1,5 +1,5 @@
 import type { Dispatcher } from 'undici'
-import { blockDigest, blockSpan, digestsEqual, sha256 } from '@canopy/core'
+import { blockDigest, blockSpan, digestsEqual } from '@canopy/core'
 import type { Logger, PublishedManifest } from '@canopy/core'
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from '../errors.ts'
 import type { BlockSource as StoredBlockSource, FileProgress } from '../jobs/job.ts'
@@ -439,14 +439,20 @@ class Semaphore {
   }
 }
 
+/** Blocks whose bytes in the partial file do not match the manifest (hashed on the workers). */
 async function findBadBlocks (handle: Awaited<ReturnType<typeof openPartial>>, o: BlockTransferOptions, expected: Uint8Array[]): Promise<number[]> {
   const bad: number[] = []
-  const buffer = Buffer.allocUnsafe(o.manifest.blockSize)
+  let buffer: Buffer = Buffer.allocUnsafeSlow(o.manifest.blockSize)
   for (let i = 0; i < expected.length; i++) {
     o.signal.throwIfAborted()
     const { offset, length } = blockSpan(i, o.manifest.size, o.manifest.blockSize)
     const { bytesRead } = await handle.read(buffer, 0, length, offset)
-    if (bytesRead !== length || !digestsEqual(sha256(buffer.subarray(0, length)), expected[i])) bad.push(i)
+    // A whole block moves to a worker and back (`buffer` is detached meanwhile);
+    // the short last one is hashed here.
+    const whole = length === buffer.length
+    const hashed = await o.blockHasher.hash(whole ? buffer : buffer.subarray(0, length))
+    if (whole) buffer = hashed.bytes
+    if (bytesRead !== length || !digestsEqual(hashed.digest, expected[i])) bad.push(i)
   }
   return bad
 }
