@@ -4,7 +4,7 @@ import { test } from 'node:test'
 import type { TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
-import { readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { request } from 'undici'
 import { decodeManifest, discoveryId, DISCOVERY_LABEL, MANIFEST_MEDIA_TYPE, silentLogger } from '@canopy/core'
 import { loadOrCreatePeerKey, parseSwarmKey, serveExchange, startPeerNode } from '@canopy/agent/peers'
@@ -35,6 +35,23 @@ test('two agents with the same swarm key connect through a static peer; status s
   assert.equal(human.code, 0)
   assert.match(human.stdout, /peer id: +12D3KooW/)
   assert.match(human.stdout, /1 connected; mDNS off; swarm key required/)
+})
+
+test('static peers and the swarm key can come from the agent\'s config file', async (t) => {
+  const dir = await tempDir(t)
+  const keyFile = await swarmKeyFile(dir)
+  const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', keyFile])
+  t.after(async () => await a.kill())
+  await mkdir(join(dir, 'b'), { recursive: true, mode: 0o700 })
+  await writeFile(join(dir, 'b', 'config.json'), JSON.stringify({ peer: [await loopbackAddress(a)], 'swarm-key': keyFile }))
+  const b = await startAgentProcess(join(dir, 'b'))
+  t.after(async () => await b.kill())
+  assert.equal(await waitConnected(b, 1), 1)
+  assert.equal((await b.client.status()).peer?.swarmKey, true)
+  await writeFile(join(dir, 'bad.json'), JSON.stringify({ peer: '/ip4/127.0.0.1/tcp/1' }))
+  const bad = await runCli(['agent', '--state-dir', join(dir, 'c'), '--config', join(dir, 'bad.json')])
+  assert.equal(bad.code, 2, bad.stderr)
+  assert.match(bad.stderr, /"peer" must be a list/)
 })
 
 test('an agent with another swarm key is never connected', async (t) => {

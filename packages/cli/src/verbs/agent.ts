@@ -77,7 +77,7 @@ const TUNING: ReadonlyArray<readonly [TuningKey, string, (text: string) => numbe
 ]
 
 /** Keys a config file may hold: the numeric options above, and the peer node's port and cache size. */
-const CONFIG_KEYS: readonly string[] = [...TUNING.map(([, name]) => name), 'p2p-port', 'cache-size']
+const CONFIG_KEYS: readonly string[] = [...TUNING.map(([, name]) => name), 'p2p-port', 'p2p-host', 'cache-size', 'swarm-key', 'peer']
 
 function agentTuning (sources: Sources): Partial<Record<TuningKey, number>> {
   return Object.fromEntries(TUNING.map(([key, name, parse, min]) => [key, tuning(sources, name, parse, min)]))
@@ -114,6 +114,14 @@ async function readConfig (values: Values, stateDir: string): Promise<{ config: 
   const config: Config = {}
   for (const [key, value] of Object.entries(parsed)) {
     if (!CONFIG_KEYS.includes(key)) throw new UsageError(`the config file ${configPath} has an unknown option "${key}"; it may set: ${CONFIG_KEYS.join(', ')}`, 'agent')
+    if (key === 'peer') {
+      // The static peers: a list of multiaddrs (no multiaddr holds a comma).
+      if (!Array.isArray(value) || !value.every(v => typeof v === 'string' && !v.includes(','))) {
+        throw new UsageError(`the config file ${configPath}: "peer" must be a list of multiaddrs, e.g. ["/ip4/192.168.1.20/tcp/7373"]`, 'agent')
+      }
+      config.peer = value.join(',')
+      continue
+    }
     if (typeof value !== 'number' && typeof value !== 'string') throw new UsageError(`the config file ${configPath}: "${key}" must be a number or a string`, 'agent')
     config[key] = String(value)
   }
@@ -135,17 +143,18 @@ async function apiListenOptions (values: Values): Promise<{ apiListen?: string, 
 
 /** The peer node's options from flags, else CANOPY_* variables; undefined with --no-p2p. */
 async function p2pOptions (sources: Sources): Promise<P2pOptions | undefined> {
-  const { values } = sources
+  const { values, config } = sources
   if (values['no-p2p'] === true || process.env.CANOPY_P2P === '0') return undefined
   // Loaded here, not at the top: other verbs should not pay for libp2p's start-up.
   const { DEFAULT_P2P_PORT, parsePeerAddresses, readSwarmKey } = await import('@canopy/agent/peers')
   const port = tuning(sources, 'p2p-port', integer, 0) ?? DEFAULT_P2P_PORT
   if (port > 65535) throw new UsageError(`--p2p-port ${port}: a TCP port is at most 65535`, 'agent')
-  const host = str(values, 'p2p-host') ?? process.env.CANOPY_P2P_HOST ?? '0.0.0.0'
+  const host = str(values, 'p2p-host') ?? process.env.CANOPY_P2P_HOST ?? config['p2p-host'] ?? '0.0.0.0'
   if (isIP(host) === 0) throw new UsageError(`--p2p-host ${host}: give an IP address`, 'agent')
   const flagPeers = values.peer as unknown as string[] | undefined
-  const peers = flagPeers ?? (process.env.CANOPY_PEERS ?? '').split(',').map(p => p.trim()).filter(Boolean)
-  const keyFile = str(values, 'swarm-key') ?? process.env.CANOPY_SWARM_KEY
+  // A flag wins over the environment, which wins over the config file.
+  const peers = flagPeers ?? (process.env.CANOPY_PEERS ?? config.peer ?? '').split(',').map(p => p.trim()).filter(Boolean)
+  const keyFile = str(values, 'swarm-key') ?? process.env.CANOPY_SWARM_KEY ?? config['swarm-key']
   let swarmKey: Uint8Array | undefined
   if (keyFile !== undefined && keyFile !== '') {
     try {
