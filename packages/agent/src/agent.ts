@@ -281,6 +281,21 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     return [...this.jobs.values()].sort((a, b) => a.createdAt.localeCompare(b.createdAt)).map(j => this.view(j))
   }
 
+  /**
+   * A job's full id from its id or a unique prefix of it (at least 4 characters, as
+   * `canopy watch` and the examples show 8): people type the short form.
+   */
+  resolveJobId (idOrPrefix: string): string {
+    if (this.jobs.has(idOrPrefix)) return idOrPrefix
+    if (idOrPrefix.length >= 4 && /^[0-9a-f-]+$/i.test(idOrPrefix)) {
+      const prefix = idOrPrefix.toLowerCase()
+      const matches = [...this.jobs.keys()].filter(id => id.startsWith(prefix))
+      if (matches.length === 1) return matches[0]
+      if (matches.length > 1) throw new CanopyError('ERR_AMBIGUOUS_JOB_ID', `${matches.length} jobs have ids starting with ${idOrPrefix}: give more of the id`)
+    }
+    throw new CanopyError('ERR_JOB_NOT_FOUND', `No job with id ${idOrPrefix}: list jobs with canopy jobs`)
+  }
+
   getJob (id: string): JobView {
     return this.view(this.requireJob(id))
   }

@@ -39,6 +39,7 @@ const STATUS_BY_CODE: Record<string, number> = {
   ERR_NOT_FOUND: 404,
   ERR_METHOD_NOT_ALLOWED: 405,
   ERR_INVALID_STATE: 409,
+  ERR_AMBIGUOUS_JOB_ID: 409,
   ERR_BODY_TOO_LARGE: 413,
   ERR_TOO_MANY_CLIENTS: 503,
   ERR_DESTINATION: 409,
@@ -165,7 +166,12 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
     if (found === undefined) {
       throw new CanopyError('ERR_METHOD_NOT_ALLOWED', `${method} is not allowed on ${url.pathname}; use ${matching.map(m => m.route.method).join(' or ')}`)
     }
-    return await found.route.handle({ req, res, url, params: found.params! })
+    const params = found.params!
+    // Jobs are addressed by id or by a unique prefix of it; handlers see the full id.
+    if (params.id !== undefined) params.id = agent.resolveJobId(params.id)
+    const job = url.searchParams.get('job')
+    if (job !== null) url.searchParams.set('job', agent.resolveJobId(job))
+    return await found.route.handle({ req, res, url, params })
   }
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {

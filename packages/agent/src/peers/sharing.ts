@@ -45,7 +45,6 @@ interface Entry {
  * costs no copy and survives the user deleting the file. A block read for a peer is
  * verified against the manifest before it is sent, and a cached file whose size,
  * mtime or inode changed is dropped: the cache never serves what it did not verify.
- * Not built yet: the size quota and LRU eviction.
  */
 export class PeerSharing implements BlockSource, PeerSessions {
   private readonly libp2p: PeerLibp2p

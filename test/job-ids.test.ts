@@ -1,0 +1,24 @@
+// Jobs are addressed by their id or a unique prefix of it (canopy watch prints 8
+// characters, and people type them).
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { join } from 'node:path'
+import { runCli, startAgentProcess, tempDir } from './helpers.ts'
+
+test('a unique prefix of a job id (4 characters or more) names the job in the API and the CLI', async (t) => {
+  const dir = await tempDir(t)
+  const agent = await startAgentProcess(join(dir, 'agent'))
+  t.after(async () => await agent.kill())
+  const job = await agent.client.createJob({ files: [{ url: 'http://127.0.0.1:9/f.bin', path: join(dir, 'f.bin') }], start: false })
+  const short = job.id.slice(0, 8)
+  assert.equal((await agent.client.getJob(short)).id, job.id)
+  const shown = await runCli(['job', short, '--json', '--state-dir', agent.stateDir])
+  assert.equal(shown.code, 0, shown.stderr)
+  assert.equal((JSON.parse(shown.stdout) as { id: string }).id, job.id)
+  const set = await runCli(['set', short, '--priority', 'high', '--state-dir', agent.stateDir])
+  assert.equal(set.code, 0, set.stderr)
+  assert.equal((await agent.client.getJob(job.id)).priority, 'high')
+  await assert.rejects(agent.client.getJob(job.id.slice(0, 3)), { code: 'ERR_JOB_NOT_FOUND' }, 'too short to be a prefix')
+  await assert.rejects(agent.client.getJob('ffffffff-0000'), { code: 'ERR_JOB_NOT_FOUND' })
+  await assert.rejects(agent.client.cancel(`${short}zz`), { code: 'ERR_JOB_NOT_FOUND' })
+})
