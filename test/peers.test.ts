@@ -7,7 +7,8 @@ import { join } from 'node:path'
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { request } from 'undici'
 import { decodeManifest, discoveryId, DISCOVERY_LABEL, MANIFEST_MEDIA_TYPE, silentLogger } from '@canopy/core'
-import { loadOrCreatePeerKey, parseSwarmKey, serveExchange, startPeerNode } from '@canopy/agent/peers'
+import { ExchangeSession, loadOrCreatePeerKey, parseSwarmKey, serveExchange, startPeerNode } from '@canopy/agent/peers'
+import { multiaddr } from '@multiformats/multiaddr'
 import type { PeerNode } from '@canopy/agent/peers'
 import {
   FINISHED, fileSha256, loopbackAddress, originContentBytes, originWithFile, runCli, startAgentProcess, swarmKeyFile,
@@ -247,6 +248,36 @@ test('a lying peer among honest agents that start together: every agent bans it 
     assert.equal(await fileSha256(join(dir, `out${i}.bin`)), sha256)
     assert.deepEqual((await agents[i].client.peers()).bans.map(ban => ban.peerId), [liar.libp2p.peerId.toString()])
   }
+})
+
+// Regression: a cancelled download stayed on offer to peers, which were told of
+// blocks whose file was deleted (found by the perf helper).
+test('a cancelled download is no longer offered to peers', async (t) => {
+  const { dir, origin } = await originWithFile(t, 8 * 1024 * 1024, 'f.bin', { rateLimit: 1024 * 1024 })
+  const keyFile = await swarmKeyFile(dir)
+  const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', keyFile])
+  t.after(async () => await a.kill())
+  const job = await a.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'a.bin') }] })
+  while ((await a.client.getJob(job.id)).bytes.transferred < 2 * 1024 * 1024) await new Promise(resolve => setTimeout(resolve, 50))
+
+  // A member that knows the content (manifest and key from the origin) asks A what it has.
+  const res = await request(`${origin.url}/f.bin`, { headers: { accept: MANIFEST_MEDIA_TYPE } })
+  const key = Buffer.from(decodeManifest(Buffer.from(await res.body.arrayBuffer())).key!, 'base64')
+  const id = discoveryId(key, DISCOVERY_LABEL)
+  const member = await startPeerNode({ privateKey: await loadOrCreatePeerKey(join(dir, 'member')), listen: ['/ip4/127.0.0.1/tcp/0'], swarmKey: parseSwarmKey(await readFile(keyFile, 'utf8')), mdns: false, logger: silentLogger })
+  t.after(async () => await member.stop())
+  const connection = await member.libp2p.dial(multiaddr(await loopbackAddress(a)))
+  const ask = async (): Promise<Uint8Array> => {
+    const session = await ExchangeSession.open(member.libp2p, connection.remotePeer, id, key)
+    try {
+      return (await session.have()).have
+    } finally {
+      await session.close()
+    }
+  }
+  assert.ok((await ask()).some(byte => byte !== 0), 'A offers the blocks it has verified so far')
+  await a.client.cancel(job.id)
+  await assert.rejects(ask(), { code: 'ERR_PEER_UNKNOWN_CONTENT' })
 })
 
 test('a peer that dies mid-transfer does not stall the job', async (t) => {

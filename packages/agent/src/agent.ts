@@ -472,7 +472,11 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   }
 
   private async removePartials (job: JobRecord): Promise<void> {
-    for (const file of job.files) if (file.visible !== true) await rm(file.partPath, { force: true })
+    for (const file of job.files) {
+      if (file.visible === true) continue
+      this.sharing?.stopSharingPartial(file.partPath)
+      await rm(file.partPath, { force: true })
+    }
     await this.store.clearBlocks(job.id)
   }
 
@@ -804,6 +808,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     }
     if (job.ifNewer === true && await this.upToDate(file, net.dispatcher, headers, signal)) {
       this.logger.info('skipped: the destination is up to date', { jobId: job.id, path: file.path })
+      this.sharing?.stopSharingPartial(file.partPath)
       await rm(file.partPath, { force: true })
       await this.store.clearBlocks(job.id, index)
       // In place already: completing the job leaves it alone, cancelling does not remove it.
@@ -913,6 +918,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   private async resetFile (job: JobRecord, index: number): Promise<void> {
     const file = job.files[index]
     await this.store.clearBlocks(job.id, index)
+    this.sharing?.stopSharingPartial(file.partPath)
     await rm(file.partPath, { force: true })
     file.mode = undefined
     file.manifestId = undefined

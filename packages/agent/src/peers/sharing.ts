@@ -97,6 +97,20 @@ export class PeerSharing implements BlockSource, PeerSessions {
     this.add({ manifest, key: Buffer.from(manifest.key, 'base64'), path, progress, inFlight })
   }
 
+  /**
+   * Stops offering the partial file at `path` (its job was cancelled, or the file
+   * is being fetched again from scratch): peers must not be told of blocks that are
+   * about to be deleted. A completed file in the cache is not affected.
+   */
+  stopSharingPartial (path: string): void {
+    for (const [id, entry] of this.entries) {
+      if (entry.cache === undefined && entry.path === path) {
+        this.release(entry)
+        this.entries.delete(id)
+      }
+    }
+  }
+
   /** Keeps a completed, verified file for peers (a hard link into the cache). */
   async admit (manifest: PublishedManifest, path: string): Promise<void> {
     if (manifest.key === undefined) return
