@@ -11,6 +11,7 @@ import type { AgentEvent, JobState, JobView } from '@canopy/core'
 import { AgentApiError } from '@canopy/client'
 import type { CanopyClient } from '@canopy/client'
 import { fileSha256, originWithFile, randomFile, readUntil, refusingOrigin, runCli, stalledOrigin, startAgentProcess, tempDir } from './helpers.ts'
+import { JobStore } from '../packages/agent/src/store/job-store.ts'
 import type { AgentProcess } from './helpers.ts'
 
 const KiB = 1024
@@ -380,4 +381,31 @@ test('a config file sets the agent\'s defaults (<state-dir>/config.json or --con
   const missing = await runCli(['agent', '--state-dir', stateDir, '--no-p2p', '--config', join(dir, 'none.json')])
   assert.equal(missing.code, 2)
   assert.match(missing.stderr, /cannot read the config file .*none\.json \(ENOENT\)/)
+})
+
+test('retention also forgets the manifests that no job and no cached file needs any more', async (t) => {
+  const { dir, origin } = await originWithFile(t, MiB)
+  const run = async (name: string, args: string[]): Promise<{ stateDir: string, manifestId: string }> => {
+    const agent = await startAgentProcess(join(dir, name), ['--retention', '1s', ...args])
+    t.after(async () => await agent.kill())
+    const job = await agent.client.createJob({ priority: 'foreground', autoComplete: true, files: [{ url: `${origin.url}/f.bin`, path: join(dir, `${name}.bin`) }] })
+    const done = await agent.client.waitForJob(job.id, { intervalMs: 50, until: ['acknowledged', 'error'] })
+    assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+    while ((await agent.client.listJobs()).length > 0) await new Promise(resolve => setTimeout(resolve, 100))
+    await agent.kill()
+    return { stateDir: agent.stateDir, manifestId: done.files[0].manifestId! }
+  }
+  const manifestIn = async (stateDir: string, id: string): Promise<boolean> => {
+    const store = new JobStore(join(stateDir, 'db'))
+    await store.open()
+    try {
+      return await store.getManifest(id) !== undefined
+    } finally {
+      await store.close()
+    }
+  }
+  const plain = await run('no-peers', ['--no-p2p'])
+  assert.equal(await manifestIn(plain.stateDir, plain.manifestId), false, 'nothing needs it: forgotten')
+  const sharing = await run('sharing', [])
+  assert.equal(await manifestIn(sharing.stateDir, sharing.manifestId), true, 'its file is cached for peers, which are served from it')
 })

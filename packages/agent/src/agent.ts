@@ -189,6 +189,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         agent.sharing = new PeerSharing(agent.peer.libp2p, agent.store, resolved.stateDir, agent.blockHasher, agent.logger, resolved.p2p.cacheSize)
         await agent.sharing.start()
       }
+      // Manifests of jobs removed and of cache files evicted since the last start.
+      await agent.dropUnusedManifests(await agent.store.manifestIds())
       if (resolved.apiListen !== undefined && (resolved.apiToken ?? '') === '') {
         throw new CanopyError('ERR_INVALID_ARGUMENT', 'The TCP listener of the control API needs a bearer token (--api-token-file): it is never open without one')
       }
@@ -689,6 +691,20 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     })
   }
 
+  /**
+   * Deletes those of `candidates` that no job's file and no cache record needs any
+   * more (a manifest is kept while its file is cached: peers are served from it).
+   */
+  private async dropUnusedManifests (candidates: string[]): Promise<void> {
+    if (candidates.length === 0) return
+    const cached = new Set<string>((await this.store.cacheRecords()).map(r => r.manifestId))
+    // Checked for each manifest just before its delete is issued, with no await in
+    // between: a job that starts using it meanwhile (transferFileWith sets the file's
+    // manifestId before it stores the manifest) keeps it.
+    const usedByJob = (id: string): boolean => [...this.jobs.values()].some(job => job.files.some(f => f.manifestId === id))
+    for (const id of new Set(candidates)) if (!cached.has(id) && !usedByJob(id)) await this.store.deleteManifest(id)
+  }
+
   /** Removes a finished job from the store and the list (retention). Notifications it still owes stay in the outbox. */
   private async removeJob (job: JobRecord): Promise<void> {
     await this.writes.get(job.id)
@@ -699,6 +715,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     this.lastPersist.delete(job.id)
     this.rates.delete(job.id)
     this.expiryHeld.delete(job.id)
+    await this.dropUnusedManifests(job.files.flatMap(f => f.manifestId === undefined ? [] : [f.manifestId]))
     this.logger.info('finished job removed after its retention', { jobId: job.id, state: job.state })
     this.emit('job:removed', job.id)
   }
@@ -797,8 +814,9 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
             `The origin publishes SHA-256 ${manifest.sha256} for this file, not the ${file.expectedSha256} you gave: check the digest or the URL`,
             { transient: false, url: file.url })
         }
-        await this.store.putManifest(manifest)
+        // The id first: dropUnusedManifests must see the manifest as used before it exists.
         file.manifestId = manifest.id
+        await this.store.putManifest(manifest)
         file.size = manifest.size
         file.mode = 'blocks'
       } else {

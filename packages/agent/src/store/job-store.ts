@@ -142,6 +142,14 @@ export class JobStore {
     return await this.manifests.get(id)
   }
 
+  async deleteManifest (id: string): Promise<void> {
+    await this.manifests.del(id)
+  }
+
+  async manifestIds (): Promise<string[]> {
+    return await this.manifests.keys().all()
+  }
+
   async putCacheRecord (record: CacheRecord): Promise<void> {
     await this.cache.put(record.manifestId, record)
   }
