@@ -355,7 +355,13 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       await this.halt(job)
       // The runner may have finished while it was being stopped.
       this.requireNotFinal(job, 'suspend')
-      if ((job.state as JobState) === 'transferred') throw new CanopyError('ERR_INVALID_STATE', 'The job is transferred: complete or cancel it')
+      if ((job.state as JobState) === 'transferred') {
+        // Too late to suspend: the runner skipped auto-completing because this stop
+        // was under way, so an auto-complete job completes here instead of staying
+        // transferred until the next start.
+        if (job.autoComplete) await this.completeJob(job)
+        throw new CanopyError('ERR_INVALID_STATE', 'The job finished transferring before it could be suspended')
+      }
       await this.setState(job, 'suspended')
       return this.view(job)
     })
