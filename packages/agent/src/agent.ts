@@ -1,8 +1,7 @@
 import { EventEmitter } from 'node:events'
 import { chmod, mkdir, open, rename, rm, stat, statfs } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
-import { createHash, randomUUID } from 'node:crypto'
-import { createReadStream } from 'node:fs'
+import { randomUUID } from 'node:crypto'
 import { request } from 'undici'
 import type { Dispatcher } from 'undici'
 import { API_SOCKET_NAME, CanopyError, FINAL_STATES, formatBytes, formatDuration, silentLogger } from '@canopy/core'
@@ -21,6 +20,7 @@ import { JobStore } from './store/job-store.ts'
 import { transferBlocks } from './transfer/block-transfer.ts'
 import { createDispatcher, discard, discoverManifest, usesProxy } from './transfer/http.ts'
 import { BlockHasher } from './transfer/block-hasher.ts'
+import { WholeFileHasher } from './transfer/whole-file-hasher.ts'
 import { BufferPool } from './transfer/buffer-pool.ts'
 import { RangeClient } from './transfer/range-client.ts'
 import { transferPlain } from './transfer/plain-transfer.ts'
@@ -922,9 +922,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     if (file.mode === 'blocks') {
       const manifest = await this.store.getManifest(file.manifestId!)
       if (manifest === undefined || manifest.size !== local.size) return false
-      const hash = createHash('sha256')
-      for await (const chunk of createReadStream(file.path, { signal })) hash.update(chunk as Buffer)
-      const current = hash.digest('hex') === manifest.sha256
+      const current = await fileDigest(file.path, local.size, signal) === manifest.sha256
       if (current) file.sha256 = manifest.sha256
       return current
     }
@@ -1265,13 +1263,30 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
 /** True when the partial file is gone and the destination has the file's verified digest. */
 async function alreadyInPlace (file: FileRecord): Promise<boolean> {
   if (file.sha256 === undefined || await stat(file.partPath).then(() => true, () => false)) return false
-  const hash = createHash('sha256')
   try {
-    for await (const chunk of createReadStream(file.path)) hash.update(chunk as Buffer)
+    return await fileDigest(file.path, (await stat(file.path)).size) === file.sha256
   } catch {
     return false
   }
-  return hash.digest('hex') === file.sha256
+}
+
+/** The hex SHA-256 of the first `size` bytes of a file, computed on a worker (files may be gigabytes). */
+async function fileDigest (path: string, size: number, signal?: AbortSignal): Promise<string> {
+  const hasher = new WholeFileHasher(path)
+  let onAbort = (): void => {}
+  const aborted = new Promise<never>((_resolve, reject) => {
+    onAbort = () => reject(signal?.reason)
+    if (signal?.aborted === true) onAbort()
+    else signal?.addEventListener('abort', onAbort, { once: true })
+  })
+  aborted.catch(() => {})
+  try {
+    hasher.advance(size)
+    return await Promise.race([hasher.finish(size), aborted])
+  } finally {
+    signal?.removeEventListener('abort', onAbort)
+    await hasher.close()
+  }
 }
 
 /** Makes a rename durable: fsync of the directory that holds the new name. */
