@@ -280,7 +280,9 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   }
 
   listJobs (): JobView[] {
-    return [...this.jobs.values()].sort((a, b) => a.createdAt.localeCompare(b.createdAt)).map(j => this.view(j))
+    // One snapshot of who competes for the slots serves every waiting job's reason (O(n log n), not O(n²)).
+    const competition = this.competition()
+    return [...this.jobs.values()].sort((a, b) => a.createdAt.localeCompare(b.createdAt)).map(j => this.view(j, competition))
   }
 
   /**
@@ -1181,7 +1183,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     return Math.round(sample.rate)
   }
 
-  private view (job: JobRecord): JobView {
+  private view (job: JobRecord, competition?: Competition): JobView {
     const progress = (this.progress.get(job.id) ?? []).map((p, i) => {
       const f = job.files[i]
       if (f.bytesBySource !== undefined) {
@@ -1190,17 +1192,17 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       return p
     })
     const rate = this.rateOf(job)
-    return toView(job, { progress, reason: this.reasonFor(job), limits: this.limitsOf(job), ...(rate !== undefined ? { rate } : {}) })
+    return toView(job, { progress, reason: this.reasonFor(job, competition), limits: this.limitsOf(job), ...(rate !== undefined ? { rate } : {}) })
   }
 
   /** The plain-language reason of a job's state: why it waits, or what went wrong. */
-  private reasonFor (job: JobRecord): string | undefined {
+  private reasonFor (job: JobRecord, competition?: Competition): string | undefined {
     switch (job.state) {
       case 'queued': {
         // Launched, about to connect; a runner that is yielding its slot has a reason.
         if (this.running.get(job.id)?.stopping === false) return undefined
         if (job.waitReason === 'preempted') return 'waiting: preempted by a higher-priority job'
-        const ahead = this.aheadOf(job)
+        const ahead = this.aheadOf(job, competition ?? this.competition())
         if (job.waitReason === 'slice') return `waiting: time slice over${ahead === '' ? '' : `; ${ahead}`}`
         return ahead === '' ? 'waiting to start' : `waiting: ${ahead}`
       }
@@ -1229,17 +1231,44 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
    * before it in the queue ("2 higher-priority jobs and 1 same-priority job ahead").
    * Empty when nothing is ahead (it starts at the next tick) and for foreground jobs.
    */
-  private aheadOf (job: JobRecord): string {
-    if (job.priority === 'foreground') return ''
+  /**
+   * The background jobs that hold a slot or are ready for one, by priority: how
+   * many run, and the ready ones in queue order. Who is ahead of a job is then a
+   * sum and a binary search.
+   */
+  private competition (): Competition {
     const now = this.now()
+    const byRank = new Map<number, { running: number, waiting: JobRecord[] }>()
+    for (const job of this.jobs.values()) {
+      if (job.priority === 'foreground') continue
+      const running = this.running.has(job.id)
+      if (!running && !this.isReady(job, now)) continue
+      let group = byRank.get(rank(job))
+      if (group === undefined) byRank.set(rank(job), group = { running: 0, waiting: [] })
+      if (running) group.running++
+      else group.waiting.push(job)
+    }
+    for (const group of byRank.values()) group.waiting.sort(byQueue)
+    return { byRank, running: new Set(this.running.keys()) }
+  }
+
+  private aheadOf (job: JobRecord, competition: Competition): string {
+    if (job.priority === 'foreground') return ''
     let higher = 0
+    for (const [r, group] of competition.byRank) if (r < rank(job)) higher += group.running + group.waiting.length
+    const group = competition.byRank.get(rank(job))
     let same = 0
-    for (const other of this.jobs.values()) {
-      if (other.id === job.id || other.priority === 'foreground') continue
-      const competing = this.running.has(other.id) || this.isReady(other, now)
-      if (!competing) continue
-      if (rank(other) < rank(job)) higher++
-      else if (rank(other) === rank(job) && (this.running.has(other.id) || byQueue(other, job) < 0)) same++
+    if (group !== undefined) {
+      // The running ones of its priority, and the waiting ones before it in the queue.
+      same = group.running - (competition.running.has(job.id) ? 1 : 0)
+      let lo = 0
+      let hi = group.waiting.length
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1
+        if (byQueue(group.waiting[mid], job) < 0) lo = mid + 1
+        else hi = mid
+      }
+      same += lo
     }
     const parts = []
     if (higher > 0) parts.push(`${higher} higher-priority job${higher === 1 ? '' : 's'}`)
@@ -1305,6 +1334,12 @@ function withoutUndefined<T extends object> (value: T): Partial<T> {
 
 function rank (job: JobRecord): number {
   return PRIORITY_RANK[job.priority]
+}
+
+/** Background jobs competing for slots, by priority rank (see CanopyAgent.competition). */
+interface Competition {
+  byRank: Map<number, { running: number, waiting: JobRecord[] }>
+  running: Set<string>
 }
 
 /** Queue order: priority, then place in the queue (queuedAt; older records: creation), then creation. */
