@@ -137,10 +137,10 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     this.logger = options.logger
     this.socketPath = join(options.stateDir, API_SOCKET_NAME)
     this.store = new JobStore(join(options.stateDir, 'db'))
-    // Two jobs may fetch from one origin at once.
-    this.dispatcher = createDispatcher({ connections: options.requestsInFlight * 2, timeoutMs: options.requestTimeoutMs })
+    const pool = poolOptions(options)
+    this.dispatcher = createDispatcher(pool)
     this.blockHasher = new BlockHasher(options.hashThreads)
-    this.rangeClient = new RangeClient({ maxPerOrigin: options.requestsInFlight * 2, timeoutMs: options.requestTimeoutMs })
+    this.rangeClient = new RangeClient({ maxPerOrigin: pool.connections, timeoutMs: pool.timeoutMs })
     this.notifier = new Notifier({
       store: this.store,
       logger: this.logger,
@@ -706,11 +706,17 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   private async dropUnusedManifests (candidates: string[]): Promise<void> {
     if (candidates.length === 0) return
     const cached = new Set<string>((await this.store.cacheRecords()).map(r => r.manifestId))
-    // Checked for each manifest just before its delete is issued, with no await in
-    // between: a job that starts using it meanwhile (transferFileWith sets the file's
-    // manifestId before it stores the manifest) keeps it.
-    const usedByJob = (id: string): boolean => [...this.jobs.values()].some(job => job.files.some(f => f.manifestId === id))
-    for (const id of new Set(candidates)) if (!cached.has(id) && !usedByJob(id)) await this.store.deleteManifest(id)
+    const usedByJobs = (): Set<string> => new Set([...this.jobs.values()].flatMap(job => job.files.flatMap(f => f.manifestId ?? [])))
+    // The set is made again right before each delete is issued, with no await in
+    // between: a job that started using the manifest meanwhile (transferFileWith sets
+    // the file's manifestId before it stores the manifest) keeps it. One pass over the
+    // jobs per delete, not per candidate: the start-up sweep sees every manifest.
+    let used = usedByJobs()
+    for (const id of new Set(candidates)) {
+      if (cached.has(id) || used.has(id)) continue
+      used = usedByJobs()
+      if (!used.has(id)) await this.store.deleteManifest(id)
+    }
   }
 
   /** Removes a finished job from the store and the list (retention). Notifications it still owes stay in the outbox. */
@@ -795,7 +801,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     const options = { proxy: job.http?.proxy, tls: await readTls(job.http?.tls) }
     const rangeClient = usesProxy(options) ? undefined : this.rangeClient
     if (!own) return { dispatcher: this.dispatcher, ...(rangeClient !== undefined ? { rangeClient } : {}), close: async () => {} }
-    const dispatcher = createDispatcher({ connections: this.options.requestsInFlight * 2, timeoutMs: this.options.requestTimeoutMs, ...options })
+    const dispatcher = createDispatcher({ ...poolOptions(this.options), ...options })
     return { dispatcher, ...(rangeClient !== undefined ? { rangeClient } : {}), close: async () => await dispatcher.close() }
   }
 
@@ -1340,6 +1346,11 @@ function rank (job: JobRecord): number {
 interface Competition {
   byRank: Map<number, { running: number, waiting: JobRecord[] }>
   running: Set<string>
+}
+
+/** Connections and timeouts of an HTTP pool: two jobs may fetch from one origin at once. */
+function poolOptions (options: ResolvedAgentOptions): { connections: number, timeoutMs: number } {
+  return { connections: options.requestsInFlight * 2, timeoutMs: options.requestTimeoutMs }
 }
 
 /** Queue order: priority, then place in the queue (queuedAt; older records: creation), then creation. */
