@@ -38,7 +38,11 @@ export class Processes {
 
   /** `canopy <args>` with stdout and stderr piped; `cpus` pins it with taskset (e.g. "1"). */
   start (args: string[], cpus?: string): ChildProcess {
-    const command = [process.execPath, CLI, ...args]
+    // CANOPY_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the daemons (written when they exit);
+    // short commands (keygen, whose stdout is read) run without them.
+    const daemon = args[0] === 'agent' || args[0] === 'origin'
+    const nodeArgs = daemon ? (process.env.CANOPY_NODE_ARGS ?? '').split(' ').filter(Boolean) : []
+    const command = [process.execPath, ...nodeArgs, CLI, ...args]
     // taskset execs the command: the child's pid is the canopy process's own.
     const child = cpus === undefined
       ? spawn(command[0], command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] })
@@ -46,7 +50,11 @@ export class Processes {
     this.children.push(child)
     // CANOPY_PROCESS_LOGS=DIR keeps every process's stderr, for post-mortems.
     const logs = process.env.CANOPY_PROCESS_LOGS
-    if (logs !== undefined && logs !== '') child.stderr!.pipe(createWriteStream(join(logs, `${args[0]}-${child.pid}.log`)))
+    if (logs !== undefined && logs !== '') {
+      child.stderr!.pipe(createWriteStream(join(logs, `${args[0]}-${child.pid}.log`)))
+      // An agent's stdout is silent; node flags such as --trace-gc write there.
+      if (args[0] === 'agent') child.stdout!.pipe(createWriteStream(join(logs, `${args[0]}-${child.pid}.out`)))
+    }
     return child
   }
 
