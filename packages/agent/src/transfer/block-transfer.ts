@@ -11,8 +11,7 @@ import type { JobStore } from '../store/job-store.ts'
 import { discard, requestRange } from './http.ts'
 import type { FullResponse, RangeResponse } from './http.ts'
 import { BackgroundFlusher, openPartial } from './partial-file.ts'
-import { WholeFileHasher } from './whole-file-hasher.ts'
-import type { BlockHasher } from './block-hasher.ts'
+import type { BlockHasher, FileDigest } from './block-hasher.ts'
 import type { BufferPool } from './buffer-pool.ts'
 import type { RangeClient } from './range-client.ts'
 
@@ -69,7 +68,7 @@ export async function transferBlocks (o: BlockTransferOptions): Promise<string> 
     // before writeback) or changed since. Read the blocks back, refetch the bad ones.
     const attempts = new Map<number, number>()
     for (let pass = 0; pass < 2; pass++) {
-      const hasher = new WholeFileHasher(o.partPath)
+      const hasher = o.blockHasher.fileDigest(o.partPath)
       try {
         hasher.advance(progress.prefixBytes)
         const started = performance.now()
@@ -156,10 +155,10 @@ export class BlockSink {
   private readonly o: BlockTransferOptions
   private readonly expected: Uint8Array[]
   private readonly handle: FileHandle
-  private readonly hasher: WholeFileHasher
+  private readonly hasher: FileDigest
   private readonly flusher: BackgroundFlusher
 
-  constructor (o: BlockTransferOptions, expected: Uint8Array[], handle: FileHandle, hasher: WholeFileHasher, flusher: BackgroundFlusher) {
+  constructor (o: BlockTransferOptions, expected: Uint8Array[], handle: FileHandle, hasher: FileDigest, flusher: BackgroundFlusher) {
     this.o = o
     this.expected = expected
     this.handle = handle
@@ -175,7 +174,7 @@ export class BlockSink {
   async verifyAndStore (index: number, received: Buffer, source: StoredBlockSource): Promise<{ ok: boolean, bytes: Buffer }> {
     const { o } = this
     const { offset } = blockSpan(index, o.manifest.size, o.manifest.blockSize)
-    const verdict = await o.blockHasher.verifyAndWrite(received, this.expected[index], this.handle, offset)
+    const verdict = await o.blockHasher.verifyAndWrite(received, this.expected[index], this.handle, offset, this.hasher)
     if (!verdict.ok) return verdict
     this.flusher.wrote(verdict.bytes.length)
     await o.store.markBlock(o.jobId, o.fileIndex, index, source)
