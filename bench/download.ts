@@ -7,13 +7,13 @@
 // the agent and curl on CPU 1, with taskset: on a small machine this stands in for an origin
 // on another host; unpinned, the origin and the downloader compete for the same cores).
 import { execFile } from 'node:child_process'
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises'
+import { mkdir, readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { CanopyClient } from '@canopy/client'
 import { parseSize } from '@canopy/core'
 import { writeRandomFile } from '../scripts/lib/processes.ts'
-import { processCpu, runBench } from '../scripts/lib/bench.ts'
+import { processCpu, runBench, sum, threadCpu } from '../scripts/lib/bench.ts'
 
 const SIZES = (process.env.BENCH_SIZES ?? '256MiB,1GiB').split(',').map(parseSize)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
@@ -27,25 +27,13 @@ async function rssKiB (pid: number, field: 'VmRSS' | 'VmHWM'): Promise<number> {
   return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? 0)
 }
 
-/** CPU seconds (user + system) of each thread of `pid`, summed by thread name. */
-async function threadCpu (pid: number): Promise<Map<string, number>> {
-  const out = new Map<string, number>()
-  for (const tid of await readdir(`/proc/${pid}/task`)) {
-    const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').catch(() => undefined)
-    if (stat === undefined) continue // the thread ended
-    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    // utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
-    const ticks = Number(fields[11]) + Number(fields[12])
-    out.set(name, (out.get(name) ?? 0) + ticks / CLOCK_TICKS)
-  }
-  return out
-}
-
-/** Linux's USER_HZ: /proc times are in hundredths of a second. */
-const CLOCK_TICKS = 100
-const sum = (m: Map<string, number>): number => [...m.values()].reduce((a, b) => a + b, 0)
 const perGiB = (seconds: number, size: number): number => Number((seconds / ROUNDS / (size / 1024 ** 3)).toFixed(2))
+
+/** Children's CPU seconds from the second line of bash's `times` ("0m1.234s 0m0.567s"). */
+function childCpu (timesOutput: string): number {
+  const line = timesOutput.trim().split('\n').at(-1) ?? ''
+  return [...line.matchAll(/(\d+)m([\d.]+)s/g)].reduce((s, m) => s + Number(m[1]) * 60 + Number(m[2]), 0)
+}
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
@@ -71,13 +59,18 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
     const agentCpu = new Map<string, number>()
     let agentProcessCpu = 0
     let originCpu = 0
+    let originCpuCurl = 0
+    let curlCpu = 0
     for (let round = 0; round < ROUNDS; round++) {
       const curlDest = join(dir, 'curl.bin')
+      const originBeforeCurl = await processCpu(origin.pid)
       const t0 = performance.now()
-      const curl = ['curl', '-sS', '--fail', '-o', curlDest, url]
-      if (CLIENT_CPUS !== undefined) await promisify(execFile)('taskset', ['-c', CLIENT_CPUS, ...curl])
-      else await promisify(execFile)(curl[0], curl.slice(1))
+      // `-w` reports nothing on CPU; bash's `times` prints the children's user and system time.
+      const curl = `curl -sS --fail -o '${curlDest}' '${url}' && times`
+      const { stdout } = await promisify(execFile)(CLIENT_CPUS !== undefined ? 'taskset' : 'bash', CLIENT_CPUS !== undefined ? ['-c', CLIENT_CPUS, 'bash', '-c', curl] : ['-c', curl])
       curlRates.push(size / MiB / ((performance.now() - t0) / 1000))
+      originCpuCurl += await processCpu(origin.pid) - originBeforeCurl
+      curlCpu += childCpu(stdout)
       await rm(curlDest)
 
       const dest = join(dir, 'agent.bin')
@@ -123,7 +116,9 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
           endedThreads: perGiB(Math.max(0, agentProcessCpu - sum(agentCpu)), size)
         },
         agentTotal: perGiB(agentProcessCpu, size),
-        origin: perGiB(originCpu, size)
+        origin: perGiB(originCpu, size),
+        curl: perGiB(curlCpu, size),
+        originDuringCurl: perGiB(originCpuCurl, size)
       }
     })
   }

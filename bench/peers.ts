@@ -10,7 +10,7 @@ import { parseSize } from '@canopy/core'
 import type { JobView } from '@canopy/core'
 import { withClient, writeRandomFile } from '../scripts/lib/processes.ts'
 import type { Processes } from '../scripts/lib/processes.ts'
-import { processCpu, runBench } from '../scripts/lib/bench.ts'
+import { processCpu, runBench, threadCpu } from '../scripts/lib/bench.ts'
 
 const SIZE = parseSize(process.env.BENCH_SIZE ?? '256MiB')
 const FLEETS = (process.env.BENCH_AGENTS ?? '2,4,8').split(',').map(Number)
@@ -62,16 +62,23 @@ runBench('peers', 'agent processes on loopback with a swarm key and static peers
   const { stateDirs: [a, b], pids } = await fleet(processes, dir, 'pair', 2, keyFile)
   const fromOrigin = await download(a, `${originUrl}/pair.bin`, join(dir, 'a.bin'))
   const cpuBefore = await Promise.all(pids.map(processCpu))
+  const threadsBefore = await Promise.all(pids.map(threadCpu))
   const fromPeer = await download(b, `${originUrl}/pair.bin`, join(dir, 'b.bin'))
   const cpuAfter = await Promise.all(pids.map(processCpu))
-  const perGiB = (k: number): number => Number(((cpuAfter[k] - cpuBefore[k]) / (SIZE / 1024 ** 3)).toFixed(2))
+  const threadsAfter = await Promise.all(pids.map(threadCpu))
+  const gib = SIZE / 1024 ** 3
+  const perGiB = (k: number): number => Number(((cpuAfter[k] - cpuBefore[k]) / gib).toFixed(2))
+  // By thread name (MainThread, WorkerThread = hashing, V8Worker = GC helpers, libuv-worker = fs).
+  const threads = (k: number): Record<string, number> => Object.fromEntries([...threadsAfter[k]]
+    .map(([name, s]) => [name, Number(((s - (threadsBefore[k].get(name) ?? 0)) / gib).toFixed(2))] as const)
+    .filter(([, v]) => v > 0))
   const pair = {
     originMiBps: Math.round(SIZE / MiB / fromOrigin.seconds),
     peerMiBps: Math.round(SIZE / MiB / fromPeer.seconds),
     ratio: Number((fromOrigin.seconds / fromPeer.seconds).toFixed(2)),
     peerBytesShare: Number((fromPeer.job.bytes.fromPeers / SIZE).toFixed(3)),
     // CPU time per GiB of the peer transfer (whole processes): A serving, B receiving.
-    cpuSecondsPerGiB: { serving: perGiB(0), receiving: perGiB(1) }
+    cpuSecondsPerGiB: { serving: perGiB(0), receiving: perGiB(1), servingThreads: threads(0), receivingThreads: threads(1) }
   }
   await rm(join(dir, 'a.bin'))
   await rm(join(dir, 'b.bin'))

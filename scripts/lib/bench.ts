@@ -1,6 +1,6 @@
 // The frame every benchmark shares: a temp dir, canopy processes, one JSON document
 // on stdout (with the machine's facts), clean-up, and a non-zero exit on failure.
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Processes } from './processes.ts'
@@ -33,3 +33,22 @@ export async function processCpu (pid: number): Promise<number> {
   // utime and stime are fields 14 and 15 of stat(5), in USER_HZ (hundredths of a second).
   return (Number(fields[11]) + Number(fields[12])) / 100
 }
+
+/** CPU seconds (user + system) of each thread of `pid`, summed by thread name. */
+export async function threadCpu (pid: number): Promise<Map<string, number>> {
+  const out = new Map<string, number>()
+  for (const tid of await readdir(`/proc/${pid}/task`)) {
+    const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').catch(() => undefined)
+    if (stat === undefined) continue // the thread ended
+    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    // utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
+    const ticks = Number(fields[11]) + Number(fields[12])
+    out.set(name, (out.get(name) ?? 0) + ticks / CLOCK_TICKS)
+  }
+  return out
+}
+
+/** Linux's USER_HZ: /proc times are in hundredths of a second. */
+const CLOCK_TICKS = 100
+export const sum = (m: Map<string, number>): number => [...m.values()].reduce((a, b) => a + b, 0)
