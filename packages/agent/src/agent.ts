@@ -20,7 +20,6 @@ import { JobStore } from './store/job-store.ts'
 import { transferBlocks } from './transfer/block-transfer.ts'
 import { createDispatcher, discard, discoverManifest, usesProxy } from './transfer/http.ts'
 import { BlockHasher } from './transfer/block-hasher.ts'
-import { WholeFileHasher } from './transfer/whole-file-hasher.ts'
 import { BufferPool } from './transfer/buffer-pool.ts'
 import { RangeClient } from './transfer/range-client.ts'
 import { transferPlain } from './transfer/plain-transfer.ts'
@@ -858,6 +857,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         progress,
         dispatcher: net.dispatcher,
         headers,
+        fileDigest: (path) => this.blockHasher.fileDigest(path),
         persist: async () => await this.persist(job),
         onProgress: () => this.onProgress(job),
         logger: this.logger,
@@ -930,7 +930,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     if (file.mode === 'blocks') {
       const manifest = await this.store.getManifest(file.manifestId!)
       if (manifest === undefined || manifest.size !== local.size) return false
-      const current = await fileDigest(file.path, local.size, signal) === manifest.sha256
+      const current = await fileDigest(this.blockHasher, file.path, local.size, signal) === manifest.sha256
       if (current) file.sha256 = manifest.sha256
       return current
     }
@@ -1048,7 +1048,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       try {
         // A crash between the rename and recording it leaves our file in place
         // and no partial file: recognise it by its digest rather than fail.
-        if (!await alreadyInPlace(file)) {
+        if (!await alreadyInPlace(this.blockHasher, file)) {
           // Keep it for peers first (a hard link to the same inode), so that peers
           // reading it never see it missing between the rename and the caching.
           await this.keepForPeers(file, file.partPath)
@@ -1296,18 +1296,18 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
 }
 
 /** True when the partial file is gone and the destination has the file's verified digest. */
-async function alreadyInPlace (file: FileRecord): Promise<boolean> {
+async function alreadyInPlace (hasher: BlockHasher, file: FileRecord): Promise<boolean> {
   if (file.sha256 === undefined || await stat(file.partPath).then(() => true, () => false)) return false
   try {
-    return await fileDigest(file.path, (await stat(file.path)).size) === file.sha256
+    return await fileDigest(hasher, file.path, (await stat(file.path)).size) === file.sha256
   } catch {
     return false
   }
 }
 
 /** The hex SHA-256 of the first `size` bytes of a file, computed on a worker (files may be gigabytes). */
-async function fileDigest (path: string, size: number, signal?: AbortSignal): Promise<string> {
-  const hasher = new WholeFileHasher(path)
+async function fileDigest (blockHasher: BlockHasher, path: string, size: number, signal?: AbortSignal): Promise<string> {
+  const hasher = blockHasher.fileDigest(path)
   let onAbort = (): void => {}
   const aborted = new Promise<never>((_resolve, reject) => {
     onAbort = () => reject(signal?.reason)

@@ -20,3 +20,4 @@ export async function startAgent (options: AgentOptions): Promise<CanopyAgent> {
 }
 export { RangeClient } from './transfer/range-client.ts'
 export { BlockHasher } from './transfer/block-hasher.ts'
+export type { FileDigest } from './transfer/file-digest.ts'

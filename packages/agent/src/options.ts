@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os'
 import type { Logger } from '@canopy/core'
 
 /** Options of an agent. Every default is documented here and in docs/CONFIGURATION.md. */
@@ -20,7 +21,12 @@ export interface AgentOptions {
   requestsInFlight?: number
   /** Bytes asked for in one range request (whole blocks, at least one). Default 4 MiB. */
   requestSize?: number
-  /** Worker threads that verify block digests off the event loop; 0 hashes inline. Default 1. */
+  /**
+   * Worker threads that verify block digests and write blocks, and hash whole files,
+   * off the event loop; 0 verifies blocks inline (files are then hashed on a thread of
+   * their own). Default 1 on machines with 2 CPUs or fewer (one thread for all the
+   * hashing), else 2 (the second one hashes the whole files, in parallel).
+   */
   hashThreads?: number
   /** Milliseconds without response headers or body bytes before a request is abandoned. Default 30 000. */
   requestTimeoutMs?: number
@@ -103,7 +109,7 @@ export const AGENT_DEFAULTS = {
   maxBackgroundJobs: 2,
   requestsInFlight: 4,
   requestSize: 4 * 1024 * 1024,
-  hashThreads: 1,
+  hashThreads: availableParallelism() > 2 ? 2 : 1,
   requestTimeoutMs: 30_000,
   maxBlockAttempts: 3,
   retryMinMs: 2_000,

@@ -61,52 +61,53 @@ for (const threads of [1, 0]) {
 }
 
 for (const threads of [1, 2, 0]) {
-  test(`fileDigest (${threads} workers) equals the file's SHA-256 whatever order blocks are written in, with a prefix already on disk`, async (t) => {
-    const dir = await tempDir(t, 'canopy-hasher-')
-    const hasher = new BlockHasher(threads)
-    t.after(async () => await hasher.close())
-    const path = join(dir, 'part')
-    const blockSize = 65536
-    const content = randomBytes(10 * blockSize + 777)
-    const blocks = Array.from({ length: 11 }, (_, i) => content.subarray(i * blockSize, Math.min(content.length, (i + 1) * blockSize)))
+test(`fileDigest (${threads} hashing workers) equals the file's SHA-256 whatever order blocks complete in, with a prefix already on disk, for several files at once`, async (t) => {
+  const dir = await tempDir(t, 'canopy-digest-')
+  const digests = new BlockHasher(threads)
+  t.after(async () => await digests.close())
+  const blockSize = 65536
+  const files = await Promise.all([0, 1].map(async (n) => {
+    const path = join(dir, `part-${n}`)
+    const content = randomBytes(10 * blockSize + 777 + n)
     // Blocks 0-1 are on disk from "before a restart"; the rest is zeros until written.
     await writeFile(path, Buffer.concat([content.subarray(0, 2 * blockSize), Buffer.alloc(content.length - 2 * blockSize)]))
-    const file = await open(path, 'r+')
-    t.after(async () => await file.close())
-    const session = hasher.fileDigest(path)
+    const handle = await open(path, 'r+')
+    t.after(async () => await handle.close())
+    const session = digests.fileDigest(path)
     t.after(async () => await session.close())
     session.advance(2 * blockSize)
-    // In order (hashed from memory), then out of order (read back when the prefix reaches them).
-    const order = [2, 3, 6, 4, 5, 9, 7, 8, 10]
-    const done = new Set([0, 1])
-    for (const i of order) {
-      const { ok } = await hasher.verifyAndWrite(ownedCopy(blocks[i]), digest(blocks[i]), file, i * blockSize, session)
-      assert.equal(ok, true)
-      done.add(i)
+    return { content, handle, session, done: new Set([0, 1]) }
+  }))
+  for (const i of [2, 3, 6, 4, 5, 9, 7, 8, 10]) {
+    for (const f of files) {
+      const block = f.content.subarray(i * blockSize, Math.min(f.content.length, (i + 1) * blockSize))
+      await f.handle.write(block, 0, block.length, i * blockSize)
+      f.done.add(i)
       let prefix = 0
-      while (done.has(prefix)) prefix++
-      session.advance(Math.min(content.length, prefix * blockSize))
+      while (f.done.has(prefix)) prefix++
+      f.session.advance(Math.min(f.content.length, prefix * blockSize))
     }
-    assert.equal(await session.finish(content.length), digest(content).toString('hex'))
-  })
+  }
+  for (const f of files) assert.equal(await f.session.finish(f.content.length), digest(f.content).toString('hex'))
+})
 }
 
 test('fileDigest fails with the reason when the file cannot be read, and the worker goes on', async (t) => {
-  const dir = await tempDir(t, 'canopy-hasher-')
-  const hasher = new BlockHasher(1)
-  t.after(async () => await hasher.close())
-  const missing = hasher.fileDigest(join(dir, 'no-such-file'))
+  const dir = await tempDir(t, 'canopy-digest-')
+  const digests = new BlockHasher(1)
+  t.after(async () => await digests.close())
+  const missing = digests.fileDigest(join(dir, 'no-such-file'))
   await assert.rejects(missing.finish(10), /hashing the partial file failed: ENOENT/)
   await missing.close()
 
   const short = join(dir, 'short')
   await writeFile(short, Buffer.alloc(100))
-  const truncated = hasher.fileDigest(short)
+  const truncated = digests.fileDigest(short)
   truncated.advance(100)
   await assert.rejects(truncated.finish(200), /the file ended at 100 bytes, expected 200/)
   await truncated.close()
 
-  const ok = hasher.fileDigest(short)
+  const ok = digests.fileDigest(short)
   ok.advance(100)
   assert.equal(await ok.finish(100), digest(Buffer.alloc(100)).toString('hex'))
   await ok.close()

@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url'
 import { after, before, describe, test } from 'node:test'
 import { decodeManifest, SIDECAR_SUFFIX } from '@canopy/core'
 import type { AgentStatus, JobView } from '@canopy/core'
+import { DEFAULT_DAEMON_FLAGS } from '../bin/daemon-flags.js'
 
 const BIN = fileURLToPath(new URL('../bin/canopy.js', import.meta.url))
 const VERBS = ['get', 'jobs', 'job', 'watch', 'suspend', 'resume', 'cancel', 'complete', 'set', 'status', 'agent', 'origin', 'publish']
@@ -204,9 +205,9 @@ describe('origin flags', () => {
 
 interface Daemon { child: ChildProcess, match: RegExpMatchArray, stderr: () => string, stop: (signal?: NodeJS.Signals) => Promise<number | null> }
 
-function daemon (args: string[], ready: RegExp): Promise<Daemon> {
+function daemon (args: string[], ready: RegExp, extraEnv: Record<string, string> = {}): Promise<Daemon> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { env, cwd: scratch, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(process.execPath, [BIN, ...args], { env: { ...env, ...extraEnv }, cwd: scratch, stdio: ['ignore', 'pipe', 'pipe'] })
     let stderr = ''
     let done = false
     const exited = new Promise<number | null>(resolve => child.on('exit', code => { resolve(code) }))
@@ -272,6 +273,23 @@ describe('with an origin and an agent', () => {
     const status = JSON.parse(r.stdout) as AgentStatus
     assert.equal(status.stateDir, stateDir)
     assert.equal(status.pid, agent.child.pid)
+  })
+
+  test('the daemons run with the flags of daemon-flags.js, in the process that was started; CANOPY_DAEMON_NODE_FLAGS replaces them', async () => {
+    const commandLine = async (pid: number): Promise<string[]> => (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0')
+    for (const d of [agent, origin]) {
+      const args = await commandLine(d.child.pid!)
+      for (const flag of DEFAULT_DAEMON_FLAGS) assert.ok(args.includes(flag), `${flag} in ${args.join(' ')}`)
+      assert.equal(args.filter(a => a === BIN).length, 1)
+    }
+    const plain = await daemon(['origin', join(scratch, 'served'), '--port', '0', '--state-dir', join(scratch, 'origin-plain-state')], /manifests ready/,
+      { CANOPY_DAEMON_NODE_FLAGS: '' })
+    try {
+      const args = await commandLine(plain.child.pid!)
+      assert.deepEqual(args.filter(a => a.startsWith('--')), ['--port', '--state-dir'])
+    } finally {
+      await plain.stop('SIGKILL')
+    }
   })
 
   test('get downloads into the cwd, prints a summary and exits 0', async () => {

@@ -11,7 +11,8 @@ import type { JobStore } from '../store/job-store.ts'
 import { discard, requestRange } from './http.ts'
 import type { FullResponse, RangeResponse } from './http.ts'
 import { BackgroundFlusher, openPartial } from './partial-file.ts'
-import type { BlockHasher, FileDigest } from './block-hasher.ts'
+import type { BlockHasher } from './block-hasher.ts'
+import type { FileDigest } from './file-digest.ts'
 import type { BufferPool } from './buffer-pool.ts'
 import type { RangeClient } from './range-client.ts'
 
@@ -26,7 +27,7 @@ export interface BlockTransferOptions {
   store: JobStore
   dispatcher: Dispatcher
   headers: Record<string, string>
-  /** Hashes blocks off the event loop. */
+  /** Hashes blocks, and the whole file as it completes, off the event loop. */
   blockHasher: BlockHasher
   /** Connected peers to ask first; absent when the agent runs no peer node or the manifest has no key. */
   peers?: PeerSessions
@@ -139,6 +140,14 @@ async function fetchAll (o: BlockTransferOptions, expected: Uint8Array[], sink: 
   if (failed !== undefined) throw o.signal.aborted ? o.signal.reason : (local.signal.reason ?? failed.reason)
 }
 
+/**
+ * How far (bytes) the whole-file digest may fall behind the completed prefix before
+ * a transfer waits for it. On the 2-vCPU build machines the digest thread, left
+ * behind while blocks arrived at full speed, still had 0.6-0.8 s of hashing to do
+ * when the last block of a 1 GiB file was in (`wholeFileHashWaitMs` in the debug log).
+ */
+const DIGEST_MAX_LAG = 64 * 1024 * 1024
+
 /** Bytes written between background flushes of a partial file. */
 const FLUSH_EVERY = 64 * 1024 * 1024
 
@@ -174,13 +183,17 @@ export class BlockSink {
   async verifyAndStore (index: number, received: Buffer, source: StoredBlockSource): Promise<{ ok: boolean, bytes: Buffer }> {
     const { o } = this
     const { offset } = blockSpan(index, o.manifest.size, o.manifest.blockSize)
-    const verdict = await o.blockHasher.verifyAndWrite(received, this.expected[index], this.handle, offset, this.hasher)
+    const verdict = await o.blockHasher.verifyAndWrite(received, this.expected[index], this.handle, offset)
     if (!verdict.ok) return verdict
     this.flusher.wrote(verdict.bytes.length)
     await o.store.markBlock(o.jobId, o.fileIndex, index, source)
     o.progress.mark(index, source)
     this.hasher.advance(o.progress.prefixBytes)
     o.onBlock()
+    // Keep the whole-file digest close behind: when it lags (the cores are busy
+    // moving blocks), this block's memory and slot are held a little longer, which
+    // slows the requests down instead of leaving all the hashing for the end.
+    await this.hasher.reach(o.progress.prefixBytes - DIGEST_MAX_LAG)
     return verdict
   }
 }

@@ -6,7 +6,7 @@ import { JobErrorCode, TransferError, classifyError, httpStatusError } from '../
 import type { FileRecord } from '../jobs/job.ts'
 import { discard } from './http.ts'
 import { openPartial, writeFully } from './partial-file.ts'
-import { WholeFileHasher } from './whole-file-hasher.ts'
+import type { FileDigest } from './file-digest.ts'
 
 /** Progress of a download without a manifest: a contiguous prefix. */
 export interface PlainProgress {
@@ -21,6 +21,8 @@ export interface PlainTransferOptions {
   progress: PlainProgress
   dispatcher: Dispatcher
   headers: Record<string, string>
+  /** Starts the digest of a file as it grows, off the event loop (BlockHasher.fileDigest). */
+  fileDigest: (path: string) => FileDigest
   /** Persists `file` (size, validators, plainBytes) after the bytes it counts are written. */
   persist: () => Promise<void>
   onProgress: () => void
@@ -112,7 +114,7 @@ export async function transferPlain (o: PlainTransferOptions): Promise<string> {
     discard(res.body)
     throw err
   }
-  const hasher = new WholeFileHasher(file.partPath)
+  const hasher = o.fileDigest(file.partPath)
   let persistedAt = have
   try {
     hasher.advance(have)

@@ -201,7 +201,8 @@ Options:
                        foreground jobs always run)
   --requests-in-flight N    range requests in flight per file (default 4)
   --request-size SIZE  bytes per range request, whole blocks (default 4MiB)
-  --hash-threads N     worker threads verifying blocks; 0 = inline (default 1)
+  --hash-threads N     hashing worker threads; 0 = blocks inline (default 1
+                       with 2 CPUs or fewer, else 2)
   --request-timeout MS ms without headers or body bytes before a request is
                        abandoned (default 30000)
   --retry-min MS       first retry delay after a transient error (default 2000)

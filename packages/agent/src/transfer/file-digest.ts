@@ -1,0 +1,131 @@
+import type { Worker } from 'node:worker_threads'
+
+/**
+ * The SHA-256 of a file being written: the caller reports how far the file is
+ * complete from its start (`advance`) and asks for the digest of the whole
+ * (`finish`). Blocks may complete in any order; only the contiguous prefix is
+ * hashed, so memory stays flat. Hashing always starts from byte 0 of the file, so
+ * after a restart what was already there is read back and checked too: that is
+ * what lets the final check catch bytes that did not survive a crash.
+ */
+export interface FileDigest {
+  /** The first `upTo` bytes of the file are final. */
+  advance: (upTo: number) => void
+  /** Resolves with the hex SHA-256 of the first `size` bytes once they are all hashed. */
+  finish: (size: number) => Promise<string>
+  /**
+   * Resolves once the first `upTo` bytes are hashed (at once if they are, or if the
+   * session failed or ended: `finish` reports failures). A transfer waits on it to
+   * keep the digest from falling far behind the blocks (see DIGEST_MAX_LAG).
+   */
+  reach: (upTo: number) => Promise<void>
+  /** Ends the session (after finish, or to abandon it). */
+  close: () => Promise<void>
+}
+
+export type DigestReply = { type: 'digest', session: number, hex: string } | { type: 'error', session: number, message: string } |
+  { type: 'progress', session: number, hashedUpTo: number }
+
+class Session implements FileDigest {
+  private readonly owner: FileDigests
+  readonly id: number
+  readonly worker: Worker
+  private result?: { resolve: (hex: string) => void, reject: (err: Error) => void }
+  private failure?: Error
+  private closed = false
+  private hashedUpTo = 0
+  private waiters: Array<{ upTo: number, resolve: () => void }> = []
+
+  constructor (owner: FileDigests, id: number, worker: Worker, path: string) {
+    this.owner = owner
+    this.id = id
+    this.worker = worker
+    worker.postMessage({ type: 'open', session: id, path })
+  }
+
+  advance (upTo: number): void {
+    if (!this.closed && this.failure === undefined) this.worker.postMessage({ type: 'advance', session: this.id, upTo })
+  }
+
+  async finish (size: number): Promise<string> {
+    if (this.failure !== undefined) throw this.failure
+    if (this.closed) throw new Error('the file digest was closed')
+    return await new Promise<string>((resolve, reject) => {
+      this.result = { resolve, reject }
+      this.worker.postMessage({ type: 'finish', session: this.id, size })
+    })
+  }
+
+  async reach (upTo: number): Promise<void> {
+    if (upTo <= this.hashedUpTo || this.closed || this.failure !== undefined) return
+    await new Promise<void>(resolve => this.waiters.push({ upTo, resolve }))
+  }
+
+  private wake (all: boolean): void {
+    const still = []
+    for (const waiter of this.waiters) {
+      if (all || waiter.upTo <= this.hashedUpTo) waiter.resolve()
+      else still.push(waiter)
+    }
+    this.waiters = still
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    this.wake(true)
+    this.owner.forget(this)
+    this.worker.postMessage({ type: 'close', session: this.id })
+  }
+
+  settle (reply: DigestReply): void {
+    if (reply.type === 'progress') {
+      this.hashedUpTo = reply.hashedUpTo
+      this.wake(false)
+    } else if (reply.type === 'digest') {
+      this.wake(true)
+      this.result?.resolve(reply.hex)
+    } else this.fail(new Error(`hashing the partial file failed: ${reply.message}`))
+  }
+
+  fail (err: Error): void {
+    this.failure ??= err
+    this.wake(true)
+    this.result?.reject(err)
+  }
+}
+
+/**
+ * The whole-file digest sessions of a BlockHasher: each runs on the worker thread
+ * `pickWorker` gives when it opens (see BlockHasher.fileDigest), which answers
+ * through `settle`. A worker that dies fails its sessions (`failWorker`).
+ */
+export class FileDigests {
+  private readonly sessions = new Map<number, Session>()
+  private readonly pickWorker: () => Worker
+  private nextSession = 0
+
+  constructor (pickWorker: () => Worker) {
+    this.pickWorker = pickWorker
+  }
+
+  open (path: string): FileDigest {
+    const session = new Session(this, this.nextSession++, this.pickWorker(), path)
+    this.sessions.set(session.id, session)
+    return session
+  }
+
+  /** A reply from a worker (a message with a `type`). */
+  settle (reply: DigestReply): void {
+    this.sessions.get(reply.session)?.settle(reply)
+  }
+
+  failWorker (worker: Worker, err: Error): void {
+    for (const session of this.sessions.values()) if (session.worker === worker) session.fail(err)
+  }
+
+  /** @internal A session that ended. */
+  forget (session: Session): void {
+    this.sessions.delete(session.id)
+  }
+}
