@@ -3,7 +3,8 @@
 //   fetch of it from the origin (HTTP), both as agent jobs;
 // - patch day: N agents connected as peers start the same download at once; the
 //   origin's own counter says how many bytes crossed "the WAN".
-// Env: BENCH_SIZE (default 256MiB), BENCH_AGENTS (default "2,4,8").
+// Env: BENCH_SIZE (default 256MiB), BENCH_AGENTS (default "2,4,8"), BENCH_AGENT_ARGS (extra
+// `canopy agent` flags, e.g. "--log-level debug" with CANOPY_PROCESS_LOGS=DIR to keep the logs).
 import { mkdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { parseSize } from '@canopy/core'
@@ -15,6 +16,7 @@ import { processCpu, runBench, threadCpu } from '../scripts/lib/bench.ts'
 const SIZE = parseSize(process.env.BENCH_SIZE ?? '256MiB')
 const FLEETS = (process.env.BENCH_AGENTS ?? '2,4,8').split(',').map(Number)
 const MiB = 1024 * 1024
+const AGENT_ARGS = (process.env.BENCH_AGENT_ARGS ?? '').split(' ').filter(Boolean)
 
 async function download (stateDir: string, url: string, path: string): Promise<{ job: JobView, seconds: number }> {
   return await withClient(stateDir, async client => {
@@ -38,7 +40,7 @@ async function fleet (processes: Processes, dir: string, name: string, count: nu
   const addresses: string[] = []
   for (let i = 0; i < count; i++) {
     const stateDir = join(dir, `${name}-${i}`)
-    pids.push((await processes.agent(stateDir, ['--log-level', 'warn', '--swarm-key', keyFile, ...addresses.flatMap(a => ['--peer', a])])).pid!)
+    pids.push((await processes.agent(stateDir, ['--log-level', 'warn', '--swarm-key', keyFile, ...addresses.flatMap(a => ['--peer', a]), ...AGENT_ARGS])).pid!)
     const status = await withClient(stateDir, async c => await c.status())
     addresses.push(status.peer!.addresses.find(a => a.startsWith('/ip4/127.0.0.1/'))!)
     stateDirs.push(stateDir)

@@ -78,6 +78,16 @@ export async function startPeerNode (options: PeerNodeOptions): Promise<PeerNode
       // The default (5 per second per host) resets the bursts of a LAN's agents
       // starting together (measured: shared/notes/libp2p-v3.md).
       inboundConnectionThreshold: 100
+    },
+    connectionMonitor: {
+      // libp2p pings every connection every 10 s and aborts it when the answer takes
+      // longer than an adaptive timeout of at least 5 s. A ping waits behind the
+      // blocks queued on the same connection (megabytes, when a peer is busy serving),
+      // and with 8 agents on 2 vCPUs answers took longer: connections between healthy
+      // peers were cut mid-transfer, their peers looked stalled, and their chunks were
+      // fetched from the origin again (patch day 1.2-1.6 × instead of ~1.0 ×). A LAN
+      // peer that answers no ping for 30 s (the exchange's own response timeout) is gone.
+      pingTimeout: { minTimeout: 30_000 }
     }
   })
   libp2p.addEventListener('peer:discovery', (event) => {

@@ -140,14 +140,6 @@ async function fetchAll (o: BlockTransferOptions, expected: Uint8Array[], sink: 
   if (failed !== undefined) throw o.signal.aborted ? o.signal.reason : (local.signal.reason ?? failed.reason)
 }
 
-/**
- * How far (bytes) the whole-file digest may fall behind the completed prefix before
- * a transfer waits for it. On the 2-vCPU build machines the digest thread, left
- * behind while blocks arrived at full speed, still had 0.6-0.8 s of hashing to do
- * when the last block of a 1 GiB file was in (`wholeFileHashWaitMs` in the debug log).
- */
-const DIGEST_MAX_LAG = 64 * 1024 * 1024
-
 /** Bytes written between background flushes of a partial file. */
 const FLUSH_EVERY = 64 * 1024 * 1024
 
@@ -190,10 +182,6 @@ export class BlockSink {
     o.progress.mark(index, source)
     this.hasher.advance(o.progress.prefixBytes)
     o.onBlock()
-    // Keep the whole-file digest close behind: when it lags (the cores are busy
-    // moving blocks), this block's memory and slot are held a little longer, which
-    // slows the requests down instead of leaving all the hashing for the end.
-    await this.hasher.reach(o.progress.prefixBytes - DIGEST_MAX_LAG)
     return verdict
   }
 }

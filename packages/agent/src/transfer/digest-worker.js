@@ -24,8 +24,6 @@ const port = /** @type {import('node:worker_threads').MessagePort} */ (parentPor
 const sessions = new Map()
 /** Where the bytes read back land to be hashed, shared by the sessions. */
 const readBuffer = Buffer.allocUnsafe(1024 * 1024)
-/** The worker tells how far a session has hashed every this many bytes (see FileDigest.reach). */
-const PROGRESS_EVERY = 8 * 1024 * 1024
 /** Sessions with bytes to hash, served a read at a time in turn. */
 const ready = new Set()
 let scheduled = false
@@ -81,11 +79,7 @@ function step (/** @type {number} */ id, /** @type {Session} */ session) {
       const got = readSync(session.fd, readBuffer, 0, want, session.hashedUpTo)
       if (got === 0) throw new Error(`the file ended at ${session.hashedUpTo} bytes, expected ${session.target}`)
       session.hash.update(readBuffer.subarray(0, got))
-      const before = session.hashedUpTo
       session.hashedUpTo += got
-      if (Math.floor(before / PROGRESS_EVERY) !== Math.floor(session.hashedUpTo / PROGRESS_EVERY) || session.hashedUpTo === session.target) {
-        port.postMessage({ type: 'progress', session: id, hashedUpTo: session.hashedUpTo })
-      }
     }
   } catch (err) {
     fail(id, err)

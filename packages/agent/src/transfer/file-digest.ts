@@ -13,18 +13,11 @@ export interface FileDigest {
   advance: (upTo: number) => void
   /** Resolves with the hex SHA-256 of the first `size` bytes once they are all hashed. */
   finish: (size: number) => Promise<string>
-  /**
-   * Resolves once the first `upTo` bytes are hashed (at once if they are, or if the
-   * session failed or ended: `finish` reports failures). A transfer waits on it to
-   * keep the digest from falling far behind the blocks (see DIGEST_MAX_LAG).
-   */
-  reach: (upTo: number) => Promise<void>
   /** Ends the session (after finish, or to abandon it). */
   close: () => Promise<void>
 }
 
-export type DigestReply = { type: 'digest', session: number, hex: string } | { type: 'error', session: number, message: string } |
-  { type: 'progress', session: number, hashedUpTo: number }
+export type DigestReply = { type: 'digest', session: number, hex: string } | { type: 'error', session: number, message: string }
 
 class Session implements FileDigest {
   private readonly owner: FileDigests
@@ -33,8 +26,6 @@ class Session implements FileDigest {
   private result?: { resolve: (hex: string) => void, reject: (err: Error) => void }
   private failure?: Error
   private closed = false
-  private hashedUpTo = 0
-  private waiters: Array<{ upTo: number, resolve: () => void }> = []
 
   constructor (owner: FileDigests, id: number, worker: Worker, path: string) {
     this.owner = owner
@@ -56,41 +47,20 @@ class Session implements FileDigest {
     })
   }
 
-  async reach (upTo: number): Promise<void> {
-    if (upTo <= this.hashedUpTo || this.closed || this.failure !== undefined) return
-    await new Promise<void>(resolve => this.waiters.push({ upTo, resolve }))
-  }
-
-  private wake (all: boolean): void {
-    const still = []
-    for (const waiter of this.waiters) {
-      if (all || waiter.upTo <= this.hashedUpTo) waiter.resolve()
-      else still.push(waiter)
-    }
-    this.waiters = still
-  }
-
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
-    this.wake(true)
     this.owner.forget(this)
     this.worker.postMessage({ type: 'close', session: this.id })
   }
 
   settle (reply: DigestReply): void {
-    if (reply.type === 'progress') {
-      this.hashedUpTo = reply.hashedUpTo
-      this.wake(false)
-    } else if (reply.type === 'digest') {
-      this.wake(true)
-      this.result?.resolve(reply.hex)
-    } else this.fail(new Error(`hashing the partial file failed: ${reply.message}`))
+    if (reply.type === 'digest') this.result?.resolve(reply.hex)
+    else this.fail(new Error(`hashing the partial file failed: ${reply.message}`))
   }
 
   fail (err: Error): void {
     this.failure ??= err
-    this.wake(true)
     this.result?.reject(err)
   }
 }

@@ -44,6 +44,8 @@ interface Offer {
   /** Blocks it had at the last refresh, and when that count last grew (or it became interested). */
   haveCount: number
   progressAt: number
+  /** Whether the stall was logged (once per stall). */
+  reportedStall?: boolean
 }
 
 const hasBit = (bits: Uint8Array, i: number): boolean => (bits[i >> 3] & (0x80 >> (i & 7))) !== 0
@@ -90,7 +92,12 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
   if (sessions.length === 0) return undefined
   const count = expected.length
   const offers: Offer[] = sessions.map(session => ({ session, have: new Uint8Array(0), fetching: new Uint8Array(0), bad: 0, alive: true, interested: false, cursor: 0, haveCount: 0, progressAt: Date.now() }))
-  const stalled = (f: Offer): boolean => Date.now() - f.progressAt > STALL_MS
+  const stalled = (f: Offer): boolean => {
+    const now = Date.now() - f.progressAt > STALL_MS
+    if (now && !f.reportedStall) o.logger.debug('peer stalled: its claims and chunks are no longer waited for', { jobId: o.jobId, peer: f.session.peer.toString(), have: f.haveCount })
+    f.reportedStall = now
+    return now
+  }
   picker.peerHas = (i) => offers.some(f => f.alive && hasBit(f.have, i))
   picker.peerFetching = (i) => offers.some(f => f.alive && hasBit(f.fetching, i) && !stalled(f))
   // Share the origin work: the agents that fetch this content (this one and every
@@ -105,6 +112,7 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
     // A peer with every block fetches nothing from the origin: it gets no share.
     const members = offers.filter(f => f.alive && f.interested && f.haveCount < count)
     const ids = [self, ...members.map(f => f.session.peer.toString())].sort()
+    if (ids.length !== owners.length) o.logger.debug('origin work shared out anew', { jobId: o.jobId, agents: ids.length })
     owners = ids.map(id => members.find(f => f.session.peer.toString() === id))
   }
   picker.mine = (chunk) => {
