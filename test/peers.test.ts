@@ -38,6 +38,28 @@ test('two agents with the same swarm key connect through a static peer; status s
   assert.match(human.stdout, /1 connected; mDNS off; swarm key required/)
 })
 
+// Regression: libp2p's connection monitor cut connections to peers whose ping answers
+// took over 5 s (its adaptive timeout's floor); with 8 agents on 2 vCPUs, pings queued
+// behind blocks on busy, healthy peers did, and their chunks were fetched again.
+test('a connection survives a peer that answers nothing for 16 s (a busy machine), then works', async (t) => {
+  const dir = await tempDir(t)
+  const keyFile = await swarmKeyFile(dir)
+  const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', keyFile])
+  t.after(async () => await a.kill())
+  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', keyFile, '--peer', await loopbackAddress(a)])
+  t.after(async () => await b.kill('SIGKILL'))
+  assert.equal(await waitConnected(a, 1), 1)
+  // Stopped, b's kernel still accepts bytes but nothing answers: a's next ping (every
+  // 10 s) starts within the 16 s and gets no answer for at least 6 s.
+  b.child.kill('SIGSTOP')
+  await new Promise(resolve => setTimeout(resolve, 16_000))
+  b.child.kill('SIGCONT')
+  await new Promise(resolve => setTimeout(resolve, 1_000))
+  assert.doesNotMatch(a.stderr(), /peer disconnected/, 'a cut the connection to b while b was stopped')
+  assert.equal((await a.client.status()).peer?.connected, 1)
+  assert.equal((await b.client.status()).peer?.connected, 1)
+})
+
 test('static peers and the swarm key can come from the agent\'s config file', async (t) => {
   const dir = await tempDir(t)
   const keyFile = await swarmKeyFile(dir)
