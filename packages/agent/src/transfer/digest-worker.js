@@ -1,10 +1,10 @@
 // Whole-file digests on a worker thread (FileDigests): the SHA-256 of files being
-// written, one session per file. Loaded by block-hasher-worker.js, or alone. The main thread reports how far each file is complete from its start; the
-// worker reads that prefix back (normally from the page cache) and hashes it, off
-// the event loop that moves bytes and in parallel with the block hasher, so that the
-// digest is ready soon after the last block. Plain JavaScript on purpose: a .ts
-// worker would load Node's type stripper into its own isolate (~18 MiB more
-// resident memory).
+// written, one session per file. Loaded by block-hasher-worker.js (the hashing
+// workers also keep digests), or alone (when blocks are hashed inline). The main
+// thread reports how far each file is complete from its start; the worker reads that
+// prefix back (normally from the page cache) and hashes it, off the event loop that
+// moves bytes. Plain JavaScript on purpose: a .ts worker would load Node's type
+// stripper into its own isolate (~18 MiB more resident memory).
 // @ts-check
 import { createHash } from 'node:crypto'
 import { closeSync, openSync, readSync } from 'node:fs'
