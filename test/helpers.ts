@@ -82,6 +82,9 @@ export interface AgentProcess {
   kill: (signal?: NodeJS.Signals) => Promise<void>
 }
 
+/** How long an agent may take to exit after a signal before the helper kills it and fails. */
+const KILL_GRACE_MS = 20_000
+
 /** Starts `canopy agent` as a child process and waits until its API answers. */
 export async function startAgentProcess (stateDir: string, extraArgs: string[] = [], env: Record<string, string> = {}): Promise<AgentProcess> {
   const child = spawn(process.execPath, [CLI, 'agent', '--state-dir', stateDir, ...LOOPBACK_P2P, ...extraArgs], {
@@ -112,8 +115,20 @@ export async function startAgentProcess (stateDir: string, extraArgs: string[] =
     stderr: () => stderr,
     kill: async (signal = 'SIGTERM') => {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal)
-      await exited
+      // An agent that does not stop is a failure to report, not a test run that hangs
+      // until CI gives up: SIGKILL it, then say so.
+      let timer: NodeJS.Timeout | undefined
+      const stuck = await Promise.race([
+        exited.then(() => false),
+        new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(true), KILL_GRACE_MS) })
+      ])
+      clearTimeout(timer)
+      if (stuck) {
+        child.kill('SIGKILL')
+        await exited
+      }
       await client.close().catch(() => {}) // a second kill (an after-hook) finds it closed
+      if (stuck) throw new Error(`the agent did not exit within ${KILL_GRACE_MS / 1000} s of ${signal}\n${stderr.slice(-2000)}`)
     }
   }
 }
