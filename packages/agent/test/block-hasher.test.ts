@@ -61,35 +61,35 @@ for (const threads of [1, 0]) {
 }
 
 for (const threads of [1, 2, 0]) {
-test(`fileDigest (${threads} hashing workers) equals the file's SHA-256 whatever order blocks complete in, with a prefix already on disk, for several files at once`, async (t) => {
-  const dir = await tempDir(t, 'canopy-digest-')
-  const digests = new BlockHasher(threads)
-  t.after(async () => await digests.close())
-  const blockSize = 65536
-  const files = await Promise.all([0, 1].map(async (n) => {
-    const path = join(dir, `part-${n}`)
-    const content = randomBytes(10 * blockSize + 777 + n)
-    // Blocks 0-1 are on disk from "before a restart"; the rest is zeros until written.
-    await writeFile(path, Buffer.concat([content.subarray(0, 2 * blockSize), Buffer.alloc(content.length - 2 * blockSize)]))
-    const handle = await open(path, 'r+')
-    t.after(async () => await handle.close())
-    const session = digests.fileDigest(path)
-    t.after(async () => await session.close())
-    session.advance(2 * blockSize)
-    return { content, handle, session, done: new Set([0, 1]) }
-  }))
-  for (const i of [2, 3, 6, 4, 5, 9, 7, 8, 10]) {
-    for (const f of files) {
-      const block = f.content.subarray(i * blockSize, Math.min(f.content.length, (i + 1) * blockSize))
-      await f.handle.write(block, 0, block.length, i * blockSize)
-      f.done.add(i)
-      let prefix = 0
-      while (f.done.has(prefix)) prefix++
-      f.session.advance(Math.min(f.content.length, prefix * blockSize))
+  test(`fileDigest (${threads} hashing workers) equals the file's SHA-256 whatever order blocks complete in, with a prefix already on disk, for several files at once`, async (t) => {
+    const dir = await tempDir(t, 'canopy-digest-')
+    const digests = new BlockHasher(threads)
+    t.after(async () => await digests.close())
+    const blockSize = 65536
+    const files = await Promise.all([0, 1].map(async (n) => {
+      const path = join(dir, `part-${n}`)
+      const content = randomBytes(10 * blockSize + 777 + n)
+      // Blocks 0-1 are on disk from "before a restart"; the rest is zeros until written.
+      await writeFile(path, Buffer.concat([content.subarray(0, 2 * blockSize), Buffer.alloc(content.length - 2 * blockSize)]))
+      const handle = await open(path, 'r+')
+      t.after(async () => await handle.close())
+      const session = digests.fileDigest(path)
+      t.after(async () => await session.close())
+      session.advance(2 * blockSize)
+      return { content, handle, session, done: new Set([0, 1]) }
+    }))
+    for (const i of [2, 3, 6, 4, 5, 9, 7, 8, 10]) {
+      for (const f of files) {
+        const block = f.content.subarray(i * blockSize, Math.min(f.content.length, (i + 1) * blockSize))
+        await f.handle.write(block, 0, block.length, i * blockSize)
+        f.done.add(i)
+        let prefix = 0
+        while (f.done.has(prefix)) prefix++
+        f.session.advance(Math.min(f.content.length, prefix * blockSize))
+      }
     }
-  }
-  for (const f of files) assert.equal(await f.session.finish(f.content.length), digest(f.content).toString('hex'))
-})
+    for (const f of files) assert.equal(await f.session.finish(f.content.length), digest(f.content).toString('hex'))
+  })
 }
 
 test('fileDigest fails with the reason when the file cannot be read, and the worker goes on', async (t) => {

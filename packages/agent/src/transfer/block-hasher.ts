@@ -53,33 +53,15 @@ export class BlockHasher {
 
   constructor (threads: number) {
     for (let i = 0; i < threads; i++) {
-      const worker = new Worker(new URL('./block-hasher-worker.js', import.meta.url), { workerData: { writePiece: WRITE_PIECE } })
-      worker.unref()
-      worker.on('message', (reply: Reply | DigestReply) => {
-        if ('type' in reply) {
-          this.digests.settle(reply)
-          return
-        }
-        const { id, buffer, digest, written, error } = reply
-        const p = this.pending.get(id)
-        if (p === undefined) return
-        this.pending.delete(id)
-        if (error !== undefined) p.reject(Object.assign(new Error(`writing a block failed: ${error.message}`), { code: error.code }))
-        else p.resolve({ digest: new Uint8Array(digest), bytes: Buffer.from(buffer, 0, p.length), written })
-      })
       // A worker that dies takes its pending hashes with it: fail them (the job retries)
       // and hash inline from then on rather than post to a dead thread.
-      const retire = (err: Error): void => {
+      this.workers.push(this.startWorker('./block-hasher-worker.js', (worker, err) => {
+        if (!this.workers.includes(worker)) return
         this.workers.splice(this.workers.indexOf(worker), 1)
         for (const p of this.pending.values()) p.reject(err)
         this.pending.clear()
         this.digests.failWorker(worker, err)
-      }
-      worker.on('error', retire)
-      worker.on('exit', (code) => {
-        if (!this.closing && this.workers.includes(worker)) retire(new Error(`the hashing worker exited (${code})`))
-      })
-      this.workers.push(worker)
+      }))
     }
   }
 
@@ -90,19 +72,33 @@ export class BlockHasher {
 
   private digestWorker (): Worker {
     if (this.workers.length > 0) return this.workers[this.workers.length - 1]
-    if (this.digestOnly !== undefined) return this.digestOnly
-    const worker = new Worker(new URL('./digest-worker.js', import.meta.url))
-    worker.unref()
-    worker.on('message', (reply: DigestReply) => this.digests.settle(reply))
-    const retire = (err: Error): void => {
+    this.digestOnly ??= this.startWorker('./digest-worker.js', (worker, err) => {
       if (this.digestOnly === worker) this.digestOnly = undefined
       this.digests.failWorker(worker, err)
-    }
-    worker.on('error', retire)
-    worker.on('exit', (code) => {
-      if (!this.closing) retire(new Error(`the file hashing worker exited (${code})`))
     })
-    this.digestOnly = worker
+    return this.digestOnly
+  }
+
+  /** A worker thread running `script`, answering blocks and digests; `retire` runs if it errs or exits. */
+  private startWorker (script: string, retire: (worker: Worker, err: Error) => void): Worker {
+    const worker = new Worker(new URL(script, import.meta.url), { workerData: { writePiece: WRITE_PIECE } })
+    worker.unref()
+    worker.on('message', (reply: Reply | DigestReply) => {
+      if ('type' in reply) {
+        this.digests.settle(reply)
+        return
+      }
+      const { id, buffer, digest, written, error } = reply
+      const p = this.pending.get(id)
+      if (p === undefined) return
+      this.pending.delete(id)
+      if (error !== undefined) p.reject(Object.assign(new Error(`writing a block failed: ${error.message}`), { code: error.code }))
+      else p.resolve({ digest: new Uint8Array(digest), bytes: Buffer.from(buffer, 0, p.length), written })
+    })
+    worker.on('error', (err) => retire(worker, err))
+    worker.on('exit', (code) => {
+      if (!this.closing) retire(worker, new Error(`the hashing worker exited (${code})`))
+    })
     return worker
   }
 

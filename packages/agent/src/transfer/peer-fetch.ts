@@ -92,12 +92,7 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
   if (sessions.length === 0) return undefined
   const count = expected.length
   const offers: Offer[] = sessions.map(session => ({ session, have: new Uint8Array(0), fetching: new Uint8Array(0), bad: 0, alive: true, interested: false, cursor: 0, haveCount: 0, progressAt: Date.now() }))
-  const stalled = (f: Offer): boolean => {
-    const now = Date.now() - f.progressAt > STALL_MS
-    if (now && !f.reportedStall) o.logger.debug('peer stalled: its claims and chunks are no longer waited for', { jobId: o.jobId, peer: f.session.peer.toString(), have: f.haveCount })
-    f.reportedStall = now
-    return now
-  }
+  const stalled = (f: Offer): boolean => Date.now() - f.progressAt > STALL_MS
   picker.peerHas = (i) => offers.some(f => f.alive && hasBit(f.have, i))
   picker.peerFetching = (i) => offers.some(f => f.alive && hasBit(f.fetching, i) && !stalled(f))
   // Share the origin work: the agents that fetch this content (this one and every
@@ -148,6 +143,12 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
         else f.alive = false
       }
     }))
+    for (const f of offers) {
+      // Logged here, once per stall, not in the predicate the picker calls per block.
+      const now = f.alive && stalled(f)
+      if (now && f.reportedStall !== true) o.logger.debug('peer stalled: its claims and chunks are no longer waited for', { jobId: o.jobId, peer: f.session.peer.toString(), have: f.haveCount })
+      f.reportedStall = now
+    }
     share()
     order = rarestFirst(count, i => !o.progress.has(i), offers.filter(f => f.alive).map(f => f.have))
     refreshes++
