@@ -23,7 +23,16 @@ export const CLI = fileURLToPath(new URL('../packages/cli/bin/canopy.js', import
 
 export async function tempDir (t: { after: (fn: () => Promise<void>) => void }, prefix = 'canopy-test-'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix))
-  t.after(async () => await rm(dir, { recursive: true, force: true }))
+  // node:test runs a test's after-hooks in the order they were added, and a hook that
+  // throws skips the ones after it. This one is added first, so it runs while the
+  // test's origin and agents still do: an origin writing a manifest into its state
+  // dir made rm fail (ENOTEMPTY), the hooks that close the origin and stop the agent
+  // were skipped, and the test file never exited (CI hung). So: retry, and never throw.
+  t.after(async () => {
+    await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }).catch((err: unknown) => {
+      process.stderr.write(`could not remove ${dir}: ${String(err)}\n`)
+    })
+  })
   return dir
 }
 
