@@ -8,7 +8,7 @@ import { startOrigin } from '@canopy/origin'
 import { fileSha256, originContentBytes, randomFile, runCli, startAgentProcess, tempDir } from './helpers.ts'
 
 test('canopy get downloads a multi-block file, block-verified, and puts it in place', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const root = join(dir, 'root')
   const { mkdir } = await import('node:fs/promises')
   await mkdir(root)
@@ -40,7 +40,7 @@ test('canopy get downloads a multi-block file, block-verified, and puts it in pl
 })
 
 test('a job created with start: false stays suspended, and complete is explicit when autoComplete is off', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const { mkdir } = await import('node:fs/promises')
   await mkdir(join(dir, 'root'))
   const { sha256 } = await randomFile(join(dir, 'root', 'f.bin'), 3 * 1024 * 1024)
@@ -62,7 +62,7 @@ test('a job created with start: false stays suspended, and complete is explicit 
 })
 
 test('a 404 stops the job in error with a plain reason, and the CLI exits 1', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const { mkdir } = await import('node:fs/promises')
   await mkdir(join(dir, 'root'))
   const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'o') })
@@ -77,7 +77,7 @@ test('a 404 stops the job in error with a plain reason, and the CLI exits 1', as
 })
 
 test('cancel removes the partial file', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const { mkdir } = await import('node:fs/promises')
   await mkdir(join(dir, 'root'))
   await randomFile(join(dir, 'root', 'slow.bin'), 8 * 1024 * 1024)
@@ -97,7 +97,7 @@ test('cancel removes the partial file', async (t) => {
 })
 
 test('a transferring job shows its recent rate (JobView.rate, the RATE column of canopy jobs)', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   await randomFile(join(dir, 'slow.bin'), 6 * 1024 * 1024)
   const origin = await startOrigin({ root: dir, stateDir: join(dir, '.origin'), rateLimit: 1024 * 1024 })
   t.after(async () => await origin.close())

@@ -61,7 +61,7 @@ test('a stream filtered to one job carries only that job, starting with its snap
 })
 
 test('closing an event stream releases the agent\'s listeners; stopping the agent ends streams with ERR_EVENTS_ENDED', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const agent = await startAgent({ stateDir: join(dir, 'agent') })
   let stopped = false
   t.after(async () => { if (!stopped) await agent.stop() })
@@ -155,7 +155,7 @@ async function rawEvents (socketPath: string): Promise<{ socket: Socket, text: (
 }
 
 test('a client that does not read loses progress events, never state events, and is cut off before the agent buffers without bound', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const agent = await startAgent({ stateDir: join(dir, 'agent') })
   t.after(async () => await agent.stop())
   const job = await agent.createJob({ files: [{ url: 'http://127.0.0.1:9/f.bin', path: join(dir, 'f.bin') }], start: false })

@@ -1,5 +1,6 @@
 // Faulty origins: corrupted responses, servers that ignore Range, origins that go away.
 import { test } from 'node:test'
+import type { TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { createServer } from 'node:http'
 import type { Server } from 'node:http'
@@ -73,8 +74,8 @@ async function naiveStaticServer (root: string): Promise<{ url: string, server: 
   return { url: await listen(server), server }
 }
 
-async function setup (t: Parameters<typeof tempDir>[0], size: number, options: Partial<AgentOptions> = {}) {
-  const dir = await tempDir(t)
+async function setup (t: TestContext, size: number, options: Partial<AgentOptions> = {}) {
+  const dir = await tempDir()
   await mkdir(join(dir, 'root'))
   const file = await randomFile(join(dir, 'root', 'f.bin'), size)
   const agent = await startAgent({ stateDir: join(dir, 'agent'), retryMinMs: 100, retryMaxMs: 400, ...options })

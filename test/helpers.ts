@@ -9,6 +9,7 @@ import { createServer } from 'node:net'
 import type { AddressInfo, Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { after } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import { CanopyClient } from '@canopy/client'
 import { startOrigin } from '@canopy/origin'
@@ -21,18 +22,28 @@ export const FINISHED: JobState[] = ['acknowledged', 'error', 'cancelled']
 
 export const CLI = fileURLToPath(new URL('../packages/cli/bin/canopy.js', import.meta.url))
 
-export async function tempDir (t: { after: (fn: () => Promise<void>) => void }, prefix = 'canopy-test-'): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), prefix))
-  // node:test runs a test's after-hooks in the order they were added, and a hook that
-  // throws skips the ones after it. This one is added first, so it runs while the
-  // test's origin and agents still do: an origin writing a manifest into its state
-  // dir made rm fail (ENOTEMPTY), the hooks that close the origin and stop the agent
-  // were skipped, and the test file never exited (CI hung). So: retry, and never throw.
-  t.after(async () => {
+/** Temp dirs made by this test file, removed when all of its tests and their hooks are done. */
+const tempDirs: string[] = []
+after(async () => {
+  for (const dir of tempDirs.splice(0)) {
     await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }).catch((err: unknown) => {
       process.stderr.write(`could not remove ${dir}: ${String(err)}\n`)
     })
-  })
+  }
+})
+
+/**
+ * A new temp dir, removed after the test file's last test. Not at the end of the test
+ * `t`: node:test runs a test's after-hooks in the order they were added, so a removal
+ * added here, before the test starts its origin and agents, would run while they still
+ * do. It did: an origin writing a manifest into its state dir made the removal fail
+ * (ENOTEMPTY), and since a hook that throws skips the ones after it, the origin was
+ * never closed nor the agent stopped, and the test file never exited (CI hung). The
+ * removal also retries and never throws.
+ */
+export async function tempDir (prefix = 'canopy-test-'): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix))
+  tempDirs.push(dir)
   return dir
 }
 
@@ -144,7 +155,7 @@ export async function startAgentProcess (stateDir: string, extraArgs: string[] =
 
 /** A temp dir with a real origin serving one random file: `${origin.url}/${name}`. */
 export async function originWithFile (t: { after: (fn: () => Promise<void>) => void }, size: number, name = 'f.bin', options: { rateLimit?: number, blockSize?: number } = {}): Promise<{ dir: string, origin: Origin, sha256: string }> {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   await mkdir(join(dir, 'root'))
   const { sha256 } = await randomFile(join(dir, 'root', name), size)
   const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'origin-state'), ...options })

@@ -48,7 +48,7 @@ async function recordingProxy (t: { after: (fn: () => Promise<void>) => void }, 
 }
 
 test('custom headers and a bearer token reach the origin on every request, and are never shown or logged', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const token = 'tok-3f9a8c1e5b7d2f4a6c8e0b1d3f5a7c9e'
   const { sha256 } = await randomFile(join(dir, 'f.bin'), 9 * 1024 * 1024 + 17)
   const origin = await startOrigin({ root: dir, stateDir: join(dir, '.origin'), tokens: [token] })
@@ -113,7 +113,7 @@ test('credentials are not sent to another host after a redirect; custom headers 
 })
 
 test('headers the agent sets itself, malformed headers and too many headers are refused at creation', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const agent = await startAgentProcess(join(dir, 'agent'))
   t.after(async () => await agent.kill())
   const create = async (http: unknown): Promise<unknown> => await agent.client.createJob({ files: [{ url: 'http://127.0.0.1:9/f', path: join(dir, 'f') }], http } as never)
@@ -215,7 +215,7 @@ test('proxies: from the environment (HTTP_PROXY), per job, and "direct"', async 
 })
 
 test('TLS options: an extra CA and a client certificate, against an https server that requires one', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const ssl = async (...args: string[]): Promise<void> => {
     const { execFile } = await import('node:child_process')
     await new Promise<void>((resolve, reject) => execFile('openssl', args, { cwd: dir }, err => err === null ? resolve() : reject(err)))

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { runCli, startAgentProcess, tempDir } from './helpers.ts'
 
 test('a unique prefix of a job id (4 characters or more) names the job in the API and the CLI', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const agent = await startAgentProcess(join(dir, 'agent'))
   t.after(async () => await agent.kill())
   const job = await agent.client.createJob({ files: [{ url: 'http://127.0.0.1:9/f.bin', path: join(dir, 'f.bin') }], start: false })
@@ -24,7 +24,7 @@ test('a unique prefix of a job id (4 characters or more) names the job in the AP
 })
 
 test('a prefix that several job ids share is refused with ERR_AMBIGUOUS_JOB_ID (CLI exit 4), and more of the id works', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const agent = await startAgentProcess(join(dir, 'agent'))
   t.after(async () => await agent.kill())
   // Random ids share their first 4 hex digits (1 in 65,536 per pair) within a few hundred

@@ -3,7 +3,6 @@
 // clean-up on success, on interrupt, and after its process was killed. Needs root and
 // iproute2 (CI runs as root); elsewhere these tests are skipped with the reason.
 import { test } from 'node:test'
-import type { TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
@@ -40,7 +39,7 @@ test('docker-compose.yml is a valid compose file (docker-compose config)', { ski
 
 for (const scenario of ['patch-day', 'bad-peer'] as const) {
   test(`lab: ${scenario} with 3 agents passes its own verdict, and leaves nothing behind`, { skip: skipNetns }, async (t) => {
-    const out = await tempDir(t)
+    const out = await tempDir()
     const report = await runScenario(scenario, { agents: 3, size: 32 * MiB, outDir: out, log: line => t.diagnostic(line) })
     t.diagnostic(`origin sent ${report.origin.ratio} × the content; all done in ${report.wan.allDoneSeconds} s (one copy over the WAN: ${report.wan.oneCopySeconds} s)`)
     assert.equal(report.pass, true, report.reasons.join('; '))
@@ -59,8 +58,11 @@ for (const scenario of ['patch-day', 'bad-peer'] as const) {
 }
 
 /** Starts `npm run lab -- <args>` as a process and waits until its progress shows `until`. */
-async function startLab (t: TestContext, args: string[], until: string): Promise<{ child: ChildProcess, stderr: () => string }> {
-  const child = spawn(process.execPath, [LAB, ...args, '--out', await tempDir(t)], { stdio: ['ignore', 'ignore', 'pipe'] })
+async function startLab (args: string[], until: string): Promise<{ child: ChildProcess, stderr: () => string }> {
+  // TMPDIR: the lab's work dir goes inside a test dir, so that it is removed even
+  // when the test kills the lab before it can remove it itself.
+  const child = spawn(process.execPath, [LAB, ...args, '--out', await tempDir()],
+    { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, TMPDIR: await tempDir() } })
   let stderr = ''
   child.stderr!.on('data', (d: Buffer) => { stderr += d.toString() })
   while (!stderr.includes(until)) {
@@ -70,8 +72,8 @@ async function startLab (t: TestContext, args: string[], until: string): Promise
   return { child, stderr: () => stderr }
 }
 
-test('lab: an interrupted run (SIGINT) stops its processes, removes its namespaces and exits 130', { skip: skipNetns }, async (t) => {
-  const { child, stderr } = await startLab(t, ['patch-day', '--agents', '2', '--size', '64MiB'], 'job started')
+test('lab: an interrupted run (SIGINT) stops its processes, removes its namespaces and exits 130', { skip: skipNetns }, async () => {
+  const { child, stderr } = await startLab(['patch-day', '--agents', '2', '--size', '64MiB'], 'job started')
   assert.ok((await labNamespaces(child.pid)).length > 0)
   child.kill('SIGINT')
   const [code] = await once(child, 'exit') as [number]
@@ -79,8 +81,8 @@ test('lab: an interrupted run (SIGINT) stops its processes, removes its namespac
   assert.deepEqual(await labNamespaces(child.pid), [])
 })
 
-test('lab: the namespaces of a lab whose process was killed are removed by the next one', { skip: skipNetns }, async (t) => {
-  const { child } = await startLab(t, ['sequential', '--agents', '2', '--size', '8MiB'], 'agent started')
+test('lab: the namespaces of a lab whose process was killed are removed by the next one', { skip: skipNetns }, async () => {
+  const { child } = await startLab(['sequential', '--agents', '2', '--size', '8MiB'], 'agent started')
   child.kill('SIGKILL')
   await once(child, 'exit')
   const left = await labNamespaces(child.pid)

@@ -16,7 +16,7 @@ import {
 } from './helpers.ts'
 
 test('two agents with the same swarm key connect through a static peer; status shows it', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const keyFile = await swarmKeyFile(dir)
   const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', keyFile])
   t.after(async () => await a.kill())
@@ -42,7 +42,7 @@ test('two agents with the same swarm key connect through a static peer; status s
 // took over 5 s (its adaptive timeout's floor); with 8 agents on 2 vCPUs, pings queued
 // behind blocks on busy, healthy peers did, and their chunks were fetched again.
 test('a connection survives a peer that answers nothing for 16 s (a busy machine), then works', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const keyFile = await swarmKeyFile(dir)
   const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', keyFile])
   t.after(async () => await a.kill())
@@ -61,7 +61,7 @@ test('a connection survives a peer that answers nothing for 16 s (a busy machine
 })
 
 test('static peers and the swarm key can come from the agent\'s config file', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const keyFile = await swarmKeyFile(dir)
   const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', keyFile])
   t.after(async () => await a.kill())
@@ -78,7 +78,7 @@ test('static peers and the swarm key can come from the agent\'s config file', as
 })
 
 test('an agent with another swarm key is never connected', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const a = await startAgentProcess(join(dir, 'a'), ['--swarm-key', await swarmKeyFile(dir, 'one.key')])
   t.after(async () => await a.kill())
   const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', await swarmKeyFile(dir, 'two.key'), '--peer', await loopbackAddress(a)])
@@ -89,8 +89,8 @@ test('an agent with another swarm key is never connected', async (t) => {
   assert.equal((await a.client.status()).peer?.connected, 0)
 })
 
-test('bad peer flags are usage errors (checked before anything is dialled)', async (t) => {
-  const dir = await tempDir(t)
+test('bad peer flags are usage errors (checked before anything is dialled)', async () => {
+  const dir = await tempDir()
   const outside = await runCli(['agent', '--state-dir', join(dir, 's'), '--no-mdns', '--peer', '/ip4/8.8.8.8/tcp/7373'])
   assert.equal(outside.code, 2)
   assert.match(outside.stderr, /LAN address/)

@@ -16,7 +16,7 @@ const MiB = 1024 * 1024
  * middle) whose agent is killed with SIGKILL once `killAt` bytes are recorded.
  */
 async function killedMidTransfer (t: TestContext, size: number, killAt: number) {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   await mkdir(join(dir, 'root'))
   await mkdir(join(dir, 'out'))
   const { sha256 } = await randomFile(join(dir, 'root', 'f.bin'), size)

@@ -39,7 +39,7 @@ const inState = (...states: JobState[]) => (job: JobView): boolean => states.inc
 
 /** An agent started with `args`, a URL on an origin that never answers and one on a port that refuses connections. */
 async function brokenOrigins (t: { after: (fn: () => Promise<void>) => void }, args: string[]): Promise<{ dir: string, stuckUrl: string, refused: string, agent: AgentProcess }> {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   const stuckUrl = `${await stalledOrigin(t)}/stuck.bin`
   const refused = `${await refusingOrigin()}/gone.bin`
   const agent = await startAgentProcess(join(dir, 'agent'), args)
@@ -263,7 +263,7 @@ test('finished jobs are removed after the retention period (a removed event), an
 })
 
 test('the agent\'s clock is injectable: the 90-day inactivity and 7-day retention defaults, without waiting', async (t) => {
-  const dir = await tempDir(t)
+  const dir = await tempDir()
   let clock = Date.parse('2026-01-01T00:00:00Z')
   const agent = await startAgent({ stateDir: join(dir, 'agent'), now: () => clock })
   t.after(async () => await agent.stop())

@@ -18,7 +18,7 @@ function ownedCopy (bytes: Uint8Array): Buffer {
 
 for (const threads of [1, 0]) {
   test(`verifyAndWrite (${threads === 0 ? 'inline' : 'on a worker'}) writes a matching block at its offset and leaves the file alone otherwise`, async (t) => {
-    const dir = await tempDir(t, 'canopy-hasher-')
+    const dir = await tempDir('canopy-hasher-')
     const hasher = new BlockHasher(threads)
     t.after(async () => await hasher.close())
     const path = join(dir, 'part')
@@ -45,7 +45,7 @@ for (const threads of [1, 0]) {
   })
 
   test(`verifyAndWrite (${threads === 0 ? 'inline' : 'on a worker'}) rejects with the errno code when the write fails`, async (t) => {
-    const dir = await tempDir(t, 'canopy-hasher-')
+    const dir = await tempDir('canopy-hasher-')
     const hasher = new BlockHasher(threads)
     t.after(async () => await hasher.close())
     const path = join(dir, 'part')
@@ -62,7 +62,7 @@ for (const threads of [1, 0]) {
 
 for (const threads of [1, 2, 0]) {
   test(`fileDigest (${threads} hashing workers) equals the file's SHA-256 whatever order blocks complete in, with a prefix already on disk, for several files at once`, async (t) => {
-    const dir = await tempDir(t, 'canopy-digest-')
+    const dir = await tempDir('canopy-digest-')
     const digests = new BlockHasher(threads)
     t.after(async () => await digests.close())
     const blockSize = 65536
@@ -93,7 +93,7 @@ for (const threads of [1, 2, 0]) {
 }
 
 test('fileDigest fails with the reason when the file cannot be read, and the worker goes on', async (t) => {
-  const dir = await tempDir(t, 'canopy-digest-')
+  const dir = await tempDir('canopy-digest-')
   const digests = new BlockHasher(1)
   t.after(async () => await digests.close())
   const missing = digests.fileDigest(join(dir, 'no-such-file'))
