@@ -1,6 +1,9 @@
 // Benchmark: origin download through the agent (block-verified, written to disk)
 // versus `curl -o` of the same file from the same origin, on loopback, interleaved.
-// Prints one JSON document. Run by hand: `npm run bench:download` (see README).
+// Also `curl -o` followed by `openssl dgst -sha256` of the file: a download checked
+// by hand against a published digest, which does one of the agent's two SHA-256
+// passes (openssl, unlike coreutils' sha256sum, uses the CPU's SHA instructions, as
+// Node does). Prints one JSON document. Run by hand: `npm run bench:download` (see README).
 //
 // Env: BENCH_SIZES (default "256MiB,1GiB"), BENCH_ROUNDS (default 3), BENCH_AGENT_ARGS
 // (extra `canopy agent` flags, e.g. "--requests-in-flight 8"), BENCH_PIN=1 (origin on CPU 0,
@@ -54,6 +57,7 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
   for (const size of SIZES) {
     const url = `${originUrl}/f-${size}.bin`
     const curlRates: number[] = []
+    const checkedCurlRates: number[] = []
     const agentRates: number[] = []
     let rssPeakKiB = 0
     const agentCpu = new Map<string, number>()
@@ -71,6 +75,12 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
       curlRates.push(size / MiB / ((performance.now() - t0) / 1000))
       originCpuCurl += await processCpu(origin.pid) - originBeforeCurl
       curlCpu += childCpu(stdout)
+      await rm(curlDest)
+
+      const t2 = performance.now()
+      const checked = `curl -sS --fail -o '${curlDest}' '${url}' && openssl dgst -sha256 -r '${curlDest}'`
+      await promisify(execFile)(CLIENT_CPUS !== undefined ? 'taskset' : 'bash', CLIENT_CPUS !== undefined ? ['-c', CLIENT_CPUS, 'bash', '-c', checked] : ['-c', checked])
+      checkedCurlRates.push(size / MiB / ((performance.now() - t2) / 1000))
       await rm(curlDest)
 
       const dest = join(dir, 'agent.bin')
@@ -105,6 +115,8 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
       curlMedianMiBps: Math.round(median(curlRates)),
       agentMedianMiBps: Math.round(median(agentRates)),
       ratio: Number((median(agentRates) / median(curlRates)).toFixed(2)),
+      curlThenSha256MiBps: checkedCurlRates.map(r => Math.round(r)),
+      ratioToCurlThenSha256: Number((median(agentRates) / median(checkedCurlRates)).toFixed(2)),
       agentRssPeakMiB: Math.round(rssPeakKiB / 1024),
       // CPU time per GiB moved during the agent's rounds, by thread name (threads of
       // one name summed: libuv-worker, V8Worker, WorkerThread, ...). Threads that

@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs'
 import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { startOrigin } from '@canopy/origin'
-import { fileSha256, originContentBytes, randomFile, runCli, startAgentProcess, tempDir } from './helpers.ts'
+import { FINISHED, fileSha256, originContentBytes, originWithFile, randomFile, runCli, startAgentProcess, tempDir } from './helpers.ts'
 
 test('canopy get downloads a multi-block file, block-verified, and puts it in place', async (t) => {
   const dir = await tempDir()
@@ -37,6 +37,22 @@ test('canopy get downloads a multi-block file, block-verified, and puts it in pl
   assert.deepEqual(await readdir(join(dir, 'out')), ['big.bin'])
   // Each byte crossed the wire once.
   assert.equal(await originContentBytes(origin.url), size)
+})
+
+test('with a peer node but no peer answering, the origin is asked in file order (the whole-file digest keeps up)', async (t) => {
+  // Regression: the order was random whenever the agent ran a peer node, so the file's
+  // start completed last and its whole-file digest was hashed after the last block.
+  const { dir, origin, sha256 } = await originWithFile(t, 12 * 1024 * 1024)
+  const agent = await startAgentProcess(join(dir, 'agent'), ['--log-level', 'debug', '--requests-in-flight', '1', '--request-size', '1MiB'])
+  t.after(async () => await agent.kill())
+  assert.ok((await agent.client.status()).peer !== undefined, 'the agent runs a peer node')
+  const out = join(dir, 'out.bin')
+  const job = await agent.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: out }], priority: 'foreground', autoComplete: true })
+  const done = await agent.client.waitForJob(job.id, { intervalMs: 50, until: FINISHED })
+  assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+  assert.equal(await fileSha256(out), sha256)
+  const firsts = [...agent.stderr().matchAll(/origin range .*first=(\d+)/g)].map(m => Number(m[1]))
+  assert.deepEqual(firsts, Array.from({ length: 12 }, (_, i) => i))
 })
 
 test('a job created with start: false stays suspended, and complete is explicit when autoComplete is off', async (t) => {

@@ -115,7 +115,7 @@ export async function transferBlocks (o: BlockTransferOptions): Promise<string> 
 async function fetchAll (o: BlockTransferOptions, expected: Uint8Array[], sink: BlockSink, attempts: Map<number, number>): Promise<void> {
   const inFlight = o.inFlight
   const withPeers = o.peers !== undefined && o.manifest.key !== undefined
-  const picker = new BlockPicker(o.progress, inFlight, o.blocksPerRequest, withPeers)
+  const picker = new BlockPicker(o.progress, inFlight, o.blocksPerRequest)
   if (!withPeers) {
     // Failed verifications count across passes, so a bad origin ends the job.
     await fetchMissing(o, expected, sink, attempts, picker, inFlight, o.signal)

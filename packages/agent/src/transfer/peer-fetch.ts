@@ -90,6 +90,7 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
   const key = Buffer.from(o.manifest.key, 'base64')
   const sessions = await o.peers.open(discoveryId(key, DISCOVERY_LABEL), key, signal)
   if (sessions.length === 0) return undefined
+  picker.spreadOut()
   const count = expected.length
   const offers: Offer[] = sessions.map(session => ({ session, have: new Uint8Array(0), fetching: new Uint8Array(0), bad: 0, alive: true, interested: false, cursor: 0, haveCount: 0, progressAt: Date.now() }))
   const stalled = (f: Offer): boolean => Date.now() - f.progressAt > STALL_MS

@@ -4,9 +4,11 @@ import type { FileProgress } from '../jobs/job.ts'
  * Chooses what the origin is asked for next: runs of consecutive missing blocks
  * (one range request each), chunk by chunk. Blocks this agent is already fetching
  * (`inFlight`), and blocks a peer has or is fetching from the origin right now, are
- * left out: they come from peers. With peers, chunks are visited in a random order,
- * so that agents that start together begin in different places and split the
- * origin work instead of all fetching the same blocks.
+ * left out: they come from peers. Chunks are visited in order, so that a file is
+ * complete from its start as early as possible and its whole-file digest is computed
+ * while the transfer runs. With peers (`spreadOut`), in a random order instead, so
+ * that agents that start together begin in different places and split the origin
+ * work instead of all fetching the same blocks.
  */
 export class BlockPicker {
   private readonly progress: FileProgress
@@ -31,17 +33,25 @@ export class BlockPicker {
   mayIssue: (issued: number) => boolean = () => true
   private issued = 0
 
-  constructor (progress: FileProgress, inFlight: Set<number>, perRequest: number, shuffle: boolean) {
+  constructor (progress: FileProgress, inFlight: Set<number>, perRequest: number) {
     this.progress = progress
     this.inFlight = inFlight
     this.perRequest = perRequest
     const chunks = Math.ceil(progress.blocks.length / perRequest)
     this.order = Array.from({ length: chunks }, (_, i) => i)
-    if (shuffle) {
-      for (let i = this.order.length - 1; i > 0; i--) {
-        const j = Math.floor(Math.random() * (i + 1))
-        ;[this.order[i], this.order[j]] = [this.order[j], this.order[i]]
-      }
+  }
+
+  /**
+   * Visits chunks in a random order from now on: called when peers answer for the
+   * content. Only then: a random order completes the file's start last, so its
+   * whole-file digest, which needs the bytes in order, waits for the end of the
+   * transfer (measured without peers: 0.8 s of a 2.6 s transfer of 1 GiB spent
+   * hashing after the last block, against 0.3-0.6 s in order).
+   */
+  spreadOut (): void {
+    for (let i = this.order.length - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1))
+      ;[this.order[i], this.order[j]] = [this.order[j], this.order[i]]
     }
   }
 
