@@ -4,7 +4,7 @@ import { basename, dirname, join } from 'node:path'
 import { randomUUID } from 'node:crypto'
 import { request } from 'undici'
 import type { Dispatcher } from 'undici'
-import { API_SOCKET_NAME, CanopyError, FINAL_STATES, formatBytes, formatDuration, silentLogger } from '@canopy/core'
+import { API_SOCKET_NAME, CanopyError, DEFAULT_BLOCK_SIZE, FINAL_STATES, formatBytes, formatDuration, silentLogger } from '@canopy/core'
 import type { AgentStatus, CacheView, CreateJobFile, CreateJobRequest, PeersView, JobLimits, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from './errors.ts'
 import { ACTIVE_STATES, FileProgress, toView } from './jobs/job.ts'
@@ -103,6 +103,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   private readonly dispatcher: Dispatcher
   private readonly blockHasher: BlockHasher
   private readonly rangeClient: RangeClient
+  /** Block buffers, reused across transfers (see BufferPool). */
+  private readonly blockBuffers: BufferPool
   private readonly notifier: Notifier
   private readonly jobs = new Map<string, JobRecord>()
   private readonly progress = new Map<string, Array<Progress | undefined>>()
@@ -140,6 +142,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     this.dispatcher = createDispatcher(pool)
     this.blockHasher = new BlockHasher(options.hashThreads)
     this.rangeClient = new RangeClient({ maxPerOrigin: pool.connections, timeoutMs: pool.timeoutMs })
+    // As much as one transfer holds at most with the default block size.
+    this.blockBuffers = new BufferPool(blocksBuffered(options, DEFAULT_BLOCK_SIZE) * DEFAULT_BLOCK_SIZE)
     this.notifier = new Notifier({
       store: this.store,
       logger: this.logger,
@@ -883,7 +887,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
           blockHasher: this.blockHasher,
           inFlight,
           ...(this.sharing !== undefined ? { peers: this.peerSessions(this.sharing, file) } : {}),
-          buffers: new BufferPool(manifest.blockSize, blocksBuffered(this.options, manifest.blockSize)),
+          buffers: this.blockBuffers,
           maxBufferedBlocks: blocksBuffered(this.options, manifest.blockSize),
           ...(net.rangeClient !== undefined ? { rangeClient: net.rangeClient } : {}),
           requestsInFlight: this.options.requestsInFlight,

@@ -201,8 +201,8 @@ Options:
                        foreground jobs always run)
   --requests-in-flight N    range requests in flight per file (default 4)
   --request-size SIZE  bytes per range request, whole blocks (default 4MiB)
-  --hash-threads N     hashing worker threads; 0 = blocks inline (default 1
-                       with 2 CPUs or fewer, else 2)
+  --hash-threads N     hashing worker threads; 0 = blocks inline (default 2,
+                       1 on a machine with one CPU)
   --request-timeout MS ms without headers or body bytes before a request is
                        abandoned (default 30000)
   --retry-min MS       first retry delay after a transient error (default 2000)
