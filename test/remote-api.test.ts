@@ -3,11 +3,12 @@
 // listener without a token.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { existsSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { request } from 'undici'
 import { CanopyClient } from '@canopy/client'
-import { fileSha256, originWithFile, runCli, startAgentProcess } from './helpers.ts'
+import { fileSha256, originWithFile, runCli, startAgentProcess, tempDir } from './helpers.ts'
 
 test('the TCP listener needs the bearer token; with it, the CLI and the client work remotely', async (t) => {
   const { dir, origin, sha256 } = await originWithFile(t, 2 * 1024 * 1024 + 9)
@@ -48,8 +49,10 @@ test('the TCP listener needs the bearer token; with it, the CLI and the client w
   assert.equal(await fileSha256(join(dir, 'events.bin')), sha256)
 })
 
-test('an agent refuses to open the TCP listener without a token', async () => {
-  const run = await runCli(['agent', '--state-dir', '/tmp/canopy-never-started', '--api-listen', '127.0.0.1:0', '--no-p2p'])
+test('an agent refuses to open the TCP listener without a token, and leaves no state dir behind', async () => {
+  const stateDir = join(await tempDir(), 'never-started')
+  const run = await runCli(['agent', '--state-dir', stateDir, '--api-listen', '127.0.0.1:0', '--no-p2p'])
   assert.equal(run.code, 2, run.stderr)
   assert.match(run.stderr, /--api-token-file/)
+  assert.equal(existsSync(stateDir), false)
 })

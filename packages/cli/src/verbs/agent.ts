@@ -301,9 +301,11 @@ Examples:
     const logger = createStderrLogger(parseLogLevel(str(ctx.values, 'log-level')))
     const stopping = untilSignal('canopy agent')
     const { startAgent } = await import('@canopy/agent')
-    await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
     const sources = { values: ctx.values, ...await readConfig(ctx.values, ctx.stateDir) }
-    const agent = await startAgent({ stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(ctx.values), p2p: await p2pOptions(sources) })
+    const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(ctx.values), p2p: await p2pOptions(sources) }
+    // Only once every flag and file checked out: a usage error leaves no state dir behind.
+    await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
+    const agent = await startAgent(options)
     say(`canopy agent: listening on ${agent.socketPath}`)
     const signal = await stopping
     say(`canopy agent: ${signal}: stopping`)
