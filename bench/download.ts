@@ -38,6 +38,12 @@ function childCpu (timesOutput: string): number {
   return [...line.matchAll(/(\d+)m([\d.]+)s/g)].reduce((s, m) => s + Number(m[1]) * 60 + Number(m[2]), 0)
 }
 
+/** Runs a bash command line where curl runs: pinned to CLIENT_CPUS with BENCH_PIN=1. */
+async function clientShell (command: string): Promise<{ stdout: string }> {
+  const run = promisify(execFile)
+  return CLIENT_CPUS !== undefined ? await run('taskset', ['-c', CLIENT_CPUS, 'bash', '-c', command]) : await run('bash', ['-c', command])
+}
+
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
 runBench('download', 'origin → agent (block-verified, written to disk) vs curl -o, loopback, interleaved rounds', async (dir, processes) => {
@@ -70,16 +76,14 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
       const originBeforeCurl = await processCpu(origin.pid)
       const t0 = performance.now()
       // `-w` reports nothing on CPU; bash's `times` prints the children's user and system time.
-      const curl = `curl -sS --fail -o '${curlDest}' '${url}' && times`
-      const { stdout } = await promisify(execFile)(CLIENT_CPUS !== undefined ? 'taskset' : 'bash', CLIENT_CPUS !== undefined ? ['-c', CLIENT_CPUS, 'bash', '-c', curl] : ['-c', curl])
+      const { stdout } = await clientShell(`curl -sS --fail -o '${curlDest}' '${url}' && times`)
       curlRates.push(size / MiB / ((performance.now() - t0) / 1000))
       originCpuCurl += await processCpu(origin.pid) - originBeforeCurl
       curlCpu += childCpu(stdout)
       await rm(curlDest)
 
       const t2 = performance.now()
-      const checked = `curl -sS --fail -o '${curlDest}' '${url}' && openssl dgst -sha256 -r '${curlDest}'`
-      await promisify(execFile)(CLIENT_CPUS !== undefined ? 'taskset' : 'bash', CLIENT_CPUS !== undefined ? ['-c', CLIENT_CPUS, 'bash', '-c', checked] : ['-c', checked])
+      await clientShell(`curl -sS --fail -o '${curlDest}' '${url}' && openssl dgst -sha256 -r '${curlDest}'`)
       checkedCurlRates.push(size / MiB / ((performance.now() - t2) / 1000))
       await rm(curlDest)
 
@@ -120,8 +124,8 @@ runBench('download', 'origin → agent (block-verified, written to disk) vs curl
       agentRssPeakMiB: Math.round(rssPeakKiB / 1024),
       // CPU time per GiB moved during the agent's rounds, by thread name (threads of
       // one name summed: libuv-worker, V8Worker, WorkerThread, ...). Threads that
-      // ended during a round (the whole-file hasher of each transfer) are only in
-      // agentTotal, which is the whole process's time, as `endedThreads`.
+      // ended during a round are only in agentTotal, which is the whole process's
+      // time, as `endedThreads`.
       cpuSecondsPerGiB: {
         agent: {
           ...Object.fromEntries([...agentCpu].map(([thread, s]) => [thread, perGiB(s, size)])),

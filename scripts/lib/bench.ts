@@ -25,13 +25,10 @@ export function runBench (name: string, what: string, body: (dir: string, proces
 
 /**
  * CPU seconds (user + system) of the whole process `pid`, threads that already ended
- * included (a finished transfer's whole-file hashing worker is gone from /proc/<pid>/task).
+ * included (they are gone from /proc/<pid>/task).
  */
 export async function processCpu (pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  // utime and stime are fields 14 and 15 of stat(5), in USER_HZ (hundredths of a second).
-  return (Number(fields[11]) + Number(fields[12])) / 100
+  return statCpuSeconds(await readFile(`/proc/${pid}/stat`, 'utf8'))
 }
 
 /** CPU seconds (user + system) of each thread of `pid`, summed by thread name. */
@@ -41,12 +38,16 @@ export async function threadCpu (pid: number): Promise<Map<string, number>> {
     const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').catch(() => undefined)
     if (stat === undefined) continue // the thread ended
     const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    // utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
-    const ticks = Number(fields[11]) + Number(fields[12])
-    out.set(name, (out.get(name) ?? 0) + ticks / CLOCK_TICKS)
+    out.set(name, (out.get(name) ?? 0) + statCpuSeconds(stat))
   }
   return out
+}
+
+/** utime + stime of a /proc stat line (fields 14 and 15 of stat(5)), in seconds. */
+function statCpuSeconds (stat: string): number {
+  // After the command name in parentheses (which may hold spaces) fields[0] is field 3.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
 }
 
 /** Linux's USER_HZ: /proc times are in hundredths of a second. */

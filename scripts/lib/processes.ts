@@ -8,6 +8,7 @@ import { join } from 'node:path'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import { CanopyClient } from '@canopy/client'
+import { DAEMON_VERBS } from '../../packages/cli/bin/daemon-flags.js'
 
 export const CLI = fileURLToPath(new URL('../../packages/cli/bin/canopy.js', import.meta.url))
 const MiB = 1024 * 1024
@@ -40,8 +41,7 @@ export class Processes {
   start (args: string[], cpus?: string): ChildProcess {
     // CANOPY_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the daemons (written when they exit);
     // short commands (keygen, whose stdout is read) run without them.
-    const daemon = args[0] === 'agent' || args[0] === 'origin'
-    const nodeArgs = daemon ? (process.env.CANOPY_NODE_ARGS ?? '').split(' ').filter(Boolean) : []
+    const nodeArgs = DAEMON_VERBS.has(args[0]) ? (process.env.CANOPY_NODE_ARGS ?? '').split(' ').filter(Boolean) : []
     const command = [process.execPath, ...nodeArgs, CLI, ...args]
     // taskset execs the command: the child's pid is the canopy process's own.
     const child = cpus === undefined

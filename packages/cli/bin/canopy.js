@@ -2,7 +2,7 @@
 // The `canopy` command. Plain JavaScript so that an old Node.js gets a clear message
 // instead of a syntax error: the sources are TypeScript run by Node 24's type stripping.
 import { fileURLToPath } from 'node:url'
-import { daemonFlags } from './daemon-flags.js'
+import { DAEMON_VERBS, daemonFlags } from './daemon-flags.js'
 
 const major = Number(process.versions.node.split('.')[0])
 if (major < 24) {
@@ -28,11 +28,10 @@ if (major < 24) {
 //   ~180 MiB while 1,000 jobs were listed over and over: agent RSS 302 → 203 MiB).
 // Flags can only be given at start, so the process replaces itself (execve keeps its
 // pid, stdio and signals). CANOPY_DAEMON_NODE_FLAGS replaces the list ("" for V8's defaults).
-const DAEMONS = new Set(['agent', 'origin'])
 const EXECED = 'CANOPY_DAEMON_EXECED'
 if (process.env[EXECED] !== undefined) {
   delete process.env[EXECED] // not for the commands the agent runs
-} else if (DAEMONS.has(process.argv[2]) && typeof process.execve === 'function') {
+} else if (DAEMON_VERBS.has(process.argv[2]) && typeof process.execve === 'function') {
   const flags = daemonFlags()
   if (flags.length > 0) {
     process.execve(process.execPath, [process.execPath, ...flags, ...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)],
