@@ -1,13 +1,16 @@
 import { createHash } from 'node:crypto'
-import { createReadStream, type Stats } from 'node:fs'
-import { mkdir, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises'
+import { constants, type Stats } from 'node:fs'
+import { mkdir, open, readdir, readFile, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { CanopyError, createManifest, decodeManifest, ErrorCode, type IdentifiedManifest, type Logger } from '@canopy/core'
+import { openInside, type Jail } from './paths.ts'
 
 /** Read size while hashing: large reads keep the syscall count low on multi-GiB files. */
 const READ_CHUNK = 1024 * 1024
 /** Attempts before giving up on a file that keeps changing while it is hashed. */
 const ATTEMPTS = 3
+/** Opening a FIFO that replaced a checked file must not block a thread-pool thread. */
+export const READ_FLAGS = constants.O_RDONLY | (constants.O_NONBLOCK ?? 0)
 
 export const ErrFileChanged = 'ERR_FILE_CHANGED'
 
@@ -35,16 +38,24 @@ function sameIdentity (a: FileIdentity, b: FileIdentity): boolean {
 /**
  * Manifest of a file, checked against a stat before and after the read: a file
  * written to while it is hashed would otherwise get a manifest of bytes that never
- * existed together.
+ * existed together. With a jail, the file is opened through openInside, so a path
+ * swapped under the origin cannot make it hash (and describe) a file outside root.
  */
-export async function computeManifest (file: string, blockSize: number, signal?: AbortSignal): Promise<{ manifest: IdentifiedManifest, stat: Stats }> {
+export async function computeManifest (file: string, blockSize: number, signal?: AbortSignal, jail?: Jail): Promise<{ manifest: IdentifiedManifest, stat: Stats }> {
   for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
-    const before = await stat(file)
-    if (!before.isFile()) throw new CanopyError(ErrorCode.InvalidArgument, `${file} is not a regular file`)
-    const manifest = await createManifest(createReadStream(file, { highWaterMark: READ_CHUNK }), { blockSize, signal })
-    const after = await stat(file)
-    if (sameIdentity(identityOf(before, blockSize), identityOf(after, blockSize)) && manifest.size === after.size) {
-      return { manifest, stat: after }
+    const handle: FileHandle | undefined = jail === undefined ? await open(file, READ_FLAGS) : await openInside(jail, file, READ_FLAGS)
+    if (handle === undefined) throw Object.assign(new Error(`${file} is not a file under the served root`), { code: 'ENOENT' })
+    try {
+      const before = await handle.stat()
+      if (!before.isFile()) throw new CanopyError(ErrorCode.InvalidArgument, `${file} is not a regular file`)
+      const body = handle.createReadStream({ start: 0, highWaterMark: READ_CHUNK, autoClose: false })
+      const manifest = await createManifest(body, { blockSize, signal })
+      const after = await handle.stat()
+      if (sameIdentity(identityOf(before, blockSize), identityOf(after, blockSize)) && manifest.size === after.size) {
+        return { manifest, stat: after }
+      }
+    } finally {
+      await handle.close()
     }
   }
   throw new CanopyError(ErrFileChanged,
@@ -67,6 +78,8 @@ function abortable<T> (promise: Promise<T>, signal?: AbortSignal): Promise<T> {
 export interface ManifestStoreOptions {
   /** Directory of the on-disk cache (`<stateDir>/manifests`). */
   dir: string
+  /** Files are opened beneath its root only (see openInside). */
+  jail: Jail
   blockSize: number
   logger: Logger
   /** Ends every computation when the origin closes. */
@@ -121,7 +134,7 @@ export class ManifestStore {
       return stored.manifest
     }
     const started = performance.now()
-    const { manifest, stat: st } = await computeManifest(abs, this.#options.blockSize, this.#options.signal)
+    const { manifest, stat: st } = await computeManifest(abs, this.#options.blockSize, this.#options.signal, this.#options.jail)
     // The file may have moved on since the caller's stat: the entry records what was hashed.
     const entry: Entry = { path: rel, ...identityOf(st, this.#options.blockSize), manifest }
     this.#remember(entry)

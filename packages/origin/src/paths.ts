@@ -1,5 +1,5 @@
-import type { Stats } from 'node:fs'
-import { realpath, stat } from 'node:fs/promises'
+import { constants, type Stats } from 'node:fs'
+import { open, readlink, realpath, stat, type FileHandle } from 'node:fs/promises'
 import { isAbsolute, join, relative, sep } from 'node:path'
 
 /**
@@ -107,4 +107,51 @@ export function isMissing (err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code
   return code === 'ENOENT' || code === 'ENOTDIR' || code === 'ELOOP' || code === 'EACCES' ||
     code === 'EPERM' || code === 'ENAMETOOLONG' || code === 'EINVAL'
+}
+
+/** Where the kernel says an open descriptor lives (Linux: /proc/self/fd), or undefined where it cannot say. */
+async function openedPath (handle: FileHandle): Promise<string | undefined> {
+  try {
+    return await readlink(`/proc/self/fd/${handle.fd}`)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Opens `abs` (a path resolveInside checked) and proves that what was opened is
+ * inside the jail. Checking a path and then opening it by name is a race: a
+ * directory on the way swapped for a symlink between the two made the origin open
+ * its own secret (issue 13, item 9). So the check is made on the open descriptor:
+ * the last component is opened with O_NOFOLLOW, and the kernel's own path of the
+ * descriptor (/proc/self/fd/N, which names the file actually opened, whatever links
+ * led there) must be inside root and outside origin state. Where /proc is missing,
+ * the descriptor's device and inode must match a fresh resolution of the path
+ * (a narrower window, not none; see docs/SECURITY.md).
+ * Undefined (and nothing left open) when the opened file is not the one checked.
+ */
+export async function openInside (jail: Jail, abs: string, flags: number): Promise<FileHandle | undefined> {
+  let handle: FileHandle
+  try {
+    handle = await open(abs, flags | constants.O_NOFOLLOW)
+  } catch (err) {
+    if (isMissing(err)) return undefined
+    throw err
+  }
+  try {
+    let where = await openedPath(handle)
+    if (where === undefined) {
+      const [real, opened] = await Promise.all([realpath(abs), handle.stat()])
+      const current = await stat(real)
+      if (current.dev !== opened.dev || current.ino !== opened.ino) where = undefined
+      else where = real
+    }
+    if (where !== undefined && isInside(jail.root, where) && !jail.excluded.some(dir => isInside(dir, where))) return handle
+  } catch (err) {
+    await handle.close()
+    if (isMissing(err)) return undefined
+    throw err
+  }
+  await handle.close()
+  return undefined
 }

@@ -1,5 +1,5 @@
-import { constants, type Stats } from 'node:fs'
-import { open, realpath, stat, type FileHandle } from 'node:fs/promises'
+import type { Stats } from 'node:fs'
+import { realpath, stat, type FileHandle } from 'node:fs/promises'
 import { once } from 'node:events'
 import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -10,10 +10,10 @@ import {
 } from '@canopy/core'
 import { BearerTokens } from './auth.ts'
 import { listDirectory, listingHtml } from './listing.ts'
-import { ErrFileChanged, ManifestStore } from './manifests.ts'
+import { ErrFileChanged, ManifestStore, READ_FLAGS } from './manifests.ts'
 import { createMetrics, type BodyKind, type OriginMetrics } from './metrics.ts'
 import { contentType, prefersManifest } from './negotiate.ts'
-import { isMissing, MalformedPathError, relPathSegments, resolveInside, urlPathSegments, type Jail } from './paths.ts'
+import { isMissing, MalformedPathError, openInside, relPathSegments, resolveInside, urlPathSegments, type Jail } from './paths.ts'
 import { parseRange } from './ranges.ts'
 import { TokenBucket } from './ratelimit.ts'
 import { Scanner } from './scan.ts'
@@ -64,8 +64,6 @@ export const ErrNotFound = 'ERR_NOT_FOUND'
 const METRICS_PATH = '/metrics'
 /** Large reads: fewer syscalls and writes per byte on multi-GiB files. */
 const READ_CHUNK = 256 * 1024
-/** Opening a FIFO that replaced a checked file must not block a thread-pool thread. */
-const OPEN_FLAGS = constants.O_RDONLY | (constants.O_NONBLOCK ?? 0)
 
 interface Context {
   jail: Jail
@@ -101,7 +99,7 @@ export async function startOrigin (options: OriginOptions): Promise<Origin> {
   const lifetime = new AbortController()
   const metrics = createMetrics()
   const store = new ManifestStore({
-    dir: join(jail.excluded[0], 'manifests'), blockSize, logger, signal: lifetime.signal, onCount: metrics.manifests
+    dir: join(jail.excluded[0], 'manifests'), jail, blockSize, logger, signal: lifetime.signal, onCount: metrics.manifests
   })
   await store.init()
   const ctx: Context = {
@@ -211,26 +209,30 @@ async function handle (ctx: Context, req: IncomingMessage, res: ServerResponse):
   if (resolved.kind !== 'file' || path.trailingSlash) return sendStatus(req, res, 404, 'Not found')
 
   if (prefersManifest(req.headers.accept)) return await serveManifest(ctx, req, res, gone.signal, resolved)
-  await serveFile(ctx, req, res, gone.signal, resolved.abs, resolved.stat)
+  await serveFile(ctx, req, res, gone.signal, resolved.abs)
 }
 
-async function serveFile (ctx: Context, req: IncomingMessage, res: ServerResponse, gone: AbortSignal, abs: string, resolvedStat: Stats): Promise<void> {
+async function serveFile (ctx: Context, req: IncomingMessage, res: ServerResponse, gone: AbortSignal, abs: string): Promise<void> {
+  // Headers come from the open file's own stat, so the ETag names the bytes that are
+  // sent; HEAD opens it too, so that neither reveals anything of a file outside root.
   let handle: FileHandle | undefined
-  let st = resolvedStat
-  if (req.method === 'GET') {
-    // Headers come from the open file's own stat, so the ETag names the bytes that are sent.
-    try {
-      handle = await open(abs, OPEN_FLAGS)
-      st = await handle.stat()
-    } catch (err) {
-      await handle?.close()
-      if (isMissing(err)) return sendStatus(req, res, 404, 'Not found')
-      throw err
-    }
-    if (!st.isFile()) {
-      await handle.close()
-      return sendStatus(req, res, 404, 'Not found')
-    }
+  let st: Stats
+  try {
+    handle = await openInside(ctx.jail, abs, READ_FLAGS)
+    if (handle === undefined) return sendStatus(req, res, 404, 'Not found')
+    st = await handle.stat()
+  } catch (err) {
+    await handle?.close()
+    if (isMissing(err)) return sendStatus(req, res, 404, 'Not found')
+    throw err
+  }
+  if (!st.isFile()) {
+    await handle.close()
+    return sendStatus(req, res, 404, 'Not found')
+  }
+  if (req.method !== 'GET') {
+    await handle.close()
+    handle = undefined
   }
   try {
     const validators = { etag: fileEtag(st), mtimeMs: st.mtimeMs }
