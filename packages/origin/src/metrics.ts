@@ -10,6 +10,10 @@ export interface OriginMetrics {
   bytesSent: (kind: BodyKind, bytes: number) => void
   request: (method: string, status: number) => void
   manifests: (count: number) => void
+  /** A connection refused by a cap (total or per address). */
+  refused: (reason: 'total' | 'address') => void
+  /** A response dropped because its client stopped reading. */
+  stalled: () => void
 }
 
 /** A registry per origin: several origins share a process in tests and in the lab. */
@@ -32,12 +36,25 @@ export function createMetrics (): OriginMetrics {
     help: 'Manifests held in the origin\'s cache',
     registers: [registry]
   })
+  const refused = new Counter({
+    name: 'canopy_origin_connections_refused_total',
+    help: 'Connections answered 503 and closed at once, by the cap they hit (total or address)',
+    labelNames: ['reason'] as const,
+    registers: [registry]
+  })
+  const stalled = new Counter({
+    name: 'canopy_origin_responses_stalled_total',
+    help: 'Responses dropped because the client took nothing for the send timeout',
+    registers: [registry]
+  })
   bytes.inc({ kind: 'content' }, 0)
   bytes.inc({ kind: 'manifest' }, 0)
   return {
     registry,
     bytesSent: (kind, n) => bytes.inc({ kind }, n),
     request: (method, status) => requests.inc({ method: METHODS.has(method) ? method : 'OTHER', status: String(status) }),
-    manifests: count => manifests.set(count)
+    manifests: count => manifests.set(count),
+    refused: reason => refused.inc({ reason }),
+    stalled: () => stalled.inc()
   }
 }

@@ -9,6 +9,7 @@ import {
   MANIFEST_MEDIA_TYPE, silentLogger, type Logger, type PublishedManifest
 } from '@canopy/core'
 import { BearerTokens } from './auth.ts'
+import { ConnectionLimits, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, defaultMaxConnections } from './connections.ts'
 import { listDirectory, listingHtml } from './listing.ts'
 import { ErrFileChanged, ManifestStore, READ_FLAGS } from './manifests.ts'
 import { createMetrics, type BodyKind, type OriginMetrics } from './metrics.ts'
@@ -40,6 +41,20 @@ export interface OriginOptions {
   rateLimit?: number
   /** Compute manifests of everything under root at startup and on change; default true. */
   scan?: boolean
+  /**
+   * A response whose client takes no bytes for this long is dropped (its socket and
+   * file closed); default 30,000 ms. A client reading slower than about 16 KiB per
+   * timeout is dropped too.
+   */
+  sendTimeoutMs?: number
+  /**
+   * Connections served at once; more get a 503 and are closed. Default: half the
+   * process's open-file limit less 64 (each connection may hold a socket and a file),
+   * from 16 to 10,000; 1,000 where the limit cannot be read.
+   */
+  maxConnections?: number
+  /** Connections from one client address; default 64. */
+  maxConnectionsPerAddress?: number
   /** Default silentLogger. */
   logger?: Logger
 }
@@ -62,6 +77,7 @@ export const ErrNotFound = 'ERR_NOT_FOUND'
  * `metrics` at the top of root cannot be fetched (one under a subdirectory can).
  */
 const METRICS_PATH = '/metrics'
+export const DEFAULT_SEND_TIMEOUT_MS = 30_000
 /** Large reads: fewer syscalls and writes per byte on multi-GiB files. */
 const READ_CHUNK = 256 * 1024
 
@@ -73,15 +89,31 @@ interface Context {
   tokens: BearerTokens
   bucket: TokenBucket | undefined
   listDirectories: boolean
+  sendTimeoutMs: number
   logger: Logger
 }
 
 export async function startOrigin (options: OriginOptions): Promise<Origin> {
   const logger = options.logger ?? silentLogger
+  const metrics = createMetrics()
   const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE
   assertBlockSize(blockSize)
   if (options.rateLimit !== undefined && !(options.rateLimit > 0 && Number.isFinite(options.rateLimit))) {
     throw new CanopyError(ErrorCode.InvalidArgument, `rateLimit must be a positive number of bytes per second, not ${options.rateLimit}`)
+  }
+  const sendTimeoutMs = options.sendTimeoutMs ?? DEFAULT_SEND_TIMEOUT_MS
+  if (!(Number.isSafeInteger(sendTimeoutMs) && sendTimeoutMs > 0)) {
+    throw new CanopyError(ErrorCode.InvalidArgument, `sendTimeoutMs must be a positive number of milliseconds, not ${sendTimeoutMs}`)
+  }
+  let limits: ConnectionLimits
+  try {
+    limits = new ConnectionLimits({
+      maxConnections: options.maxConnections ?? defaultMaxConnections(),
+      maxConnectionsPerAddress: options.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+      onRefused: reason => metrics.refused(reason)
+    })
+  } catch (err) {
+    throw new CanopyError(ErrorCode.InvalidArgument, (err as Error).message)
   }
   for (const token of options.tokens ?? []) {
     if (!/^[\x21-\x7e]+$/.test(token)) {
@@ -97,7 +129,6 @@ export async function startOrigin (options: OriginOptions): Promise<Origin> {
   const secret = await loadOrCreateSecret(options.stateDir)
   const jail: Jail = { root, excluded: [await realpath(options.stateDir)] }
   const lifetime = new AbortController()
-  const metrics = createMetrics()
   const store = new ManifestStore({
     dir: join(jail.excluded[0], 'manifests'), jail, blockSize, logger, signal: lifetime.signal, onCount: metrics.manifests
   })
@@ -110,16 +141,23 @@ export async function startOrigin (options: OriginOptions): Promise<Origin> {
     tokens: new BearerTokens(options.tokens ?? []),
     bucket: options.rateLimit === undefined ? undefined : new TokenBucket(options.rateLimit),
     listDirectories: options.listDirectories ?? false,
+    sendTimeoutMs,
     logger
   }
 
   const server = createServer((req, res) => {
+    if (limits.refused(req.socket)) {
+      res.destroy()
+      return
+    }
     handle(ctx, req, res).catch((err: unknown) => {
       logger.error('request failed', { method: req.method, url: req.url, error: String(err) })
       if (!res.headersSent) sendStatus(req, res, 500, 'Internal server error')
       else res.destroy()
     })
   })
+  // Before the HTTP parser's own listener: a refused connection is answered and closed here.
+  server.prependListener('connection', socket => limits.admit(socket))
   const host = options.host ?? '127.0.0.1'
   server.listen(options.port ?? 0, host)
   try {
@@ -288,7 +326,7 @@ async function sendBody (ctx: Context, res: ServerResponse, gone: AbortSignal, b
         if (ctx.bucket !== undefined) await ctx.bucket.take(piece.length, gone)
         if (gone.aborted) return
         sent += piece.length
-        if (!res.write(piece, counted(piece.length))) await once(res, 'drain', { signal: gone })
+        if (!res.write(piece, counted(piece.length))) await drained(ctx, res, gone)
       }
     }
     if (sent !== length) {
@@ -300,7 +338,7 @@ async function sendBody (ctx: Context, res: ServerResponse, gone: AbortSignal, b
     }
     res.end()
   } catch (err) {
-    if (gone.aborted) return
+    if (gone.aborted || res.destroyed) return
     ctx.logger.error('sending a response body failed', { error: String(err) })
     res.destroy()
   } finally {
@@ -337,6 +375,24 @@ async function serveManifest (ctx: Context, req: IncomingMessage, res: ServerRes
     return
   }
   await sendBody(ctx, res, gone, oneChunk(body), body.length, 'manifest')
+}
+
+/**
+ * Waits until the socket took what was written, at most the send timeout: a client
+ * that stops reading must not hold a socket, a file and their buffers for ever
+ * (issue 13, item 8: 1,100 such clients took the origin from 111 to 981 MiB RSS).
+ */
+async function drained (ctx: Context, res: ServerResponse, gone: AbortSignal): Promise<void> {
+  const deadline = AbortSignal.timeout(ctx.sendTimeoutMs)
+  try {
+    await once(res, 'drain', { signal: AbortSignal.any([gone, deadline]) })
+  } catch (err) {
+    if (gone.aborted || !deadline.aborted) throw err
+    ctx.metrics.stalled()
+    ctx.logger.debug('dropped a response: its client took nothing for the send timeout', { sendTimeoutMs: ctx.sendTimeoutMs })
+    res.destroy()
+    throw err
+  }
 }
 
 function oneChunk (buffer: Buffer): AsyncIterable<Buffer> & { destroy: () => void } {

@@ -1,0 +1,91 @@
+import { readFileSync } from 'node:fs'
+import type { Socket } from 'node:net'
+
+/** Connections from one client address, by default: a branch office behind one NAT address runs several agents. */
+export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 64
+/** When the file-descriptor limit cannot be read. */
+const FALLBACK_MAX_CONNECTIONS = 1000
+/** Descriptors kept for everything else (listener, manifest cache, scanning, watching). */
+const RESERVED_FDS = 64
+
+/**
+ * Connections the origin accepts in total, by default: each one being served holds
+ * two descriptors (the socket and the file), so half of what the process may open,
+ * less a reserve. Above it, accepting more made legitimate requests fail with EMFILE
+ * (issue 13, item 8: 400 clients that never read held 824 descriptors).
+ */
+export function defaultMaxConnections (limitsFile = '/proc/self/limits'): number {
+  try {
+    const line = readFileSync(limitsFile, 'utf8').split('\n').find(l => l.startsWith('Max open files'))
+    const soft = Number(line?.split(/\s{2,}/)[1])
+    if (Number.isSafeInteger(soft) && soft > 0) return Math.max(16, Math.min(10_000, Math.floor((soft - RESERVED_FDS) / 2)))
+  } catch {
+    // No /proc (not Linux): the fallback below.
+  }
+  return FALLBACK_MAX_CONNECTIONS
+}
+
+export interface ConnectionLimitsInit {
+  maxConnections: number
+  maxConnectionsPerAddress: number
+  /** Called for each connection refused (for metrics and logs). */
+  onRefused?: (reason: 'total' | 'address', address: string) => void
+}
+
+/**
+ * Caps connections in total and per client address. A connection over a cap gets a
+ * complete 503 at once and is closed as soon as the kernel took it, so a flood of
+ * connections costs the origin neither descriptors nor memory; the client reads the
+ * reason and Retry-After whenever it reads.
+ */
+export class ConnectionLimits {
+  readonly #init: ConnectionLimitsInit
+  readonly #byAddress = new Map<string, number>()
+  readonly #refused = new WeakSet<Socket>()
+  #total = 0
+
+  constructor (init: ConnectionLimitsInit) {
+    for (const [name, value] of Object.entries({ maxConnections: init.maxConnections, maxConnectionsPerAddress: init.maxConnectionsPerAddress })) {
+      if (!(Number.isSafeInteger(value) && value > 0)) throw new RangeError(`${name} must be a positive integer, not ${value}`)
+    }
+    this.#init = init
+  }
+
+  get total (): number {
+    return this.#total
+  }
+
+  /** Admits or refuses a new connection; call first on 'connection'. */
+  admit (socket: Socket): void {
+    const address = socket.remoteAddress ?? ''
+    const fromAddress = this.#byAddress.get(address) ?? 0
+    const reason = this.#total >= this.#init.maxConnections
+      ? 'total'
+      : fromAddress >= this.#init.maxConnectionsPerAddress ? 'address' : undefined
+    if (reason !== undefined) {
+      this.#refused.add(socket)
+      this.#init.onRefused?.(reason, address)
+      const message = reason === 'total'
+        ? 'The origin is serving as many connections as it can; try again shortly.\n'
+        : 'Too many connections from your address; close some, or try again shortly.\n'
+      socket.on('error', () => {})
+      socket.end(`HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(message)}\r\nRetry-After: 5\r\nConnection: close\r\n\r\n${message}`)
+      // Closed once the kernel has the answer, whether or not the client ever reads it or closes its side.
+      socket.destroySoon()
+      return
+    }
+    this.#total++
+    this.#byAddress.set(address, fromAddress + 1)
+    socket.once('close', () => {
+      this.#total--
+      const left = (this.#byAddress.get(address) ?? 1) - 1
+      if (left === 0) this.#byAddress.delete(address)
+      else this.#byAddress.set(address, left)
+    })
+  }
+
+  /** Whether a request arrived on a connection that was refused (the HTTP parser still sees it): answer nothing. */
+  refused (socket: Socket): boolean {
+    return this.#refused.has(socket)
+  }
+}
