@@ -66,21 +66,160 @@ function invalid (why: string): CanopyError {
   return new CanopyError(ErrorCode.InvalidManifest, `Invalid manifest: ${why}`)
 }
 
+/** Most bytes an encoded manifest of `blocks` blocks may take: a block id per 128 bytes (room for pretty-printing), plus 64 KiB. */
+export function manifestByteLimit (blocks: number): number {
+  return blocks * MAX_BLOCK_ID_BYTES + 64 * 1024
+}
+
+/** A block id is 59 characters; this leaves room for indentation and the forms a CID parser accepts. */
+const MAX_BLOCK_ID_BYTES = 128
+/** Longest value of any other field (sha256 64, id 61, key 44 characters); unknown fields are tolerated up to it. */
+const MAX_FIELD_BYTES = 1024
+const MAX_FIELDS = 32
+
+/**
+ * Parses manifest JSON with memory bounded by what a manifest can hold. JSON.parse
+ * first builds whatever the text describes: 60 MB of nested arrays took an agent to
+ * 3.3 GiB before any check ran (issue 13, item 7). This reads exactly the manifest's
+ * shape: one object of at most MAX_FIELDS fields whose values are scalars of at most
+ * MAX_FIELD_BYTES, except `blocks`, an array of short strings no longer than size
+ * and blockSize allow (when they come first, as in the canonical encoding) or
+ * MAX_BLOCKS. Each token is bounded before it is decoded, so nothing is built that
+ * a valid manifest would not hold, and a document longer than its own block count
+ * allows is refused.
+ */
+function parseManifestJson (bytes: Uint8Array): Record<string, unknown> {
+  let at = 0
+  const end = bytes.length
+  const skipSpace = (): void => {
+    while (at < end && (bytes[at] === 0x20 || bytes[at] === 0x0a || bytes[at] === 0x0d || bytes[at] === 0x09)) at++
+  }
+  const where = (): string => `at byte ${at}`
+  const expect = (char: string): void => {
+    skipSpace()
+    if (bytes[at] !== char.charCodeAt(0)) throw invalid(`expected '${char}' ${where()}`)
+    at++
+  }
+  /** A JSON token of at most `max` bytes, decoded by JSON.parse only once it is known to be that short and flat. */
+  const bounded = (start: number, max: number, what: string): unknown => {
+    if (at - start > max) throw invalid(`${what} longer than ${max} bytes ${where()}`)
+    try {
+      return JSON.parse(utf8.decode(bytes.subarray(start, at)))
+    } catch {
+      throw invalid(`malformed ${what} ${where()}`)
+    }
+  }
+  const string = (max: number, what: string): string => {
+    skipSpace()
+    if (bytes[at] !== 0x22) throw invalid(`${what} must be a string ${where()}`)
+    const start = at++
+    let escaped = false
+    while (at < end && bytes[at] !== 0x22) {
+      if (bytes[at] < 0x20) throw invalid(`control character in ${what} ${where()}`)
+      if (bytes[at] === 0x5c) {
+        escaped = true
+        at++
+      }
+      at++
+      if (at - start > max) throw invalid(`${what} longer than ${max} bytes ${where()}`)
+    }
+    if (at >= end) throw invalid(`unterminated string ${where()}`)
+    at++
+    if (escaped) return bounded(start, max, what) as string
+    try {
+      return utf8.decode(bytes.subarray(start + 1, at - 1))
+    } catch {
+      throw invalid(`${what} is not UTF-8 ${where()}`)
+    }
+  }
+  const scalar = (field: string): unknown => {
+    skipSpace()
+    const c = bytes[at]
+    if (c === 0x22) return string(MAX_FIELD_BYTES, `field ${field}`)
+    if (c === 0x7b || c === 0x5b) throw invalid(`field ${field} must not be an object or an array ${where()}`)
+    const start = at
+    while (at < end && /[-+.0-9a-zA-Z]/.test(String.fromCharCode(bytes[at]))) {
+      at++
+      if (at - start > 64) throw invalid(`field ${field} too long ${where()}`)
+    }
+    if (at === start) throw invalid(`expected a value for field ${field} ${where()}`)
+    return bounded(start, 64, `field ${field}`)
+  }
+
+  const fields: Record<string, unknown> = Object.create(null) as Record<string, unknown>
+  let count = 0
+  expect('{')
+  skipSpace()
+  if (bytes[at] === 0x7d) {
+    at++
+  } else {
+    for (;;) {
+      const name = string(64, 'field name')
+      if (Object.hasOwn(fields, name)) throw invalid(`field ${name} appears twice`)
+      if (++count > MAX_FIELDS) throw invalid(`more than ${MAX_FIELDS} fields`)
+      expect(':')
+      if (name === 'blocks') {
+        const { size, blockSize } = fields
+        const known = typeof size === 'number' && Number.isSafeInteger(size) && size >= 0 && size <= MAX_CONTENT_SIZE &&
+          typeof blockSize === 'number' && isBlockSize(blockSize)
+        const limit = known ? Math.min(MAX_BLOCKS, blockCount(size, blockSize)) : MAX_BLOCKS
+        if (known && end > manifestByteLimit(limit)) {
+          throw invalid(`${end} bytes is more than a manifest of ${size} bytes in blocks of ${blockSize} can take (${manifestByteLimit(limit)})`)
+        }
+        skipSpace()
+        if (bytes[at] !== 0x5b) throw invalid('blocks must be an array')
+        at++
+        const blocks: unknown[] = []
+        skipSpace()
+        if (bytes[at] === 0x5d) {
+          at++
+        } else {
+          for (;;) {
+            if (blocks.length === limit) throw invalid(`more than the ${limit} block ids that size and blockSize allow ${where()}`)
+            blocks.push(string(MAX_BLOCK_ID_BYTES, 'a block id'))
+            skipSpace()
+            if (bytes[at] === 0x5d) { at++; break }
+            expect(',')
+          }
+        }
+        fields.blocks = blocks
+      } else {
+        fields[name] = scalar(name)
+      }
+      skipSpace()
+      if (bytes[at] === 0x7d) { at++; break }
+      expect(',')
+    }
+  }
+  skipSpace()
+  if (at !== end) throw invalid(`unexpected data after the manifest ${where()}`)
+  return fields
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true })
+
+function isBlockSize (n: number): boolean {
+  try {
+    assertBlockSize(n)
+    return true
+  } catch {
+    return false
+  }
+}
+
 /**
  * Strictly decodes a manifest from JSON text, bytes or an already-parsed value.
  * Rejects unknown versions, sizes out of bounds, a block count that does not match
  * size and block size, malformed CIDs, and an `id` that is not the manifest's own.
+ * Text and bytes are parsed with bounded memory (parseManifestJson), whatever they hold.
  */
 export function decodeManifest (input: string | Uint8Array | unknown): PublishedManifest {
   let value: unknown = input
   if (typeof input === 'string' || input instanceof Uint8Array) {
-    const text = typeof input === 'string' ? input : new TextDecoder('utf-8', { fatal: false }).decode(input)
-    if (text.length > MAX_MANIFEST_BYTES) throw invalid(`larger than ${MAX_MANIFEST_BYTES} bytes`)
-    try {
-      value = JSON.parse(text)
-    } catch {
-      throw invalid('not JSON')
-    }
+    if (input.length > MAX_MANIFEST_BYTES) throw invalid(`larger than ${MAX_MANIFEST_BYTES} bytes`)
+    const bytes = typeof input === 'string' ? new TextEncoder().encode(input) : input
+    if (bytes.length > MAX_MANIFEST_BYTES) throw invalid(`larger than ${MAX_MANIFEST_BYTES} bytes`)
+    value = parseManifestJson(bytes)
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid('not a JSON object')
   const v = value as Record<string, unknown>

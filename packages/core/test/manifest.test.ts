@@ -174,3 +174,42 @@ test('formatBytes', () => {
   assert.equal(formatBytes(1536), '1.5 KiB')
   assert.equal(formatBytes(1024 ** 3), '1.0 GiB')
 })
+
+test('decodeManifest parses with bounded memory: bombs and oversized documents are refused early', async () => {
+  const good = await validObject()
+  const text = JSON.stringify(good)
+  const bytes = (s: string): Uint8Array => new TextEncoder().encode(s)
+  /** Decoding allocates little whatever the input (JSON.parse of `nested` builds 8 M arrays). */
+  const refusedSmall = (input: Uint8Array, message: RegExp): void => {
+    const before = process.memoryUsage().heapUsed
+    assert.throws(() => decodeManifest(input), { ...INVALID, message })
+    assert.ok(process.memoryUsage().heapUsed - before < 16 * 1024 * 1024, `decoding allocated ${process.memoryUsage().heapUsed - before} bytes`)
+  }
+  // 16 MB of nested arrays in an unknown field: JSON.parse would build 8 M arrays first.
+  const nested = `{"version":1,"junk":${'['.repeat(8_000_000)}${']'.repeat(8_000_000)}}`
+  refusedSmall(bytes(nested), /junk must not be an object or an array/)
+  // A million block ids for a file of three blocks: refused at the fourth.
+  const many = `{"version":1,"size":${3 * BS},"blockSize":${BS},"blocks":[${`"${(good.blocks as string[])[0]}",`.repeat(1_000_000)}"x"]}`
+  refusedSmall(bytes(many), /more than a manifest of/)
+  // Whitespace padding beyond what a manifest of three blocks can take.
+  const padded = text.replace('"blocks":', '"blocks":' + ' '.repeat(200_000))
+  refusedSmall(bytes(padded), /more than a manifest of/)
+  // Block ids first (no size yet): refused at the first id past the count that follows.
+  const idsFirst = `{"blocks":[${`"${(good.blocks as string[])[0]}",`.repeat(4)}"x"],"version":1,"size":${3 * BS},"blockSize":${BS}}`
+  assert.throws(() => decodeManifest(idsFirst), INVALID)
+
+  const broken: Array<[string, string]> = [
+    ['duplicate field', text.replace('{', '{"size":1,')],
+    ['object in an unknown field', text.replace('{', '{"extra":{"a":1},')],
+    ['data after the object', text + '{}'],
+    ['a long unknown string', text.replace('{', `{"extra":"${'x'.repeat(2000)}",`)],
+    ['a long block id', text.replace('"blocks":["', `"blocks":["${'b'.repeat(200)}`)],
+    ['a raw control character', text.replace('"blocks":["', '"blocks":["\u0001')],
+    ['too many fields', text.replace('{', '{' + Array.from({ length: 40 }, (_, i) => `"f${i}":0,`).join(''))],
+    ['unterminated', text.slice(0, -3)]
+  ]
+  for (const [why, doc] of broken) assert.throws(() => decodeManifest(doc), INVALID, why)
+  // Pretty-printed, with escapes in a value and unknown scalar fields: still a manifest.
+  const pretty = JSON.stringify({ ...good, note: 'caf\u00e9 \\ "quoted"', flag: true, nothing: null }, null, 2)
+  assert.equal(decodeManifest(pretty).id, decodeManifest(text).id)
+})

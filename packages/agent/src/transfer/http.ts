@@ -167,7 +167,17 @@ export async function discoverManifest (dispatcher: Dispatcher, url: string, hea
       throw classifyError(err, target, 'network')
     }
   }
-  const decode = async (body: Body, from: string): Promise<PublishedManifest> => {
+  // A manifest is parsed with memory bounded by its own block count (decodeManifest);
+  // one announced as larger than any manifest can be is not even read.
+  const decode = async (res: { body: Body, headers: Record<string, string | string[] | undefined> }, from: string): Promise<PublishedManifest> => {
+    const body = res.body
+    const announced = Number(header(res.headers, 'content-length') ?? 0)
+    if (announced > MAX_MANIFEST_BYTES) {
+      discard(body)
+      throw new TransferError(JobErrorCode.InvalidManifest,
+        `Invalid manifest: ${announced} bytes announced, more than any manifest can take (${MAX_MANIFEST_BYTES}); the publisher must fix it (from ${from})`,
+        { transient: false, url: from })
+    }
     const bytes = await readBounded(body, MAX_MANIFEST_BYTES, from)
     try {
       return decodeManifest(bytes)
@@ -178,7 +188,7 @@ export async function discoverManifest (dispatcher: Dispatcher, url: string, hea
 
   const res = await get(url, `${MANIFEST_MEDIA_TYPE}, */*;q=0.1`)
   const type = header(res.headers, 'content-type') ?? ''
-  if (res.statusCode === 200 && type.startsWith(MANIFEST_MEDIA_TYPE)) return await decode(res.body, url)
+  if (res.statusCode === 200 && type.startsWith(MANIFEST_MEDIA_TYPE)) return await decode(res, url)
   // The server answered with the content itself (or an error): stop reading it now.
   discard(res.body)
   if (res.statusCode !== 200 && res.statusCode !== 206) throw httpStatusError(res.statusCode, url)
@@ -188,7 +198,7 @@ export async function discoverManifest (dispatcher: Dispatcher, url: string, hea
   // Servers that answer every path with an HTML page (single-page-app hosts, some
   // CDNs) have no sidecar; a sidecar is served as the manifest type, JSON or bytes.
   const html = side.statusCode === 200 && (header(side.headers, 'content-type') ?? '').startsWith('text/html')
-  if (side.statusCode === 200 && !html) return await decode(side.body, sidecar)
+  if (side.statusCode === 200 && !html) return await decode(side, sidecar)
   discard(side.body)
   if (html || side.statusCode === 404 || side.statusCode === 410 || side.statusCode === 403 || side.statusCode === 401) return undefined
   throw httpStatusError(side.statusCode, sidecar)
