@@ -101,13 +101,22 @@ export interface ApiRoute {
   handle: (ctx: RouteContext) => Promise<[number, unknown] | undefined>
 }
 
+/** A %-encoded path segment; a malformed escape is the client's mistake (400), not ours. */
+function decodePathSegment (segment: string): string {
+  try {
+    return decodeURIComponent(segment)
+  } catch {
+    throw new CanopyError('ERR_INVALID_REQUEST', `The path segment "${segment.slice(0, 80)}" has a malformed %-escape: encode "%" as %25`)
+  }
+}
+
 /** The path's {placeholders} filled from `parts`, or undefined when it does not match. */
 function matchPath (template: string, parts: string[]): Record<string, string> | undefined {
   const pattern = template.split('/').filter(Boolean)
   if (pattern.length !== parts.length) return undefined
   const params: Record<string, string> = {}
   for (const [i, segment] of pattern.entries()) {
-    if (segment.startsWith('{')) params[segment.slice(1, -1)] = decodeURIComponent(parts[i])
+    if (segment.startsWith('{')) params[segment.slice(1, -1)] = decodePathSegment(parts[i])
     else if (segment !== parts[i]) return undefined
   }
   return params
@@ -206,9 +215,10 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
   if (tcp !== undefined) {
     // The same API over TCP, for remote administration: every request must carry the
     // token (compared in constant time); the Unix socket stays as it is.
-    const expected = createHash('sha256').update(`Bearer ${tcp.token}`).digest()
+    const expected = createHash('sha256').update(tcp.token).digest()
     const tcpServer = createServer((req, res) => {
-      const given = createHash('sha256').update(req.headers.authorization ?? '').digest()
+      // The scheme is case-insensitive (RFC 9110 §11.1), the token is not.
+      const given = createHash('sha256').update(/^bearer +(\S+) *$/i.exec(req.headers.authorization ?? '')?.[1] ?? '').digest()
       if (!timingSafeEqual(given, expected)) {
         res.setHeader('www-authenticate', 'Bearer realm="canopy-agent"')
         send(res, 401, { error: { code: 'ERR_UNAUTHORIZED', message: 'This listener needs Authorization: Bearer <the token of --api-token-file>' } } satisfies ApiErrorBody)
