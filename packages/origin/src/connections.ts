@@ -8,17 +8,21 @@ const FALLBACK_MAX_CONNECTIONS = 1000
 /** Descriptors kept for everything else (listener, manifest cache, scanning, watching). */
 const RESERVED_FDS = 64
 
+/** Default total cap whatever the descriptor limit: a stalled response holds up to ~1.6 MiB until the send timeout drops it. */
+const MAX_DEFAULT_CONNECTIONS = 1024
+
 /**
  * Connections the origin accepts in total, by default: each one being served holds
  * two descriptors (the socket and the file), so half of what the process may open,
- * less a reserve. Above it, accepting more made legitimate requests fail with EMFILE
- * (issue 13, item 8: 400 clients that never read held 824 descriptors).
+ * less a reserve, and at most MAX_DEFAULT_CONNECTIONS. Above the descriptor bound,
+ * accepting more made legitimate requests fail with EMFILE (issue 13, item 8: 400
+ * clients that never read held 824 descriptors; 1,100 took RSS from 111 to 981 MiB).
  */
 export function defaultMaxConnections (limitsFile = '/proc/self/limits'): number {
   try {
     const line = readFileSync(limitsFile, 'utf8').split('\n').find(l => l.startsWith('Max open files'))
     const soft = Number(line?.split(/\s{2,}/)[1])
-    if (Number.isSafeInteger(soft) && soft > 0) return Math.max(16, Math.min(10_000, Math.floor((soft - RESERVED_FDS) / 2)))
+    if (Number.isSafeInteger(soft) && soft > 0) return Math.max(16, Math.min(MAX_DEFAULT_CONNECTIONS, Math.floor((soft - RESERVED_FDS) / 2)))
   } catch {
     // No /proc (not Linux): the fallback below.
   }

@@ -50,7 +50,7 @@ export interface OriginOptions {
   /**
    * Connections served at once; more get a 503 and are closed. Default: half the
    * process's open-file limit less 64 (each connection may hold a socket and a file),
-   * from 16 to 10,000; 1,000 where the limit cannot be read.
+   * from 16 to 1,024; 1,000 where the limit cannot be read.
    */
   maxConnections?: number
   /** Connections from one client address; default 64. */

@@ -193,4 +193,6 @@ test('the default total cap follows the open-file limit', async () => {
   // ulimit -n 1024 (the case of issue 13): (1024 - 64) / 2.
   assert.equal(defaultMaxConnections(limits), 480)
   assert.equal(defaultMaxConnections(join(dir, 'missing')), 1000)
+  await writeFile(limits, 'Max open files            1048576              1048576              files     \n')
+  assert.equal(defaultMaxConnections(limits), 1024)
 })
