@@ -146,11 +146,8 @@ export class UploadStore extends FileStore {
       return new Upload({ id, size: done.size, offset: done.size, metadata: done.metadata, creation_date: done.completedAt })
     }
     const upload = await super.getUpload(id)
-    // Expiry from the last write: the file's mtime, when later than the creation.
-    const mtime = (await stat(this.dataPath(id))).mtimeMs
-    if (upload.creation_date === undefined || mtime > Date.parse(upload.creation_date)) {
-      upload.creation_date = new Date(mtime).toISOString()
-    }
+    // Expiry from the last write: the data file's mtime (it is created with the upload).
+    upload.creation_date = new Date((await stat(this.dataPath(id))).mtimeMs).toISOString()
     return upload
   }
 
