@@ -236,6 +236,12 @@ export async function createUploads (components: UploadsComponents, init: Upload
       return { headers: completionHeaders(await done) }
     },
     onResponseError (_req, err) {
+      // A full disk fails the store's write, and the tus server's own pipeline reports
+      // the raw error before the store's 507 refusal arrives.
+      if (isDiskFull(err)) {
+        metrics.refused.inc({ reason: 'disk_full' })
+        return refusal(507, DISK_FULL_MESSAGE)
+      }
       const status = (err as { status_code?: number }).status_code
       if (status === undefined || status >= 500) {
         if (status !== 507 && status !== 503) logger.error('upload request failed', { error: err instanceof Error ? err.message : (err as TusRefusal).body })
