@@ -1,10 +1,13 @@
 import { after, test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
+import { once } from 'node:events'
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import * as tus from 'tus-js-client'
 import { startOrigin, STAGING_DIR, type Origin, type OriginOptions, type UploadOptions } from '../src/index.ts'
 
@@ -301,4 +304,36 @@ test('request targets outside the protocol: bad ids 404, GET of an upload 405, u
   assert.equal((await send(origin, `/uploads/${'a'.repeat(32)}`, 'POST', TUS)).status, 405)
   assert.equal((await send(origin, '/uploads/', 'PUT', TUS)).status, 405)
   assert.equal((await send(origin, `/uploads/${'a'.repeat(32)}`, 'HEAD', TUS)).status, 404)
+})
+
+test('canopy origin: token rights are parsed strictly; upload flags are checked before the origin starts', async () => {
+  const dir = await tempDir('cli')
+  const cli = fileURLToPath(new URL('../../cli/bin/canopy.js', import.meta.url))
+  const root = join(dir, 'root')
+  await mkdir(root)
+  const run = async (args: string[]): Promise<{ code: number | null, stderr: string }> => {
+    const child = spawn(process.execPath, [cli, 'origin', root, '--port', '0', '--state-dir', join(dir, 'state'), ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
+    let stderr = ''
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d })
+    const [code] = await once(child, 'close') as [number | null]
+    return { code, stderr }
+  }
+  const tokens = join(dir, 'tokens')
+  await writeFile(tokens, 'reader\nwriter admin\n', { mode: 0o600 })
+  const badRights = await run(['--token-file', tokens])
+  assert.equal(badRights.code, 2)
+  assert.match(badRights.stderr, /line 2: write "TOKEN" or "TOKEN RIGHTS"/)
+
+  await writeFile(tokens, 'reader\n', { mode: 0o600 })
+  const open = await run(['--host', '0.0.0.0', '--token-file', tokens, '--upload-dir', root])
+  assert.equal(open.code, 2)
+  assert.match(open.stderr, /needs a --token-file with a token that has upload rights/)
+  const stray = await run(['--on-upload', 'true'])
+  assert.equal(stray.code, 2)
+  assert.match(stray.stderr, /--on-upload needs --upload-dir/)
+  const noHandler = await run(['--upload-dir', root, '--on-upload-timeout', '5s'])
+  assert.equal(noHandler.code, 2)
+  const badSize = await run(['--upload-dir', root, '--upload-max-size', 'huge'])
+  assert.equal(badSize.code, 2)
+  assert.match(badSize.stderr, /--upload-max-size huge/)
 })
