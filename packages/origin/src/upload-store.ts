@@ -272,7 +272,7 @@ export class UploadStore extends FileStore {
    */
   async sweep (now = Date.now()): Promise<string[]> {
     if (this.#expiryMs <= 0) return []
-    const names = await readdir(this.#directory).catch(() => [] as string[])
+    const names = new Set(await readdir(this.#directory).catch(() => [] as string[]))
     const expired: string[] = []
     for (const name of names) {
       const path = join(this.#directory, name)
@@ -289,7 +289,7 @@ export class UploadStore extends FileStore {
         const id = name.slice(0, -5)
         await rm(this.replyPath(id), { force: true })
         await rm(path, { force: true })
-      } else if (!names.includes(`${name}.json`)) {
+      } else if (!names.has(`${name}.json`)) {
         // A data file without its record, a reply without a `.done`, a temporary file.
         await rm(path, { force: true })
       }

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -262,6 +262,29 @@ test('an upload idle past the expiry is gone (410), and deleted at the next star
   origin = await startOrigin(options)
   assert.deepEqual(await staged(uploadDir), [])
   assert.equal((await send(origin, location, 'HEAD', TUS)).status, 404)
+})
+
+test('a crash between the completion record and the move into place: the next start finishes the move', async t => {
+  const root = await tempDir('crash')
+  const uploadDir = join(root, 'up')
+  await mkdir(uploadDir)
+  const options = { root, stateDir: join(root, 'state'), scan: false, uploads: { dir: uploadDir, minFreeBytes: 0 } }
+  let origin = await startOrigin(options)
+  t.after(() => origin.close())
+  const data = randomBytes(50_000)
+  const location = String((await create(origin, 'crash.bin', data.length)).headers.location)
+  assert.equal((await patch(origin, location, 0, data)).status, 204)
+  await origin.close()
+  // The state the origin leaves when it dies after writing `<id>.done` and before the move.
+  const id = location.split('/').pop()!
+  await rename(join(uploadDir, 'crash.bin'), join(uploadDir, STAGING_DIR, id))
+  await writeFile(join(uploadDir, STAGING_DIR, `${id}.json`), JSON.stringify({ id, size: data.length, offset: 0, metadata: { filename: 'crash.bin' } }))
+  origin = await startOrigin(options)
+  assert.deepEqual(await readFile(join(uploadDir, 'crash.bin')), data)
+  assert.deepEqual(await staged(uploadDir), [`${id}.done`])
+  const head = await send(origin, location, 'HEAD', TUS)
+  assert.equal(head.headers['upload-offset'], String(data.length))
+  assert.equal(reprDigestHex(head.headers), sha256(data))
 })
 
 test('upload-reply: the handler sees the upload in its environment; its stdout is the reply; failures and oversize replies are 502', async t => {
