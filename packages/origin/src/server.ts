@@ -8,7 +8,7 @@ import {
   assertBlockSize, CanopyError, contentKey, DEFAULT_BLOCK_SIZE, ErrorCode, isCanopyError,
   MANIFEST_MEDIA_TYPE, silentLogger, type Logger, type PublishedManifest
 } from '@canopy/core'
-import { BearerTokens } from './auth.ts'
+import { BearerTokens, grantToken, type TokenGrant } from './auth.ts'
 import { ConnectionLimits, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, defaultMaxConnections } from './connections.ts'
 import { listDirectory, listingHtml } from './listing.ts'
 import { ErrFileChanged, ManifestStore, READ_FLAGS } from './manifests.ts'
@@ -18,6 +18,7 @@ import { isMissing, MalformedPathError, openInside, relPathSegments, resolveInsi
 import { parseRange } from './ranges.ts'
 import { TokenBucket } from './ratelimit.ts'
 import { Scanner } from './scan.ts'
+import { createUploads, type UploadOptions, type Uploads } from './uploads.ts'
 import { loadOrCreateSecret } from './secret.ts'
 import { evaluatePreconditions, fileEtag, httpDate, ifRangeAllows } from './validators.ts'
 
@@ -33,8 +34,13 @@ export interface OriginOptions {
   port?: number
   /** Manifest block size; default DEFAULT_BLOCK_SIZE (1 MiB). */
   blockSize?: number
-  /** When non-empty, every request (content, manifest, metrics) needs `Authorization: Bearer <token>`; default none. */
-  tokens?: string[]
+  /**
+   * When non-empty, every request (content, manifest, metrics) needs `Authorization: Bearer <token>`
+   * of a token with the right for it; a bare string has download rights only. Default none.
+   */
+  tokens?: TokenGrant[]
+  /** Accept tus uploads into `uploads.dir` (see UploadOptions); default off. */
+  uploads?: UploadOptions
   /** Answer directory URLs with a listing (HTML, or JSON when asked); default false: 404. */
   listDirectories?: boolean
   /** Cap on all response bodies together, in bytes per second; default unlimited. */
@@ -62,6 +68,8 @@ export interface OriginOptions {
 export interface Origin {
   /** `http://host:port` */
   url: string
+  /** The tus creation URL when uploads are on. */
+  uploadUrl?: string
   port: number
   /** Resolves when the startup scan is done (at once when `scan` is false); never rejects. */
   ready: Promise<void>
@@ -88,6 +96,7 @@ interface Context {
   metrics: OriginMetrics
   tokens: BearerTokens
   bucket: TokenBucket | undefined
+  uploads: Uploads | undefined
   listDirectories: boolean
   sendTimeoutMs: number
   logger: Logger
@@ -115,7 +124,7 @@ export async function startOrigin (options: OriginOptions): Promise<Origin> {
   } catch (err) {
     throw new CanopyError(ErrorCode.InvalidArgument, (err as Error).message)
   }
-  for (const token of options.tokens ?? []) {
+  for (const token of (options.tokens ?? []).map(grantToken)) {
     if (!/^[\x21-\x7e]+$/.test(token)) {
       throw new CanopyError(ErrorCode.InvalidArgument, 'Bearer tokens must be non-empty printable ASCII without spaces')
     }
@@ -127,7 +136,10 @@ export async function startOrigin (options: OriginOptions): Promise<Origin> {
     throw new CanopyError(ErrorCode.InvalidArgument, `The served root ${options.root} is not a directory`)
   }
   const secret = await loadOrCreateSecret(options.stateDir)
-  const jail: Jail = { root, excluded: [await realpath(options.stateDir)] }
+  const tokens = new BearerTokens(options.tokens ?? [])
+  const uploads = options.uploads === undefined ? undefined : await createUploads({ tokens, registry: metrics.registry, logger }, options.uploads)
+  // Unfinished uploads are never served, even when the upload directory is under root.
+  const jail: Jail = { root, excluded: [await realpath(options.stateDir), ...(uploads !== undefined ? [uploads.stagingDir] : [])] }
   const lifetime = new AbortController()
   const store = new ManifestStore({
     dir: join(jail.excluded[0], 'manifests'), jail, blockSize, logger, signal: lifetime.signal, onCount: metrics.manifests
@@ -138,10 +150,11 @@ export async function startOrigin (options: OriginOptions): Promise<Origin> {
     secret,
     store,
     metrics,
-    tokens: new BearerTokens(options.tokens ?? []),
+    tokens,
     bucket: options.rateLimit === undefined ? undefined : new TokenBucket(options.rateLimit),
     listDirectories: options.listDirectories ?? false,
     sendTimeoutMs,
+    uploads,
     logger
   }
 
@@ -164,6 +177,7 @@ export async function startOrigin (options: OriginOptions): Promise<Origin> {
     await once(server, 'listening')
   } catch (err) {
     lifetime.abort()
+    await uploads?.close()
     throw err
   }
   const port = (server.address() as AddressInfo).port
@@ -185,6 +199,7 @@ export async function startOrigin (options: OriginOptions): Promise<Origin> {
       const closed = new Promise<void>(resolve => server.close(() => resolve()))
       server.closeAllConnections()
       await scanner.close()
+      await uploads?.close()
       await store.settle()
       await closed
     })()
@@ -203,7 +218,7 @@ export async function startOrigin (options: OriginOptions): Promise<Origin> {
     return publish(ctx, await store.get(target.rel, target.abs, target.stat, signal))
   }
 
-  return { url, port, ready, close, manifestFor }
+  return { url, port, ready, close, manifestFor, ...(uploads !== undefined ? { uploadUrl: `${url}${uploads.prefix}/` } : {}) }
 }
 
 function publish (ctx: Context, manifest: PublishedManifest): PublishedManifest {
@@ -219,10 +234,13 @@ async function handle (ctx: Context, req: IncomingMessage, res: ServerResponse):
     gone.abort()
     ctx.metrics.request(method, res.statusCode)
   })
+  // The upload endpoint reads its bodies and checks upload rights itself.
+  if (ctx.uploads?.matches(req.url ?? '/') === true) return await ctx.uploads.handle(req, res)
   // A body on GET/HEAD means nothing here; drain it so the connection stays usable.
   req.resume()
 
   const auth = ctx.tokens.check(req.headers.authorization)
+  if (auth === 'forbidden') return sendStatus(req, res, 403, 'This token has no download rights')
   if (auth !== 'ok') {
     const challenge = auth === 'invalid' ? 'Bearer realm="canopy", error="invalid_token"' : 'Bearer realm="canopy"'
     return sendStatus(req, res, 401, 'A valid bearer token is required', { 'WWW-Authenticate': challenge })
