@@ -176,7 +176,14 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     // The control socket lives here: keep the directory owner-only even if it existed.
     await chmod(resolved.stateDir, 0o700)
     const agent = new CanopyAgent(resolved)
-    await agent.store.open()
+    try {
+      await agent.store.open()
+    } catch (err) {
+      // The constructor started the hashing threads: without this, a second agent on a
+      // directory in use printed its error and then never exited (the threads kept it alive).
+      await agent.releaseTransferResources()
+      throw err
+    }
     try {
       // The outbox first: recovery may record state changes of its own.
       await agent.notifier.load()
@@ -203,6 +210,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       await agent.peer?.stop()
       await agent.notifier.stop(0)
       await agent.store.close()
+      await agent.releaseTransferResources()
       throw err
     }
     agent.logger.info('agent started', { stateDir: resolved.stateDir, jobs: agent.jobs.size })
@@ -230,11 +238,16 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     await Promise.all([...this.writes.values()])
     await this.notifier.stop(NOTIFY_STOP_GRACE_MS)
     await this.peer?.stop()
+    await this.releaseTransferResources()
+    await this.store.close()
+    this.logger.info('agent stopped')
+  }
+
+  /** Closes what the constructor opened for transfers: connections and the hashing threads. */
+  private async releaseTransferResources (): Promise<void> {
     this.rangeClient.close()
     await this.dispatcher.close()
     await this.blockHasher.close()
-    await this.store.close()
-    this.logger.info('agent stopped')
   }
 
   // ---- queries -------------------------------------------------------------

@@ -1,3 +1,4 @@
+import { dirname } from 'node:path'
 import { Level } from 'level'
 import type { JobView, PublishedManifest } from '@canopy/core'
 import { CanopyError } from '@canopy/core'
@@ -33,7 +34,11 @@ export class JobStore {
   private nextBatch?: { marks: Array<{ key: string, value: string }>, written: Promise<void> }
   private writing: Promise<void> = Promise.resolve()
 
+  /** The database's directory (`<state-dir>/db`). */
+  private readonly location: string
+
   constructor (location: string) {
+    this.location = location
     this.db = new Level<string, string>(location)
     this.jobs = this.db.sublevel<string, JobRecord>('jobs', { valueEncoding: 'json' })
     this.blocks = this.db.sublevel<string, string>('blocks', { valueEncoding: 'utf8' })
@@ -48,7 +53,7 @@ export class JobStore {
     } catch (err) {
       const cause = (err as { cause?: { code?: string } }).cause
       if (cause?.code === 'LEVEL_LOCKED') {
-        throw new CanopyError('ERR_AGENT_ALREADY_RUNNING', 'Another Canopy agent is using this state directory: stop it first, or pick another --state-dir', { cause: err })
+        throw new CanopyError('ERR_AGENT_ALREADY_RUNNING', `Another Canopy agent is using the state directory ${dirname(this.location)}: stop it first, or pick another --state-dir`, { cause: err })
       }
       throw err
     }

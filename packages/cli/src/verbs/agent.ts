@@ -305,7 +305,7 @@ Examples:
     const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(ctx.values), p2p: await p2pOptions(sources) }
     // Only once every flag and file checked out: a usage error leaves no state dir behind.
     await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
-    const agent = await startAgent(options)
+    const agent = await startAgent(options).catch((err: unknown) => { stopping.dispose(); throw err })
     say(`canopy agent: listening on ${agent.socketPath}`)
     const signal = await stopping
     say(`canopy agent: ${signal}: stopping`)

@@ -98,6 +98,7 @@ Examples:
     const stopping = untilSignal('canopy origin')
     const { startOrigin } = await import('@canopy/origin')
     const origin = await startOrigin({ root, stateDir, host, port, tokens, blockSize, rateLimit, listDirectories: flag(ctx.values, 'list-directories'), logger })
+      .catch((err: unknown) => { stopping.dispose(); throw err })
     say(`canopy origin: serving ${root} at ${origin.url}`)
     type Outcome = { kind: 'signal' } | { kind: 'failed', err: unknown }
     const signalled = stopping.then((): Outcome => ({ kind: 'signal' }))
