@@ -4,7 +4,7 @@ import { basename, dirname, join } from 'node:path'
 import { randomUUID } from 'node:crypto'
 import { request } from 'undici'
 import type { Dispatcher } from 'undici'
-import { API_SOCKET_NAME, CanopyError, DEFAULT_BLOCK_SIZE, FINAL_STATES, formatBytes, formatDuration, silentLogger } from '@canopy/core'
+import { API_SOCKET_NAME, CanopyError, DEFAULT_BLOCK_SIZE, FINAL_STATES, formatBytes, formatDuration, silentLogger, withFields } from '@canopy/core'
 import type { AgentStatus, CacheView, CreateJobFile, CreateJobRequest, PeersView, JobLimits, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from './errors.ts'
 import { ACTIVE_STATES, FileProgress, toView } from './jobs/job.ts'
@@ -877,7 +877,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         fileDigest: (path) => this.blockHasher.fileDigest(path),
         persist: async () => await this.persist(job),
         onProgress: () => this.onProgress(job),
-        logger: this.logger,
+        logger: withFields(this.logger, { jobId: job.id }),
         signal
       })
     } else {
@@ -1050,11 +1050,11 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   }
 
   /** Puts a verified, complete file in the peer cache; failures only cost sharing. */
-  private async keepForPeers (file: FileRecord, path: string): Promise<void> {
+  private async keepForPeers (jobId: string, file: FileRecord, path: string): Promise<void> {
     if (this.sharing === undefined || file.manifestId === undefined) return
     const manifest = await this.store.getManifest(file.manifestId)
     if (manifest === undefined) return
-    await this.sharing.admit(manifest, path).catch((err: unknown) => this.logger.warn('could not keep a completed file for peers', { path, err: String(err) }))
+    await this.sharing.admit(manifest, path).catch((err: unknown) => this.logger.warn('could not keep a completed file for peers', { jobId, path, err: String(err) }))
   }
 
   private async renameIntoPlace (job: JobRecord): Promise<boolean> {
@@ -1068,7 +1068,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         if (!await alreadyInPlace(this.blockHasher, file)) {
           // Keep it for peers first (a hard link to the same inode), so that peers
           // reading it never see it missing between the rename and the caching.
-          await this.keepForPeers(file, file.partPath)
+          await this.keepForPeers(job.id, file, file.partPath)
           await rename(file.partPath, file.path)
         }
         await syncDirectory(dirname(file.path))
