@@ -205,6 +205,7 @@ Maintainer: Canopy developers <canopy@localhost>
 Installed-Size: ${duKiB(root)}
 Section: net
 Priority: optional
+Depends: procps
 Recommends: systemd
 Homepage: https://github.com/canopy-branch/canopy
 Description: background transfers with peer caching for branch offices
