@@ -53,9 +53,9 @@ _canopy() {
     return
   fi
   case "$verb" in
-${cases}
-    help) COMPREPLY=($(compgen -W "${names.join(' ')}" -- "$cur")); return ;;
+    help) COMPREPLY=($(compgen -W "${names.join(' ')} --man" -- "$cur")); return ;;
     completion) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")); return ;;
+${cases}
   esac
   # After a flag that takes a value: files (complete -o default).
   if [[ "$valued" == *" $prev "* ]]; then COMPREPLY=(); return; fi
@@ -97,9 +97,9 @@ ${described}
   (( CURRENT -= i - 1 ))
   words=("\${(@)words[i,-1]}")
   case "$verb" in
-${cases}
     help) _describe -t commands 'canopy command' verbs ;;
     completion) _values 'shell' bash zsh ;;
+${cases}
   esac
 }
 _canopy "$@"

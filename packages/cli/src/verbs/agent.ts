@@ -100,7 +100,7 @@ async function reloadConfig (ctx: { values: Values, stateDir: string }, logger: 
   Object.assign(logger, settings)
   const keys = new Set([...Object.keys(previous), ...Object.keys(next.config)])
   const waiting = [...keys].filter(k => !LIVE_CONFIG_KEYS.includes(k) && previous[k] !== next.config[k])
-  logger.info('configuration reloaded', { configPath: next.configPath, ...settings })
+  logger.info('configuration reloaded', { configPath: next.configPath, logLevel: settings.level, logFormat: settings.format })
   if (waiting.length > 0) logger.warn('changed options take effect at the next restart', { options: waiting.join(',') })
   return next.config
 }
