@@ -4,7 +4,7 @@ import { basename, dirname, join } from 'node:path'
 import { randomUUID } from 'node:crypto'
 import { request } from 'undici'
 import type { Dispatcher } from 'undici'
-import { API_SOCKET_NAME, CanopyError, DEFAULT_BLOCK_SIZE, FINAL_STATES, formatBytes, formatDuration, silentLogger } from '@canopy/core'
+import { API_SOCKET_NAME, CanopyError, DEFAULT_BLOCK_SIZE, FINAL_STATES, formatBytes, formatDuration, silentLogger, withFields } from '@canopy/core'
 import type { AgentStatus, CacheView, CreateJobFile, CreateJobRequest, PeersView, JobLimits, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from './errors.ts'
 import { ACTIVE_STATES, FileProgress, toView } from './jobs/job.ts'
@@ -176,7 +176,14 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     // The control socket lives here: keep the directory owner-only even if it existed.
     await chmod(resolved.stateDir, 0o700)
     const agent = new CanopyAgent(resolved)
-    await agent.store.open()
+    try {
+      await agent.store.open()
+    } catch (err) {
+      // The constructor started the hashing threads: without this, a second agent on a
+      // directory in use printed its error and then never exited (the threads kept it alive).
+      await agent.releaseTransferResources()
+      throw err
+    }
     try {
       // The outbox first: recovery may record state changes of its own.
       await agent.notifier.load()
@@ -203,6 +210,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       await agent.peer?.stop()
       await agent.notifier.stop(0)
       await agent.store.close()
+      await agent.releaseTransferResources()
       throw err
     }
     agent.logger.info('agent started', { stateDir: resolved.stateDir, jobs: agent.jobs.size })
@@ -230,11 +238,16 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     await Promise.all([...this.writes.values()])
     await this.notifier.stop(NOTIFY_STOP_GRACE_MS)
     await this.peer?.stop()
+    await this.releaseTransferResources()
+    await this.store.close()
+    this.logger.info('agent stopped')
+  }
+
+  /** Closes what the constructor opened for transfers: connections and the hashing threads. */
+  private async releaseTransferResources (): Promise<void> {
     this.rangeClient.close()
     await this.dispatcher.close()
     await this.blockHasher.close()
-    await this.store.close()
-    this.logger.info('agent stopped')
   }
 
   // ---- queries -------------------------------------------------------------
@@ -864,7 +877,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         fileDigest: (path) => this.blockHasher.fileDigest(path),
         persist: async () => await this.persist(job),
         onProgress: () => this.onProgress(job),
-        logger: this.logger,
+        logger: withFields(this.logger, { jobId: job.id }),
         signal
       })
     } else {
@@ -1037,11 +1050,11 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   }
 
   /** Puts a verified, complete file in the peer cache; failures only cost sharing. */
-  private async keepForPeers (file: FileRecord, path: string): Promise<void> {
+  private async keepForPeers (jobId: string, file: FileRecord, path: string): Promise<void> {
     if (this.sharing === undefined || file.manifestId === undefined) return
     const manifest = await this.store.getManifest(file.manifestId)
     if (manifest === undefined) return
-    await this.sharing.admit(manifest, path).catch((err: unknown) => this.logger.warn('could not keep a completed file for peers', { path, err: String(err) }))
+    await this.sharing.admit(manifest, path).catch((err: unknown) => this.logger.warn('could not keep a completed file for peers', { jobId, path, err: String(err) }))
   }
 
   private async renameIntoPlace (job: JobRecord): Promise<boolean> {
@@ -1055,7 +1068,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         if (!await alreadyInPlace(this.blockHasher, file)) {
           // Keep it for peers first (a hard link to the same inode), so that peers
           // reading it never see it missing between the rename and the caching.
-          await this.keepForPeers(file, file.partPath)
+          await this.keepForPeers(job.id, file, file.partPath)
           await rename(file.partPath, file.path)
         }
         await syncDirectory(dirname(file.path))

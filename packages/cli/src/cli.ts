@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util'
 import { defaultStateDir } from '@canopy/client'
 import { isCanopyError } from '@canopy/core'
 import { ExitCode, UsageError } from './errors.ts'
-import { absolute, COMMON_OPTIONS, out, say } from './verb.ts'
+import { absolute, COMMON_OPTIONS, out, say, setQuiet } from './verb.ts'
 import type { Values, Verb } from './verb.ts'
 import { agentVerb } from './verbs/agent.ts'
 import { addVerb, getVerb } from './verbs/get.ts'
@@ -14,10 +14,11 @@ import { originVerb } from './verbs/origin.ts'
 import { publishVerb } from './verbs/publish.ts'
 import { keygenVerb } from './verbs/keygen.ts'
 import { cacheVerb, peersVerb } from './verbs/peers.ts'
+import { completionVerb, versionVerb } from './verbs/meta.ts'
 
 export const VERBS: readonly Verb[] = [
   getVerb, addVerb, jobsVerb, jobVerb, watchVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, setVerb, statusVerb,
-  peersVerb, cacheVerb, agentVerb, originVerb, publishVerb, keygenVerb
+  peersVerb, cacheVerb, agentVerb, originVerb, publishVerb, keygenVerb, versionVerb, completionVerb
 ]
 
 export const EXIT_CODES_HELP = `Exit codes:
@@ -49,11 +50,14 @@ key), so the WAN carries each byte about once.
 Commands:
 ${VERBS.map(v => `  ${v.name.padEnd(width)}  ${v.summary}`).join('\n')}
   ${'help'.padEnd(width)}  show this help, or a command's: canopy help get
+  ${''.padEnd(width)}  (canopy help --man prints all of it as a manual page)
 
 Global options:
   --state-dir D   the agent's state directory (holds its control socket agent.sock)
   -h, --help      show help; \`canopy <command> --help\` shows a command's
   --version       print the version
+  -q, --quiet     print no progress, summaries or hints, only results and errors
+                  (also after the command)
 
 Environment:
   CANOPY_STATE_DIR   the agent's state directory when --state-dir is not given
@@ -94,12 +98,13 @@ interface Global {
   stateDir?: string
   help: boolean
   version: boolean
+  quiet: boolean
   rest: string[]
 }
 
 /** Reads the options before the command: --state-dir, --help, --version. */
 function parseGlobal (argv: readonly string[]): Global {
-  const g: Global = { help: false, version: false, rest: [] }
+  const g: Global = { help: false, version: false, quiet: false, rest: [] }
   let i = 0
   for (; i < argv.length; i++) {
     const a = argv[i]
@@ -114,6 +119,8 @@ function parseGlobal (argv: readonly string[]): Global {
       g.help = true
     } else if (a === '--version' || a === '-V') {
       g.version = true
+    } else if (a === '--quiet' || a === '-q') {
+      g.quiet = true
     } else if (a.startsWith('-')) {
       throw new UsageError(`unknown option ${a} (before the command)`)
     } else {
@@ -182,6 +189,7 @@ export async function run (argv: readonly string[]): Promise<number> {
   let verbName: string | undefined
   try {
     const global = parseGlobal(argv)
+    setQuiet(global.quiet)
     if (global.version) {
       out(`canopy ${version()}\n`)
       return ExitCode.Ok
@@ -197,6 +205,11 @@ export async function run (argv: readonly string[]): Promise<number> {
     }
     if (name === 'help') {
       const topic = args[0]
+      if (topic === '--man') {
+        const { manPage } = await import('./completion.ts')
+        out(manPage(version(), mainHelp(), VERBS.map(v => ({ ...v, help: verbHelp(v) }))))
+        return ExitCode.Ok
+      }
       if (topic === undefined) {
         out(mainHelp())
         return ExitCode.Ok
@@ -221,6 +234,7 @@ export async function run (argv: readonly string[]): Promise<number> {
       strict: true
     })
     const values = parsed.values as Values
+    if (values.quiet === true) setQuiet(true)
     const { positionals } = parsed
     const { min, max, name: what } = verb.positionals
     if (positionals.length < min) throw new UsageError(`missing ${what}`, verb.name)

@@ -33,7 +33,8 @@ export interface Verb {
 /** Options every verb accepts. */
 export const COMMON_OPTIONS: ParseArgsOptionsConfig = {
   help: { type: 'boolean', short: 'h' },
-  'state-dir': { type: 'string' }
+  'state-dir': { type: 'string' },
+  quiet: { type: 'boolean', short: 'q' }
 }
 
 export const JSON_OPTION: ParseArgsOptionsConfig = { json: { type: 'boolean' } }
@@ -59,6 +60,22 @@ export function out (text: string): void {
 /** Writes a message line to stderr. */
 export function say (line: string): void {
   process.stderr.write(line.endsWith('\n') ? line : `${line}\n`)
+}
+
+let quiet = false
+
+/** `--quiet`: informational messages and progress are left out; errors and results are not. */
+export function setQuiet (value: boolean): void {
+  quiet = value
+}
+
+export function isQuiet (): boolean {
+  return quiet
+}
+
+/** An informational message on stderr (a summary, a hint); `--quiet` leaves it out. */
+export function inform (line: string): void {
+  if (!quiet) say(line)
 }
 
 /** Exactly one JSON document on stdout. */

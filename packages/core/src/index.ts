@@ -16,7 +16,7 @@ export { contentKey, discoveryId, DISCOVERY_LABEL, generateSecret, readProof } f
 export { digestsEqual, sha256 } from './hash.ts'
 export { formatBytes, parseSize } from './sizes.ts'
 export { formatDuration, parseDuration } from './durations.ts'
-export { silentLogger } from './logger.ts'
+export { silentLogger, withFields } from './logger.ts'
 export type { Logger } from './logger.ts'
 export { AGENT_EVENT_TYPES, API_SOCKET_NAME, API_VERSION, FINAL_STATES, PRIORITIES } from './api.ts'
 export type {

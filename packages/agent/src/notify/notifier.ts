@@ -158,7 +158,7 @@ export class Notifier {
     this.#active[queue.kind]++
     const delivery = this.#deliverHead(queue).catch((err: unknown) => {
       // Only the store can fail here; the record stays and is tried at the next start.
-      this.#o.logger.error('could not record a notification', { key, err: String(err) })
+      this.#o.logger.error('could not record a notification', { jobId: key.slice(0, key.lastIndexOf('!')), kind: queue.kind, err: String(err) })
     }).finally(() => {
       this.#deliveries.delete(delivery)
       queue.busy = false

@@ -1,7 +1,9 @@
+import { dirname } from 'node:path'
 import { Level } from 'level'
 import type { JobView, PublishedManifest } from '@canopy/core'
 import { CanopyError } from '@canopy/core'
 import type { BlockSource, JobRecord } from '../jobs/job.ts'
+import { upgradeSchema } from './schema.ts'
 
 const SOURCE_CODES: Record<BlockSource, string> = { origin: 'o', peer: 'p', cache: 'c' }
 const CODE_SOURCES: Record<string, BlockSource> = { o: 'origin', p: 'peer', c: 'cache' }
@@ -18,6 +20,7 @@ function blockKey (jobId: string, file: number, block: number): string {
  *   its source. Marks are written after the block's bytes are written, so after
  *   a crash a job refetches at most the blocks that were in flight;
  * - `manifests`: published manifests (with their content keys) by manifest id;
+ * - `meta`: the store's schema version (see schema.ts);
  * - `notify`: the notification outbox: one record per notification a state change
  *   owes and that is not yet delivered, written in the same batch as the state
  *   change itself (see notify/notifier.ts).
@@ -33,7 +36,11 @@ export class JobStore {
   private nextBatch?: { marks: Array<{ key: string, value: string }>, written: Promise<void> }
   private writing: Promise<void> = Promise.resolve()
 
+  /** The database's directory (`<state-dir>/db`). */
+  private readonly location: string
+
   constructor (location: string) {
+    this.location = location
     this.db = new Level<string, string>(location)
     this.jobs = this.db.sublevel<string, JobRecord>('jobs', { valueEncoding: 'json' })
     this.blocks = this.db.sublevel<string, string>('blocks', { valueEncoding: 'utf8' })
@@ -48,8 +55,15 @@ export class JobStore {
     } catch (err) {
       const cause = (err as { cause?: { code?: string } }).cause
       if (cause?.code === 'LEVEL_LOCKED') {
-        throw new CanopyError('ERR_AGENT_ALREADY_RUNNING', 'Another Canopy agent is using this state directory: stop it first, or pick another --state-dir', { cause: err })
+        throw new CanopyError('ERR_AGENT_ALREADY_RUNNING', `Another Canopy agent is using the state directory ${dirname(this.location)}: stop it first, or pick another --state-dir`, { cause: err })
       }
+      throw err
+    }
+    try {
+      // What an older agent wrote is migrated; what a newer one wrote is refused.
+      await upgradeSchema(this.db, dirname(this.location))
+    } catch (err) {
+      await this.db.close()
       throw err
     }
   }

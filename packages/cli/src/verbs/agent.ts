@@ -2,12 +2,14 @@
 import { mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ExitCode, UsageError } from '../errors.ts'
-import { createStderrLogger, parseLogLevel } from '../logger.ts'
+import { createStderrLogger, parseLogFormat, parseLogLevel } from '../logger.ts'
+import type { DaemonLogger } from '../logger.ts'
 import { isIP } from 'node:net'
 import { parseDuration, parseSize } from '@canopy/core'
 import type { P2pOptions } from '@canopy/agent'
-import { readApiToken, say, str } from '../verb.ts'
+import { readApiToken, str } from '../verb.ts'
 import type { Values, Verb } from '../verb.ts'
+import { notifyReady, onReload } from './service.ts'
 import { untilSignal } from './signals.ts'
 
 /** Values from the configuration file, by option name (the flag without "--"), as text. */
@@ -76,8 +78,35 @@ const TUNING: ReadonlyArray<readonly [TuningKey, string, (text: string) => numbe
   ['maxNameLength', 'max-name-length', integer, 1]
 ]
 
+/** Config keys a running agent applies again on SIGHUP; the others take effect at its next start. */
+const LIVE_CONFIG_KEYS = ['log-level', 'log-format']
+
+/** The log settings: flag, else CANOPY_LOG_LEVEL / CANOPY_LOG_FORMAT, else the config file. */
+function logSettings (sources: Sources): Pick<DaemonLogger, 'level' | 'format'> {
+  return {
+    level: parseLogLevel(str(sources.values, 'log-level'), undefined, { value: sources.config['log-level'], path: sources.configPath }),
+    format: parseLogFormat(str(sources.values, 'log-format'), undefined, { value: sources.config['log-format'], path: sources.configPath })
+  }
+}
+
+/**
+ * SIGHUP: reads the config file again and applies what can change while the agent
+ * runs (the log level and format); says which other changed keys wait for a restart.
+ * A bad file is logged and the running settings are kept.
+ */
+async function reloadConfig (ctx: { values: Values, stateDir: string }, logger: DaemonLogger, previous: Config): Promise<Config> {
+  const next = await readConfig(ctx.values, ctx.stateDir)
+  const settings = logSettings({ values: ctx.values, ...next })
+  Object.assign(logger, settings)
+  const keys = new Set([...Object.keys(previous), ...Object.keys(next.config)])
+  const waiting = [...keys].filter(k => !LIVE_CONFIG_KEYS.includes(k) && previous[k] !== next.config[k])
+  logger.info('configuration reloaded', { configPath: next.configPath, logLevel: settings.level, logFormat: settings.format })
+  if (waiting.length > 0) logger.warn('changed options take effect at the next restart', { options: waiting.join(',') })
+  return next.config
+}
+
 /** Keys a config file may hold: the numeric options above, and the peer node's port and cache size. */
-const CONFIG_KEYS: readonly string[] = [...TUNING.map(([, name]) => name), 'p2p-port', 'p2p-host', 'cache-size', 'swarm-key', 'peer']
+const CONFIG_KEYS: readonly string[] = [...TUNING.map(([, name]) => name), 'p2p-port', 'p2p-host', 'cache-size', 'swarm-key', 'peer', ...LIVE_CONFIG_KEYS]
 
 function agentTuning (sources: Sources): Partial<Record<TuningKey, number>> {
   return Object.fromEntries(TUNING.map(([key, name, parse, min]) => [key, tuning(sources, name, parse, min)]))
@@ -193,7 +222,11 @@ Options:
                        (default: CANOPY_STATE_DIR, else $XDG_STATE_HOME/canopy,
                        else ~/.local/state/canopy; macOS ~/Library/Application
                        Support/Canopy; Windows %LOCALAPPDATA%\\Canopy)
-  --log-level L        debug, info, warn or error (default: CANOPY_LOG_LEVEL, else info)
+  --log-level L        debug, info, warn or error (default: CANOPY_LOG_LEVEL, else
+                       the config file's "log-level", else info)
+  --log-format F       logfmt (for terminals) or json (one object a line, for log
+                       collectors) (default: CANOPY_LOG_FORMAT, else the config file,
+                       else logfmt)
   --config FILE        a JSON file of options (default: <state-dir>/config.json when
                        it exists; CANOPY_CONFIG), keys as the flags without "--":
                        {"max-background-jobs": 4, "retention": "30d"}
@@ -265,6 +298,7 @@ Examples:
   options: {
     config: { type: 'string' },
     'log-level': { type: 'string' },
+    'log-format': { type: 'string' },
     'api-listen': { type: 'string' },
     'api-token-file': { type: 'string' },
     'max-background-jobs': { type: 'string' },
@@ -298,19 +332,34 @@ Examples:
   },
   positionals: { min: 0, max: 0, name: '' },
   async run (ctx) {
-    const logger = createStderrLogger(parseLogLevel(str(ctx.values, 'log-level')))
     const stopping = untilSignal('canopy agent')
-    const { startAgent } = await import('@canopy/agent')
-    const sources = { values: ctx.values, ...await readConfig(ctx.values, ctx.stateDir) }
-    const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(ctx.values), p2p: await p2pOptions(sources) }
-    // Only once every flag and file checked out: a usage error leaves no state dir behind.
-    await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
-    const agent = await startAgent(options)
-    say(`canopy agent: listening on ${agent.socketPath}`)
+    let logger: DaemonLogger | undefined
+    let agent
+    let config: Config
+    try {
+      const { startAgent } = await import('@canopy/agent')
+      const sources = { values: ctx.values, ...await readConfig(ctx.values, ctx.stateDir) }
+      config = sources.config
+      const { level, format } = logSettings(sources)
+      logger = createStderrLogger(level, undefined, format)
+      const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(ctx.values), p2p: await p2pOptions(sources) }
+      // Only once every flag and file checked out: a usage error leaves no state dir behind.
+      await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
+      agent = await startAgent(options)
+    } catch (err) {
+      // Without this, a signal handler outlived the failed start, and SIGTERM was ignored.
+      stopping.dispose()
+      throw err
+    }
+    const log = logger
+    const reloading = onReload(async () => { config = await reloadConfig(ctx, log, config) }, log)
+    log.notice(`canopy agent: listening on ${agent.socketPath}`)
+    await notifyReady(`listening on ${agent.socketPath}`, log)
     const signal = await stopping
-    say(`canopy agent: ${signal}: stopping`)
+    reloading.dispose()
+    log.notice(`canopy agent: ${signal}: stopping`)
     await agent.stop()
-    say('canopy agent: stopped')
+    log.notice('canopy agent: stopped')
     return ExitCode.Ok
   }
 }

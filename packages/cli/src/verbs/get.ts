@@ -6,7 +6,7 @@ import type { JobHttpOptions, JobLimits, JobNotify, JobView } from '@canopy/core
 import { ExitCode, UsageError } from '../errors.ts'
 import { formatSummary } from '../format.ts'
 import { ProgressReporter } from '../progress.ts'
-import { absolute, flag, hasControlChar, interruptible, jobId, out, printJson, priorityOption, say, str, withClient } from '../verb.ts'
+import { absolute, flag, hasControlChar, inform, interruptible, isQuiet, jobId, out, printJson, priorityOption, say, str, withClient } from '../verb.ts'
 import type { Values, Verb } from '../verb.ts'
 
 /** Parses the URL argument: http or https only. */
@@ -294,7 +294,7 @@ Examples:
           for await (const event of events) {
             if (event.type === 'removed') throw new CanopyError('ERR_JOB_NOT_FOUND', `job ${created.id} was removed from the agent`)
             job = event.job
-            progress.update(job)
+            if (!isQuiet()) progress.update(job)
             if (WAIT_UNTIL.includes(job.state)) return ExitCode.Ok
           }
         } catch (err) {
@@ -309,7 +309,7 @@ Examples:
         return ExitCode.Ok
       }, () => {
         progress.clear()
-        say(`job ${created.id} continues in the background; follow it with canopy watch ${created.id}`)
+        inform(`job ${created.id} continues in the background; follow it with canopy watch ${created.id}`)
       })
       if (interrupted !== ExitCode.Ok) return interrupted
       progress.clear()
@@ -317,7 +317,7 @@ Examples:
       const seconds = (performance.now() - started) / 1000
       if (json) printJson(job)
       if (job.state === 'acknowledged') {
-        say(formatSummary(job.files[0]?.path ?? path, job.bytes, seconds))
+        inform(formatSummary(job.files[0]?.path ?? path, job.bytes, seconds))
         return ExitCode.Ok
       }
       if (job.state === 'cancelled') {

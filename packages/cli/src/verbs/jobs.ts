@@ -3,7 +3,7 @@ import type { CanopyClient } from '@canopy/client'
 import type { JobView } from '@canopy/core'
 import { ExitCode, UsageError } from '../errors.ts'
 import { formatJobDetails, formatJobsTable, formatState, formatStatus } from '../format.ts'
-import { flag, JSON_OPTION, jobId, out, printJson, priorityOption, say, withClient } from '../verb.ts'
+import { flag, inform, JSON_OPTION, jobId, out, printJson, priorityOption, withClient } from '../verb.ts'
 import type { Verb } from '../verb.ts'
 
 export const jobsVerb: Verb = {
@@ -27,7 +27,7 @@ Examples:
   async run (ctx) {
     const jobs = await withClient(ctx, client => client.listJobs())
     if (flag(ctx.values, 'json')) printJson(jobs)
-    else if (jobs.length === 0) say('canopy: no jobs')
+    else if (jobs.length === 0) inform('canopy: no jobs')
     else out(formatJobsTable(jobs))
     return ExitCode.Ok
   }

@@ -4,10 +4,11 @@ import { isIP } from 'node:net'
 import { parseDuration, parseSize } from '@canopy/core'
 import type { TokenGrant, TokenRight, UploadOptions } from '@canopy/origin'
 import { ExitCode, UsageError } from '../errors.ts'
-import { createStderrLogger, parseLogLevel } from '../logger.ts'
-import { absolute, flag, say, str } from '../verb.ts'
+import { createStderrLogger, parseLogFormat, parseLogLevel } from '../logger.ts'
+import { absolute, flag, str } from '../verb.ts'
 import type { Verb, VerbContext } from '../verb.ts'
 import { originStateDir, parseBlockSize, parseRate } from './options.ts'
+import { notifyReady, onReload } from './service.ts'
 import { untilSignal } from './signals.ts'
 
 /**
@@ -149,6 +150,8 @@ Options:
   --on-upload-timeout T    kill the handler after T (default 60s)
   --on-upload-max-reply S  longest reply (default 1MiB)
   --log-level L        debug, info, warn or error (default: CANOPY_LOG_LEVEL, else info)
+  --log-format F       logfmt or json (one object a line) (default: CANOPY_LOG_FORMAT,
+                       else logfmt)
 
 Examples:
   canopy origin ./public
@@ -172,7 +175,8 @@ Examples:
     'on-upload': { type: 'string' },
     'on-upload-timeout': { type: 'string' },
     'on-upload-max-reply': { type: 'string' },
-    'log-level': { type: 'string' }
+    'log-level': { type: 'string' },
+    'log-format': { type: 'string' }
   },
   positionals: { min: 1, max: 1, name: '<root-dir>' },
   async run (ctx) {
@@ -186,16 +190,16 @@ Examples:
     const tokens = tokenFile === undefined ? undefined : await readTokenFile(absolute(tokenFile))
     const blockSize = parseBlockSize(str(ctx.values, 'block-size'), 'origin')
     const rateLimit = parseRate(str(ctx.values, 'rate-limit'), 'origin')
-    const logger = createStderrLogger(parseLogLevel(str(ctx.values, 'log-level')))
+    const logger = createStderrLogger(parseLogLevel(str(ctx.values, 'log-level')), undefined, parseLogFormat(str(ctx.values, 'log-format')))
     const stateDir = originStateDir(ctx)
     const uploads = await uploadOptions(ctx.values)
 
     if (tokenFile !== undefined && process.platform !== 'win32') {
       const mode = (await stat(absolute(tokenFile))).mode
-      if ((mode & 0o077) !== 0) say(`canopy origin: warning: ${tokenFile} is readable by other users; chmod 600 it`)
+      if ((mode & 0o077) !== 0) logger.notice(`canopy origin: warning: ${tokenFile} is readable by other users; chmod 600 it`)
     }
     if (tokens === undefined && !isLoopback(host)) {
-      say(`canopy origin: warning: no --token-file: anyone who can reach ${host} can read ${root}`)
+      logger.notice(`canopy origin: warning: no --token-file: anyone who can reach ${host} can read ${root}`)
     }
     if (uploads !== undefined && !isLoopback(host) && !(tokens ?? []).some(t => typeof t !== 'string' && t.rights.includes('upload'))) {
       // Anonymous writes from the network fill a disk far faster than anonymous reads hurt.
@@ -205,19 +209,25 @@ Examples:
     const stopping = untilSignal('canopy origin')
     const { startOrigin } = await import('@canopy/origin')
     const origin = await startOrigin({ root, stateDir, host, port, tokens, blockSize, rateLimit, listDirectories: flag(ctx.values, 'list-directories'), uploads, logger })
-    say(`canopy origin: serving ${root} at ${origin.url}`)
-    if (origin.uploadUrl !== undefined) say(`canopy origin: accepting uploads into ${uploads?.dir ?? ''} at ${origin.uploadUrl}`)
+      .catch((err: unknown) => { stopping.dispose(); throw err })
+    logger.notice(`canopy origin: serving ${root} at ${origin.url}`)
+    if (origin.uploadUrl !== undefined) logger.notice(`canopy origin: accepting uploads into ${uploads?.dir ?? ''} at ${origin.uploadUrl}`)
+    // Its flags are all it has, and they cannot change: SIGHUP (systemctl reload) only
+    // must not end it, as SIGHUP's default action would.
+    const reloading = onReload(async () => { logger.info('SIGHUP: the origin has nothing to reload; restart it to apply changed flags') }, logger)
+    await notifyReady(`serving ${root} at ${origin.url}`, logger)
     type Outcome = { kind: 'signal' } | { kind: 'failed', err: unknown }
     const signalled = stopping.then((): Outcome => ({ kind: 'signal' }))
     const failed = origin.ready.then(
-      () => { say('canopy origin: manifests ready'); return signalled },
+      () => { logger.notice('canopy origin: manifests ready'); return signalled },
       (err: unknown): Outcome => ({ kind: 'failed', err })
     )
     const outcome = await Promise.race([signalled, failed])
-    say(outcome.kind === 'signal' ? 'canopy origin: stopping' : 'canopy origin: computing manifests failed: stopping')
+    reloading.dispose()
+    logger.notice(outcome.kind === 'signal' ? 'canopy origin: stopping' : 'canopy origin: computing manifests failed: stopping')
     await origin.close()
     if (outcome.kind === 'failed') throw outcome.err
-    say('canopy origin: stopped')
+    logger.notice('canopy origin: stopped')
     return ExitCode.Ok
   }
 }

@@ -2,7 +2,7 @@
 import type { AgentEvent } from '@canopy/core'
 import { ExitCode } from '../errors.ts'
 import { formatEvent } from '../format.ts'
-import { flag, interruptible, JSON_OPTION, jobId, out, say, withClient } from '../verb.ts'
+import { flag, inform, interruptible, JSON_OPTION, jobId, out, withClient } from '../verb.ts'
 import type { Verb } from '../verb.ts'
 
 /** The exit code once the watched job is where it stays without a person, else undefined. */
@@ -59,6 +59,6 @@ Examples:
         await events.close()
       }
       return ExitCode.Ok
-    }, () => { if (!json) say('canopy: stopped watching') }))
+    }, () => { if (!json) inform('canopy: stopped watching') }))
   }
 }
