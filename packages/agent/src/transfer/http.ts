@@ -80,6 +80,21 @@ export function discard (body: Body): void {
   body.destroy()
 }
 
+/** Reads a whole body up to `limit` bytes. */
+export async function readBounded (body: Body, limit: number, url: string): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  let total = 0
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    total += chunk.length
+    if (total > limit) {
+      discard(body)
+      throw new TransferError(JobErrorCode.ProtocolViolation, `the response from ${url} is larger than ${limit} bytes`, { transient: false, url })
+    }
+    chunks.push(chunk)
+  }
+  return Buffer.concat(chunks, total)
+}
+
 function header (headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
   const v = headers[name]
   return Array.isArray(v) ? v[0] : v
