@@ -125,8 +125,9 @@ test('200 clients that never read: descriptors and RSS stay bounded, stalled res
   assert.ok(readers.every(s => !s.destroyed), 'the slow readers still hold their sockets')
   // Each admitted connection holds a socket and a file; the refused ones nothing.
   assert.ok(maxFds <= baseFds + 2 * perAddress + 8, `open descriptors peaked at ${maxFds} (${baseFds} before)`)
-  // Measured here: ~1 MiB per stalled response at most (a read chunk and a write in flight).
-  assert.ok(maxRss - baseRss < 96, `origin RSS grew from ${baseRss.toFixed(0)} to ${maxRss.toFixed(0)} MiB`)
+  // Measured here: 47-79 MiB for the 40 stalled responses (read chunks and writes in
+  // flight, and garbage not yet collected).
+  assert.ok(maxRss - baseRss < 128, `origin RSS grew from ${baseRss.toFixed(0)} to ${maxRss.toFixed(0)} MiB`)
   assert.ok(released, `descriptors not released after the send timeout: ${await openFds(pid)} open (${baseFds} before)`)
   const again = await get(port, '/small.bin', '127.0.0.1')
   assert.equal(again.status, 200, 'the address is admitted again once its stalled connections are gone')
