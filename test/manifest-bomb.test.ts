@@ -72,3 +72,43 @@ test('a manifest bomb ends the job in error with the reason; agent RSS stays bou
   assert.equal(second.child.exitCode, null, 'the agent is still running')
   assert.ok((await second.client.status()) !== undefined)
 })
+
+test('a manifest response longer than its own header allows is cut off early, and the job fails with the reason', async t => {
+  // A one-block manifest followed by (up to) 64 MiB of block ids: the agent must stop
+  // reading once the response passes what a manifest of one block can take.
+  const header = Buffer.from(`{"version":1,"size":4,"blockSize":1048576,"sha256":"${'0'.repeat(64)}","blocks":[`)
+  const filler = Buffer.from(`"bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy",`.repeat(1024))
+  let written = 0
+  const server = createServer((req, res) => {
+    if (!(req.headers.accept ?? '').startsWith(MANIFEST_MEDIA_TYPE)) {
+      res.writeHead(200, { 'content-length': 4 }).end('data')
+      return
+    }
+    res.writeHead(200, { 'content-type': MANIFEST_MEDIA_TYPE })
+    res.write(header)
+    const more = (): void => {
+      while (written < 64 * 1024 * 1024 && !res.destroyed) {
+        written += filler.length
+        if (!res.write(filler)) {
+          res.once('drain', more)
+          return
+        }
+      }
+      res.end(']}')
+    }
+    more()
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.after(() => { server.closeAllConnections(); server.close() })
+  const dir = await tempDir()
+  const agent = await startAgentProcess(join(dir, 'state'))
+  t.after(async () => await agent.kill())
+  const job = await agent.client.createJob({ files: [{ url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/f.bin`, path: join(dir, 'f.bin') }] })
+  const done = await agent.client.waitForJob(job.id, { until: ['error', 'transferred', 'transient_error'], intervalMs: 100 })
+  assert.equal(done.error?.code, 'ERR_INVALID_MANIFEST', JSON.stringify(done.error))
+  assert.match(done.error?.message ?? '', /more than the \d+ bytes a manifest of its size and block size can take/)
+  // What the server could write: the agent's reads plus the loopback socket buffers.
+  t.diagnostic(`the server wrote ${(written / 1024 / 1024).toFixed(1)} MiB before the agent stopped reading`)
+  assert.ok(written < 16 * 1024 * 1024, `the server wrote ${written} bytes`)
+})

@@ -8,7 +8,7 @@ export {
   DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, RAW_CODEC, SHA256_CODE
 } from './blocks.ts'
 export {
-  createManifest, decodeManifest, encodeManifest, manifestId,
+  createManifest, decodeManifest, encodeManifest, manifestByteLimit, manifestId, manifestSizeLimit,
   MANIFEST_MEDIA_TYPE, MANIFEST_VERSION, MAX_BLOCKS, MAX_CONTENT_SIZE, MAX_MANIFEST_BYTES, SIDECAR_SUFFIX
 } from './manifest.ts'
 export type { CreateManifestOptions, IdentifiedManifest, Manifest, PublishedManifest } from './manifest.ts'

@@ -88,7 +88,7 @@ const MAX_FIELDS = 32
  * a valid manifest would not hold, and a document longer than its own block count
  * allows is refused.
  */
-function parseManifestJson (bytes: Uint8Array): Record<string, unknown> {
+function parseManifestJson (bytes: Uint8Array, untilBlocks = false): Record<string, unknown> {
   let at = 0
   const end = bytes.length
   const skipSpace = (): void => {
@@ -163,6 +163,7 @@ function parseManifestJson (bytes: Uint8Array): Record<string, unknown> {
         const known = typeof size === 'number' && Number.isSafeInteger(size) && size >= 0 && size <= MAX_CONTENT_SIZE &&
           typeof blockSize === 'number' && isBlockSize(blockSize)
         const limit = known ? Math.min(MAX_BLOCKS, blockCount(size, blockSize)) : MAX_BLOCKS
+        if (untilBlocks) throw new HeaderRead(known ? manifestByteLimit(limit) : MAX_MANIFEST_BYTES)
         if (known && end > manifestByteLimit(limit)) {
           throw invalid(`${end} bytes is more than a manifest of ${size} bytes in blocks of ${blockSize} can take (${manifestByteLimit(limit)})`)
         }
@@ -197,6 +198,30 @@ function parseManifestJson (bytes: Uint8Array): Record<string, unknown> {
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true })
+
+/** parseManifestJson reached `blocks` in header mode: the most bytes the whole document may take. */
+class HeaderRead {
+  readonly limit: number
+  constructor (limit: number) {
+    this.limit = limit
+  }
+}
+
+/**
+ * The most bytes the manifest that starts with `prefix` may take, from the fields
+ * before its `blocks` (size and block size: the canonical order puts them first),
+ * so a reader can stop a response that grows beyond it without reading the rest.
+ * Undefined while the prefix does not reach `blocks` (or is not a manifest: the
+ * full decode says why).
+ */
+export function manifestSizeLimit (prefix: Uint8Array): number | undefined {
+  try {
+    parseManifestJson(prefix, true)
+  } catch (err) {
+    if (err instanceof HeaderRead) return err.limit
+  }
+  return undefined
+}
 
 function isBlockSize (n: number): boolean {
   try {

@@ -5,7 +5,8 @@ import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import {
   blockCid, blockCount, blockDigest, blockSpan, createManifest, decodeManifest, encodeManifest, formatBytes,
-  manifestId, MAX_CONTENT_SIZE, parseSize, sha256, type IdentifiedManifest, type Manifest
+  manifestByteLimit, manifestId, manifestSizeLimit, MAX_CONTENT_SIZE, MAX_MANIFEST_BYTES, parseSize, sha256,
+  type IdentifiedManifest, type Manifest
 } from '../src/index.ts'
 
 const BS = 64 * 1024
@@ -212,4 +213,16 @@ test('decodeManifest parses with bounded memory: bombs and oversized documents a
   // Pretty-printed, with escapes in a value and unknown scalar fields: still a manifest.
   const pretty = JSON.stringify({ ...good, note: 'caf\u00e9 \\ "quoted"', flag: true, nothing: null }, null, 2)
   assert.equal(decodeManifest(pretty).id, decodeManifest(text).id)
+})
+
+test('manifestSizeLimit reads the most bytes a manifest may take from its first bytes', async () => {
+  const good = await validObject()
+  const encoded = encodeManifest(good as unknown as Manifest)
+  const text = new TextDecoder().decode(encoded)
+  const atBlocks = text.indexOf('"blocks":') + '"blocks":'.length
+  assert.equal(manifestSizeLimit(encoded.subarray(0, atBlocks)), manifestByteLimit(3))
+  assert.equal(manifestSizeLimit(encoded), manifestByteLimit(3))
+  assert.equal(manifestSizeLimit(encoded.subarray(0, atBlocks - 12)), undefined, 'blocks not reached yet')
+  assert.equal(manifestSizeLimit(new TextEncoder().encode('{"blocks":[')), MAX_MANIFEST_BYTES, 'no size before the blocks')
+  assert.equal(manifestSizeLimit(new TextEncoder().encode('<html>')), undefined)
 })

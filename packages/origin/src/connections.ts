@@ -8,7 +8,7 @@ const FALLBACK_MAX_CONNECTIONS = 1000
 /** Descriptors kept for everything else (listener, manifest cache, scanning, watching). */
 const RESERVED_FDS = 64
 
-/** Default total cap whatever the descriptor limit: a stalled response holds up to ~1.6 MiB until the send timeout drops it. */
+/** Default total cap whatever the descriptor limit: a stalled response holds up to ~2 MiB until the send timeout drops it (docs/SECURITY.md). */
 const MAX_DEFAULT_CONNECTIONS = 1024
 
 /**

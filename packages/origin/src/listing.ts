@@ -1,15 +1,28 @@
+import { constants } from 'node:fs'
 import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { isInside, type Jail } from './paths.ts'
+import { isInside, openInside, type Jail } from './paths.ts'
 
 export interface ListingEntry {
   name: string
   type: 'file' | 'directory' | 'symlink' | 'other'
 }
 
-/** Entries of a directory, minus origin state, sorted by name. */
-export async function listDirectory (jail: Jail, abs: string): Promise<ListingEntry[]> {
-  const entries = await readdir(abs, { withFileTypes: true })
+/**
+ * Entries of a directory, minus origin state, sorted by name; undefined when what
+ * is at `abs` now is not a directory inside the jail. On Linux the directory is
+ * read through the descriptor openInside checked (/proc/self/fd/N), so a directory
+ * swapped for a link after the check cannot list another one.
+ */
+export async function listDirectory (jail: Jail, abs: string): Promise<ListingEntry[] | undefined> {
+  const dir = await openInside(jail, abs, constants.O_RDONLY | constants.O_DIRECTORY)
+  if (dir === undefined) return undefined
+  let entries
+  try {
+    entries = await readdir(`/proc/self/fd/${dir.fd}`, { withFileTypes: true }).catch(async () => await readdir(abs, { withFileTypes: true }))
+  } finally {
+    await dir.close()
+  }
   return entries
     .filter(e => !jail.excluded.some(ex => isInside(ex, join(abs, e.name))))
     .map((e): ListingEntry => ({

@@ -428,6 +428,7 @@ async function serveMetrics (ctx: Context, req: IncomingMessage, res: ServerResp
 
 async function serveListing (ctx: Context, req: IncomingMessage, res: ServerResponse, abs: string, segments: string[]): Promise<void> {
   const entries = await listDirectory(ctx.jail, abs)
+  if (entries === undefined) return sendStatus(req, res, 404, 'Not found')
   const base = segments.length === 0 ? '/' : `/${segments.map(encodeURIComponent).join('/')}/`
   const json = /\bapplication\/json\b/i.test(req.headers.accept ?? '')
   const body = Buffer.from(json ? JSON.stringify({ path: decodeURIComponent(base), entries }) : listingHtml(base, entries))

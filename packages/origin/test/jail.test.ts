@@ -91,6 +91,40 @@ test('a directory swapped for a symlink during requests never serves the origin 
   assert.ok(served > 0, 'some requests found the public file')
 })
 
+test('a directory swapped for a symlink during listings never lists the origin state', async t => {
+  const base = await mkdtemp(join(tmpdir(), 'canopy-jail-'))
+  tempDirs.push(base)
+  const root = join(base, 'root')
+  const stateDir = join(base, 'state')
+  await mkdir(join(root, 'pub'), { recursive: true })
+  await writeFile(join(root, 'pub', 'public.txt'), 'public')
+  const origin = await startOrigin({ root, stateDir, scan: false, listDirectories: true })
+  t.after(() => origin.close())
+  await symlink(stateDir, join(root, 'pub.link'))
+  const swapper = spawn(process.execPath, ['-e', SWAPPER, root, '3000'], { stdio: 'ignore' })
+  const swapperDone = new Promise<void>(resolve => swapper.on('exit', () => resolve()))
+  t.after(() => { if (swapper.exitCode === null) swapper.kill('SIGKILL') })
+  let running = true
+  void swapperDone.then(() => { running = false })
+  let listed = 0
+  let leaked = 0
+  let requests = 0
+  const worker = async (): Promise<void> => {
+    while (running && requests < 1000) {
+      requests++
+      const res = await get(origin.port, '/pub/')
+      if (res.status !== 200) continue
+      listed++
+      if (/origin\.secret|manifests/.test(res.body.toString())) leaked++
+    }
+  }
+  await Promise.all(Array.from({ length: 6 }, worker))
+  swapper.kill('SIGKILL')
+  await swapperDone
+  assert.equal(leaked, 0, `${leaked} of ${requests} listings showed the state directory`)
+  assert.ok(listed > 0)
+})
+
 test('a file replaced by a symlink to a file outside root is not served', async t => {
   const base = await mkdtemp(join(tmpdir(), 'canopy-jail-'))
   tempDirs.push(base)

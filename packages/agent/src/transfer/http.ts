@@ -1,7 +1,7 @@
 import { Agent, EnvHttpProxyAgent, ProxyAgent, interceptors, request } from 'undici'
 import type { Dispatcher } from 'undici'
 import { rootCertificates } from 'node:tls'
-import { MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, SIDECAR_SUFFIX, decodeManifest } from '@canopy/core'
+import { MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, SIDECAR_SUFFIX, decodeManifest, manifestSizeLimit } from '@canopy/core'
 import type { PublishedManifest } from '@canopy/core'
 import { REMOTE_CHANGED, JobErrorCode, TransferError, classifyError, httpStatusError } from '../errors.ts'
 
@@ -144,6 +144,34 @@ export async function requestRange (dispatcher: Dispatcher, url: string, offset:
   throw httpStatusError(res.statusCode, url)
 }
 
+/** A manifest's size and block size come within its first bytes; past this, the reader stops looking for them. */
+const MANIFEST_HEADER_PROBE = 64 * 1024
+
+/**
+ * Reads a manifest response, stopping as soon as it grows beyond what a manifest of
+ * its own size and block size can take (read from its first bytes), or beyond
+ * MAX_MANIFEST_BYTES: a hostile origin cannot make the agent buffer 64 MiB for a
+ * manifest of one block.
+ */
+async function readManifestBody (body: Body, from: string): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  let total = 0
+  let limit: number | undefined
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    chunks.push(chunk)
+    total += chunk.length
+    if (limit === undefined && total <= MANIFEST_HEADER_PROBE) limit = manifestSizeLimit(Buffer.concat(chunks, total))
+    const max = limit ?? (total > MANIFEST_HEADER_PROBE ? MAX_MANIFEST_BYTES : Infinity)
+    if (total > Math.min(max, MAX_MANIFEST_BYTES)) {
+      discard(body)
+      throw new TransferError(JobErrorCode.InvalidManifest,
+        `Invalid manifest: more than the ${Math.min(max, MAX_MANIFEST_BYTES)} bytes a manifest ${limit === undefined ? '' : 'of its size and block size '}can take; the publisher must fix it (from ${from})`,
+        { transient: false, url: from })
+    }
+  }
+  return Buffer.concat(chunks, total)
+}
+
 /** The URL of the static sidecar manifest of `url` (`<path>.canopy`, query kept). */
 export function sidecarUrl (url: string): string {
   const u = new URL(url)
@@ -178,7 +206,7 @@ export async function discoverManifest (dispatcher: Dispatcher, url: string, hea
         `Invalid manifest: ${announced} bytes announced, more than any manifest can take (${MAX_MANIFEST_BYTES}); the publisher must fix it (from ${from})`,
         { transient: false, url: from })
     }
-    const bytes = await readBounded(body, MAX_MANIFEST_BYTES, from)
+    const bytes = await readManifestBody(body, from)
     try {
       return decodeManifest(bytes)
     } catch (err) {
