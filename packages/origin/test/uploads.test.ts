@@ -372,3 +372,19 @@ test('canopy origin: token rights are parsed strictly; upload flags are checked 
   assert.equal(badSize.code, 2)
   assert.match(badSize.stderr, /--upload-max-size huge/)
 })
+
+test('an empty upload completes at creation; creation-with-upload stores the POST body', async t => {
+  const { origin, uploadDir } = await setup(t)
+  const empty = await create(origin, 'empty.txt', 0)
+  assert.equal(empty.status, 201)
+  assert.equal(reprDigestHex(empty.headers), sha256(Buffer.alloc(0)))
+  assert.equal((await stat(join(uploadDir, 'empty.txt'))).size, 0)
+  const withBody = await send(origin, '/uploads/', 'POST', {
+    ...TUS, 'upload-length': '5', 'upload-metadata': `filename ${b64('body.txt')}`, 'content-type': 'application/offset+octet-stream', 'content-length': '5'
+  }, Buffer.from('hello'))
+  assert.equal(withBody.status, 201)
+  assert.equal(withBody.headers['upload-offset'], '5')
+  assert.equal(reprDigestHex(withBody.headers), sha256(Buffer.from('hello')))
+  assert.equal(await readFile(join(uploadDir, 'body.txt'), 'utf8'), 'hello')
+  assert.deepEqual((await staged(uploadDir)).filter(n => !n.endsWith('.done')), [])
+})
