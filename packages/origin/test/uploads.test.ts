@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
-import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises'
+import { lstat, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -220,7 +220,7 @@ test('checksum extension: a fragment whose sha256 does not match is refused with
   assert.deepEqual(await readFile(join(uploadDir, 'sum.bin')), data)
 })
 
-test('an existing file is not replaced unless overwrite is on', async t => {
+test('an existing file (or a symlink) is not replaced unless overwrite is on, and a symlink is never followed', async t => {
   const { origin, uploadDir } = await setup(t)
   await writeFile(join(uploadDir, 'taken.txt'), 'keep me')
   const r = await create(origin, 'taken.txt', 5)
@@ -238,11 +238,23 @@ test('an existing file is not replaced unless overwrite is on', async t => {
   assert.equal(retry.status, 204)
   assert.equal(await readFile(join(uploadDir, 'late.txt'), 'utf8'), 'later')
 
+  // A symlink under the upload directory pointing outside it is a taken name, never followed.
+  const outside = join(await tempDir('outside'), 'target.txt')
+  await writeFile(outside, 'outside')
+  await symlink(outside, join(uploadDir, 'link.txt'))
+  assert.equal((await create(origin, 'link.txt', 3)).status, 409)
+
   const { origin: replacing, uploadDir: dir2 } = await setup(t, { overwrite: true })
   await writeFile(join(dir2, 'taken.txt'), 'old')
   const loc2 = String((await create(replacing, 'taken.txt', 3)).headers.location)
   assert.equal((await patch(replacing, loc2, 0, Buffer.from('new'))).status, 204)
   assert.equal(await readFile(join(dir2, 'taken.txt'), 'utf8'), 'new')
+  // Overwriting replaces the symlink itself, not the file it points to.
+  await symlink(outside, join(dir2, 'link.txt'))
+  const loc3 = String((await create(replacing, 'link.txt', 3)).headers.location)
+  assert.equal((await patch(replacing, loc3, 0, Buffer.from('new'))).status, 204)
+  assert.equal(await readFile(outside, 'utf8'), 'outside')
+  assert.ok((await lstat(join(dir2, 'link.txt'))).isFile())
 })
 
 test('an upload idle past the expiry is gone (410), and deleted at the next start', async t => {
@@ -359,4 +371,20 @@ test('canopy origin: token rights are parsed strictly; upload flags are checked 
   const badSize = await run(['--upload-dir', root, '--upload-max-size', 'huge'])
   assert.equal(badSize.code, 2)
   assert.match(badSize.stderr, /--upload-max-size huge/)
+})
+
+test('an empty upload completes at creation; creation-with-upload stores the POST body', async t => {
+  const { origin, uploadDir } = await setup(t)
+  const empty = await create(origin, 'empty.txt', 0)
+  assert.equal(empty.status, 201)
+  assert.equal(reprDigestHex(empty.headers), sha256(Buffer.alloc(0)))
+  assert.equal((await stat(join(uploadDir, 'empty.txt'))).size, 0)
+  const withBody = await send(origin, '/uploads/', 'POST', {
+    ...TUS, 'upload-length': '5', 'upload-metadata': `filename ${b64('body.txt')}`, 'content-type': 'application/offset+octet-stream', 'content-length': '5'
+  }, Buffer.from('hello'))
+  assert.equal(withBody.status, 201)
+  assert.equal(withBody.headers['upload-offset'], '5')
+  assert.equal(reprDigestHex(withBody.headers), sha256(Buffer.from('hello')))
+  assert.equal(await readFile(join(uploadDir, 'body.txt'), 'utf8'), 'hello')
+  assert.deepEqual((await staged(uploadDir)).filter(n => !n.endsWith('.done')), [])
 })
