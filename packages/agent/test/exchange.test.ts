@@ -5,7 +5,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { blockDigest, blockSpan, contentKey, createManifest, discoveryId, DISCOVERY_LABEL, encodeMessage, EXCHANGE_PROTOCOL, MessageType, silentLogger } from '@canopy/core'
+import { blockDigest, blockSpan, contentKey, createManifest, discoveryId, DISCOVERY_LABEL, encodeMessage, EXCHANGE_PROTOCOL, MessageType, readProof, silentLogger } from '@canopy/core'
 import type { PublishedManifest } from '@canopy/core'
 import { ExchangeSession, generateSwarmKey, loadOrCreatePeerKey, parseSwarmKey, serveExchange, startPeerNode } from '@canopy/agent/peers'
 import type { PeerNode, SharedContent } from '@canopy/agent/peers'
@@ -58,18 +58,61 @@ test('a member that holds the content key gets the bitfield and verified blocks,
   }
 })
 
-test('a member that knows the discovery id but not the key gets nothing usable', async (t) => {
+/** Sends raw frames on a new exchange stream, closes its writing end, and returns every byte answered. */
+async function rawExchange (client: PeerNode, server: PeerNode, ...frames: Uint8Array[]): Promise<Buffer> {
+  const stream = await client.libp2p.dialProtocol(server.libp2p.peerId, EXCHANGE_PROTOCOL)
+  for (const frame of frames) stream.send(frame)
+  await stream.close()
+  const chunks: Uint8Array[] = []
+  for await (const chunk of stream) chunks.push(chunk instanceof Uint8Array ? chunk : chunk.subarray())
+  return Buffer.concat(chunks)
+}
+
+test('a member without the content key gets nothing usable, and cannot tell whether the agent holds the content', async (t) => {
   const [server, client] = [await node(t), await node(t)]
   const c = await content()
   await serveExchange(server.libp2p, { lookup: (id) => Buffer.compare(id, c.id) === 0 ? c.shared : undefined }, silentLogger)
   await client.libp2p.dial(server.libp2p.getMultiaddrs()[0])
   const wrongKey = randomBytes(32)
   const session = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, wrongKey)
-  await assert.rejects(session.have(), { code: 'ERR_PEER_DENIED' })
+  await assert.rejects(session.have(), { code: 'ERR_PEER_UNKNOWN_CONTENT' })
   const again = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, wrongKey)
-  await assert.rejects(again.block(0), { code: 'ERR_PEER_DENIED' })
+  await assert.rejects(again.block(0), { code: 'ERR_PEER_UNKNOWN_CONTENT' })
   const unknown = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, randomBytes(32), c.key)
   await assert.rejects(unknown.have(), { code: 'ERR_PEER_UNKNOWN_CONTENT' })
+  // The oracle: the same bytes answer a wrong proof for held content and any proof
+  // for content not held (they said "Denied" and "Unknown").
+  const proof = readProof(wrongKey, client.libp2p.peerId.toMultihash().bytes, server.libp2p.peerId.toMultihash().bytes)
+  const ask = (id: Uint8Array): Uint8Array[] => [
+    encodeMessage({ type: MessageType.HaveRequest, discoveryId: id, proof }),
+    encodeMessage({ type: MessageType.BlockRequest, discoveryId: id, proof, index: 1 })
+  ]
+  const held = await rawExchange(client, server, ...ask(c.id))
+  const notHeld = await rawExchange(client, server, ...ask(randomBytes(32)))
+  assert.ok(held.length > 0)
+  assert.deepEqual(held, notHeld)
+  // With the key, the same agent does answer.
+  const member = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, c.key)
+  assert.equal((await member.have()).have.length, 1)
+  await member.close()
+})
+
+test('an empty frame is a protocol error that resets the stream, on either side', async (t) => {
+  const [server, client] = [await node(t), await node(t)]
+  const c = await content()
+  await serveExchange(server.libp2p, { lookup: (id) => Buffer.compare(id, c.id) === 0 ? c.shared : undefined }, silentLogger)
+  await client.libp2p.dial(server.libp2p.getMultiaddrs()[0])
+  // To the server: reset, nothing answered (it threw a TypeError from the framing).
+  await assert.rejects(rawExchange(client, server, Buffer.alloc(4)), { name: 'StreamResetError' })
+  // To a session: a clean ERR_PROTOCOL error for the request, not a TypeError.
+  await client.libp2p.handle('/test/empty-frame/1.0.0', (stream) => { stream.send(Buffer.alloc(4)) })
+  const stream = await server.libp2p.dialProtocol(client.libp2p.peerId, '/test/empty-frame/1.0.0')
+  const session = new (ExchangeSession as unknown as new (...args: unknown[]) => ExchangeSession)(stream, client.libp2p.peerId, c.id, new Uint8Array(32))
+  await assert.rejects(session.have(), { code: 'ERR_PROTOCOL', message: /empty frame/ })
+  // The server still serves well-formed requests.
+  const member = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, c.key)
+  assert.equal((await member.have()).have.length, 1)
+  await member.close()
 })
 
 test('a malformed or oversized request closes that stream; the server keeps serving others', async (t) => {
