@@ -88,7 +88,7 @@ async function outsiderReadsMessage2 (host: string, port: number, mix: (dh: Buff
     const sealedPayload = message2.subarray(80)
     // The protocol name is 32 bytes: it is the initial hash and chaining key. The
     // prologue only enters the hash, which is only authenticated data.
-    let ck = Buffer.from('Noise_XX_25519_ChaChaPoly_SHA256')
+    let ck: Buffer = Buffer.from('Noise_XX_25519_ChaChaPoly_SHA256')
     let k: Buffer
     ;[ck, k] = hkdf(ck, mix(diffieHellman({ privateKey, publicKey: x25519Public(remoteEphemeral) })))
     const remoteStatic = decryptIgnoringTag(k, sealedStatic)
