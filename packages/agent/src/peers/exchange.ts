@@ -49,10 +49,12 @@ export const DEFAULT_SERVE_LIMITS: ServeLimits = {
 }
 
 /**
- * Bytes a reading session buffers before pausing its stream: two of the largest
- * frames (a frame being read may always be buffered whole).
+ * Bytes a session buffers before pausing its stream (a frame being read may always be
+ * buffered whole): eight 1 MiB answers, the pipeline of one transfer, arrive without
+ * pausing, and a peer that pushes what was not asked for holds at most this (or one
+ * frame) plus the stream's window.
  */
-const SESSION_BUFFER_BYTES = 2 * (4 + MAX_FRAME_BODY)
+const SESSION_BUFFER_BYTES = 8 * 1024 * 1024
 
 /** Content this agent can serve to peers, found by discovery id. */
 export interface SharedContent {
