@@ -9,6 +9,7 @@ import { blockDigest, blockSpan, contentKey, createManifest, discoveryId, DISCOV
 import type { PublishedManifest } from '@canopy/core'
 import { ExchangeSession, generateSwarmKey, loadOrCreatePeerKey, parseSwarmKey, serveExchange, startPeerNode } from '@canopy/agent/peers'
 import type { PeerNode, SharedContent } from '@canopy/agent/peers'
+import type { Stream } from '@libp2p/interface'
 
 const BS = 64 * 1024
 const swarmKey = parseSwarmKey(generateSwarmKey())
@@ -140,4 +141,61 @@ test('a malformed or oversized request closes that stream; the server keeps serv
   const session = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, c.key)
   assert.equal((await session.have()).have.length, 1)
   await session.close()
+})
+
+/** Resolves when the stream closes (reset or not), with its final status. */
+async function closed (stream: Stream): Promise<string> {
+  if (stream.status !== 'open') return stream.status
+  return await new Promise(resolve => stream.addEventListener('close', () => resolve(stream.status), { once: true }))
+}
+
+test('a peer that never reads its answers has its stream reset (write deadline); others are still served', { timeout: 60_000 }, async (t) => {
+  const [server, client] = [await node(t), await node(t)]
+  const c = await content()
+  await serveExchange(server.libp2p, { lookup: (id) => Buffer.compare(id, c.id) === 0 ? c.shared : undefined }, silentLogger, { writeTimeoutMs: 500 })
+  await client.libp2p.dial(server.libp2p.getMultiaddrs()[0])
+  const stream = await client.libp2p.dialProtocol(server.libp2p.peerId, EXCHANGE_PROTOCOL)
+  stream.pause() // never read: the server's window for answers runs out
+  const proof = readProof(c.key, client.libp2p.peerId.toMultihash().bytes, server.libp2p.peerId.toMultihash().bytes)
+  for (let i = 0; i < 8; i++) stream.send(encodeMessage({ type: MessageType.BlockRequest, discoveryId: c.id, proof, index: i % 5 }))
+  assert.equal(await closed(stream), 'reset')
+  const session = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, c.key)
+  assert.equal((await session.have()).have.length, 1)
+  await session.close()
+})
+
+test('a peer that trickles a request byte by byte has its stream closed', { timeout: 60_000 }, async (t) => {
+  const [server, client] = [await node(t), await node(t)]
+  const c = await content()
+  await serveExchange(server.libp2p, { lookup: () => undefined }, silentLogger, { requestTimeoutMs: 1000 })
+  await client.libp2p.dial(server.libp2p.getMultiaddrs()[0])
+  const stream = await client.libp2p.dialProtocol(server.libp2p.peerId, EXCHANGE_PROTOCOL)
+  const request = encodeMessage({ type: MessageType.HaveRequest, discoveryId: c.id, proof: new Uint8Array(32) })
+  const end = closed(stream)
+  let sent = 0
+  // One byte every 100 ms: never idle long, but the request would take 6.9 s.
+  while (stream.status === 'open' && sent < request.length) {
+    stream.send(request.subarray(sent, ++sent))
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  assert.equal(await end, 'reset')
+  assert.ok(sent < request.length, 'the server waited for the whole request')
+})
+
+test('streams beyond the per-peer cap are refused; answers under a tiny budget still all arrive, in order', { timeout: 60_000 }, async (t) => {
+  const [server, client] = [await node(t), await node(t)]
+  const c = await content()
+  // A budget of one byte and one request in flight per peer: every answer waits for the one before.
+  await serveExchange(server.libp2p, { lookup: (id) => Buffer.compare(id, c.id) === 0 ? c.shared : undefined }, silentLogger, { streamsPerPeer: 2, requestsPerPeer: 1, budgetBytes: 1 })
+  await client.libp2p.dial(server.libp2p.getMultiaddrs()[0])
+  const sessions = await Promise.all([0, 1].map(async () => await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, c.key)))
+  const blocks = await Promise.all(sessions.flatMap(s => [0, 1, 3, 4, 5].map(async i => await s.block(i))))
+  for (const [n, block] of blocks.entries()) {
+    const i = [0, 1, 3, 4, 5][n % 5]
+    assert.deepEqual(new Uint8Array(createHash('sha256').update(block!).digest()), blockDigest(c.manifest.blocks[i]))
+  }
+  // A third stream at once: refused (reset before an answer).
+  const third = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, c.key)
+  await assert.rejects(third.have())
+  for (const s of sessions) await s.close()
 })

@@ -8,7 +8,11 @@ import type { ExchangeMessage, Logger, PublishedManifest } from '@canopy/core'
 import { FramedStream } from './framing.ts'
 import type { PeerLibp2p } from './node.ts'
 
-/** A serving stream that receives no request for this long is closed. */
+/**
+ * A serving stream that receives no whole request for this long is closed, even if
+ * bytes trickle in (a request is at most 69 bytes: a peer that sends one byte now and
+ * then must not hold a stream).
+ */
 const SERVER_IDLE_MS = 60_000
 /** Requests of one stream being prepared or sent at once. */
 const SERVER_PIPELINE = 8
@@ -36,6 +40,8 @@ export interface ServeLimits {
   requestBufferBytes: number
   /** How long an answer may wait for the peer to read (then its stream is reset). */
   writeTimeoutMs: number
+  /** How long the next whole request may take to arrive, however its bytes trickle in. */
+  requestTimeoutMs: number
 }
 
 export const DEFAULT_SERVE_LIMITS: ServeLimits = {
@@ -45,7 +51,8 @@ export const DEFAULT_SERVE_LIMITS: ServeLimits = {
   requestsPerPeer: 16,
   budgetBytes: 64 * 1024 * 1024,
   requestBufferBytes: 16 * 1024,
-  writeTimeoutMs: RESPONSE_TIMEOUT_MS
+  writeTimeoutMs: RESPONSE_TIMEOUT_MS,
+  requestTimeoutMs: SERVER_IDLE_MS
 }
 
 /**
@@ -319,7 +326,7 @@ class ExchangeServer {
         for (;;) {
           while (answers.length >= SERVER_PIPELINE && !readingDone) await new Promise<void>(resolve => { wakeReader = resolve })
           if (readingDone) return
-          const body = await framed.read(MAX_REQUEST_BODY, SERVER_IDLE_MS)
+          const body = await framed.read(MAX_REQUEST_BODY, SERVER_IDLE_MS, this.limits.requestTimeoutMs)
           if (body === undefined) return
           // The peer's requests in flight, over all its streams: past the cap, this
           // stream reads no more (and, its buffer full, is paused).

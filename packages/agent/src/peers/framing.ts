@@ -93,11 +93,16 @@ export class FramedStream {
     }
   }
 
-  /** The next frame's body, or undefined at a clean end of stream between frames. */
-  async read (maxBody: number, timeoutMs: number): Promise<Uint8Array | undefined> {
-    const length = await this.readLength(maxBody, timeoutMs)
+  /**
+   * The next frame's body, or undefined at a clean end of stream between frames.
+   * Fails after `timeoutMs` without data, and (given `wholeFrameMs`) when the whole
+   * frame took longer than that, however its bytes trickled in.
+   */
+  async read (maxBody: number, timeoutMs: number, wholeFrameMs?: number): Promise<Uint8Array | undefined> {
+    const deadline = wholeFrameMs === undefined ? undefined : performance.now() + wholeFrameMs
+    const length = await this.readLength(maxBody, timeoutMs, deadline)
     if (length === undefined) return undefined
-    return await this.readBody(length, timeoutMs)
+    return await this.readBody(length, timeoutMs, undefined, deadline)
   }
 
 
@@ -105,8 +110,8 @@ export class FramedStream {
    * The length of the next frame's body (read it with readBody), or undefined at a
    * clean end of stream between frames.
    */
-  async readLength (maxBody: number, timeoutMs: number): Promise<number | undefined> {
-    if (!await this.fill(4, timeoutMs)) {
+  async readLength (maxBody: number, timeoutMs: number, deadline?: number): Promise<number | undefined> {
+    if (!await this.fill(4, timeoutMs, deadline)) {
       if (this.buffered === 0) return undefined
       throw new CanopyError('ERR_PROTOCOL', 'the stream ended inside a frame header')
     }
@@ -124,8 +129,8 @@ export class FramedStream {
    * in one copy; without it, they are a view of what arrived when it came in one
    * piece.
    */
-  async readBody (n: number, timeoutMs: number, into?: Uint8Array): Promise<Uint8Array> {
-    if (!await this.fill(n, timeoutMs)) throw new CanopyError('ERR_PROTOCOL', 'the stream ended inside a frame')
+  async readBody (n: number, timeoutMs: number, into?: Uint8Array, deadline?: number): Promise<Uint8Array> {
+    if (!await this.fill(n, timeoutMs, deadline)) throw new CanopyError('ERR_PROTOCOL', 'the stream ended inside a frame')
     return this.take(n, into)
   }
 
@@ -163,19 +168,19 @@ export class FramedStream {
    * Waits until `n` bytes are buffered; false at a clean end of stream. Fails after
    * `timeoutMs` without any data from the peer.
    */
-  private async fill (n: number, timeoutMs: number): Promise<boolean> {
+  private async fill (n: number, timeoutMs: number, deadline = Infinity): Promise<boolean> {
     if (this.buffered < n) {
       this.wanted = n
       this.flow()
     }
     try {
-      return await this.fillWanted(n, timeoutMs)
+      return await this.fillWanted(n, timeoutMs, deadline)
     } finally {
       this.wanted = 0
     }
   }
 
-  private async fillWanted (n: number, timeoutMs: number): Promise<boolean> {
+  private async fillWanted (n: number, timeoutMs: number, deadline: number): Promise<boolean> {
     while (this.buffered < n) {
       if (this.failure !== undefined) throw this.failure
       if (this.ended) return false
@@ -190,12 +195,14 @@ export class FramedStream {
         }
         // Idle time, not time per frame: data that keeps coming moves the deadline.
         const check = (): void => {
-          const idle = performance.now() - Math.max(since, this.lastData)
+          const now = performance.now()
+          const idle = now - Math.max(since, this.lastData)
           if (idle >= timeoutMs) done(new CanopyError('ERR_TIMEOUT', `no data from the peer for ${timeoutMs} ms`))
-          else timer = setTimeout(check, timeoutMs - idle)
+          else if (now >= deadline) done(new CanopyError('ERR_TIMEOUT', 'the peer sent a frame too slowly'))
+          else timer = setTimeout(check, Math.min(timeoutMs - idle, deadline - now))
         }
         this.wake = () => { if (this.buffered >= n || this.ended) done() }
-        timer = setTimeout(check, timeoutMs)
+        timer = setTimeout(check, Math.min(timeoutMs, Math.max(0, deadline - performance.now())))
       })
     }
     return true
