@@ -199,3 +199,37 @@ test('streams beyond the per-peer cap are refused; answers under a tiny budget s
   await assert.rejects(third.have())
   for (const s of sessions) await s.close()
 })
+
+test('a peer that pushes answers nobody asked for fills at most a bounded buffer of the session, then is held by yamux', { timeout: 60_000 }, async (t) => {
+  const [hostile, client] = [await node(t), await node(t)]
+  const c = await content()
+  const answer = encodeMessage({ type: MessageType.BlockResponse, status: 0, index: 0, data: randomBytes(1024 * 1024) })
+  let pushed = 0
+  const stop = AbortSignal.timeout(3000)
+  await hostile.libp2p.handle(EXCHANGE_PROTOCOL, (stream) => {
+    void (async () => {
+      // A true answer to the have request, then a block after block, unasked.
+      stream.send(encodeMessage({ type: MessageType.HaveResponse, status: 0, blockCount: 6, bitfield: new Uint8Array(1), fetching: new Uint8Array(1) }))
+      while (!stop.aborted && stream.writeStatus === 'writable') {
+        pushed += answer.length
+        if (!stream.send(answer)) {
+          await new Promise<void>(resolve => {
+            stream.addEventListener('drain', () => resolve(), { once: true })
+            stop.addEventListener('abort', () => resolve(), { once: true })
+          })
+        }
+      }
+    })()
+  })
+  await client.libp2p.dial(hostile.libp2p.getMultiaddrs()[0])
+  const session = await ExchangeSession.open(client.libp2p, hostile.libp2p.peerId, c.id, c.key)
+  t.after(async () => await session.close())
+  await session.have()
+  await new Promise(resolve => stop.addEventListener('abort', resolve, { once: true }))
+  // Bytes received and not read: the framing's buffer and the stream's own.
+  const { framed } = session as unknown as { framed: { buffered: number, stream: Stream } }
+  const held = framed.buffered + framed.stream.readBufferLength
+  const bound = 8 * 1024 * 1024 + answer.length + 4 * 1024 * 1024 + 64 * 1024
+  t.diagnostic(`pushed ${Math.round(pushed / 2 ** 20)} MiB, the session holds ${Math.round(held / 2 ** 20)} MiB`)
+  assert.ok(held <= bound, `the session holds ${held} bytes (bound ${bound})`)
+})

@@ -66,11 +66,6 @@ export class FramedStream {
     if (stream.readStatus !== 'readable' && stream.readStatus !== 'paused') this.ended = true
   }
 
-  /** Bytes received and not yet read (for tests and limits). */
-  get bufferedBytes (): number {
-    return this.buffered
-  }
-
   private push (chunk: Uint8Array): void {
     if (chunk.length === 0) return
     this.chunks.push(chunk)
