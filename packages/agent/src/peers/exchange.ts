@@ -372,7 +372,9 @@ class ExchangeServer {
       ending.abort(new CanopyError('ERR_PROTOCOL', 'the stream ended'))
       // Answers never sent (the stream failed): what they hold goes back, after
       // their preparation settled (a block read under way still holds its budget).
-      for (const answer of answers.splice(0)) void answer.parts.catch(() => {}).finally(answer.release)
+      const unsent = answers.splice(0)
+      await Promise.allSettled(unsent.map(async answer => await answer.parts))
+      for (const answer of unsent) answer.release()
     }
   }
 }
