@@ -133,7 +133,6 @@ test('a hostile member cannot grow an agent\'s memory beyond a bound; the agent 
   const key = Buffer.from(manifest.key!, 'base64')
   const id = discoveryId(key, DISCOVERY_LABEL)
   const pid = agent.child.pid!
-  agent.child.once('exit', (code, signal) => process.stderr.write(`agent exited: ${code} ${signal}\n${agent.stderr().slice(-3000)}\n`))
   const honest = await member(t, join(dir, 'honest'), keyFile)
   await honestFetch(honest, agent, manifest)
 
@@ -179,7 +178,9 @@ test('a hostile member cannot grow an agent\'s memory beyond a bound; the agent 
       await agent.client.status()
       await honestFetch(honest, agent, manifest)
     })()
-    const peak = await peakRssDuring(pid, Promise.all([running, answering]))
+    const peak = await peakRssDuring(pid, Promise.all([running, answering])).catch((err: unknown) => {
+      throw new Error(`the agent died under "${name}": ${String(err)}\n${agent.stderr().slice(-3000)}`)
+    })
     await running
     await answering
     t.diagnostic(`${name}: ${Math.round(sentBytes / MiB)} MiB sent`)
