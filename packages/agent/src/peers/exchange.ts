@@ -1,19 +1,67 @@
 import { timingSafeEqual } from 'node:crypto'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import {
-  CanopyError, decodeMessage, encodeFrameParts, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY,
+  blockSpan, CanopyError, decodeMessage, encodeFrameParts, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY,
   MessageType, readProof, RESPONSE_HEAD_BYTES
 } from '@canopy/core'
 import type { ExchangeMessage, Logger, PublishedManifest } from '@canopy/core'
 import { FramedStream } from './framing.ts'
 import type { PeerLibp2p } from './node.ts'
 
-/** A serving stream that receives no request for this long is closed. */
+/**
+ * A serving stream that receives no whole request for this long is closed, even if
+ * bytes trickle in (a request is at most 69 bytes: a peer that sends one byte now and
+ * then must not hold a stream).
+ */
 const SERVER_IDLE_MS = 60_000
 /** Requests of one stream being prepared or sent at once. */
 const SERVER_PIPELINE = 8
 /** How long a request may wait for its response. */
 const RESPONSE_TIMEOUT_MS = 30_000
+
+/**
+ * What one agent spends on serving peers, at most. Every outside input is bounded:
+ * a member (anyone with the swarm key, with or without a content key) can open
+ * streams, send requests and stop reading; these caps hold what that costs. The
+ * figures are what docs/SECURITY.md states.
+ */
+export interface ServeLimits {
+  /** Exchange streams served at once per peer id (and per connection). */
+  streamsPerPeer: number
+  /** Exchange streams served at once per remote IP address (peer ids cost nothing to mint). */
+  streamsPerAddress: number
+  /** Exchange streams served at once in all. */
+  streams: number
+  /** Requests of one peer (all its streams) being answered at once. */
+  requestsPerPeer: number
+  /** Bytes of answers (blocks, bitfields) read and not yet handed to the muxer, over all peers. */
+  budgetBytes: number
+  /** Bytes of requests buffered per stream before it is paused (backpressure into yamux). */
+  requestBufferBytes: number
+  /** How long an answer may wait for the peer to read (then its stream is reset). */
+  writeTimeoutMs: number
+  /** How long the next whole request may take to arrive, however its bytes trickle in. */
+  requestTimeoutMs: number
+}
+
+export const DEFAULT_SERVE_LIMITS: ServeLimits = {
+  streamsPerPeer: 8,
+  streamsPerAddress: 32,
+  streams: 128,
+  requestsPerPeer: 16,
+  budgetBytes: 64 * 1024 * 1024,
+  requestBufferBytes: 16 * 1024,
+  writeTimeoutMs: RESPONSE_TIMEOUT_MS,
+  requestTimeoutMs: SERVER_IDLE_MS
+}
+
+/**
+ * Bytes a session buffers before pausing its stream (a frame being read may always be
+ * buffered whole): eight 1 MiB answers, the pipeline of one transfer, arrive without
+ * pausing, and a peer that pushes what was not asked for holds at most this (or one
+ * frame) plus the stream's window.
+ */
+const SESSION_BUFFER_BYTES = 8 * 1024 * 1024
 
 /** Content this agent can serve to peers, found by discovery id. */
 export interface SharedContent {
@@ -31,6 +79,8 @@ export interface SharedContent {
 
 export interface BlockSource {
   lookup: (discoveryId: Uint8Array) => SharedContent | undefined
+  /** Whether to serve this connection at all (false for a banned peer id or address). */
+  admits?: (connection: Connection) => boolean
 }
 
 function peerBytes (peer: PeerId): Uint8Array {
@@ -48,108 +98,284 @@ function bitfieldOf (content: SharedContent, test: (index: number) => boolean): 
   return bits
 }
 
+/** The IP address of a connection's remote end (the text after /ip4/ or /ip6/), or its whole address. */
+export function remoteAddress (connection: Connection): string {
+  const first = connection.remoteAddr.getComponents()[0]
+  return first?.value ?? connection.remoteAddr.toString()
+}
+
+/**
+ * A counting semaphore in units (bytes, requests), first come first served. One
+ * holder may always take more than the capacity when nothing else is held, so that
+ * an answer larger than the budget is slow, never stuck.
+ */
+export class Allowance {
+  private used = 0
+  private readonly waiters: Array<{ units: number, grant: () => void }> = []
+  readonly capacity: number
+
+  constructor (capacity: number) {
+    this.capacity = capacity
+  }
+
+  get idle (): boolean {
+    return this.used === 0 && this.waiters.length === 0
+  }
+
+  async take (units: number, signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted()
+    if (this.waiters.length === 0 && (this.used === 0 || this.used + units <= this.capacity)) {
+      this.used += units
+      return
+    }
+    await new Promise<void>((resolve, reject) => {
+      const waiter = {
+        units,
+        grant: () => {
+          signal.removeEventListener('abort', onAbort)
+          resolve()
+        }
+      }
+      const onAbort = (): void => {
+        this.waiters.splice(this.waiters.indexOf(waiter), 1)
+        reject(signal.reason)
+        this.grantWaiting()
+      }
+      signal.addEventListener('abort', onAbort, { once: true })
+      this.waiters.push(waiter)
+    })
+  }
+
+  give (units: number): void {
+    this.used -= units
+    this.grantWaiting()
+  }
+
+  private grantWaiting (): void {
+    while (this.waiters.length > 0 && (this.used === 0 || this.used + this.waiters[0].units <= this.capacity)) {
+      const waiter = this.waiters.shift()!
+      this.used += waiter.units
+      waiter.grant()
+    }
+  }
+}
+
+/** Counts held per key (peer id, address); a key at its cap is refused. */
+class Counter {
+  private readonly counts = new Map<string, number>()
+  count (key: string): number {
+    return this.counts.get(key) ?? 0
+  }
+
+  add (key: string, delta: number): void {
+    const next = this.count(key) + delta
+    if (next === 0) this.counts.delete(key)
+    else this.counts.set(key, next)
+  }
+}
+
+/** A proof that matches no key, compared when a discovery id is unknown (same work either way). */
+const NO_KEY = new Uint8Array(32)
+
 /**
  * Serves `/canopy/exchange/1.0.0`: a peer asks by discovery id only, with a proof
  * that it holds the content key; it gets the bitfield of blocks this agent can
  * serve, and blocks. A malformed, oversized or late request ends the stream (and is
- * logged against the peer); it never reaches the agent's other work.
+ * logged against the peer); it never reaches the agent's other work. What serving
+ * costs is bounded by `limits` (see ServeLimits); a peer that asks for content it
+ * cannot prove it may read gets the same answer whether or not this agent holds it.
  */
-export async function serveExchange (libp2p: PeerLibp2p, source: BlockSource, logger: Logger): Promise<void> {
+export async function serveExchange (libp2p: PeerLibp2p, source: BlockSource, logger: Logger, limits: Partial<ServeLimits> = {}): Promise<void> {
+  const server = new ExchangeServer(libp2p.peerId, source, logger, { ...DEFAULT_SERVE_LIMITS, ...limits })
   await libp2p.handle(EXCHANGE_PROTOCOL, (stream: Stream, connection: Connection) => {
-    void serveStream(stream, connection, libp2p.peerId, source, logger)
+    void server.serve(stream, connection)
+  }, {
+    // Further streams of one connection are reset by libp2p before they reach us.
+    maxInboundStreams: server.limits.streamsPerPeer
   })
 }
 
-async function serveStream (stream: Stream, connection: Connection, self: PeerId, source: BlockSource, logger: Logger): Promise<void> {
-  const framed = new FramedStream(stream)
-  const asker = peerBytes(connection.remotePeer)
-  const server = peerBytes(self)
-  // Requests are answered in order, but the next ones are read and prepared (disk
-  // read, verification) while earlier answers are still being sent.
-  const answers: Array<Promise<Uint8Array[]>> = []
-  let readingDone = false
-  let wakeWriter: (() => void) | undefined
-  let wakeReader: (() => void) | undefined
+interface Answer {
+  parts: Promise<Uint8Array[]>
+  /** Returns what the answer held (budget, the peer's request slot); once. */
+  release: () => void
+}
 
-  const answer = async (body: Uint8Array): Promise<Uint8Array[]> => {
+class ExchangeServer {
+  readonly limits: ServeLimits
+  private readonly self: Uint8Array
+  private readonly source: BlockSource
+  private readonly logger: Logger
+  private readonly budget: Allowance
+  private readonly requests = new Map<string, Allowance>()
+  private readonly streamsByPeer = new Counter()
+  private readonly streamsByAddress = new Counter()
+  private streams = 0
+
+  constructor (self: PeerId, source: BlockSource, logger: Logger, limits: ServeLimits) {
+    this.self = peerBytes(self)
+    this.source = source
+    this.logger = logger
+    this.limits = limits
+    this.budget = new Allowance(limits.budgetBytes)
+  }
+
+  async serve (stream: Stream, connection: Connection): Promise<void> {
+    const peer = connection.remotePeer.toString()
+    const address = remoteAddress(connection)
+    let refusal: string | undefined
+    if (this.source.admits?.(connection) === false) refusal = 'banned'
+    else if (this.streamsByPeer.count(peer) >= this.limits.streamsPerPeer) refusal = 'too many streams from this peer'
+    else if (this.streamsByAddress.count(address) >= this.limits.streamsPerAddress) refusal = 'too many streams from this address'
+    else if (this.streams >= this.limits.streams) refusal = 'too many streams in all'
+    if (refusal !== undefined) {
+      this.logger.debug('exchange stream refused', { peer, address, why: refusal })
+      stream.abort(new CanopyError('ERR_PEER_REFUSED', `exchange stream refused: ${refusal}`))
+      return
+    }
+    this.streams++
+    this.streamsByPeer.add(peer, 1)
+    this.streamsByAddress.add(address, 1)
+    let requests = this.requests.get(peer)
+    if (requests === undefined) {
+      requests = new Allowance(this.limits.requestsPerPeer)
+      this.requests.set(peer, requests)
+    }
+    try {
+      await this.serveStream(stream, connection, requests)
+    } finally {
+      this.streams--
+      this.streamsByPeer.add(peer, -1)
+      this.streamsByAddress.add(address, -1)
+      if (requests.idle && this.streamsByPeer.count(peer) === 0) this.requests.delete(peer)
+    }
+  }
+
+  /** The answer to one request: the parts of its frame, and what it holds until sent. */
+  private async answer (body: Uint8Array, connection: Connection, asker: Uint8Array, signal: AbortSignal, holding: (units: number) => void): Promise<Uint8Array[]> {
     const request = decodeMessage(body)
     if (request.type !== MessageType.HaveRequest && request.type !== MessageType.BlockRequest) {
       throw new CanopyError('ERR_PROTOCOL', 'a response where a request belongs')
     }
-    const content = source.lookup(request.discoveryId)
-    let status: number = ExchangeStatus.Ok
-    if (content === undefined) status = ExchangeStatus.Unknown
-    else if (!sameBytes(readProof(content.key, asker, server), request.proof)) status = ExchangeStatus.Denied
-    if (request.type === MessageType.HaveRequest) {
-      return encodeFrameParts(status === ExchangeStatus.Ok
-        ? { type: MessageType.HaveResponse, status, blockCount: content!.manifest.blocks.length, bitfield: bitfieldOf(content!, content!.has), fetching: bitfieldOf(content!, content!.fetching ?? (() => false)) }
-        : { type: MessageType.HaveResponse, status, blockCount: 0, bitfield: new Uint8Array(0), fetching: new Uint8Array(0) })
+    const content = this.source.lookup(request.discoveryId)
+    // Not an oracle: a proof is checked (the same work) whether or not the content is
+    // held, and a wrong proof is answered like unknown content. Only a member that
+    // holds the content key learns that this agent holds the content.
+    const proven = sameBytes(readProof(content?.key ?? NO_KEY, asker, this.self), request.proof)
+    if (content === undefined || !proven) {
+      return request.type === MessageType.HaveRequest
+        ? encodeFrameParts({ type: MessageType.HaveResponse, status: ExchangeStatus.Unknown, blockCount: 0, bitfield: new Uint8Array(0), fetching: new Uint8Array(0) })
+        : encodeFrameParts({ type: MessageType.BlockResponse, status: ExchangeStatus.Unknown, index: request.index, data: new Uint8Array(0) })
     }
-    let data: Uint8Array = new Uint8Array(0)
-    if (status === ExchangeStatus.Ok) {
-      if (request.index >= content!.manifest.blocks.length || !content!.has(request.index)) status = ExchangeStatus.Missing
-      else {
+    const count = content.manifest.blocks.length
+    if (request.type === MessageType.HaveRequest) {
+      const bytes = 2 * Math.ceil(count / 8)
+      await this.budget.take(bytes, signal)
+      holding(bytes)
+      return encodeFrameParts({ type: MessageType.HaveResponse, status: ExchangeStatus.Ok, blockCount: count, bitfield: bitfieldOf(content, content.has), fetching: bitfieldOf(content, content.fetching ?? (() => false)) })
+    }
+    const { index } = request
+    if (index >= count || !content.has(index)) {
+      return encodeFrameParts({ type: MessageType.BlockResponse, status: ExchangeStatus.Missing, index, data: new Uint8Array(0) })
+    }
+    const bytes = blockSpan(index, content.manifest.size, content.manifest.blockSize).length
+    await this.budget.take(bytes, signal)
+    holding(bytes)
+    try {
+      const data = await content.read(index)
+      content.served?.(connection.remotePeer, data.length)
+      return encodeFrameParts({ type: MessageType.BlockResponse, status: ExchangeStatus.Ok, index, data })
+    } catch (err) {
+      // A file that moved or changed under us: say we lack the block, keep serving.
+      this.logger.debug('could not read a block for a peer', { index, err: (err as Error).message })
+      return encodeFrameParts({ type: MessageType.BlockResponse, status: ExchangeStatus.Missing, index, data: new Uint8Array(0) })
+    }
+  }
+
+  private async serveStream (stream: Stream, connection: Connection, requests: Allowance): Promise<void> {
+    const framed = new FramedStream(stream, { maxBuffered: this.limits.requestBufferBytes, writeTimeoutMs: this.limits.writeTimeoutMs })
+    const asker = peerBytes(connection.remotePeer)
+    const ending = new AbortController()
+    // Requests are answered in order, but the next ones are read and prepared (disk
+    // read, verification) while earlier answers are still being sent.
+    const answers: Answer[] = []
+    let readingDone = false
+    let wakeWriter: (() => void) | undefined
+    let wakeReader: (() => void) | undefined
+
+    const writer = async (): Promise<void> => {
+      for (;;) {
+        if (answers.length === 0) {
+          if (readingDone) return
+          await new Promise<void>(resolve => { wakeWriter = resolve })
+          continue
+        }
+        const answer = answers[0]
         try {
-          data = await content!.read(request.index)
-          content!.served?.(connection.remotePeer, data.length)
-        } catch (err) {
-          // A file that moved or changed under us: say we lack the block, keep serving.
-          logger.debug('could not read a block for a peer', { index: request.index, err: (err as Error).message })
-          status = ExchangeStatus.Missing
+          const parts = await answer.parts
+          await framed.write(...parts)
+        } finally {
+          answers.shift()
+          answer.release()
+          wakeReader?.()
         }
       }
     }
-    return encodeFrameParts({ type: MessageType.BlockResponse, status, index: request.index, data })
-  }
-
-  const writer = async (): Promise<void> => {
-    for (;;) {
-      if (answers.length === 0) {
-        if (readingDone) return
-        await new Promise<void>(resolve => { wakeWriter = resolve })
-        continue
-      }
-      const parts = await answers[0]
-      answers.shift()
-      wakeReader?.()
-      await framed.write(...parts)
-    }
-  }
-  const reader = async (): Promise<void> => {
-    try {
-      for (;;) {
-        while (answers.length >= SERVER_PIPELINE && !readingDone) await new Promise<void>(resolve => { wakeReader = resolve })
-        if (readingDone) return
-        const body = await framed.read(MAX_REQUEST_BODY, SERVER_IDLE_MS)
-        if (body === undefined) return
-        const pending = answer(body)
-        pending.catch(() => {}) // awaited by the writer, in order
-        answers.push(pending)
+    const reader = async (): Promise<void> => {
+      try {
+        for (;;) {
+          while (answers.length >= SERVER_PIPELINE && !readingDone) await new Promise<void>(resolve => { wakeReader = resolve })
+          if (readingDone) return
+          const body = await framed.read(MAX_REQUEST_BODY, SERVER_IDLE_MS, this.limits.requestTimeoutMs)
+          if (body === undefined) return
+          // The peer's requests in flight, over all its streams: past the cap, this
+          // stream reads no more (and, its buffer full, is paused).
+          await requests.take(1, ending.signal)
+          let held = 0
+          let released = false
+          const release = (): void => {
+            if (released) return
+            released = true
+            requests.give(1)
+            if (held > 0) this.budget.give(held)
+          }
+          const parts = this.answer(body, connection, asker, ending.signal, (units) => { held += units })
+          parts.catch(() => {}) // awaited by the writer, in order
+          answers.push({ parts, release })
+          wakeWriter?.()
+        }
+      } finally {
+        readingDone = true
         wakeWriter?.()
       }
-    } finally {
-      readingDone = true
-      wakeWriter?.()
     }
-  }
-  // Whichever side fails first ends the stream, and wakes the other.
-  const failOn = async (side: () => Promise<void>): Promise<void> => {
+    // Whichever side fails first ends the stream, and wakes the other.
+    const failOn = async (side: () => Promise<void>): Promise<void> => {
+      try {
+        await side()
+      } catch (err) {
+        readingDone = true
+        ending.abort(err)
+        stream.abort(err as Error)
+        wakeReader?.()
+        wakeWriter?.()
+        throw err
+      }
+    }
     try {
-      await side()
+      await Promise.all([failOn(reader), failOn(writer)])
+      await stream.close()
     } catch (err) {
-      readingDone = true
+      this.logger.warn('peer exchange stream ended with an error', { peer: connection.remotePeer.toString(), err: (err as Error).message })
       stream.abort(err as Error)
-      wakeReader?.()
-      wakeWriter?.()
-      throw err
+    } finally {
+      ending.abort(new CanopyError('ERR_PROTOCOL', 'the stream ended'))
+      // Answers never sent (the stream failed): what they hold goes back, after
+      // their preparation settled (a block read under way still holds its budget).
+      const unsent = answers.splice(0)
+      await Promise.allSettled(unsent.map(async answer => await answer.parts))
+      for (const answer of unsent) answer.release()
     }
-  }
-  try {
-    await Promise.all([failOn(reader), failOn(writer)])
-    await stream.close()
-  } catch (err) {
-    logger.warn('peer exchange stream ended with an error', { peer: connection.remotePeer.toString(), err: (err as Error).message })
-    stream.abort(err as Error)
   }
 }
 
@@ -171,7 +397,7 @@ export class ExchangeSession {
   readonly peer: PeerId
 
   private constructor (stream: Stream, peer: PeerId, discoveryId: Uint8Array, proof: Uint8Array) {
-    this.framed = new FramedStream(stream)
+    this.framed = new FramedStream(stream, { maxBuffered: SESSION_BUFFER_BYTES, writeTimeoutMs: RESPONSE_TIMEOUT_MS })
     this.peer = peer
     this.discoveryId = discoveryId
     this.proof = proof
@@ -212,7 +438,7 @@ export class ExchangeSession {
 
   private check (status: number): void {
     if (status === ExchangeStatus.Ok) return
-    if (status === ExchangeStatus.Unknown) throw new PeerExchangeError('ERR_PEER_UNKNOWN_CONTENT', 'the peer has nothing under this discovery id')
+    if (status === ExchangeStatus.Unknown) throw new PeerExchangeError('ERR_PEER_UNKNOWN_CONTENT', 'the peer has nothing under this discovery id that our proof of the content key opens')
     if (status === ExchangeStatus.Denied) throw new PeerExchangeError('ERR_PEER_DENIED', 'the peer refused our proof of the content key')
     throw this.broken(`unknown status ${status}`)
   }

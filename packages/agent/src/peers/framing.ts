@@ -1,17 +1,38 @@
 import type { Stream } from '@libp2p/interface'
 import { CanopyError } from '@canopy/core'
 
+export interface FramedStreamInit {
+  /**
+   * Bytes kept from the peer before the stream is paused (the muxer then grants no
+   * more window, and the peer must stop sending). A read waiting for a longer frame
+   * than this may buffer that frame, no more.
+   */
+  maxBuffered: number
+  /** How long one write may wait for the peer to read (then the stream is reset). */
+  writeTimeoutMs: number
+}
+
 /**
  * Length-prefixed frames over a libp2p v3 stream: a 4-byte big-endian length, then
- * the body. Reads are bounded (a frame larger than the caller allows is a protocol
- * error) and timed out; writes wait for 'drain' when the stream's buffer is full
- * (v3's onDrain() resolves only once, see shared/notes/libp2p-v3.md). A stream that
- * ends in the middle of a frame is an error, never a short message.
+ * the body. Reads are bounded (a frame larger than the caller allows, or an empty
+ * one, is a protocol error) and timed out; what arrives before it is read is bounded
+ * too: past `maxBuffered` the stream is paused, so yamux stops returning window
+ * credit and the peer can send at most its current window, which the stream's own
+ * read buffer limit (4 MiB) caps; a peer that sends beyond it gets its stream reset
+ * (v3 returns window credit as soon as a chunk is dispatched, so without the pause a
+ * peer that is never read from could fill the agent's memory: 1.7 GiB in 11 s, see
+ * docs/SECURITY.md). Writes wait for 'drain' when the stream's buffer is full (v3's
+ * onDrain() resolves only once), at most `writeTimeoutMs`. A stream that ends in the
+ * middle of a frame is an error, never a short message.
  */
 export class FramedStream {
   readonly stream: Stream
+  private readonly maxBuffered: number
+  private readonly writeTimeoutMs: number
   private chunks: Uint8Array[] = []
   private buffered = 0
+  /** Bytes the read under way waits for (it may buffer that much even past maxBuffered). */
+  private wanted = 0
   /** The remote closed its end (cleanly, or with `failure`). */
   private ended = false
   private failure?: Error
@@ -20,8 +41,10 @@ export class FramedStream {
   /** The read waiting for more bytes, if any. */
   private wake?: () => void
 
-  constructor (stream: Stream) {
+  constructor (stream: Stream, init: FramedStreamInit) {
     this.stream = stream
+    this.maxBuffered = init.maxBuffered
+    this.writeTimeoutMs = init.writeTimeoutMs
     // The stream's events rather than its async iterator: the iterator costs a
     // promise, and the timeout race here one more and a timer, for every chunk of at
     // most 64 KiB; this way a read waits once per frame.
@@ -30,6 +53,7 @@ export class FramedStream {
       if (data instanceof Uint8Array) this.push(data)
       else for (const part of data) this.push(part)
       this.lastData = performance.now()
+      this.flow()
       this.wake?.()
     })
     const end = (error?: Error): void => {
@@ -48,23 +72,48 @@ export class FramedStream {
     this.buffered += chunk.length
   }
 
-  /** The next frame's body, or undefined at a clean end of stream between frames. */
-  async read (maxBody: number, timeoutMs: number): Promise<Uint8Array | undefined> {
-    const length = await this.readLength(maxBody, timeoutMs)
-    if (length === undefined) return undefined
-    return await this.readBody(length, timeoutMs)
+  /**
+   * Pauses the stream while more than the bound is buffered and no read needs it,
+   * resumes it otherwise. (A closed stream can neither: v3 throws, once from a timer.)
+   */
+  private flow (): void {
+    const status = this.stream.readStatus
+    if (status !== 'readable' && status !== 'paused') return
+    const full = this.buffered >= Math.max(this.maxBuffered, this.wanted)
+    try {
+      if (full && status === 'readable') this.stream.pause()
+      else if (!full && status === 'paused') this.stream.resume()
+    } catch {
+      // closing under us: the 'close' event ends reads
+    }
   }
+
+  /**
+   * The next frame's body, or undefined at a clean end of stream between frames.
+   * Fails after `timeoutMs` without data, and (given `wholeFrameMs`) when the whole
+   * frame took longer than that, however its bytes trickled in.
+   */
+  async read (maxBody: number, timeoutMs: number, wholeFrameMs?: number): Promise<Uint8Array | undefined> {
+    const deadline = wholeFrameMs === undefined ? undefined : performance.now() + wholeFrameMs
+    const length = await this.readLength(maxBody, timeoutMs, deadline)
+    if (length === undefined) return undefined
+    return await this.readBody(length, timeoutMs, undefined, deadline)
+  }
+
 
   /**
    * The length of the next frame's body (read it with readBody), or undefined at a
    * clean end of stream between frames.
    */
-  async readLength (maxBody: number, timeoutMs: number): Promise<number | undefined> {
-    if (!await this.fill(4, timeoutMs)) {
+  async readLength (maxBody: number, timeoutMs: number, deadline?: number): Promise<number | undefined> {
+    if (!await this.fill(4, timeoutMs, deadline)) {
       if (this.buffered === 0) return undefined
       throw new CanopyError('ERR_PROTOCOL', 'the stream ended inside a frame header')
     }
     const length = Buffer.from(this.take(4)).readUInt32BE(0)
+    // Every message has at least a type byte: an empty frame is a peer's error, not
+    // a message to decode (it threw a TypeError here).
+    if (length === 0) throw new CanopyError('ERR_PROTOCOL', 'an empty frame (every message has at least its type byte)')
     if (length > maxBody) throw new CanopyError('ERR_PROTOCOL', `a frame of ${length} bytes exceeds the limit of ${maxBody}`)
     return length
   }
@@ -75,8 +124,8 @@ export class FramedStream {
    * in one copy; without it, they are a view of what arrived when it came in one
    * piece.
    */
-  async readBody (n: number, timeoutMs: number, into?: Uint8Array): Promise<Uint8Array> {
-    if (!await this.fill(n, timeoutMs)) throw new CanopyError('ERR_PROTOCOL', 'the stream ended inside a frame')
+  async readBody (n: number, timeoutMs: number, into?: Uint8Array, deadline?: number): Promise<Uint8Array> {
+    if (!await this.fill(n, timeoutMs, deadline)) throw new CanopyError('ERR_PROTOCOL', 'the stream ended inside a frame')
     return this.take(n, into)
   }
 
@@ -89,14 +138,22 @@ export class FramedStream {
     for (const part of parts) room = this.stream.send(part)
     if (room) return
     await new Promise<void>((resolve, reject) => {
-      const onDrain = (): void => {
-        this.stream.removeEventListener('close', onClose)
-        resolve()
-      }
-      const onClose = (): void => {
+      const settle = (err?: Error): void => {
+        clearTimeout(timer)
         this.stream.removeEventListener('drain', onDrain)
-        reject(new CanopyError('ERR_PROTOCOL', 'the stream closed while sending'))
+        this.stream.removeEventListener('close', onClose)
+        if (err === undefined) resolve()
+        else reject(err)
       }
+      const onDrain = (): void => settle()
+      const onClose = (): void => settle(new CanopyError('ERR_PROTOCOL', 'the stream closed while sending'))
+      // A peer that stops reading holds what we queued for it: past the deadline its
+      // stream is reset, and the memory freed.
+      const timer = setTimeout(() => {
+        const err = new CanopyError('ERR_TIMEOUT', `the peer read nothing for ${this.writeTimeoutMs} ms; its stream is reset`)
+        settle(err)
+        this.stream.abort(err)
+      }, this.writeTimeoutMs)
       this.stream.addEventListener('drain', onDrain, { once: true })
       this.stream.addEventListener('close', onClose, { once: true })
     })
@@ -106,7 +163,19 @@ export class FramedStream {
    * Waits until `n` bytes are buffered; false at a clean end of stream. Fails after
    * `timeoutMs` without any data from the peer.
    */
-  private async fill (n: number, timeoutMs: number): Promise<boolean> {
+  private async fill (n: number, timeoutMs: number, deadline = Infinity): Promise<boolean> {
+    if (this.buffered < n) {
+      this.wanted = n
+      this.flow()
+    }
+    try {
+      return await this.fillWanted(n, timeoutMs, deadline)
+    } finally {
+      this.wanted = 0
+    }
+  }
+
+  private async fillWanted (n: number, timeoutMs: number, deadline: number): Promise<boolean> {
     while (this.buffered < n) {
       if (this.failure !== undefined) throw this.failure
       if (this.ended) return false
@@ -121,18 +190,29 @@ export class FramedStream {
         }
         // Idle time, not time per frame: data that keeps coming moves the deadline.
         const check = (): void => {
-          const idle = performance.now() - Math.max(since, this.lastData)
+          const now = performance.now()
+          const idle = now - Math.max(since, this.lastData)
           if (idle >= timeoutMs) done(new CanopyError('ERR_TIMEOUT', `no data from the peer for ${timeoutMs} ms`))
-          else timer = setTimeout(check, timeoutMs - idle)
+          else if (now >= deadline) done(new CanopyError('ERR_TIMEOUT', 'the peer sent a frame too slowly'))
+          else timer = setTimeout(check, Math.min(timeoutMs - idle, deadline - now))
         }
         this.wake = () => { if (this.buffered >= n || this.ended) done() }
-        timer = setTimeout(check, timeoutMs)
+        timer = setTimeout(check, Math.min(timeoutMs, Math.max(0, deadline - performance.now())))
       })
     }
     return true
   }
 
   private take (n: number, into?: Uint8Array): Uint8Array {
+    try {
+      return this.takeBuffered(n, into)
+    } finally {
+      this.flow()
+    }
+  }
+
+  private takeBuffered (n: number, into?: Uint8Array): Uint8Array {
+    if (n === 0) return new Uint8Array(0)
     const first = this.chunks[0]
     if (into === undefined && first.length >= n) {
       // The common case for big frames: no copy.

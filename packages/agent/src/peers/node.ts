@@ -1,7 +1,7 @@
 import { createLibp2p } from 'libp2p'
 import type { Libp2p } from 'libp2p'
 import { noise } from '@chainsafe/libp2p-noise'
-import { noiseCrypto } from './noise-crypto.ts'
+import { membershipCrypto, noiseCrypto } from './noise-crypto.ts'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { tcp } from '@libp2p/tcp'
 import { identify } from '@libp2p/identify'
@@ -19,6 +19,8 @@ import { noisePrologue } from './swarm-key.ts'
 
 /** Default TCP port of the peer node (documented in docs/CONFIGURATION.md). */
 export const DEFAULT_P2P_PORT = 7373
+/** Largest yamux window of one stream (bytes a peer may send ahead of our reading). */
+export const STREAM_WINDOW_BYTES = 4 * 1024 * 1024
 /** How often static peers that are not connected are dialled again. */
 const REDIAL_MS = 5000
 
@@ -67,8 +69,21 @@ export async function startPeerNode (options: PeerNodeOptions): Promise<PeerNode
     privateKey: options.privateKey,
     addresses: { listen: options.listen ?? [`/ip4/0.0.0.0/tcp/${DEFAULT_P2P_PORT}`] },
     transports: [tcp()],
-    connectionEncrypters: [noise({ prologueBytes: noisePrologue(options.swarmKey), crypto: noiseCrypto })],
-    streamMuxers: [yamux()],
+    connectionEncrypters: [noise({
+      prologueBytes: noisePrologue(options.swarmKey),
+      crypto: options.swarmKey === undefined ? noiseCrypto : membershipCrypto(options.swarmKey)
+    })],
+    streamMuxers: [yamux({
+      streamOptions: {
+        // A stream's window is what a peer may send after we pause it (see
+        // framing.ts): at most what v3 holds for a paused stream before it resets
+        // it (its read buffer). The default window (16 MiB) exceeds the default read
+        // buffer (4 MiB): pausing would reset honest streams, not pausing let a
+        // peer fill memory. 4 MiB is 4 GiB/s at 1 ms of round trip, beyond a LAN.
+        maxStreamWindowSize: STREAM_WINDOW_BYTES,
+        maxReadBufferLength: STREAM_WINDOW_BYTES + 64 * 1024
+      }
+    })],
     peerDiscovery: options.mdns === false ? [] : [mdns()],
     services: { identify: identify(), ping: ping() },
     connectionGater: {

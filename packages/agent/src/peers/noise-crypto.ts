@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, createSecretKey } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHmac, createSecretKey } from 'node:crypto'
 import type { KeyObject } from 'node:crypto'
 import { defaultCrypto } from '@chainsafe/libp2p-noise/crypto'
 import type { ICryptoInterface } from '@chainsafe/libp2p-noise'
@@ -60,5 +60,28 @@ export const noiseCrypto: ICryptoInterface = {
     for (const piece of pieces(text)) out.push(decipher.update(piece))
     decipher.final()
     return out.length === 1 ? out[0] : new Uint8ArrayList(...out)
+  }
+}
+
+/**
+ * Noise's crypto with the swarm key mixed into every Diffie-Hellman result: each
+ * handshake key is derived from HMAC-SHA256(swarm key, DH output) instead of the DH
+ * output alone. This is what Noise's `psk` modifier achieves (the pre-shared key
+ * enters the chaining key), placed where @chainsafe/libp2p-noise lets an application
+ * reach (it offers XX only, with an overridable crypto). Without the swarm key, a
+ * node that runs the handshake can derive none of its keys: it cannot read the
+ * responder's static key and identity payload in message 2 (the prologue alone,
+ * authenticated but not secret, let it: the ChaCha20 key came from `ee` only, see
+ * docs/SECURITY.md), nor make message 3 that a member accepts. Messages after the
+ * handshake cost the same as before (only 3 HMACs per handshake are added).
+ */
+export function membershipCrypto (swarmKey: Uint8Array): ICryptoInterface {
+  const key = createSecretKey(swarmKey)
+  return {
+    ...noiseCrypto,
+    generateX25519SharedKey (privateKey, publicKey) {
+      const shared = noiseCrypto.generateX25519SharedKey(privateKey, publicKey).subarray(0, 32)
+      return createHmac('sha256', key).update('canopy/noise-dh/v1').update(shared).digest()
+    }
   }
 }

@@ -1,21 +1,23 @@
 import { link, mkdir, open, rm, stat, statfs } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
-import type { PeerId } from '@libp2p/interface'
+import type { Connection, PeerId } from '@libp2p/interface'
 import { blockDigest, blockSpan, digestsEqual, discoveryId, DISCOVERY_LABEL } from '@canopy/core'
 import type { CacheView, Logger, PeersView, PublishedManifest } from '@canopy/core'
 import type { FileProgress } from '../jobs/job.ts'
 import type { CacheRecord, JobStore } from '../store/job-store.ts'
 import type { PeerSessions } from '../transfer/peer-fetch.ts'
 import type { BlockHasher } from '../transfer/block-hasher.ts'
-import { ExchangeSession, serveExchange } from './exchange.ts'
-import type { BlockSource, SharedContent } from './exchange.ts'
+import { ExchangeSession, remoteAddress, serveExchange } from './exchange.ts'
+import type { BlockSource, ServeLimits, SharedContent } from './exchange.ts'
 import type { PeerLibp2p } from './node.ts'
 
 /** Bad blocks from one peer before it is banned. */
 const BAN_AFTER = 3
-/** How long a ban lasts. */
+/** How long a ban lasts (of a peer id, and of the addresses it used). */
 const BAN_MS = 10 * 60_000
+/** Peer ids remembered with the time they were first seen (for address bans); the oldest are forgotten first. */
+const MAX_REMEMBERED_PEERS = 4096
 /** How long opening a session to one peer may take. */
 const OPEN_TIMEOUT_MS = 5000
 /** A file served to peers stays open this long after its last block was read. */
@@ -60,9 +62,15 @@ export class PeerSharing implements BlockSource, PeerSessions {
   private readonly usedAt = new Map<string, number>()
   private quotaBytes: number
   private readonly bannedUntil = new Map<string, number>()
+  /** Remote IP addresses banned, and until when: a new peer id costs nothing to mint, a new address more. */
+  private readonly addressBannedUntil = new Map<string, { until: number, since: number }>()
+  /** When each peer id was first connected (ms): ids already known when their address was banned stay admitted. */
+  private readonly firstSeen = new Map<string, number>()
+  private readonly serveLimits?: Partial<ServeLimits>
 
-  constructor (libp2p: PeerLibp2p, store: JobStore, stateDir: string, blockHasher: BlockHasher, logger: Logger, quotaBytes?: number) {
+  constructor (libp2p: PeerLibp2p, store: JobStore, stateDir: string, blockHasher: BlockHasher, logger: Logger, quotaBytes?: number, serveLimits?: Partial<ServeLimits>) {
     this.quotaBytes = quotaBytes ?? 0
+    this.serveLimits = serveLimits
     this.libp2p = libp2p
     this.blockHasher = blockHasher
     this.store = store
@@ -84,9 +92,29 @@ export class PeerSharing implements BlockSource, PeerSessions {
         await this.forget(record)
         continue
       }
-      this.add({ manifest, key: Buffer.from(manifest.key, 'base64'), path: record.path, cache: record })
+      await this.addCached(manifest, record)
     }
-    await serveExchange(this.libp2p, this, this.logger)
+    // Bans apply both ways: a banned peer's connections (and new peer ids from a
+    // banned address) are closed as they open, and its streams are not served.
+    this.libp2p.addEventListener('connection:open', (event) => {
+      const connection = event.detail
+      const peer = connection.remotePeer.toString()
+      if (!this.firstSeen.has(peer)) {
+        this.firstSeen.set(peer, Date.now())
+        if (this.firstSeen.size > MAX_REMEMBERED_PEERS) this.firstSeen.delete(this.firstSeen.keys().next().value!)
+      }
+      if (!this.admits(connection)) {
+        this.logger.debug('closing a connection from a banned peer or address', { peer, address: remoteAddress(connection) })
+        void connection.close().catch(() => connection.abort(new Error('banned')))
+      }
+    })
+    await serveExchange(this.libp2p, this, this.logger, this.serveLimits)
+  }
+
+  /** Shares a cached file under every content key its manifest id was stored with. */
+  private async addCached (manifest: PublishedManifest, record: CacheRecord): Promise<void> {
+    const keys = new Set([...await this.store.keysOf(manifest.id), ...manifest.key === undefined ? [] : [manifest.key]])
+    for (const key of keys) this.add({ manifest: { ...manifest, key }, key: Buffer.from(key, 'base64'), path: record.path, cache: record })
   }
 
   /** Offers the blocks of a file being downloaded, as they are verified. */
@@ -114,6 +142,13 @@ export class PeerSharing implements BlockSource, PeerSessions {
   /** Keeps a completed, verified file for peers (a hard link into the cache). */
   async admit (manifest: PublishedManifest, path: string): Promise<void> {
     if (manifest.key === undefined) return
+    // The same content already cached (fetched before from another origin, under
+    // another key): the file stays, and is now also offered under this key.
+    const cached = this.cachedRecords().find(r => r.manifestId === manifest.id)
+    if (cached !== undefined && await this.unchanged(cached)) {
+      await this.addCached(manifest, cached)
+      return
+    }
     const cachePath = join(this.cacheDir, manifest.id)
     const size = (await stat(path)).size
     if (size > this.quotaBytes) {
@@ -136,12 +171,19 @@ export class PeerSharing implements BlockSource, PeerSessions {
     const s = await stat(cachePath)
     const record: CacheRecord = { manifestId: manifest.id, path: cachePath, size: s.size, mtimeMs: s.mtimeMs, ino: s.ino, addedAt: new Date().toISOString() }
     await this.store.putCacheRecord(record)
-    this.add({ manifest, key: Buffer.from(manifest.key, 'base64'), path: cachePath, cache: record })
+    await this.addCached(manifest, record)
+  }
+
+  /** The files in the cache, each once (an entry per content key shares one record). */
+  private cachedRecords (): CacheRecord[] {
+    const records = new Map<string, CacheRecord>()
+    for (const entry of this.entries.values()) if (entry.cache !== undefined) records.set(entry.cache.manifestId, entry.cache)
+    return [...records.values()]
   }
 
   /** Drops least recently used files until `incoming` more bytes fit in the quota. */
   private async evictFor (incoming: number, keep: string): Promise<void> {
-    const cached = [...this.entries.values()].filter(e => e.cache !== undefined && e.cache.manifestId !== keep).map(e => e.cache!)
+    const cached = this.cachedRecords().filter(r => r.manifestId !== keep)
     let used = cached.reduce((sum, r) => sum + r.size, 0)
     cached.sort((a, b) => (this.usedAt.get(a.manifestId) ?? Date.parse(a.addedAt)) - (this.usedAt.get(b.manifestId) ?? Date.parse(b.addedAt)))
     for (const record of cached) {
@@ -154,7 +196,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
 
   /** What the cache holds (GET /v1/cache). */
   cacheView (): CacheView {
-    const entries = [...this.entries.values()].filter(e => e.cache !== undefined).map(e => e.cache!)
+    const entries = this.cachedRecords()
     return {
       usedBytes: entries.reduce((sum, r) => sum + r.size, 0),
       quotaBytes: this.quotaBytes,
@@ -164,7 +206,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
 
   /** Empties the cache (files being downloaded stay shared). */
   async clearCache (): Promise<CacheView> {
-    for (const entry of [...this.entries.values()]) if (entry.cache !== undefined) await this.forget(entry.cache)
+    for (const record of this.cachedRecords()) await this.forget(record)
     return this.cacheView()
   }
 
@@ -206,9 +248,24 @@ export class PeerSharing implements BlockSource, PeerSessions {
     }
   }
 
-  async open (id: Uint8Array, key: Uint8Array, signal: AbortSignal): Promise<ExchangeSession[]> {
+  /**
+   * Whether a connection may be used, either way: not if its peer id is banned, nor
+   * if its address is and the peer id was first seen after that ban began (a fresh
+   * identity from a banned machine). Ids known before stay (peers that share the
+   * address, e.g. agents on one host, are judged by their own strikes).
+   */
+  admits (connection: Connection): boolean {
     const now = Date.now()
-    const peers = this.libp2p.getPeers().filter(p => (this.bannedUntil.get(p.toString()) ?? 0) <= now)
+    const peer = connection.remotePeer.toString()
+    if ((this.bannedUntil.get(peer) ?? 0) > now) return false
+    const ban = this.addressBannedUntil.get(remoteAddress(connection))
+    if (ban === undefined || ban.until <= now) return true
+    const seen = this.firstSeen.get(peer)
+    return seen !== undefined && seen < ban.since
+  }
+
+  async open (id: Uint8Array, key: Uint8Array, signal: AbortSignal): Promise<ExchangeSession[]> {
+    const peers = this.libp2p.getPeers().filter(p => this.libp2p.getConnections(p).every(c => this.admits(c)))
     const sessions = await Promise.all(peers.map(async peer => {
       // A timeout for opening only: the signal given to the dial stays with the
       // stream, and a plain AbortSignal.timeout would reset a healthy session later.
@@ -237,10 +294,31 @@ export class PeerSharing implements BlockSource, PeerSessions {
     const strikes = (this.strikes.get(key) ?? 0) + 1
     this.strikes.set(key, strikes)
     if (strikes >= BAN_AFTER) {
-      this.bannedUntil.set(key, Date.now() + BAN_MS)
+      const now = Date.now()
+      this.bannedUntil.set(key, now + BAN_MS)
       this.strikes.delete(key)
-      this.logger.warn('peer banned', { peer: key, reason, forMs: BAN_MS })
+      const addresses = [...new Set(this.libp2p.getConnections(peer).map(remoteAddress))]
+      for (const address of addresses) {
+        const previous = this.addressBannedUntil.get(address)
+        this.addressBannedUntil.set(address, { until: now + BAN_MS, since: previous !== undefined && previous.until > now ? previous.since : now })
+      }
+      this.logger.warn('peer banned', { peer: key, addresses, reason, forMs: BAN_MS })
+      // Both ways: it is neither asked nor served, and its connections close.
+      void this.libp2p.hangUp(peer).catch(() => {})
+      this.dropExpiredBans(now)
     }
+  }
+
+  /** Bans that ended are forgotten (the maps stay as small as the bans in force). */
+  private dropExpiredBans (now: number): void {
+    for (const [peer, until] of this.bannedUntil) if (until <= now) this.bannedUntil.delete(peer)
+    for (const [address, ban] of this.addressBannedUntil) if (ban.until <= now) this.addressBannedUntil.delete(address)
+  }
+
+  /** Addresses banned now, with when their ban ends. */
+  addressBans (): Array<{ address: string, until: string }> {
+    const now = Date.now()
+    return [...this.addressBannedUntil].filter(([, ban]) => ban.until > now).map(([address, ban]) => ({ address, until: new Date(ban.until).toISOString() }))
   }
 
   /** Peers banned now, with when their ban ends. */

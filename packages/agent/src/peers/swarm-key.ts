@@ -33,12 +33,15 @@ export async function readSwarmKey (path: string): Promise<Buffer> {
 }
 
 /**
- * The Noise prologue that proves membership. Noise hashes the prologue into the
- * handshake transcript without sending it, so two nodes complete a handshake only
- * if their prologues are equal: a node without the key cannot open a connection,
- * and learns nothing (the responder's identity travels encrypted under a key the
- * transcript authenticates). Unlike libp2p's pnet (XSalsa20 over every byte, which
- * halved peer throughput in our measurements) it costs nothing after the handshake.
+ * The Noise prologue of members. Noise hashes the prologue into the handshake
+ * transcript without sending it, so two nodes complete a handshake only if their
+ * prologues are equal. The prologue alone is not secret key material, though: it is
+ * only authenticated data, and a node without the key that ignores the tags could
+ * still decrypt a member's second handshake message (its identity). The swarm key
+ * therefore also enters every handshake key (membershipCrypto in noise-crypto.ts);
+ * the prologue keeps keyless agents and agents of other organisations apart with a
+ * clear failure. Unlike libp2p's pnet (XSalsa20 over every byte, which halved peer
+ * throughput in our measurements) neither costs anything after the handshake.
  * Agents without a swarm key use a fixed, public prologue: they talk only to other
  * keyless Canopy agents.
  */

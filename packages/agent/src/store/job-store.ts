@@ -8,6 +8,12 @@ import { upgradeSchema } from './schema.ts'
 const SOURCE_CODES: Record<BlockSource, string> = { origin: 'o', peer: 'p', cache: 'c' }
 const CODE_SOURCES: Record<string, BlockSource> = { o: 'origin', p: 'peer', c: 'cache' }
 
+/**
+ * Content keys kept per manifest id: one per origin that published the content. A
+ * bound, since each origin (or a hostile one) can mint keys; the oldest goes first.
+ */
+export const MAX_KEYS_PER_MANIFEST = 8
+
 function blockKey (jobId: string, file: number, block: number): string {
   // Fixed-width numbers keep a job's marks in order under one prefix.
   return `${jobId}!${file.toString().padStart(5, '0')}!${block.toString().padStart(8, '0')}`
@@ -21,6 +27,9 @@ function blockKey (jobId: string, file: number, block: number): string {
  *   a crash a job refetches at most the blocks that were in flight;
  * - `manifests`: published manifests (with their content keys) by manifest id;
  * - `meta`: the store's schema version (see schema.ts);
+ * - `manifest-keys`: every content key a manifest id was published with (one per
+ *   origin: the key derives from the origin's secret), at most MAX_KEYS_PER_MANIFEST,
+ *   so that peers holding any of them are served;
  * - `notify`: the notification outbox: one record per notification a state change
  *   owes and that is not yet delivered, written in the same batch as the state
  *   change itself (see notify/notifier.ts).
@@ -30,6 +39,9 @@ export class JobStore {
   private readonly jobs
   private readonly blocks
   private readonly manifests
+  private readonly manifestKeys
+  /** putManifest reads, then writes the keys of an id: one at a time. */
+  private keysWritten: Promise<void> = Promise.resolve()
   private readonly cache
   private readonly notify
   /** The batch of block marks that will be written when the current write ends. */
@@ -45,6 +57,7 @@ export class JobStore {
     this.jobs = this.db.sublevel<string, JobRecord>('jobs', { valueEncoding: 'json' })
     this.blocks = this.db.sublevel<string, string>('blocks', { valueEncoding: 'utf8' })
     this.manifests = this.db.sublevel<string, PublishedManifest>('manifests', { valueEncoding: 'json' })
+    this.manifestKeys = this.db.sublevel<string, string[]>('manifest-keys', { valueEncoding: 'json' })
     this.cache = this.db.sublevel<string, CacheRecord>('cache', { valueEncoding: 'json' })
     this.notify = this.db.sublevel<string, NotificationRecord>('notify', { valueEncoding: 'json' })
   }
@@ -148,16 +161,34 @@ export class JobStore {
     await this.blocks.clear({ gte: prefix, lt: `${prefix}~` })
   }
 
+  /**
+   * Stores the manifest (the newest key in it), and adds its key to the id's keys:
+   * the same content fetched from a second origin comes with a second key, and the
+   * peers that got the first one must still be served.
+   */
   async putManifest (manifest: PublishedManifest): Promise<void> {
-    await this.manifests.put(manifest.id, manifest)
+    const write = this.keysWritten.then(async () => {
+      const keys = (await this.manifestKeys.get(manifest.id)) ?? []
+      const next = manifest.key === undefined ? keys : [...keys.filter(k => k !== manifest.key), manifest.key].slice(-MAX_KEYS_PER_MANIFEST)
+      await this.db.batch().put(manifest.id, manifest, { sublevel: this.manifests }).put(manifest.id, next, { sublevel: this.manifestKeys }).write()
+    })
+    this.keysWritten = write.catch(() => {})
+    await write
   }
 
   async getManifest (id: string): Promise<PublishedManifest | undefined> {
     return await this.manifests.get(id)
   }
 
+  /** Every content key (base64) the manifest id was stored with, oldest first; the manifest's own key last. */
+  async keysOf (id: string): Promise<string[]> {
+    const keys = (await this.manifestKeys.get(id)) ?? []
+    const current = (await this.manifests.get(id))?.key
+    return current === undefined ? keys : [...keys.filter(k => k !== current), current]
+  }
+
   async deleteManifest (id: string): Promise<void> {
-    await this.manifests.del(id)
+    await this.db.batch().del(id, { sublevel: this.manifests }).del(id, { sublevel: this.manifestKeys }).write()
   }
 
   async manifestIds (): Promise<string[]> {
