@@ -46,7 +46,7 @@ function chunked (bytes: Buffer, cuts: number[]): Buffer[] {
 /** Sends `chunks` on one end of a fresh stream pair and closes it; reads frames of at most `maxBody` on the other. */
 async function readFrames (chunks: Buffer[], maxBody: number): Promise<Uint8Array[]> {
   const [outbound, inbound] = await streamPair()
-  const framed = new FramedStream(inbound)
+  const framed = new FramedStream(inbound, { maxBuffered: 1 << 20, writeTimeoutMs: 5000 })
   const sending = (async () => {
     for (const chunk of chunks) {
       if (!outbound.send(chunk)) await new Promise(resolve => outbound.addEventListener('drain', resolve, { once: true }))
@@ -85,11 +85,10 @@ test('fuzz: frames that lie about their length, are too large or end early are p
   }), { seed: SEED, numRuns: 60 })
 })
 
-// A zero-length frame, and any bytes at all (which include zero-length frames): the
-// framing throws a TypeError when a zero-length frame is the last thing on the stream
-// (issue 13, item 12; packages/agent/src/peers/framing.ts is fixed on the peers
-// branch). Drop the todo once that is merged.
-test('fuzz: zero-length frames and arbitrary bytes are frames or protocol errors', { todo: 'zero-length frame TypeError: fixed on the peers branch (issue 13, item 12)' }, async () => {
+// A zero-length frame, and any bytes at all (which include zero-length frames): a
+// zero-length frame last on the stream threw a TypeError (issue 13, item 12); now
+// it is a protocol error like any other malformed frame.
+test('fuzz: zero-length frames and arbitrary bytes are frames or protocol errors', async () => {
   await okOrRefused(async () => await readFrames([prefixed(0, new Uint8Array())], 256), ['ERR_PROTOCOL'])
   await fc.assert(fc.asyncProperty(fc.uint8Array({ maxLength: 64 }), cuts, async (bytes, cutAt) => {
     await okOrRefused(async () => await readFrames(chunked(Buffer.from(bytes), cutAt), 256), ['ERR_PROTOCOL'])
