@@ -27,10 +27,11 @@ base=${CANOPY_IMAGE_BASE:-}
 tag="canopy:$target"
 [ "$target" = canopy ] && tag=canopy:latest
 say "building $tag on $base"
+# --force-rm: a failed step leaves no container behind.
 # --network host: the production install (npm ci) reaches the npm registry from the
 # build, and the engine runs without NAT (dockerd --iptables=false).
 # Local CAs (Debian's /usr/local/share/ca-certificates) are trusted for that install:
 # the registry may be reached through a TLS-intercepting proxy.
 extra_ca=$(cat /usr/local/share/ca-certificates/*.crt 2>/dev/null || true)
-docker build --network host --build-arg "BASE=$base" --build-arg "EXTRA_CA=$extra_ca" --target "$target" -t "$tag" . >&2
+docker build --force-rm --network host --build-arg "BASE=$base" --build-arg "EXTRA_CA=$extra_ca" --target "$target" -t "$tag" . >&2
 echo "$tag"

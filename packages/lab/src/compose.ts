@@ -3,7 +3,7 @@
  * ports, WAN rate), so the two cannot drift: `npm run lab -- compose > docker-compose.yml`
  * writes it, and a test checks that the committed file is what this renders.
  */
-import { ADDRESSES, CONTENT_PATH, LAB_DEFAULTS, ORIGIN_PORT, formatRate } from './topology.ts'
+import { ADDRESSES, CONTENT_PATH, LAB_DEFAULTS, ORIGIN_PORT, formatRate, tbfArguments } from './topology.ts'
 
 const subnet = (address: string, prefix: number): string => `${address.split('.').slice(0, 3).join('.')}.0/${prefix}`
 
@@ -107,4 +107,63 @@ networks:
         - subnet: ${lanSubnet}
           ip_range: ${agentRange}
 `
+}
+
+export interface RunComposeOptions {
+  /** The compose project, and the prefix of every container's name. */
+  project: string
+  image: string
+  /** The branch LAN's hosts: agents and extras, with the topology's addresses. */
+  lanHosts: Array<{ name: string, address: string }>
+  wanBitsPerSecond: number
+  /** Mounted at the same path in every host, so paths mean the same inside and out. */
+  workDir: string
+  /** On every container and network, so that a lab's leftovers can be found. */
+  labels: Record<string, string>
+}
+
+/**
+ * The compose file of one automated run (compose-lab.ts): the same networks, router
+ * and addresses as docker-compose.yml, one container per host of the namespace lab
+ * (dc, agent-1..N, extras) that sets its route and waits for the harness to start
+ * processes in it. JSON, which compose reads as YAML.
+ */
+export function renderRunCompose (options: RunComposeOptions): string {
+  const wanSubnet = subnet(ADDRESSES.origin, ADDRESSES.wanPrefix)
+  const lanSubnet = subnet(ADDRESSES.routerLan, ADDRESSES.lanPrefix)
+  const common = {
+    image: options.image,
+    init: true,
+    cap_add: ['NET_ADMIN'],
+    labels: options.labels
+  }
+  const host = (name: string, network: 'wan' | 'branch', address: string, gateway: string): object => ({
+    ...common,
+    container_name: `${options.project}-${name}`,
+    hostname: name,
+    command: ['sleep', 'infinity'],
+    environment: { LAB_ROUTE: 'default', LAB_GATEWAY: gateway },
+    volumes: [`${options.workDir}:${options.workDir}`],
+    networks: { [network]: { ipv4_address: address } },
+    depends_on: ['router']
+  })
+  const network = (subnetText: string): object => ({
+    internal: true,
+    labels: options.labels,
+    ipam: { config: [{ subnet: subnetText }] }
+  })
+  const services: Record<string, object> = {
+    router: {
+      ...common,
+      container_name: `${options.project}-router`,
+      hostname: 'router',
+      entrypoint: ['/bin/sh', '/opt/canopy/packages/lab/docker/router.sh'],
+      sysctls: { 'net.ipv4.ip_forward': '1' },
+      environment: { WAN_TBF: tbfArguments(options.wanBitsPerSecond).join(' '), ROUTER_WAN: ADDRESSES.routerWan, ROUTER_LAN: ADDRESSES.routerLan },
+      networks: { wan: { ipv4_address: ADDRESSES.routerWan }, branch: { ipv4_address: ADDRESSES.routerLan } }
+    },
+    dc: host('dc', 'wan', ADDRESSES.origin, ADDRESSES.routerWan)
+  }
+  for (const { name, address } of options.lanHosts) services[name] = host(name, 'branch', address, ADDRESSES.routerLan)
+  return JSON.stringify({ services, networks: { wan: network(wanSubnet), branch: network(lanSubnet) } }, null, 2) + '\n'
 }

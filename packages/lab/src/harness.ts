@@ -17,7 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { CanopyClient } from '@canopy/client'
 import { CanopyError, throwIfAborted } from '@canopy/core'
 import type { JobState, JobView } from '@canopy/core'
-import type { LabHost, NetnsLab } from './netns.ts'
+import type { LabEngine, LabHost } from './engine.ts'
 import { ADDRESSES, CONTENT_PATH, MiB, ORIGIN_PORT } from './topology.ts'
 
 export const CLI = fileURLToPath(new URL('../../cli/bin/canopy.js', import.meta.url))
@@ -73,7 +73,7 @@ async function sha256File (path: string): Promise<string> {
 }
 
 export class LabRun {
-  readonly lab: NetnsLab
+  readonly lab: LabEngine
   readonly workDir: string
   readonly size: number
   readonly contentUrl = `http://${ADDRESSES.origin}:${ORIGIN_PORT}${CONTENT_PATH}`
@@ -87,7 +87,7 @@ export class LabRun {
   private sampling?: Promise<void>
   private stopSampling = false
 
-  constructor (lab: NetnsLab, options: { workDir: string, size: number, signal: AbortSignal, log: (line: string) => void }) {
+  constructor (lab: LabEngine, options: { workDir: string, size: number, signal: AbortSignal, log: (line: string) => void }) {
     this.lab = lab
     this.workDir = options.workDir
     this.size = options.size
