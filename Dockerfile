@@ -17,6 +17,8 @@ COPY packages/origin/package.json packages/origin/
 COPY packages/agent/package.json packages/agent/
 COPY packages/client/package.json packages/client/
 COPY packages/cli/package.json packages/cli/
+# npm links the `canopy` command only when its file exists.
+COPY packages/cli/bin packages/cli/bin/
 COPY packages/lab/package.json packages/lab/
 # EXTRA_CA: PEM certificates to trust for the install, for a registry reached through
 # a TLS-intercepting proxy (scripts/docker-images.sh passes the host's local CAs).
