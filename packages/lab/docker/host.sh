@@ -5,6 +5,10 @@
 # (or, for the lab's lying peer and the automated runs' idle hosts, the command).
 set -eu
 ip route replace "$LAB_ROUTE" via "$LAB_GATEWAY"
+# The lab has no name service (its hosts use addresses), and Docker's embedded DNS
+# does not answer on an engine run with --iptables=false: a lookup would wait 10 s
+# for its timeout. Nothing listens on the loopback's port 53, so lookups fail at once.
+echo 'nameserver 127.0.0.1' > /etc/resolv.conf
 if [ "${LAB_SWARM_KEY:-}" != "" ] && [ ! -f "$LAB_SWARM_KEY" ]; then
   # Agents start together: create under a temporary name, link atomically, and the
   # first link wins.
