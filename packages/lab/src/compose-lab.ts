@@ -25,6 +25,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { CanopyError, throwIfAborted } from '@canopy/core'
 import { renderRunCompose } from './compose.ts'
 import type { LabEngine, LabEngineOptions, LabHost } from './engine.ts'
+import { pidAlive } from './netns.ts'
 import type { Support } from './netns.ts'
 import { ADDRESSES } from './topology.ts'
 
@@ -76,15 +77,6 @@ export async function composeSupport (): Promise<Support> {
   }
   if (await composeCommand() === undefined) return { ok: false, reason: 'neither docker-compose nor `docker compose` is installed (apt-get install docker-compose)' }
   return { ok: true }
-}
-
-function pidAlive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
 }
 
 /** The pids of labs that have containers or networks, and those objects' ids. */

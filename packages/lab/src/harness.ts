@@ -170,7 +170,9 @@ export class LabRun {
         this.mark(hostName, member ? 'agent started' : 'agent started without the organisation key')
         return agent
       } catch (err) {
-        if (tries > 300 || child.exitCode !== null) {
+        // 60 s: on two cores at a load average of 16-28, four agents starting at once
+        // took from 20 s to over 30 s to answer (namespaces and containers alike).
+        if (tries > 600 || child.exitCode !== null) {
           await client.close()
           throw new CanopyError('ERR_LAB_PROCESS', `the agent on ${hostName} did not start: ${(err as Error).message} (log: ${join(this.workDir, 'logs', `${hostName}.log`)})`)
         }
