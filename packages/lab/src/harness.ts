@@ -62,7 +62,7 @@ export interface TimelineEvent {
 export interface Counters {
   /** Body bytes the origin says it sent (content and manifests). */
   originBytes: number
-  /** Bytes the datacenter's WAN interface sent toward the branch. */
+  /** Bytes the WAN link carried toward the branch (LabEngine.wanCounters). */
   wanBytes: number
 }
 

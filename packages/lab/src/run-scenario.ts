@@ -61,7 +61,7 @@ export interface LabReport {
   size: number
   wan: {
     bitsPerSecond: number
-    /** Bytes the datacenter's WAN interface sent toward the branch during the run. */
+    /** Bytes the WAN link carried toward the branch during the run (LabEngine.wanCounters). */
     bytesTowardBranch: number
     /** Those bytes over what the link could carry from the first job's start to the last job's end. */
     utilisation: number
