@@ -17,7 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { CanopyClient } from '@canopy/client'
 import { CanopyError, throwIfAborted } from '@canopy/core'
 import type { JobState, JobView } from '@canopy/core'
-import type { LabHost, NetnsLab } from './netns.ts'
+import type { LabEngine, LabHost } from './engine.ts'
 import { ADDRESSES, CONTENT_PATH, MiB, ORIGIN_PORT } from './topology.ts'
 
 export const CLI = fileURLToPath(new URL('../../cli/bin/canopy.js', import.meta.url))
@@ -62,7 +62,7 @@ export interface TimelineEvent {
 export interface Counters {
   /** Body bytes the origin says it sent (content and manifests). */
   originBytes: number
-  /** Bytes the datacenter's WAN interface sent toward the branch. */
+  /** Bytes the WAN link carried toward the branch (LabEngine.wanCounters). */
   wanBytes: number
 }
 
@@ -73,7 +73,7 @@ async function sha256File (path: string): Promise<string> {
 }
 
 export class LabRun {
-  readonly lab: NetnsLab
+  readonly lab: LabEngine
   readonly workDir: string
   readonly size: number
   readonly contentUrl = `http://${ADDRESSES.origin}:${ORIGIN_PORT}${CONTENT_PATH}`
@@ -87,7 +87,7 @@ export class LabRun {
   private sampling?: Promise<void>
   private stopSampling = false
 
-  constructor (lab: NetnsLab, options: { workDir: string, size: number, signal: AbortSignal, log: (line: string) => void }) {
+  constructor (lab: LabEngine, options: { workDir: string, size: number, signal: AbortSignal, log: (line: string) => void }) {
     this.lab = lab
     this.workDir = options.workDir
     this.size = options.size
@@ -170,7 +170,9 @@ export class LabRun {
         this.mark(hostName, member ? 'agent started' : 'agent started without the organisation key')
         return agent
       } catch (err) {
-        if (tries > 300 || child.exitCode !== null) {
+        // 60 s: on two cores at a load average of 16-28, four agents starting at once
+        // took from 20 s to over 30 s to answer (namespaces and containers alike).
+        if (tries > 600 || child.exitCode !== null) {
           await client.close()
           throw new CanopyError('ERR_LAB_PROCESS', `the agent on ${hostName} did not start: ${(err as Error).message} (log: ${join(this.workDir, 'logs', `${hostName}.log`)})`)
         }

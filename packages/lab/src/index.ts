@@ -1,7 +1,7 @@
 /**
  * @canopy/lab: the branch-office lab. One topology (topology.ts) built two ways:
- * Linux network namespaces (netns.ts, what CI and the benchmarks run) and
- * docker-compose.yml (compose.ts); scenarios that drive real agents on it and
+ * Linux network namespaces (netns.ts) and Docker containers through docker-compose
+ * (compose-lab.ts; docker-compose.yml for hand use, compose.ts); scenarios that drive real agents on it and
  * judge the result (scenarios.ts, run-scenario.ts); a chart of the swarm at work.
  */
 export { ADDRESSES, CONTENT_PATH, LAB_DEFAULTS, MAX_AGENTS, ORIGIN_PORT, formatRate, parseRate, tbfArguments } from './topology.ts'
@@ -12,4 +12,8 @@ export type { ScenarioName, ScenarioSpec } from './scenarios.ts'
 export { countersAgree, runScenario } from './run-scenario.ts'
 export type { HostReport, LabReport, ScenarioOptions } from './run-scenario.ts'
 export { renderChart } from './chart.ts'
-export { renderCompose } from './compose.ts'
+export { renderCompose, renderRunCompose } from './compose.ts'
+export type { RunComposeOptions } from './compose.ts'
+export { ComposeLab, cleanComposeLabs, composeSupport } from './compose-lab.ts'
+export { ENGINES } from './engine.ts'
+export type { EngineName, LabEngine, LabEngineOptions } from './engine.ts'

@@ -76,7 +76,7 @@ export async function netnsSupport (): Promise<Support> {
   }
 }
 
-function pidAlive (pid: number): boolean {
+export function pidAlive (pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true

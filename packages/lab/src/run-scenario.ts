@@ -10,12 +10,16 @@ import { CanopyError, ErrorCode } from '@canopy/core'
 import { LabRun } from './harness.ts'
 import type { Sample, TimelineEvent } from './harness.ts'
 import { NetnsLab } from './netns.ts'
+import { ComposeLab } from './compose-lab.ts'
+import type { EngineName } from './engine.ts'
 import { scenarioSpec } from './scenarios.ts'
 import type { ScenarioName } from './scenarios.ts'
 import { LAB_DEFAULTS, MAX_AGENTS } from './topology.ts'
 import { renderChart } from './chart.ts'
 
 export interface ScenarioOptions {
+  /** Network namespaces (the default) or Docker containers through docker-compose. */
+  engine?: EngineName
   /** Agent hosts (default 4). */
   agents?: number
   /** Content size in bytes (default 64 MiB). */
@@ -49,14 +53,15 @@ export interface HostReport {
 
 export interface LabReport {
   scenario: ScenarioName
-  backend: 'netns'
+  /** The engine the lab ran on. */
+  backend: EngineName
   summary: string
   expectation: string
   agents: number
   size: number
   wan: {
     bitsPerSecond: number
-    /** Bytes the datacenter's WAN interface sent toward the branch during the run. */
+    /** Bytes the WAN link carried toward the branch during the run (LabEngine.wanCounters). */
     bytesTowardBranch: number
     /** Those bytes over what the link could carry from the first job's start to the last job's end. */
     utilisation: number
@@ -107,13 +112,22 @@ export async function runScenario (name: string, options: ScenarioOptions = {}):
   const oneCopySeconds = size * 8 / wanBitsPerSecond
   // Bounded: a scenario that has not ended after generous WAN time plus set-up stops itself.
   const limitMs = Math.round((120 + 4 * (agents + 1) * oneCopySeconds) * 1000)
-  const signal = AbortSignal.any([options.signal ?? new AbortController().signal, AbortSignal.timeout(limitMs)])
 
   const workDir = await mkdtemp(join(tmpdir(), `canopy-lab-${name}-`))
-  const lab = await NetnsLab.create({ agents, extras: spec.extras, wanBitsPerSecond })
+  const engine = options.engine ?? 'netns'
+  // Not the run's time limit: building the compose lab's image the first time takes minutes.
+  const labOptions = { agents, extras: spec.extras, wanBitsPerSecond, workDir, log, ...(options.signal !== undefined ? { signal: options.signal } : {}) }
+  let lab
+  try {
+    lab = engine === 'compose' ? await ComposeLab.create(labOptions) : await NetnsLab.create(labOptions)
+  } catch (err) {
+    if (options.keepWorkDir !== true) await rm(workDir, { recursive: true, force: true })
+    throw err
+  }
+  const signal = AbortSignal.any([options.signal ?? new AbortController().signal, AbortSignal.timeout(limitMs)])
   const run = new LabRun(lab, { workDir, size, signal, log })
   try {
-    log(`${name}: ${spec.summary} (${agents} agents, ${size} bytes, WAN ${wanBitsPerSecond / 1e6} Mbit/s; work dir ${workDir})`)
+    log(`${name}: ${spec.summary} (${engine} lab, ${agents} agents, ${size} bytes, WAN ${wanBitsPerSecond / 1e6} Mbit/s; work dir ${workDir})`)
     await run.setUp()
     const before = await run.counters()
     let judge
@@ -138,7 +152,7 @@ export async function runScenario (name: string, options: ScenarioOptions = {}):
     const allDoneSeconds = Math.round((last - first) * 1000) / 1000
     const report: LabReport = {
       scenario: spec.name,
-      backend: 'netns',
+      backend: engine,
       summary: spec.summary,
       expectation: spec.expectation,
       agents,

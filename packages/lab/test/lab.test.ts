@@ -1,10 +1,11 @@
 // The lab's pure parts: rates, the tbf shape, counter agreement, the compose file
-// rendered from the topology, and the chart. The lab itself runs in test/lab.test.ts.
+// rendered from the topology (the committed one and an automated run's), and the chart.
+// The lab itself runs in test/lab.test.ts (namespaces) and test/lab-compose.test.ts.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { readFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
-import { ADDRESSES, countersAgree, formatRate, parseRate, renderChart, renderCompose, tbfArguments } from '@canopy/lab'
+import { ADDRESSES, countersAgree, formatRate, parseRate, renderChart, renderCompose, renderRunCompose, tbfArguments } from '@canopy/lab'
 import type { LabReport } from '@canopy/lab'
 
 test('parseRate reads tc-style rates and refuses nonsense', () => {
@@ -35,6 +36,38 @@ test('docker-compose.yml is what the topology renders (regenerate: npm run lab -
   const rendered = renderCompose()
   assert.equal(committed, rendered)
   for (const address of [ADDRESSES.origin, ADDRESSES.routerWan, ADDRESSES.routerLan]) assert.ok(rendered.includes(address))
+})
+
+test('a compose lab run: internal networks without a host address, nothing published, the namespace lab\'s tbf, every object labelled', () => {
+  const labels = { 'canopy-lab': '4242' }
+  const file = JSON.parse(renderRunCompose({
+    project: 'canopy-lab-4242',
+    image: 'canopy:lab',
+    lanHosts: [{ name: 'agent-1', address: ADDRESSES.agent(1) }, { name: 'liar', address: ADDRESSES.extra(1) }],
+    wanBitsPerSecond: 20_000_000,
+    workDir: '/tmp/canopy-lab-x',
+    labels
+  })) as { services: Record<string, Record<string, unknown>>, networks: Record<string, Record<string, unknown>> }
+  assert.deepEqual(Object.keys(file.services).sort(), ['agent-1', 'dc', 'liar', 'router'])
+  assert.deepEqual(Object.keys(file.networks).sort(), ['branch', 'wan'])
+  for (const network of Object.values(file.networks)) {
+    assert.equal(network.internal, true)
+    assert.deepEqual(network.driver_opts, { 'com.docker.network.bridge.inhibit_ipv4': 'true' })
+    assert.deepEqual(network.labels, labels)
+  }
+  for (const [name, service] of Object.entries(file.services)) {
+    assert.equal(service.ports, undefined, name)
+    assert.equal(service.network_mode, undefined, name)
+    assert.deepEqual(service.labels, labels, name)
+    assert.equal(service.container_name, `canopy-lab-4242-${name}`)
+  }
+  const router = file.services.router
+  assert.deepEqual(router.environment, { WAN_TBF: tbfArguments(20_000_000).join(' '), ROUTER_WAN: ADDRESSES.routerWan, ROUTER_LAN: ADDRESSES.routerLan })
+  assert.deepEqual(router.networks, { wan: { ipv4_address: ADDRESSES.routerWan }, branch: { ipv4_address: ADDRESSES.routerLan } })
+  assert.deepEqual(file.services.dc.networks, { wan: { ipv4_address: ADDRESSES.origin } })
+  assert.deepEqual(file.services.dc.volumes, ['/tmp/canopy-lab-x:/tmp/canopy-lab-x'])
+  assert.deepEqual(file.services.liar.networks, { branch: { ipv4_address: ADDRESSES.extra(1) } })
+  assert.deepEqual(file.services['agent-1'].environment, { LAB_ROUTE: 'default', LAB_GATEWAY: ADDRESSES.routerLan })
 })
 
 test('the chart draws one panel per host and says the verdict', () => {

@@ -1,0 +1,46 @@
+/**
+ * What a scenario needs from a built lab, whichever engine built it: network
+ * namespaces (netns.ts) or containers (compose-lab.ts). Hosts have the topology's
+ * names and addresses (topology.ts); a process started on a host lives in that
+ * host's network stack and sees the run's work directory at the same path.
+ */
+import type { ChildProcess } from 'node:child_process'
+
+export const ENGINES = ['netns', 'compose'] as const
+export type EngineName = typeof ENGINES[number]
+
+export interface LabHost {
+  /** dc, router, agent-1, ..., or an extra host's name. */
+  name: string
+  /** Its address (the LAN address for branch hosts, the WAN address for dc). */
+  address: string
+}
+
+export interface LabEngineOptions {
+  agents: number
+  /** Extra hosts on the branch LAN (e.g. a lying peer, an intruder). */
+  extras?: string[]
+  wanBitsPerSecond: number
+  /** The run's work directory (content, state, logs): every host sees it at this path. */
+  workDir: string
+  /** Progress lines. */
+  log?: (line: string) => void
+  signal?: AbortSignal
+}
+
+export interface LabEngine {
+  readonly agentHosts: LabHost[]
+  host: (name: string) => LabHost
+  /**
+   * Starts `command` on a host (argv; the first item may be this process's Node, and
+   * paths inside this checkout are valid). Its stderr goes to `logFile` when given;
+   * `kill()` on the child signals the command itself.
+   */
+  spawn: (hostName: string, command: string[], logFile?: string) => ChildProcess
+  /** Runs a command on a host to its end; its stdout. */
+  exec: (hostName: string, command: string[]) => Promise<string>
+  /** Bytes the WAN link carried toward the branch and toward the datacenter, as the kernel counts them. */
+  wanCounters: () => Promise<{ towardBranch: number, towardDatacenter: number }>
+  /** Stops every process and removes everything the lab made. Idempotent. */
+  destroy: () => Promise<void>
+}
