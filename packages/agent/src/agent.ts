@@ -4,12 +4,12 @@ import { basename, dirname, join } from 'node:path'
 import { randomUUID } from 'node:crypto'
 import { request } from 'undici'
 import type { Dispatcher } from 'undici'
-import { API_SOCKET_NAME, CanopyError, DEFAULT_BLOCK_SIZE, FINAL_STATES, formatBytes, formatDuration, silentLogger } from '@canopy/core'
-import type { AgentStatus, CacheView, CreateJobFile, CreateJobRequest, PeersView, JobLimits, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
+import { API_SOCKET_NAME, CanopyError, DEFAULT_BLOCK_SIZE, FINAL_STATES, formatBytes, formatDuration, silentLogger, throwIfAborted } from '@canopy/core'
+import type { AbortOptions, AgentControl, AgentStatus, CacheView, ControlEvents, CreateJobFile, CreateJobRequest, PeersView, JobLimits, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from './errors.ts'
 import { ACTIVE_STATES, FileProgress, toView } from './jobs/job.ts'
 import type { FileRecord, JobRecord } from './jobs/job.ts'
-import { LimitCode, validateAddFiles, validateCreateJob, validatePriority } from './jobs/validate.ts'
+import { LimitCode, checkFilesFit } from './jobs/validate.ts'
 import { readTls, requestHeaders } from './jobs/http-options.ts'
 import { backoff } from './backoff.ts'
 import { Notifier } from './notify/notifier.ts'
@@ -25,9 +25,10 @@ import { RangeClient } from './transfer/range-client.ts'
 import { transferPlain } from './transfer/plain-transfer.ts'
 import type { PlainProgress } from './transfer/plain-transfer.ts'
 import { startApiServer } from './api/server.ts'
+import { MAX_EVENT_CLIENTS } from './api/events.ts'
 import type { PeerNode } from './peers/node.ts'
 import type { PeerSharing } from './peers/sharing.ts'
-import type { PeerSessions } from './transfer/peer-fetch.ts'
+import type { PeerSessions } from './transfer/peer-sessions.ts'
 import type { ApiServer } from './api/server.ts'
 
 export const AGENT_VERSION = '0.1.0'
@@ -74,17 +75,8 @@ interface Run {
   stopping: boolean
 }
 
-/**
- * Events of an agent: a job changed state (creation included), made progress (at
- * most every 500 ms per job), had a setting changed (priority), or left the list.
- * The control API streams them (`GET /v1/events`).
- */
-export interface AgentEvents {
-  'job:state': [JobView]
-  'job:progress': [JobView]
-  'job:updated': [JobView]
-  'job:removed': [string]
-}
+/** Events of an agent (the control contract's events; see ControlEvents in core). */
+export type AgentEvents = ControlEvents
 
 type Progress = FileProgress | PlainProgress
 
@@ -95,7 +87,7 @@ type Progress = FileProgress | PlainProgress
  * All job state is mutated on this one thread; a job record is written to the store
  * after every state change (writes of one job are chained so they land in order).
  */
-export class CanopyAgent extends EventEmitter<AgentEvents> {
+export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentControl {
   readonly socketPath: string
   readonly options: ResolvedAgentOptions
   private readonly logger: Logger
@@ -132,6 +124,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
 
   private constructor (options: ResolvedAgentOptions) {
     super()
+    // Each event stream of the control API listens to the agent (four listeners).
+    this.setMaxListeners(4 * MAX_EVENT_CLIENTS + 10)
     this.options = options
     this.now = options.now
     this.startedAt = new Date(this.now()).toISOString()
@@ -197,8 +191,10 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       if (resolved.apiListen !== undefined && (resolved.apiToken ?? '') === '') {
         throw new CanopyError('ERR_INVALID_ARGUMENT', 'The TCP listener of the control API needs a bearer token (--api-token-file): it is never open without one')
       }
-      agent.api = await startApiServer(agent, agent.socketPath, agent.logger,
-        resolved.apiListen !== undefined ? { listen: resolved.apiListen, token: resolved.apiToken! } : undefined)
+      agent.api = await startApiServer({ control: agent, logger: agent.logger, limits: resolved }, {
+        socketPath: agent.socketPath,
+        ...(resolved.apiListen !== undefined ? { tcp: { listen: resolved.apiListen, token: resolved.apiToken! } } : {})
+      })
     } catch (err) {
       await agent.peer?.stop()
       await agent.notifier.stop(0)
@@ -209,7 +205,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     // Jobs that were transferred but not yet completed when the agent went down.
     for (const job of agent.jobs.values()) {
       if (job.state === 'transferred' && job.autoComplete) {
-        await agent.withJob(job.id, async () => {
+        await agent.withJob(job.id, undefined, async () => {
           if (job.state === 'transferred') await agent.completeJob(job)
         }).catch((err: unknown) => agent.logger.error('could not complete a job at start', { jobId: job.id, err: String(err) }))
       }
@@ -239,7 +235,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
 
   // ---- queries -------------------------------------------------------------
 
-  status (): AgentStatus {
+  status (_options?: AbortOptions): AgentStatus {
     const counts = Object.fromEntries(['queued', 'connecting', 'transferring', 'suspended', 'error', 'transient_error',
       'transferred', 'acknowledged', 'cancelled'].map(s => [s, 0])) as Record<JobState, number>
     for (const job of this.jobs.values()) counts[job.state]++
@@ -265,15 +261,16 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     return status
   }
 
-  peers (): PeersView {
+  peers (_options?: AbortOptions): PeersView {
     return this.requireSharing().peersView()
   }
 
-  cache (): CacheView {
+  cache (_options?: AbortOptions): CacheView {
     return this.requireSharing().cacheView()
   }
 
-  async clearCache (): Promise<CacheView> {
+  async clearCache (options?: AbortOptions): Promise<CacheView> {
+    throwIfAborted(options?.signal)
     return await this.requireSharing().clearCache()
   }
 
@@ -282,7 +279,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     return this.sharing
   }
 
-  listJobs (): JobView[] {
+  listJobs (_options?: AbortOptions): JobView[] {
     // One snapshot of who competes for the slots serves every waiting job's reason (O(n log n), not O(n²)).
     const competition = this.competition()
     return [...this.jobs.values()].sort((a, b) => a.createdAt.localeCompare(b.createdAt)).map(j => this.view(j, competition))
@@ -303,14 +300,15 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     throw new CanopyError('ERR_JOB_NOT_FOUND', `No job with id ${idOrPrefix}: list jobs with canopy jobs`)
   }
 
-  getJob (id: string): JobView {
+  getJob (id: string, _options?: AbortOptions): JobView {
     return this.view(this.requireJob(id))
   }
 
   // ---- commands ------------------------------------------------------------
 
-  async createJob (request: CreateJobRequest | unknown): Promise<JobView> {
-    const req = validateCreateJob(request, this.options)
+  /** Creates a job from a checked request (the API server validates request bodies: jobs/validate.ts). */
+  async createJob (req: CreateJobRequest, options?: AbortOptions): Promise<JobView> {
+    throwIfAborted(options?.signal)
     const live = [...this.jobs.values()].filter(j => !FINAL_STATES.includes(j.state)).length + this.creating
     if (live >= this.options.maxJobs) {
       throw new CanopyError(LimitCode.TooManyJobs,
@@ -353,8 +351,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     return this.view(job)
   }
 
-  async suspend (id: string): Promise<JobView> {
-    return await this.withJob(id, async (job) => {
+  async suspend (id: string, options?: AbortOptions): Promise<JobView> {
+    return await this.withJob(id, options, async (job) => {
       this.requireNotFinal(job, 'suspend')
       if (job.state === 'transferred') throw new CanopyError('ERR_INVALID_STATE', 'The job is transferred: complete or cancel it')
       await this.halt(job)
@@ -372,8 +370,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     })
   }
 
-  async resume (id: string): Promise<JobView> {
-    return await this.withJob(id, async (job) => {
+  async resume (id: string, options?: AbortOptions): Promise<JobView> {
+    return await this.withJob(id, options, async (job) => {
       this.requireNotFinal(job, 'resume')
       if (job.state === 'suspended' || job.state === 'error' || job.state === 'transient_error') {
         job.error = undefined
@@ -389,8 +387,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     })
   }
 
-  async cancel (id: string): Promise<JobView> {
-    return await this.withJob(id, async (job) => {
+  async cancel (id: string, options?: AbortOptions): Promise<JobView> {
+    return await this.withJob(id, options, async (job) => {
       this.requireNotFinal(job, 'cancel')
       await this.halt(job)
       this.requireNotFinal(job, 'cancel')
@@ -414,14 +412,14 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
    * Appends files to a suspended job (BITS's AddFile). They are transferred after
    * the job's other files, and become visible with them when the job completes.
    */
-  async addFiles (id: string, body: { files: CreateJobFile[] } | unknown): Promise<JobView> {
-    return await this.withJob(id, async (job) => {
+  async addFiles (id: string, files: CreateJobFile[], options?: AbortOptions): Promise<JobView> {
+    return await this.withJob(id, options, async (job) => {
       if (job.state !== 'suspended') {
         throw new CanopyError('ERR_INVALID_STATE', `Files can be added only to a suspended job, and this one is ${job.state}${FINAL_STATES.includes(job.state) ? '' : ': suspend it first'}`)
       }
       // A completion that failed half-way put some files in place: the rest of the job must follow them, not grow.
       if (job.files.some(f => f.visible === true)) throw new CanopyError('ERR_INVALID_STATE', 'Some files of this job are already in place: complete it, or create another job')
-      const files = validateAddFiles(body, this.options, job.files.map(f => f.path))
+      checkFilesFit(files, this.options, job.files.map(f => f.path))
       job.files.push(...files.map(f => fileRecord(job.id, f)))
       this.progress.get(job.id)!.push(...files.map(() => undefined))
       job.modifiedAt = new Date(this.now()).toISOString()
@@ -438,9 +436,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
    * preempts it when the background slots are full; a running job lowered below a
    * waiting one is preempted; the order of waiting jobs follows the new priorities.
    */
-  async setPriority (id: string, body: { priority: JobPriority } | unknown): Promise<JobView> {
-    const priority = validatePriority(body)
-    return await this.withJob(id, async (job) => {
+  async setPriority (id: string, priority: JobPriority, options?: AbortOptions): Promise<JobView> {
+    return await this.withJob(id, options, async (job) => {
       this.requireNotFinal(job, 'change priority')
       if (job.priority !== priority) {
         job.priority = priority
@@ -454,8 +451,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   }
 
   /** Makes the files of a transferred job visible at their destinations (atomic renames). */
-  async complete (id: string): Promise<JobView> {
-    return await this.withJob(id, async (job) => {
+  async complete (id: string, options?: AbortOptions): Promise<JobView> {
+    return await this.withJob(id, options, async (job) => {
       if (job.state !== 'transferred' && !(job.state === 'error' && job.files.every(f => f.done))) {
         throw new CanopyError('ERR_INVALID_STATE', `The job is ${job.state}: only a transferred job can be completed`)
       }
@@ -468,7 +465,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
    * Runs a user command on a job, one at a time per job. While a command runs the
    * scheduler leaves the job alone, so a cancel cannot be overtaken by a launch.
    */
-  private async withJob<T> (id: string, command: (job: JobRecord) => Promise<T>): Promise<T> {
+  private async withJob<T> (id: string, options: AbortOptions | undefined, command: (job: JobRecord) => Promise<T>): Promise<T> {
+    throwIfAborted(options?.signal)
     const job = this.requireJob(id)
     const previous = this.locks.get(id) ?? Promise.resolve()
     let release!: () => void
@@ -661,7 +659,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
 
   /** Acts on a passed deadline, as a command on the job (one at a time with the user's). */
   private expire (job: JobRecord, kind: Expiry): void {
-    this.withJob(job.id, async (job) => {
+    this.withJob(job.id, undefined, async (job) => {
       // A command or progress may have moved the deadline since the tick saw it.
       const deadline = this.deadlineOf(job)
       if (deadline === undefined || deadline.kind !== kind || deadline.at > this.now()) return
@@ -874,30 +872,18 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       const inFlight = new Set<number>()
       this.sharing?.sharePartial(manifest, file.partPath, progress, inFlight)
       try {
-        file.sha256 = await transferBlocks({
-          jobId: job.id,
-          fileIndex: index,
-          url: file.url,
-          partPath: file.partPath,
-          manifest,
-          progress,
-          store: this.store,
-          dispatcher: net.dispatcher,
-          headers,
-          blockHasher: this.blockHasher,
-          inFlight,
-          ...(this.sharing !== undefined ? { peers: this.peerSessions(this.sharing, file) } : {}),
-          buffers: this.blockBuffers,
-          maxBufferedBlocks: blocksBuffered(this.options, manifest.blockSize),
-          ...(net.rangeClient !== undefined ? { rangeClient: net.rangeClient } : {}),
-          requestsInFlight: this.options.requestsInFlight,
-          blocksPerRequest: Math.max(1, Math.floor(this.options.requestSize / manifest.blockSize)),
-          maxBlockAttempts: this.options.maxBlockAttempts,
-          refreshManifest: async (s) => await discoverManifest(net.dispatcher, file.url, headers, s),
-          onBlock: () => this.onProgress(job),
-          logger: this.logger,
-          signal
-        })
+        file.sha256 = await transferBlocks(
+          { store: this.store, blockHasher: this.blockHasher, buffers: this.blockBuffers, logger: this.logger },
+          this.options,
+          { jobId: job.id, fileIndex: index, url: file.url, partPath: file.partPath, manifest, progress, inFlight, headers },
+          {
+            dispatcher: net.dispatcher,
+            ...(net.rangeClient !== undefined ? { rangeClient: net.rangeClient } : {}),
+            ...(this.sharing !== undefined ? { peers: this.peerSessions(this.sharing, file) } : {}),
+            refreshManifest: async (s) => await discoverManifest(net.dispatcher, file.url, headers, s),
+            onBlock: () => this.onProgress(job),
+            signal
+          })
       } catch (err) {
         if (!(err instanceof TransferError) || err.code !== REMOTE_CHANGED || restarts >= 2) throw err
         this.logger.info('remote file changed; restarting it', { jobId: job.id, url: file.url })

@@ -23,5 +23,6 @@ export type {
   AgentEvent, AgentEventType, AgentStatus, ApiErrorBody, CacheView, PeersView, PeerStatus, AddFilesRequest, CreateJobFile, CreateJobRequest, JobBytes, JobLimits, JobError, JobFileView,
   JobHttpOptions, JobHttpView, JobNotify, JobPriority, JobState, JobType, JobView, SetPriorityRequest
 } from './api.ts'
+export type { AbortOptions, AgentControl, Awaitable, CanopyControl, ControlEvents, ControlEventSource } from './control.ts'
 export { decodeMessage, encodeFrameParts, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY, MessageType, RESPONSE_HEAD_BYTES } from './wire.ts'
 export type { ExchangeMessage } from './wire.ts'

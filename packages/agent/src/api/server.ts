@@ -4,9 +4,10 @@ import { chmod, rm } from 'node:fs/promises'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import { CanopyError } from '@canopy/core'
-import type { ApiErrorBody, Logger } from '@canopy/core'
-import type { CanopyAgent } from '../agent.ts'
-import { EventClients, MAX_EVENT_CLIENTS, serveEvents } from './events.ts'
+import type { AgentControl, ApiErrorBody, Logger } from '@canopy/core'
+import type { RequestLimits } from '../options.ts'
+import { validateAddFiles, validateCreateJob, validatePriority } from '../jobs/validate.ts'
+import { EventClients, serveEvents } from './events.ts'
 
 /** Largest request body the API reads. */
 const MAX_BODY_BYTES = 1024 * 1024
@@ -116,32 +117,55 @@ function matchPath (template: string, parts: string[]): Record<string, string> |
 /**
  * Every route of the control API. docs/openapi.json documents exactly these (a test
  * compares the two and checks live answers against the document's schemas).
+ * Request bodies are checked here, against `limits`; the agent takes typed arguments.
  */
-export function apiRoutes (agent: CanopyAgent, eventClients: EventClients, logger: Logger): ApiRoute[] {
+export function apiRoutes (agent: AgentControl, eventClients: EventClients, logger: Logger, limits: RequestLimits): ApiRoute[] {
   const ok = (body: unknown): [number, unknown] => [200, body]
   return [
-    { method: 'GET', path: '/v1/status', handle: async () => ok(agent.status()) },
+    { method: 'GET', path: '/v1/status', handle: async () => ok(await agent.status()) },
     {
       method: 'GET',
       path: '/v1/events',
       handle: async ({ res, url }) => {
-        serveEvents(agent, eventClients, res, url.searchParams.get('job') ?? undefined, logger)
+        await serveEvents(agent, eventClients, res, url.searchParams.get('job') ?? undefined, logger)
         return undefined
       }
     },
-    { method: 'GET', path: '/v1/peers', handle: async () => ok(agent.peers()) },
-    { method: 'GET', path: '/v1/cache', handle: async () => ok(agent.cache()) },
+    { method: 'GET', path: '/v1/peers', handle: async () => ok(await agent.peers()) },
+    { method: 'GET', path: '/v1/cache', handle: async () => ok(await agent.cache()) },
     { method: 'POST', path: '/v1/cache/clear', handle: async () => ok(await agent.clearCache()) },
-    { method: 'GET', path: '/v1/jobs', handle: async () => ok({ jobs: agent.listJobs() }) },
-    { method: 'POST', path: '/v1/jobs', handle: async ({ req }) => [201, await agent.createJob(await readJson(req))] },
-    { method: 'GET', path: '/v1/jobs/{id}', handle: async ({ params }) => ok(agent.getJob(params.id)) },
+    { method: 'GET', path: '/v1/jobs', handle: async () => ok({ jobs: await agent.listJobs() }) },
+    { method: 'POST', path: '/v1/jobs', handle: async ({ req }) => [201, await agent.createJob(validateCreateJob(await readJson(req), limits))] },
+    { method: 'GET', path: '/v1/jobs/{id}', handle: async ({ params }) => ok(await agent.getJob(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/suspend', handle: async ({ params }) => ok(await agent.suspend(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/resume', handle: async ({ params }) => ok(await agent.resume(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/cancel', handle: async ({ params }) => ok(await agent.cancel(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/complete', handle: async ({ params }) => ok(await agent.complete(params.id)) },
-    { method: 'POST', path: '/v1/jobs/{id}/priority', handle: async ({ req, params }) => ok(await agent.setPriority(params.id, await readJson(req))) },
-    { method: 'POST', path: '/v1/jobs/{id}/files', handle: async ({ req, params }) => ok(await agent.addFiles(params.id, await readJson(req))) }
+    { method: 'POST', path: '/v1/jobs/{id}/priority', handle: async ({ req, params }) => ok(await agent.setPriority(params.id, validatePriority(await readJson(req)))) },
+    {
+      method: 'POST',
+      path: '/v1/jobs/{id}/files',
+      handle: async ({ req, params }) => {
+        const body = await readJson(req)
+        // Checked against the job's destinations as they are now; the agent checks the fit again under the job's lock.
+        const existing = (await agent.getJob(params.id)).files.map(f => f.path)
+        return ok(await agent.addFiles(params.id, validateAddFiles(body, limits, existing)))
+      }
+    }
   ]
+}
+
+/** What the API server serves, and with what. */
+export interface ApiServerComponents {
+  control: AgentControl
+  logger: Logger
+  /** The limits request bodies are checked against. */
+  limits: RequestLimits
+}
+
+export interface ApiServerInit {
+  socketPath: string
+  tcp?: TcpApiOptions
 }
 
 /**
@@ -149,11 +173,11 @@ export function apiRoutes (agent: CanopyAgent, eventClients: EventClients, logge
  * (the state directory is 0700 and the socket 0600). Routes: apiRoutes above;
  * documented in docs/API.md and docs/openapi.json.
  */
-export async function startApiServer (agent: CanopyAgent, socketPath: string, logger: Logger, tcp?: TcpApiOptions): Promise<ApiServer> {
+export async function startApiServer (components: ApiServerComponents, init: ApiServerInit): Promise<ApiServer> {
+  const { control: agent, logger, limits } = components
+  const { socketPath, tcp } = init
   const eventClients = new EventClients()
-  // Each event stream listens to the agent (four listeners).
-  agent.setMaxListeners(4 * MAX_EVENT_CLIENTS + 10)
-  const routes = apiRoutes(agent, eventClients, logger)
+  const routes = apiRoutes(agent, eventClients, logger, limits)
   /** Answers with [status, JSON body], or undefined when it answered itself (the event stream). */
   const route = async (req: IncomingMessage, res: ServerResponse): Promise<[number, unknown] | undefined> => {
     const url = new URL(req.url ?? '/', 'http://agent')
