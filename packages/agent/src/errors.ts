@@ -20,6 +20,21 @@ export const JobErrorCode = {
   MaxTime: 'ERR_MAX_TIME'
 } as const
 
+/**
+ * Why the scheduler stopped a running job that did nothing wrong: a higher priority
+ * needs its slot, or its time slice ended while an equal waits. The runner puts the
+ * job back in the queue (its block marks stay: it resumes from them).
+ */
+export class SchedulerYield extends CanopyError {
+  readonly why: 'preempted' | 'slice'
+
+  constructor (why: 'preempted' | 'slice') {
+    super('ERR_YIELD', why === 'preempted' ? 'preempted by a higher-priority job' : 'time slice over')
+    this.name = 'SchedulerYield'
+    this.why = why
+  }
+}
+
 /** Code of the transient error that tells the runner the remote file changed: rediscover it and start it over. */
 export const REMOTE_CHANGED = 'ERR_REMOTE_CHANGED'
 

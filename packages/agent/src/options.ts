@@ -1,4 +1,5 @@
 import { availableParallelism } from 'node:os'
+import { CanopyError, silentLogger } from '@canopy/core'
 import type { Logger } from '@canopy/core'
 
 /** Options of an agent. Every default is documented here and in docs/CONFIGURATION.md. */
@@ -155,4 +156,26 @@ export function blocksBuffered (options: Pick<ResolvedAgentOptions, 'requestsInF
  */
 export function blocksAtRisk (options: Pick<ResolvedAgentOptions, 'requestsInFlight' | 'requestSize'>, blockSize: number): number {
   return blocksBuffered(options, blockSize)
+}
+
+/** The options with their defaults filled in, checked; throws ERR_INVALID_ARGUMENT with what to fix. */
+export function resolveAgentOptions (options: AgentOptions): ResolvedAgentOptions {
+  if (typeof options.stateDir !== 'string' || options.stateDir === '') {
+    throw new CanopyError('ERR_INVALID_ARGUMENT', 'The agent needs a state directory (--state-dir or CANOPY_STATE_DIR)')
+  }
+  const resolved: ResolvedAgentOptions = { ...AGENT_DEFAULTS, logger: silentLogger, ...withoutUndefined(options), stateDir: options.stateDir, p2p: options.p2p }
+  for (const key of ['maxBackgroundJobs', 'requestsInFlight', 'requestSize', 'maxBlockAttempts', 'requestTimeoutMs', 'retryMinMs', 'retryMaxMs',
+    'notifyTimeoutMs', 'notifyCommandTimeoutMs', 'notifyRetryMinMs', 'notifyRetryMaxMs', 'notifyAttempts', 'timeSliceMs', 'noProgressTimeoutMs',
+    'inactiveJobTimeoutMs', 'retentionMs', 'maxJobs', 'maxFilesPerJob', 'maxUrlLength', 'maxNameLength'] as const) {
+    if (!Number.isSafeInteger(resolved[key]) || resolved[key] < 1) throw new CanopyError('ERR_INVALID_ARGUMENT', `${key} must be a positive integer, not ${resolved[key]}`)
+  }
+  for (const key of ['hashThreads', 'maxDownloadTimeMs'] as const) {
+    if (!Number.isSafeInteger(resolved[key]) || resolved[key] < 0) throw new CanopyError('ERR_INVALID_ARGUMENT', `${key} must be 0 or more`)
+  }
+  if (typeof resolved.now !== 'function') throw new CanopyError('ERR_INVALID_ARGUMENT', 'now must be a function returning ms since the epoch')
+  return resolved
+}
+
+function withoutUndefined<T extends object> (value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>
 }
