@@ -5,7 +5,7 @@ import { CanopyError } from '@canopy/core'
  * Length-prefixed frames over a libp2p v3 stream: a 4-byte big-endian length, then
  * the body. Reads are bounded (a frame larger than the caller allows is a protocol
  * error) and timed out; writes wait for 'drain' when the stream's buffer is full
- * (v3's onDrain() resolves only once, see shared/notes/libp2p-v3.md). A stream that
+ * (v3's onDrain() resolves only once, see docs/LIBP2P.md). A stream that
  * ends in the middle of a frame is an error, never a short message.
  */
 export class FramedStream {
