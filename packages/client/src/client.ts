@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Client } from 'undici'
 import type { Dispatcher } from 'undici'
-import { API_SOCKET_NAME, API_VERSION, CanopyError, ErrorCode } from '@canopy/core'
+import { API_SOCKET_NAME, API_VERSION, CanopyError, codeInCauses, ErrorCode } from '@canopy/core'
 import type { AbortOptions, AgentEvent, AgentStatus, ApiErrorBody, CanopyControl, CacheView, CreateJobFile, CreateJobRequest, JobPriority, JobState, JobView, PeersView } from '@canopy/core'
 import { readEvents, toAgentEvent } from './events.ts'
 
@@ -105,14 +105,9 @@ export function defaultStateDir (env: NodeJS.ProcessEnv = process.env, platform:
   return join(homedir(), '.local', 'state', 'canopy')
 }
 
+/** The first errno-like code on the error or its causes. */
 function errnoCode (err: unknown): string | undefined {
-  let e: unknown = err
-  for (let depth = 0; depth < 4 && e !== null && typeof e === 'object'; depth++) {
-    const code = (e as { code?: unknown }).code
-    if (typeof code === 'string') return code
-    e = (e as { cause?: unknown }).cause
-  }
-  return undefined
+  return codeInCauses(err, () => true)
 }
 
 /**

@@ -3,6 +3,8 @@
  * error types. Pure: no network, no files.
  */
 export { CanopyError, ErrorCode, isCanopyError, throwIfAborted } from './errors.ts'
+export { codeInCauses, ERROR_CATALOG, httpStatusOf, isTransientCode } from './error-catalog.ts'
+export type { CatalogCode, ErrorSpec } from './error-catalog.ts'
 export {
   assertBlockSize, blockCid, blockCount, blockDigest, blockSpan,
   DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, RAW_CODEC, SHA256_CODE

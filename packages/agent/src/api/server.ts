@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { chmod, rm } from 'node:fs/promises'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
-import { CanopyError } from '@canopy/core'
+import { CanopyError, httpStatusOf } from '@canopy/core'
 import type { AgentControl, ApiErrorBody, Logger } from '@canopy/core'
 import type { RequestLimits } from '../options.ts'
 import { validateAddFiles, validateCreateJob, validatePriority } from '../jobs/validate.ts'
@@ -24,28 +24,6 @@ export interface TcpApiOptions {
   listen: string
   /** The bearer token every request must carry (Authorization: Bearer <token>). */
   token: string
-}
-
-const STATUS_BY_CODE: Record<string, number> = {
-  ERR_INVALID_REQUEST: 400,
-  ERR_BAD_JSON: 400,
-  ERR_TOO_MANY_FILES: 400,
-  ERR_TOO_MANY_HEADERS: 400,
-  ERR_HEADERS_TOO_LARGE: 400,
-  ERR_URL_TOO_LONG: 400,
-  ERR_NAME_TOO_LONG: 400,
-  ERR_TOO_MANY_JOBS: 409,
-  ERR_JOB_NOT_FOUND: 404,
-  ERR_NO_PEER_NODE: 404,
-  ERR_NOT_FOUND: 404,
-  ERR_METHOD_NOT_ALLOWED: 405,
-  ERR_INVALID_STATE: 409,
-  ERR_AMBIGUOUS_JOB_ID: 409,
-  ERR_BODY_TOO_LARGE: 413,
-  ERR_TOO_MANY_CLIENTS: 503,
-  ERR_DESTINATION: 409,
-  ERR_DISK_FULL: 507,
-  ERR_AGENT_STOPPING: 503
 }
 
 async function readJson (req: IncomingMessage): Promise<unknown> {
@@ -205,7 +183,7 @@ export async function startApiServer (components: ApiServerComponents, init: Api
         return
       }
       const code = err instanceof CanopyError ? err.code : 'ERR_INTERNAL'
-      const status = STATUS_BY_CODE[code] ?? 500
+      const status = httpStatusOf(code)
       if (status === 500) logger.error('control API failure', { err: String((err as Error)?.stack ?? err) })
       const body: ApiErrorBody = { error: { code, message: err instanceof Error ? err.message : String(err) } }
       send(res, status, body)
