@@ -1,4 +1,4 @@
-import { blockSpan, discoveryId, DISCOVERY_LABEL } from '@canopy/core'
+import { blockSpan, clearBit, countBits, discoveryId, DISCOVERY_LABEL, hasBit } from '@canopy/core'
 import type { Logger, PublishedManifest } from '@canopy/core'
 import type { ExchangeSession } from '../peers/exchange.ts'
 import type { FileProgress } from '../jobs/job.ts'
@@ -51,10 +51,6 @@ interface Offer {
   reportedStall?: boolean
 }
 
-const hasBit = (bits: Uint8Array, i: number): boolean => (bits[i >> 3] & (0x80 >> (i & 7))) !== 0
-const clearBit = (bits: Uint8Array, i: number): void => { bits[i >> 3] &= ~(0x80 >> (i & 7)) }
-const BITS_SET = Uint8Array.from({ length: 256 }, (_, b) => { let n = 0; for (let v = b; v !== 0; v >>= 1) n += v & 1; return n })
-const countBits = (bits: Uint8Array): number => { let n = 0; for (const b of bits) n += BITS_SET[b]; return n }
 
 /**
  * The blocks to ask peers for, rarest first: every block `missing` that at least
