@@ -93,7 +93,7 @@ export interface JobRecord {
 export const ACTIVE_STATES: readonly JobState[] = ['connecting', 'transferring', 'transient_error']
 
 /** Where a verified block came from (stored as the value of its progress mark). */
-export type BlockSource = 'origin' | 'peer' | 'cache'
+export type BlockProvenance = 'origin' | 'peer' | 'cache'
 
 /** In-memory progress of one file, rebuilt from the store on load. */
 export class FileProgress {
@@ -118,7 +118,7 @@ export class FileProgress {
     return this.blocks[index] !== 0
   }
 
-  mark (index: number, source: BlockSource): void {
+  mark (index: number, source: BlockProvenance): void {
     if (this.blocks[index] !== 0) return
     this.blocks[index] = source === 'origin' ? 1 : source === 'peer' ? 2 : 3
     const { length } = blockSpan(index, this.size, this.blockSize)

@@ -1,7 +1,7 @@
 import type { FileHandle } from 'node:fs/promises'
 import { blockSpan } from '@canopy/core'
 import type { PublishedManifest } from '@canopy/core'
-import type { BlockSource as StoredBlockSource, FileProgress } from '../jobs/job.ts'
+import type { BlockProvenance, FileProgress } from '../jobs/job.ts'
 import type { JobStore } from '../store/job-store.ts'
 import type { BlockHasher } from './block-hasher.ts'
 import type { FileDigest } from './file-digest.ts'
@@ -45,7 +45,7 @@ export class BlockSink {
    * matched and with its bytes (the same memory, back from the worker), which the
    * caller owns again.
    */
-  async verifyAndStore (index: number, received: Buffer, source: StoredBlockSource): Promise<{ ok: boolean, bytes: Buffer }> {
+  async verifyAndStore (index: number, received: Buffer, source: BlockProvenance): Promise<{ ok: boolean, bytes: Buffer }> {
     const { o } = this
     const { offset } = blockSpan(index, o.manifest.size, o.manifest.blockSize)
     const verdict = await o.blockHasher.verifyAndWrite(received, this.expected[index], this.handle, offset)

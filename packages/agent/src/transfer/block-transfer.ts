@@ -177,7 +177,7 @@ async function fetchMissing (o: Transfer, expected: Uint8Array[], sink: BlockSin
   const { manifest, progress } = o
   if (progress.complete) return
 
-  // One failure stops the other workers at once; the job's signal stops them all.
+  // One failure stops the other request loops at once; the job's signal stops them all.
   const local = new AbortController()
   const stop = AbortSignal.any([signal, local.signal])
   let fullResponse: FullResponse | undefined
@@ -225,7 +225,7 @@ async function fetchMissing (o: Transfer, expected: Uint8Array[], sink: BlockSin
   }
 
   let fastPath = true
-  const worker = async (): Promise<void> => {
+  const requestLoop = async (): Promise<void> => {
     while (fullResponse === undefined && !stop.aborted) {
       const next = picker.next()
       if (next === 'done') return
@@ -285,7 +285,7 @@ async function fetchMissing (o: Transfer, expected: Uint8Array[], sink: BlockSin
     }
   }
 
-  await Promise.all(Array.from({ length: o.requestsInFlight }, async () => await worker().catch(fail)))
+  await Promise.all(Array.from({ length: o.requestsInFlight }, async () => await requestLoop().catch(fail)))
   while (processing.size > 0) await Promise.all([...processing])
   if (failure !== undefined || signal.aborted) {
     if (fullResponse !== undefined) discard(fullResponse.body)
@@ -295,7 +295,7 @@ async function fetchMissing (o: Transfer, expected: Uint8Array[], sink: BlockSin
   if (!progress.complete) await fetchMissing(o, expected, sink, attempts, picker, inFlight, signal)
 }
 
-/** How long an origin worker waits before looking again when every missing block is in someone's hands. */
+/** How long an origin request loop waits before looking again when every missing block is in someone's hands. */
 const WAIT_MS = 25
 
 async function delay (ms: number, signal: AbortSignal): Promise<void> {

@@ -178,7 +178,7 @@ export async function exchangeWithPeers (o: PeerExchangeContext, expected: Uint8
     }
   }
 
-  const worker = async (offer: Offer): Promise<void> => {
+  const askLoop = async (offer: Offer): Promise<void> => {
     while (!finished() && !failed && offer.alive) {
       while (offer.cursor < order.length && (o.progress.has(order[offer.cursor]) || inFlight.has(order[offer.cursor]) || !hasBit(offer.have, order[offer.cursor]))) offer.cursor++
       if (offer.cursor >= order.length) {
@@ -231,8 +231,8 @@ export async function exchangeWithPeers (o: PeerExchangeContext, expected: Uint8
         if (!finished()) await refresh()
       }
     })()
-    // Every worker has stopped before this returns: none may write after the file closes.
-    const results = await Promise.allSettled(offers.flatMap(offer => Array.from({ length: IN_FLIGHT_PER_PEER }, async () => await worker(offer))))
+    // Every ask loop has stopped before this returns: none may write after the file closes.
+    const results = await Promise.allSettled(offers.flatMap(offer => Array.from({ length: IN_FLIGHT_PER_PEER }, async () => await askLoop(offer))))
     const stored = await Promise.allSettled([...processing])
     await refresher
     // The picker must not wait for peers that are gone.
