@@ -1,4 +1,4 @@
-import { CanopyError } from '@canopy/core'
+import { CanopyError, codeInCauses } from '@canopy/core'
 
 /** Stable codes of the errors a job can end in (JobError.code). */
 export const JobErrorCode = {
@@ -19,6 +19,21 @@ export const JobErrorCode = {
   /** The job's maximum download time ran out (set by the scheduler). */
   MaxTime: 'ERR_MAX_TIME'
 } as const
+
+/**
+ * Why the scheduler stopped a running job that did nothing wrong: a higher priority
+ * needs its slot, or its time slice ended while an equal waits. The runner puts the
+ * job back in the queue (its block marks stay: it resumes from them).
+ */
+export class SchedulerYield extends CanopyError {
+  readonly why: 'preempted' | 'slice'
+
+  constructor (why: 'preempted' | 'slice') {
+    super('ERR_YIELD', why === 'preempted' ? 'preempted by a higher-priority job' : 'time slice over')
+    this.name = 'SchedulerYield'
+    this.why = why
+  }
+}
 
 /** Code of the transient error that tells the runner the remote file changed: rediscover it and start it over. */
 export const REMOTE_CHANGED = 'ERR_REMOTE_CHANGED'
@@ -49,27 +64,15 @@ const TRANSIENT_NETWORK_CODES = new Set([
 /** Errors of the destination's filesystem that the user has to fix. */
 const DESTINATION_CODES = new Set(['EACCES', 'EROFS', 'EPERM', 'EISDIR', 'ENOTDIR', 'ENAMETOOLONG', 'EXDEV', 'EBUSY', 'EIO'])
 
+/** The errno code of an error the transfer knows how to report (undici wraps socket errors: it may be on a cause). */
 function errnoCode (err: unknown): string | undefined {
-  let e: unknown = err
-  // undici wraps socket errors; the errno code is on the error or its cause
-  for (let depth = 0; depth < 4 && e !== null && typeof e === 'object'; depth++) {
-    const code = (e as { code?: unknown }).code
-    if (typeof code === 'string' && (TRANSIENT_NETWORK_CODES.has(code) || DESTINATION_CODES.has(code) || code === 'ENOSPC' || code === 'EDQUOT')) return code
-    e = (e as { cause?: unknown }).cause
-  }
-  return undefined
+  return codeInCauses(err, code => TRANSIENT_NETWORK_CODES.has(code) || DESTINATION_CODES.has(code) || code === 'ENOSPC' || code === 'EDQUOT')
 }
 
 /** The code of a certificate failure, which no retry will fix. */
 function tlsCode (err: unknown): string | undefined {
-  let e: unknown = err
-  for (let depth = 0; depth < 4 && e !== null && typeof e === 'object'; depth++) {
-    const code = (e as { code?: unknown }).code
-    if (typeof code === 'string' && (code.startsWith('CERT_') || code.startsWith('ERR_TLS_') || code.includes('SELF_SIGNED') ||
-        code.startsWith('UNABLE_TO_') || code === 'HOSTNAME_MISMATCH')) return code
-    e = (e as { cause?: unknown }).cause
-  }
-  return undefined
+  return codeInCauses(err, code => code.startsWith('CERT_') || code.startsWith('ERR_TLS_') || code.includes('SELF_SIGNED') ||
+    code.startsWith('UNABLE_TO_') || code === 'HOSTNAME_MISMATCH')
 }
 
 /**

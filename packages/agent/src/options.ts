@@ -1,4 +1,5 @@
 import { availableParallelism } from 'node:os'
+import { CanopyError, silentLogger } from '@canopy/core'
 import type { Logger } from '@canopy/core'
 
 /** Options of an agent. Every default is documented here and in docs/CONFIGURATION.md. */
@@ -155,4 +156,104 @@ export function blocksBuffered (options: Pick<ResolvedAgentOptions, 'requestsInF
  */
 export function blocksAtRisk (options: Pick<ResolvedAgentOptions, 'requestsInFlight' | 'requestSize'>, blockSize: number): number {
   return blocksBuffered(options, blockSize)
+}
+
+/** How an option's text is read (flags, CANOPY_* variables and the config file give text; the file may also give numbers, booleans, lists). */
+export type OptionKind = 'count' | 'size' | 'duration' | 'text' | 'switch' | 'list'
+
+/** Where `canopy agent --help` lists an option. */
+export type OptionSection = 'general' | 'scheduling' | 'notifications' | 'remote' | 'peers'
+
+/**
+ * One option of the agent, named once: its flag (`--name`, also the config file's
+ * key, and `CANOPY_<NAME>` in the environment unless `env` says otherwise), the
+ * AgentOptions or P2pOptions field it sets, how its text is read and checked, and
+ * its help. The CLI derives its flags, config keys, parsing and help from this
+ * table; `resolveAgentOptions` checks the numeric fields against it; the defaults are
+ * AGENT_DEFAULTS (named by `field`).
+ */
+export interface AgentOptionSpec {
+  /** The flag without "--"; absent for options only a library user sets. */
+  name?: string
+  /** The AgentOptions field it sets (numeric ones are checked by resolveAgentOptions). */
+  field?: Exclude<keyof AgentOptions, 'p2p'>
+  /** The P2pOptions field it sets. */
+  p2pField?: keyof P2pOptions
+  kind: OptionKind
+  /** Least and greatest value of a number. */
+  min?: number
+  max?: number
+  /** The value's name in help ("N", "SIZE", "DUR", "MS"). */
+  arg?: string
+  help: string
+  /** Help's default when AGENT_DEFAULTS cannot show it (it depends on the machine, or lives elsewhere). */
+  defaultText?: string
+  section: OptionSection
+  /** The environment variable, when not CANOPY_<NAME>; for a switch, the value of it that turns the switch on. */
+  env?: string
+  envOn?: string
+  /** Not in the config file (the config file's own path). */
+  flagOnly?: true
+}
+
+export const AGENT_OPTION_TABLE: readonly AgentOptionSpec[] = [
+  { name: 'config', kind: 'text', arg: 'FILE', section: 'general', flagOnly: true, defaultText: '<state-dir>/config.json when it exists', help: 'a JSON file of options, keys as the flags without "--": {"max-background-jobs": 4, "retention": "30d", "no-mdns": true}' },
+  { name: 'log-level', kind: 'text', arg: 'L', section: 'general', defaultText: 'info', help: 'debug, info, warn or error (changes on SIGHUP)' },
+  { name: 'log-format', kind: 'text', arg: 'F', section: 'general', defaultText: 'logfmt', help: 'logfmt (for terminals) or json (one object a line, for log collectors) (changes on SIGHUP)' },
+  { name: 'max-background-jobs', field: 'maxBackgroundJobs', kind: 'count', min: 1, arg: 'N', section: 'general', help: 'background jobs transferring at once (foreground jobs always run)' },
+  { name: 'requests-in-flight', field: 'requestsInFlight', kind: 'count', min: 1, arg: 'N', section: 'general', help: 'range requests in flight per file' },
+  { name: 'request-size', field: 'requestSize', kind: 'size', min: 1, arg: 'SIZE', section: 'general', help: 'bytes per range request, whole blocks' },
+  { name: 'hash-threads', field: 'hashThreads', kind: 'count', min: 0, arg: 'N', section: 'general', defaultText: '2, 1 on a machine with one CPU', help: 'hashing worker threads; 0 = blocks inline' },
+  { name: 'request-timeout', field: 'requestTimeoutMs', kind: 'duration', min: 1, arg: 'DUR', section: 'general', help: 'time without headers or body bytes before a request is abandoned' },
+  { name: 'retry-min', field: 'retryMinMs', kind: 'duration', min: 1, arg: 'DUR', section: 'general', help: 'first retry delay after a transient error' },
+  { name: 'retry-max', field: 'retryMaxMs', kind: 'duration', min: 1, arg: 'DUR', section: 'general', help: 'longest retry delay' },
+  { field: 'maxBlockAttempts', kind: 'count', min: 1, section: 'general', help: 'fetches of one block that fail verification before the job stops in error' },
+  { name: 'time-slice', field: 'timeSliceMs', kind: 'duration', min: 1, arg: 'DUR', section: 'scheduling', help: 'a background job runs this long before a waiting job of its priority takes its turn' },
+  { name: 'no-progress-timeout', field: 'noProgressTimeoutMs', kind: 'duration', min: 1, arg: 'DUR', section: 'scheduling', help: 'a job trying this long without progress stops in error, ERR_NO_PROGRESS' },
+  { name: 'max-download-time', field: 'maxDownloadTimeMs', kind: 'duration', min: 0, arg: 'DUR', section: 'scheduling', defaultText: '0: no limit', help: 'total time a job may spend trying before it stops in error, ERR_MAX_TIME' },
+  { name: 'inactive-job-timeout', field: 'inactiveJobTimeoutMs', kind: 'duration', min: 1, arg: 'DUR', section: 'scheduling', help: 'a job not modified for this long is cancelled' },
+  { name: 'retention', field: 'retentionMs', kind: 'duration', min: 1, arg: 'DUR', section: 'scheduling', help: 'acknowledged and cancelled jobs stay listed this long, then are removed' },
+  { name: 'max-jobs', field: 'maxJobs', kind: 'count', min: 1, arg: 'N', section: 'scheduling', help: 'unfinished jobs the agent holds at most' },
+  { name: 'max-files-per-job', field: 'maxFilesPerJob', kind: 'count', min: 1, arg: 'N', section: 'scheduling', help: 'files in one job at most' },
+  { name: 'max-url-length', field: 'maxUrlLength', kind: 'count', min: 1, arg: 'N', section: 'scheduling', help: 'characters of a file\'s URL' },
+  { name: 'max-name-length', field: 'maxNameLength', kind: 'count', min: 1, arg: 'N', section: 'scheduling', help: 'characters of a job\'s name' },
+  { name: 'notify-timeout', field: 'notifyTimeoutMs', kind: 'duration', min: 1, arg: 'DUR', section: 'notifications', help: 'longest wait for a notify URL\'s answer' },
+  { name: 'notify-command-timeout', field: 'notifyCommandTimeoutMs', kind: 'duration', min: 1, arg: 'DUR', section: 'notifications', help: 'longest run of a notification command before its process group is killed' },
+  { name: 'notify-retry-min', field: 'notifyRetryMinMs', kind: 'duration', min: 1, arg: 'DUR', section: 'notifications', help: 'first delay before a failed notify-URL POST is tried again; doubles each time' },
+  { name: 'notify-retry-max', field: 'notifyRetryMaxMs', kind: 'duration', min: 1, arg: 'DUR', section: 'notifications', help: 'longest such delay' },
+  { name: 'notify-attempts', field: 'notifyAttempts', kind: 'count', min: 1, arg: 'N', section: 'notifications', help: 'attempts of one notify-URL POST before it is given up' },
+  { name: 'api-listen', field: 'apiListen', kind: 'text', arg: 'HOST:PORT', section: 'remote', defaultText: 'none', help: 'also serve the control API on TCP, e.g. 0.0.0.0:7380' },
+  { name: 'api-token-file', kind: 'text', arg: 'F', section: 'remote', help: 'the bearer token the TCP listener requires (required with --api-listen); clients: CANOPY_AGENT_URL=http://HOST:PORT and CANOPY_API_TOKEN_FILE=F' },
+  { name: 'p2p-port', kind: 'count', min: 0, max: 65535, arg: 'N', section: 'peers', defaultText: '7373; 0 picks one', help: 'TCP port of the peer node' },
+  { name: 'p2p-host', kind: 'text', arg: 'IP', section: 'peers', defaultText: '0.0.0.0', help: 'address the peer node listens on' },
+  { name: 'no-mdns', p2pField: 'mdns', kind: 'switch', section: 'peers', env: 'CANOPY_MDNS', envOn: '0', help: 'do not discover peers by mDNS (multicast on the LAN)' },
+  { name: 'peer', p2pField: 'peers', kind: 'list', arg: 'MULTIADDR', section: 'peers', env: 'CANOPY_PEERS', help: 'a static peer, e.g. /ip4/192.168.1.20/tcp/7373 (repeatable; CANOPY_PEERS and the config file take a list)' },
+  { name: 'swarm-key', p2pField: 'swarmKey', kind: 'text', arg: 'FILE', section: 'peers', help: 'accept only peers holding this key (canopy keygen)' },
+  { name: 'cache-size', p2pField: 'cacheSize', kind: 'size', min: 1, arg: 'SIZE', section: 'peers', defaultText: 'min(10 GiB, 10% of the state directory\'s disk)', help: 'bytes of completed files kept for peers' },
+  { name: 'no-p2p', kind: 'switch', section: 'peers', env: 'CANOPY_P2P', envOn: '0', help: 'run no peer node' }
+]
+
+/** The environment variable of an option: `env`, else CANOPY_ and the flag upper-cased with "_". */
+export function optionEnv (spec: AgentOptionSpec): string {
+  return spec.env ?? `CANOPY_${(spec.name ?? '').toUpperCase().replaceAll('-', '_')}`
+}
+
+/** The options with their defaults filled in, checked against AGENT_OPTION_TABLE; throws ERR_INVALID_ARGUMENT with what to fix. */
+export function resolveAgentOptions (options: AgentOptions): ResolvedAgentOptions {
+  if (typeof options.stateDir !== 'string' || options.stateDir === '') {
+    throw new CanopyError('ERR_INVALID_ARGUMENT', 'The agent needs a state directory (--state-dir or CANOPY_STATE_DIR)')
+  }
+  const resolved: ResolvedAgentOptions = { ...AGENT_DEFAULTS, logger: silentLogger, ...withoutUndefined(options), stateDir: options.stateDir, p2p: options.p2p }
+  for (const { field, kind, min = 0 } of AGENT_OPTION_TABLE) {
+    if (field === undefined || kind === 'text' || kind === 'switch' || kind === 'list') continue
+    const value = resolved[field] as number
+    if (min >= 1 && (!Number.isSafeInteger(value) || value < min)) throw new CanopyError('ERR_INVALID_ARGUMENT', `${field} must be a positive integer, not ${value}`)
+    if (min === 0 && (!Number.isSafeInteger(value) || value < 0)) throw new CanopyError('ERR_INVALID_ARGUMENT', `${field} must be 0 or more`)
+  }
+  if (typeof resolved.now !== 'function') throw new CanopyError('ERR_INVALID_ARGUMENT', 'now must be a function returning ms since the epoch')
+  return resolved
+}
+
+function withoutUndefined<T extends object> (value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>
 }

@@ -47,7 +47,7 @@ test('docs/openapi.json documents exactly the routes the agent serves, and the a
   const agent = await startAgent({ stateDir: join(dir, 'agent'), p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, peers: [] } })
   t.after(async () => await agent.stop())
 
-  const served = apiRoutes(agent, new EventClients(), silentLogger).map(r => `${r.method} ${r.path}`).sort()
+  const served = apiRoutes(agent, new EventClients(), silentLogger, agent.options).map(r => `${r.method} ${r.path}`).sort()
   const documented = Object.entries(doc.paths).flatMap(([path, ops]) => Object.keys(ops).map(m => `${m.toUpperCase()} ${path}`)).sort()
   assert.deepEqual(documented, served)
 

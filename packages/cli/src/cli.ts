@@ -1,5 +1,4 @@
 /** `canopy`: global options, verb dispatch, and the mapping of errors to exit codes. */
-import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { defaultStateDir } from '@canopy/client'
 import { isCanopyError } from '@canopy/core'
@@ -15,10 +14,11 @@ import { publishVerb } from './verbs/publish.ts'
 import { keygenVerb } from './verbs/keygen.ts'
 import { cacheVerb, peersVerb } from './verbs/peers.ts'
 import { completionVerb, versionVerb } from './verbs/meta.ts'
+import { version } from './version.ts'
 
 export const VERBS: readonly Verb[] = [
   getVerb, addVerb, jobsVerb, jobVerb, watchVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, setVerb, statusVerb,
-  peersVerb, cacheVerb, agentVerb, originVerb, publishVerb, keygenVerb, versionVerb, completionVerb
+  peersVerb, cacheVerb, agentVerb, originVerb, publishVerb, keygenVerb, versionVerb, completionVerb(() => VERBS)
 ]
 
 export const EXIT_CODES_HELP = `Exit codes:
@@ -32,11 +32,6 @@ export const EXIT_CODES_HELP = `Exit codes:
 
 const SHORT_EXIT_CODES = `Exit codes: ${ExitCode.Ok} ok, ${ExitCode.JobFailed} job failed or cancelled, ${ExitCode.Usage} usage error, ` +
   `${ExitCode.NoAgent} no agent running, ${ExitCode.Error} other error, ${ExitCode.Interrupted} interrupted.\n`
-
-export function version (): string {
-  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
-  return pkg.version
-}
 
 export function mainHelp (): string {
   const width = Math.max(...VERBS.map(v => v.name.length))

@@ -3,8 +3,8 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Client } from 'undici'
 import type { Dispatcher } from 'undici'
-import { API_SOCKET_NAME, API_VERSION, CanopyError, ErrorCode } from '@canopy/core'
-import type { AgentEvent, AgentStatus, ApiErrorBody, CacheView, CreateJobFile, CreateJobRequest, JobPriority, JobState, JobView, PeersView } from '@canopy/core'
+import { API_SOCKET_NAME, API_VERSION, CanopyError, codeInCauses, ErrorCode } from '@canopy/core'
+import type { AbortOptions, AgentEvent, AgentStatus, ApiErrorBody, CanopyControl, CacheView, CreateJobFile, CreateJobRequest, JobPriority, JobState, JobView, PeersView } from '@canopy/core'
 import { readEvents, toAgentEvent } from './events.ts'
 
 /** Largest response body the client reads from the agent (16 MiB); a larger one is an error. */
@@ -30,9 +30,8 @@ export interface ClientOptions {
   signal?: AbortSignal
 }
 
-export interface CallOptions {
-  signal?: AbortSignal
-}
+/** Options of every call: the control contract's (CanopyControl). */
+export type CallOptions = AbortOptions
 
 export interface WaitForJobOptions extends CallOptions {
   /** Poll interval in milliseconds. Default 250. */
@@ -106,18 +105,17 @@ export function defaultStateDir (env: NodeJS.ProcessEnv = process.env, platform:
   return join(homedir(), '.local', 'state', 'canopy')
 }
 
+/** The first errno-like code on the error or its causes. */
 function errnoCode (err: unknown): string | undefined {
-  let e: unknown = err
-  for (let depth = 0; depth < 4 && e !== null && typeof e === 'object'; depth++) {
-    const code = (e as { code?: unknown }).code
-    if (typeof code === 'string') return code
-    e = (e as { cause?: unknown }).cause
-  }
-  return undefined
+  return codeInCauses(err, () => true)
 }
 
-/** Typed client of the agent's control API. One connection, kept alive; call `close()` when done. */
-export class CanopyClient {
+/**
+ * Typed client of the agent's control API. One connection, kept alive; call
+ * `close()` when done. It implements the same control contract as the agent
+ * (CanopyControl in core), so the two cannot drift apart.
+ */
+export class CanopyClient implements CanopyControl {
   readonly stateDir: string
   readonly socketPath: string
   /** Where the agent is reached: its socket, or its TCP listener's URL (for messages). */

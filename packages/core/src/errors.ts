@@ -7,12 +7,13 @@ export class CanopyError extends Error {
 
   constructor (code: string, message: string, options?: { cause?: unknown }) {
     super(message, options)
-    this.name = 'CanopyError'
+    // Subclasses are named after themselves without repeating it (PeerExchangeError, ...).
+    this.name = new.target.name
     this.code = code
   }
 }
 
-/** Stable error codes shared by the packages. */
+/** Named constants of some codes (every code, with its HTTP status: ERROR_CATALOG in error-catalog.ts). */
 export const ErrorCode = {
   InvalidManifest: 'ERR_INVALID_MANIFEST',
   InvalidArgument: 'ERR_INVALID_ARGUMENT',

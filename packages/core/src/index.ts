@@ -3,6 +3,8 @@
  * error types. Pure: no network, no files.
  */
 export { CanopyError, ErrorCode, isCanopyError, throwIfAborted } from './errors.ts'
+export { codeInCauses, ERROR_CATALOG, httpStatusOf, isTransientCode } from './error-catalog.ts'
+export type { CatalogCode, ErrorSpec } from './error-catalog.ts'
 export {
   assertBlockSize, blockCid, blockCount, blockDigest, blockSpan,
   DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, RAW_CODEC, SHA256_CODE
@@ -14,6 +16,9 @@ export {
 export type { CreateManifestOptions, IdentifiedManifest, Manifest, PublishedManifest } from './manifest.ts'
 export { contentKey, discoveryId, DISCOVERY_LABEL, generateSecret, readProof } from './keys.ts'
 export { digestsEqual, sha256 } from './hash.ts'
+export { clearBit, countBits, emptyBitfield, hasBit, setBit } from './bitfield.ts'
+export { parseContentRange } from './content-range.ts'
+export type { ContentRange } from './content-range.ts'
 export { formatBytes, parseSize } from './sizes.ts'
 export { formatDuration, parseDuration } from './durations.ts'
 export { silentLogger, withFields } from './logger.ts'
@@ -23,5 +28,6 @@ export type {
   AgentEvent, AgentEventType, AgentStatus, ApiErrorBody, CacheView, PeersView, PeerStatus, AddFilesRequest, CreateJobFile, CreateJobRequest, JobBytes, JobLimits, JobError, JobFileView,
   JobHttpOptions, JobHttpView, JobNotify, JobPriority, JobState, JobType, JobView, SetPriorityRequest
 } from './api.ts'
+export type { AbortOptions, AgentControl, Awaitable, CanopyControl, ControlEvents, ControlEventSource } from './control.ts'
 export { decodeMessage, encodeFrameParts, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY, MessageType, RESPONSE_HEAD_BYTES } from './wire.ts'
 export type { ExchangeMessage } from './wire.ts'

@@ -3,7 +3,7 @@
  * source (origin below, peers above), with the scenario's events (jobs starting,
  * an agent leaving) as ticks. Plain SVG, no dependencies; opens in any browser.
  */
-import type { LabReport } from './run-scenario.ts'
+import type { LabReport } from './report.ts'
 
 const WIDTH = 760
 const LEFT = 110

@@ -1,7 +1,6 @@
 import type { ServerResponse } from 'node:http'
 import { CanopyError, FINAL_STATES } from '@canopy/core'
-import type { AgentEvent, JobView, Logger } from '@canopy/core'
-import type { CanopyAgent } from '../agent.ts'
+import type { AgentControl, AgentEvent, JobView, Logger } from '@canopy/core'
 
 /** A comment line this often, so that both ends can tell an idle stream from a dead one. */
 export const HEARTBEAT_MS = 15_000
@@ -12,7 +11,7 @@ export const HEARTBEAT_MS = 15_000
  * socket's high-water mark); only state events can get this far.
  */
 export const MAX_UNSENT_BYTES = 8 * 1024 * 1024
-/** Event streams open at once; each holds listeners on the agent. */
+/** Event streams open at once; each holds listeners on the agent (four: see serveEvents). */
 export const MAX_EVENT_CLIENTS = 64
 
 /** The open event streams of an API server. */
@@ -48,8 +47,8 @@ export class EventClients {
  * Throws (before anything is written) ERR_JOB_NOT_FOUND for an unknown job and
  * ERR_TOO_MANY_CLIENTS beyond MAX_EVENT_CLIENTS.
  */
-export function serveEvents (agent: CanopyAgent, clients: EventClients, res: ServerResponse, jobId: string | undefined, logger: Logger): void {
-  const snapshot = jobId !== undefined ? [agent.getJob(jobId)] : agent.listJobs().filter(j => !FINAL_STATES.includes(j.state))
+export async function serveEvents (agent: AgentControl, clients: EventClients, res: ServerResponse, jobId: string | undefined, logger: Logger): Promise<void> {
+  const snapshot = jobId !== undefined ? [await agent.getJob(jobId)] : (await agent.listJobs()).filter(j => !FINAL_STATES.includes(j.state))
   if (clients.open.size >= MAX_EVENT_CLIENTS) {
     throw new CanopyError('ERR_TOO_MANY_CLIENTS', `The agent serves at most ${MAX_EVENT_CLIENTS} event streams at once: close one (canopy watch) and try again`)
   }

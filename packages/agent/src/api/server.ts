@@ -3,10 +3,11 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { chmod, rm } from 'node:fs/promises'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
-import { CanopyError } from '@canopy/core'
-import type { ApiErrorBody, Logger } from '@canopy/core'
-import type { CanopyAgent } from '../agent.ts'
-import { EventClients, MAX_EVENT_CLIENTS, serveEvents } from './events.ts'
+import { CanopyError, httpStatusOf } from '@canopy/core'
+import type { AgentControl, ApiErrorBody, Logger } from '@canopy/core'
+import type { RequestLimits } from '../options.ts'
+import { validateAddFiles, validateCreateJob, validatePriority } from '../jobs/validate.ts'
+import { EventClients, serveEvents } from './events.ts'
 
 /** Largest request body the API reads. */
 const MAX_BODY_BYTES = 1024 * 1024
@@ -23,28 +24,6 @@ export interface TcpApiOptions {
   listen: string
   /** The bearer token every request must carry (Authorization: Bearer <token>). */
   token: string
-}
-
-const STATUS_BY_CODE: Record<string, number> = {
-  ERR_INVALID_REQUEST: 400,
-  ERR_BAD_JSON: 400,
-  ERR_TOO_MANY_FILES: 400,
-  ERR_TOO_MANY_HEADERS: 400,
-  ERR_HEADERS_TOO_LARGE: 400,
-  ERR_URL_TOO_LONG: 400,
-  ERR_NAME_TOO_LONG: 400,
-  ERR_TOO_MANY_JOBS: 409,
-  ERR_JOB_NOT_FOUND: 404,
-  ERR_NO_PEER_NODE: 404,
-  ERR_NOT_FOUND: 404,
-  ERR_METHOD_NOT_ALLOWED: 405,
-  ERR_INVALID_STATE: 409,
-  ERR_AMBIGUOUS_JOB_ID: 409,
-  ERR_BODY_TOO_LARGE: 413,
-  ERR_TOO_MANY_CLIENTS: 503,
-  ERR_DESTINATION: 409,
-  ERR_DISK_FULL: 507,
-  ERR_AGENT_STOPPING: 503
 }
 
 async function readJson (req: IncomingMessage): Promise<unknown> {
@@ -125,32 +104,55 @@ function matchPath (template: string, parts: string[]): Record<string, string> |
 /**
  * Every route of the control API. docs/openapi.json documents exactly these (a test
  * compares the two and checks live answers against the document's schemas).
+ * Request bodies are checked here, against `limits`; the agent takes typed arguments.
  */
-export function apiRoutes (agent: CanopyAgent, eventClients: EventClients, logger: Logger): ApiRoute[] {
+export function apiRoutes (agent: AgentControl, eventClients: EventClients, logger: Logger, limits: RequestLimits): ApiRoute[] {
   const ok = (body: unknown): [number, unknown] => [200, body]
   return [
-    { method: 'GET', path: '/v1/status', handle: async () => ok(agent.status()) },
+    { method: 'GET', path: '/v1/status', handle: async () => ok(await agent.status()) },
     {
       method: 'GET',
       path: '/v1/events',
       handle: async ({ res, url }) => {
-        serveEvents(agent, eventClients, res, url.searchParams.get('job') ?? undefined, logger)
+        await serveEvents(agent, eventClients, res, url.searchParams.get('job') ?? undefined, logger)
         return undefined
       }
     },
-    { method: 'GET', path: '/v1/peers', handle: async () => ok(agent.peers()) },
-    { method: 'GET', path: '/v1/cache', handle: async () => ok(agent.cache()) },
+    { method: 'GET', path: '/v1/peers', handle: async () => ok(await agent.peers()) },
+    { method: 'GET', path: '/v1/cache', handle: async () => ok(await agent.cache()) },
     { method: 'POST', path: '/v1/cache/clear', handle: async () => ok(await agent.clearCache()) },
-    { method: 'GET', path: '/v1/jobs', handle: async () => ok({ jobs: agent.listJobs() }) },
-    { method: 'POST', path: '/v1/jobs', handle: async ({ req }) => [201, await agent.createJob(await readJson(req))] },
-    { method: 'GET', path: '/v1/jobs/{id}', handle: async ({ params }) => ok(agent.getJob(params.id)) },
+    { method: 'GET', path: '/v1/jobs', handle: async () => ok({ jobs: await agent.listJobs() }) },
+    { method: 'POST', path: '/v1/jobs', handle: async ({ req }) => [201, await agent.createJob(validateCreateJob(await readJson(req), limits))] },
+    { method: 'GET', path: '/v1/jobs/{id}', handle: async ({ params }) => ok(await agent.getJob(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/suspend', handle: async ({ params }) => ok(await agent.suspend(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/resume', handle: async ({ params }) => ok(await agent.resume(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/cancel', handle: async ({ params }) => ok(await agent.cancel(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/complete', handle: async ({ params }) => ok(await agent.complete(params.id)) },
-    { method: 'POST', path: '/v1/jobs/{id}/priority', handle: async ({ req, params }) => ok(await agent.setPriority(params.id, await readJson(req))) },
-    { method: 'POST', path: '/v1/jobs/{id}/files', handle: async ({ req, params }) => ok(await agent.addFiles(params.id, await readJson(req))) }
+    { method: 'POST', path: '/v1/jobs/{id}/priority', handle: async ({ req, params }) => ok(await agent.setPriority(params.id, validatePriority(await readJson(req)))) },
+    {
+      method: 'POST',
+      path: '/v1/jobs/{id}/files',
+      handle: async ({ req, params }) => {
+        const body = await readJson(req)
+        // Checked against the job's destinations as they are now; the agent checks the fit again under the job's lock.
+        const existing = (await agent.getJob(params.id)).files.map(f => f.path)
+        return ok(await agent.addFiles(params.id, validateAddFiles(body, limits, existing)))
+      }
+    }
   ]
+}
+
+/** What the API server serves, and with what. */
+export interface ApiServerComponents {
+  control: AgentControl
+  logger: Logger
+  /** The limits request bodies are checked against. */
+  limits: RequestLimits
+}
+
+export interface ApiServerInit {
+  socketPath: string
+  tcp?: TcpApiOptions
 }
 
 /**
@@ -158,11 +160,11 @@ export function apiRoutes (agent: CanopyAgent, eventClients: EventClients, logge
  * (the state directory is 0700 and the socket 0600). Routes: apiRoutes above;
  * documented in docs/API.md and docs/openapi.json.
  */
-export async function startApiServer (agent: CanopyAgent, socketPath: string, logger: Logger, tcp?: TcpApiOptions): Promise<ApiServer> {
+export async function startApiServer (components: ApiServerComponents, init: ApiServerInit): Promise<ApiServer> {
+  const { control: agent, logger, limits } = components
+  const { socketPath, tcp } = init
   const eventClients = new EventClients()
-  // Each event stream listens to the agent (four listeners).
-  agent.setMaxListeners(4 * MAX_EVENT_CLIENTS + 10)
-  const routes = apiRoutes(agent, eventClients, logger)
+  const routes = apiRoutes(agent, eventClients, logger, limits)
   /** Answers with [status, JSON body], or undefined when it answered itself (the event stream). */
   const route = async (req: IncomingMessage, res: ServerResponse): Promise<[number, unknown] | undefined> => {
     const url = new URL(req.url ?? '/', 'http://agent')
@@ -190,7 +192,7 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
         return
       }
       const code = err instanceof CanopyError ? err.code : 'ERR_INTERNAL'
-      const status = STATUS_BY_CODE[code] ?? 500
+      const status = httpStatusOf(code)
       if (status === 500) logger.error('control API failure', { err: String((err as Error)?.stack ?? err) })
       const body: ApiErrorBody = { error: { code, message: err instanceof Error ? err.message : String(err) } }
       send(res, status, body)

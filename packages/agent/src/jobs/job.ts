@@ -1,4 +1,5 @@
-import type { JobError, JobHttpOptions, JobLimits, JobNotify, JobPriority, JobState, JobType, JobView, PublishedManifest } from '@canopy/core'
+import { basename, dirname, join } from 'node:path'
+import type { CreateJobFile, CreateJobRequest, JobError, JobHttpOptions, JobLimits, JobNotify, JobPriority, JobState, JobType, JobView, PublishedManifest } from '@canopy/core'
 import { blockCount, blockSpan } from '@canopy/core'
 import { httpView } from './http-options.ts'
 
@@ -92,7 +93,7 @@ export interface JobRecord {
 export const ACTIVE_STATES: readonly JobState[] = ['connecting', 'transferring', 'transient_error']
 
 /** Where a verified block came from (stored as the value of its progress mark). */
-export type BlockSource = 'origin' | 'peer' | 'cache'
+export type BlockProvenance = 'origin' | 'peer' | 'cache'
 
 /** In-memory progress of one file, rebuilt from the store on load. */
 export class FileProgress {
@@ -117,7 +118,7 @@ export class FileProgress {
     return this.blocks[index] !== 0
   }
 
-  mark (index: number, source: BlockSource): void {
+  mark (index: number, source: BlockProvenance): void {
     if (this.blocks[index] !== 0) return
     this.blocks[index] = source === 'origin' ? 1 : source === 'peer' ? 2 : 3
     const { length } = blockSpan(index, this.size, this.blockSize)
@@ -219,3 +220,39 @@ export function toView (job: JobRecord, live: JobLive): JobView {
 }
 
 export type { PublishedManifest }
+
+/** The record of a new job, from a checked request, created at `at` (ms since the epoch). */
+export function newJobRecord (id: string, req: CreateJobRequest, at: number): JobRecord {
+  const now = new Date(at).toISOString()
+  return {
+    id,
+    name: req.name ?? basename(req.files[0].path),
+    type: 'download',
+    priority: req.priority ?? 'normal',
+    state: req.start === false ? 'suspended' : 'queued',
+    files: req.files.map(f => fileRecord(id, f)),
+    autoComplete: req.autoComplete ?? false,
+    retryCount: 0,
+    createdAt: now,
+    modifiedAt: now,
+    queuedAt: at,
+    ...(req.notify !== undefined ? { notify: req.notify } : {}),
+    ...(req.limits !== undefined ? { limits: req.limits } : {}),
+    ...(req.http !== undefined ? { http: req.http } : {}),
+    ...(req.ifNewer === true ? { ifNewer: true } : {}),
+    // Creation is the job's first state change, and notified like the others.
+    transitions: 1
+  }
+}
+
+/** The record of a new file of job `id`; its partial file lies next to the destination, so that completing is a rename within one filesystem. */
+export function fileRecord (id: string, f: CreateJobFile): FileRecord {
+  return {
+    url: f.url,
+    path: f.path,
+    partPath: join(dirname(f.path), `.${basename(f.path)}.${id.slice(0, 8)}.canopy-part`),
+    ...(f.sha256 !== undefined ? { expectedSha256: f.sha256 } : {}),
+    size: -1,
+    done: false
+  }
+}

@@ -68,6 +68,23 @@ export function validateAddFiles (body: unknown, limits: RequestLimits, existing
 }
 
 /**
+ * Checks that checked `files` still fit a job whose destinations are now `existing`
+ * (the API server checked them against the job as it was; the agent checks again
+ * under the job's lock): the count within the limit and no destination twice.
+ */
+export function checkFilesFit (files: readonly CreateJobFile[], limits: Pick<RequestLimits, 'maxFilesPerJob'>, existing: readonly string[]): void {
+  if (existing.length + files.length > limits.maxFilesPerJob) {
+    throw new CanopyError(LimitCode.TooManyFiles,
+      `The job has ${existing.length} files; with ${files.length} more it would exceed this agent's ${limits.maxFilesPerJob} (--max-files-per-job): create another job`)
+  }
+  const seen = new Set<string>(existing)
+  files.forEach((f, i) => {
+    if (seen.has(f.path)) throw bad(`files[${i}].path ${f.path} appears twice in the job`)
+    seen.add(f.path)
+  })
+}
+
+/**
  * Checks a list of files to add to a job that already has `existing` destinations
  * (none for a new job): the count within the limit, each URL and path, and no
  * destination twice.

@@ -22,7 +22,7 @@ export interface FramedStreamInit {
  * (v3 returns window credit as soon as a chunk is dispatched, so without the pause a
  * peer that is never read from could fill the agent's memory: 1.7 GiB in 11 s, see
  * docs/SECURITY.md). Writes wait for 'drain' when the stream's buffer is full (v3's
- * onDrain() resolves only once), at most `writeTimeoutMs`. A stream that ends in the
+ * onDrain() resolves only once, see docs/LIBP2P.md), at most `writeTimeoutMs`. A stream that ends in the
  * middle of a frame is an error, never a short message.
  */
 export class FramedStream {

@@ -91,7 +91,7 @@ export async function startPeerNode (options: PeerNodeOptions): Promise<PeerNode
     },
     connectionManager: {
       // The default (5 per second per host) resets the bursts of a LAN's agents
-      // starting together (measured: shared/notes/libp2p-v3.md).
+      // starting together (measured: docs/LIBP2P.md).
       inboundConnectionThreshold: 100
     },
     connectionMonitor: {

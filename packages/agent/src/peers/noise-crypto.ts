@@ -7,7 +7,7 @@ import { Uint8ArrayList } from 'uint8arraylist'
 /**
  * Noise's crypto with the ChaCha20-Poly1305 key of each direction made into a
  * KeyObject once, instead of one per message. On Node 24, `createCipheriv` with raw
- * key bytes costs 21-31 µs against ~2.5 µs with a KeyObject (shared/notes/libp2p-v3.md),
+ * key bytes costs 21-31 µs against ~2.5 µs with a KeyObject (docs/LIBP2P.md),
  * and Noise calls it for every message of at most 64 KiB, on both sides. (The
  * library's path with raw key bytes also showed, in perf, a TypeError with its stack
  * trace built per call inside `prepareSecretKey`.)

@@ -2,11 +2,11 @@ import { dirname } from 'node:path'
 import { Level } from 'level'
 import type { JobView, PublishedManifest } from '@canopy/core'
 import { CanopyError } from '@canopy/core'
-import type { BlockSource, JobRecord } from '../jobs/job.ts'
+import type { BlockProvenance, JobRecord } from '../jobs/job.ts'
 import { upgradeSchema } from './schema.ts'
 
-const SOURCE_CODES: Record<BlockSource, string> = { origin: 'o', peer: 'p', cache: 'c' }
-const CODE_SOURCES: Record<string, BlockSource> = { o: 'origin', p: 'peer', c: 'cache' }
+const SOURCE_CODES: Record<BlockProvenance, string> = { origin: 'o', peer: 'p', cache: 'c' }
+const CODE_SOURCES: Record<string, BlockProvenance> = { o: 'origin', p: 'peer', c: 'cache' }
 
 /**
  * Content keys kept per manifest id: one per origin that published the content. A
@@ -128,7 +128,7 @@ export class JobStore {
    * go out together in the next batch (group commit): one store write per batch
    * rather than per block. Resolves once this mark is written.
    */
-  async markBlock (jobId: string, file: number, block: number, source: BlockSource): Promise<void> {
+  async markBlock (jobId: string, file: number, block: number, source: BlockProvenance): Promise<void> {
     const mark = { key: blockKey(jobId, file, block), value: SOURCE_CODES[source] }
     if (this.nextBatch === undefined) {
       const batch = { marks: [mark], written: this.writing.then(async () => {
@@ -149,7 +149,7 @@ export class JobStore {
   }
 
   /** The verified blocks of one file of a job, with their sources. */
-  async *markedBlocks (jobId: string, file: number): AsyncGenerator<{ block: number, source: BlockSource }> {
+  async *markedBlocks (jobId: string, file: number): AsyncGenerator<{ block: number, source: BlockProvenance }> {
     const prefix = `${jobId}!${file.toString().padStart(5, '0')}!`
     for await (const [key, value] of this.blocks.iterator({ gte: prefix, lt: `${prefix}~` })) {
       yield { block: Number(key.slice(prefix.length)), source: CODE_SOURCES[value] ?? 'origin' }

@@ -15,11 +15,11 @@ const port = /** @type {import('node:worker_threads').MessagePort} */ (parentPor
 const { writePiece } = /** @type {{ writePiece: number }} */ (workerData)
 
 /**
- * @typedef {{ fd: number, position: number, expected: Uint8Array }} WriteOrder
- * @typedef {{ id: number, buffer: ArrayBuffer, length: number, write?: WriteOrder }} Request
+ * @typedef {import('./hasher-protocol.ts').HasherRequest} HasherRequest
+ * @typedef {import('./hasher-protocol.ts').BlockReply} BlockReply
  */
 
-port.on('message', (/** @type {Request | { type: string }} */ msg) => {
+port.on('message', (/** @type {HasherRequest} */ msg) => {
   if ('type' in msg) return // a whole-file digest message: digest-worker.js
   const { id, buffer, length, write } = msg
   const bytes = new Uint8Array(buffer, 0, length)
@@ -41,5 +41,7 @@ port.on('message', (/** @type {Request | { type: string }} */ msg) => {
   }
   const out = new Uint8Array(32)
   out.set(digest)
-  port.postMessage({ id, buffer, digest: out.buffer, written, error }, [buffer, out.buffer])
+  /** @type {BlockReply} */
+  const reply = { id, buffer, digest: out.buffer, written, error }
+  port.postMessage(reply, [buffer, out.buffer])
 })

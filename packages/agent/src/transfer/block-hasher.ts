@@ -4,7 +4,8 @@ import { Worker } from 'node:worker_threads'
 import { digestsEqual } from '@canopy/core'
 import { WRITE_PIECE, writeFully } from './partial-file.ts'
 import { FileDigests } from './file-digest.ts'
-import type { DigestReply, FileDigest } from './file-digest.ts'
+import type { FileDigest } from './file-digest.ts'
+import type { BlockRequest, HasherReply, WriteOrder } from './hasher-protocol.ts'
 
 interface Answer {
   digest: Uint8Array
@@ -17,14 +18,6 @@ interface Pending {
   resolve: (value: Answer) => void
   reject: (err: Error) => void
   length: number
-}
-
-interface Reply {
-  id: number
-  buffer: ArrayBuffer
-  digest: ArrayBuffer
-  written: boolean
-  error?: { code?: string, message: string }
 }
 
 /**
@@ -83,7 +76,7 @@ export class BlockHasher {
   private startWorker (script: string, retire: (worker: Worker, err: Error) => void): Worker {
     const worker = new Worker(new URL(script, import.meta.url), { workerData: { writePiece: WRITE_PIECE } })
     worker.unref()
-    worker.on('message', (reply: Reply | DigestReply) => {
+    worker.on('message', (reply: HasherReply) => {
       if ('type' in reply) {
         this.digests.settle(reply)
         return
@@ -121,7 +114,7 @@ export class BlockHasher {
     return { ok: true, bytes: answer.bytes }
   }
 
-  private async run (bytes: Buffer, write?: { fd: number, position: number, expected: Uint8Array }): Promise<Answer> {
+  private async run (bytes: Buffer, write?: WriteOrder): Promise<Answer> {
     // Only memory the buffer owns alone can move; small buffers share Node's pool.
     const owned = bytes.byteOffset === 0 && bytes.buffer.byteLength === bytes.length && bytes.buffer instanceof ArrayBuffer
     if (this.workers.length === 0 || !owned) {
@@ -133,7 +126,8 @@ export class BlockHasher {
     const worker = this.workers[this.turn++ % blockWorkers]
     return await new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, length: bytes.length })
-      worker.postMessage({ id, buffer: bytes.buffer, length: bytes.length, write }, [bytes.buffer as ArrayBuffer])
+      const request: BlockRequest = { id, buffer: bytes.buffer as ArrayBuffer, length: bytes.length, ...(write !== undefined ? { write } : {}) }
+      worker.postMessage(request, [bytes.buffer as ArrayBuffer])
     })
   }
 

@@ -2,42 +2,65 @@ import type { Dispatcher } from 'undici'
 import { blockDigest, blockSpan, digestsEqual } from '@canopy/core'
 import type { Logger, PublishedManifest } from '@canopy/core'
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from '../errors.ts'
-import type { BlockSource as StoredBlockSource, FileProgress } from '../jobs/job.ts'
-import type { FileHandle } from 'node:fs/promises'
+import type { FileProgress } from '../jobs/job.ts'
+import { blocksBuffered } from '../options.ts'
+import type { ResolvedAgentOptions } from '../options.ts'
+import { BlockSink } from './block-sink.ts'
 import { exchangeWithPeers } from './peer-fetch.ts'
 import { BlockPicker } from './picker.ts'
-import type { PeerSessions } from './peer-fetch.ts'
+import type { PeerSessions } from './peer-sessions.ts'
 import type { JobStore } from '../store/job-store.ts'
 import { discard, requestRange } from './http.ts'
 import type { FullResponse, RangeResponse } from './http.ts'
 import { BackgroundFlusher, openPartial } from './partial-file.ts'
 import type { BlockHasher } from './block-hasher.ts'
-import type { FileDigest } from './file-digest.ts'
 import type { BufferPool } from './buffer-pool.ts'
 import type { RangeClient } from './range-client.ts'
 
 
-export interface BlockTransferOptions {
+/** Agent-wide services of block transfers. */
+export interface BlockTransferComponents {
+  store: JobStore
+  /** Hashes blocks, and the whole file as it completes, off the event loop. */
+  blockHasher: BlockHasher
+  /** Reusable block-sized buffers (agent-wide). */
+  buffers: BufferPool
+  logger: Logger
+}
+
+/** Tuning, the same for every file (agent options). */
+export type BlockTransferInit = Pick<ResolvedAgentOptions, 'requestsInFlight' | 'requestSize' | 'maxBlockAttempts'>
+
+/** The file to transfer. */
+export interface BlockFile {
   jobId: string
   fileIndex: number
   url: string
   partPath: string
   manifest: PublishedManifest
   progress: FileProgress
-  store: JobStore
-  dispatcher: Dispatcher
-  headers: Record<string, string>
-  /** Hashes blocks, and the whole file as it completes, off the event loop. */
-  blockHasher: BlockHasher
-  /** Connected peers to ask first; absent when the agent runs no peer node or the manifest has no key. */
-  peers?: PeerSessions
-  /** Reusable block-sized buffers. */
-  buffers: BufferPool
   /** Blocks being fetched now (from the origin or a peer); peers see them as claims. */
   inFlight: Set<number>
-  /** Plain-HTTP range requests that read straight into block buffers. */
-  /** The direct range client; absent when requests must go through the dispatcher (a proxy). */
+  /** Request headers of the job (its HTTP options). */
+  headers: Record<string, string>
+}
+
+/** This call: the job's network, its peers, its callbacks and its signal. */
+export interface BlockTransferOptions {
+  dispatcher: Dispatcher
+  /** The direct range client (plain-HTTP range requests read straight into block buffers); absent when requests must go through the dispatcher (a proxy). */
   rangeClient?: RangeClient
+  /** Connected peers to ask first; absent when the agent runs no peer node. Used only when the manifest has a key. */
+  peers?: PeerSessions
+  /** Fetches the manifest again (to tell a changed file from a corrupted response). */
+  refreshManifest: (signal: AbortSignal) => Promise<PublishedManifest | undefined>
+  /** Called after each block is stored. */
+  onBlock: () => void
+  signal: AbortSignal
+}
+
+/** Everything one transfer works with, in one object for the functions below. */
+interface Transfer extends BlockTransferComponents, BlockFile, BlockTransferOptions {
   /** Blocks one file may hold in memory (being received, verified or written). */
   maxBufferedBlocks: number
   /** Range requests in flight for this file. */
@@ -46,11 +69,6 @@ export interface BlockTransferOptions {
   blocksPerRequest: number
   /** Fetches of one block that fail verification before the job stops in error. */
   maxBlockAttempts: number
-  /** Fetches the manifest again (to tell a changed file from a corrupted response). */
-  refreshManifest: (signal: AbortSignal) => Promise<PublishedManifest | undefined>
-  onBlock: () => void
-  logger: Logger
-  signal: AbortSignal
 }
 
 /**
@@ -58,7 +76,16 @@ export interface BlockTransferOptions {
  * against the manifest before it is written, marking it in the store after it is
  * written, and finally checking the whole-file digest. Resolves with that digest.
  */
-export async function transferBlocks (o: BlockTransferOptions): Promise<string> {
+export async function transferBlocks (components: BlockTransferComponents, init: BlockTransferInit, file: BlockFile, options: BlockTransferOptions): Promise<string> {
+  const o: Transfer = {
+    ...components,
+    ...file,
+    ...options,
+    maxBufferedBlocks: blocksBuffered(init, file.manifest.blockSize),
+    requestsInFlight: init.requestsInFlight,
+    blocksPerRequest: Math.max(1, Math.floor(init.requestSize / file.manifest.blockSize)),
+    maxBlockAttempts: init.maxBlockAttempts
+  }
   const { manifest, progress } = o
   const expected = manifest.blocks.map(blockDigest)
   const handle = await openPartial(o.partPath, manifest.size)
@@ -112,7 +139,7 @@ export async function transferBlocks (o: BlockTransferOptions): Promise<string> 
  * for the rest, skipping what peers have or are fetching now (see BlockPicker).
  * Either side failing stops the other.
  */
-async function fetchAll (o: BlockTransferOptions, expected: Uint8Array[], sink: BlockSink, attempts: Map<number, number>): Promise<void> {
+async function fetchAll (o: Transfer, expected: Uint8Array[], sink: BlockSink, attempts: Map<number, number>): Promise<void> {
   const inFlight = o.inFlight
   const withPeers = o.peers !== undefined && o.manifest.key !== undefined
   const picker = new BlockPicker(o.progress, inFlight, o.blocksPerRequest)
@@ -145,53 +172,12 @@ const FLUSH_EVERY = 64 * 1024 * 1024
 
 type Body = RangeResponse['body']
 
-/**
- * Where received blocks go: verified against the manifest and, only if they match,
- * written at their offset (both on a hashing worker), flushed in the background, then
- * marked (the mark follows the write: after a process crash a marked block is in the
- * file; after a power loss it may not be, and the whole-file check and the second
- * pass catch that), then counted and fed to the whole-file hash.
- */
-export class BlockSink {
-  private readonly o: BlockTransferOptions
-  private readonly expected: Uint8Array[]
-  private readonly handle: FileHandle
-  private readonly hasher: FileDigest
-  private readonly flusher: BackgroundFlusher
-
-  constructor (o: BlockTransferOptions, expected: Uint8Array[], handle: FileHandle, hasher: FileDigest, flusher: BackgroundFlusher) {
-    this.o = o
-    this.expected = expected
-    this.handle = handle
-    this.hasher = hasher
-    this.flusher = flusher
-  }
-
-  /**
-   * Verifies block `index` and stores it if it matches. Resolves with whether it
-   * matched and with its bytes (the same memory, back from the worker), which the
-   * caller owns again.
-   */
-  async verifyAndStore (index: number, received: Buffer, source: StoredBlockSource): Promise<{ ok: boolean, bytes: Buffer }> {
-    const { o } = this
-    const { offset } = blockSpan(index, o.manifest.size, o.manifest.blockSize)
-    const verdict = await o.blockHasher.verifyAndWrite(received, this.expected[index], this.handle, offset)
-    if (!verdict.ok) return verdict
-    this.flusher.wrote(verdict.bytes.length)
-    await o.store.markBlock(o.jobId, o.fileIndex, index, source)
-    o.progress.mark(index, source)
-    this.hasher.advance(o.progress.prefixBytes)
-    o.onBlock()
-    return verdict
-  }
-}
-
-async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], sink: BlockSink, attempts: Map<number, number>,
+async function fetchMissing (o: Transfer, expected: Uint8Array[], sink: BlockSink, attempts: Map<number, number>,
   picker: BlockPicker, inFlight: Set<number>, signal: AbortSignal): Promise<void> {
   const { manifest, progress } = o
   if (progress.complete) return
 
-  // One failure stops the other workers at once; the job's signal stops them all.
+  // One failure stops the other request loops at once; the job's signal stops them all.
   const local = new AbortController()
   const stop = AbortSignal.any([signal, local.signal])
   let fullResponse: FullResponse | undefined
@@ -239,7 +225,7 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], si
   }
 
   let fastPath = true
-  const worker = async (): Promise<void> => {
+  const requestLoop = async (): Promise<void> => {
     while (fullResponse === undefined && !stop.aborted) {
       const next = picker.next()
       if (next === 'done') return
@@ -299,7 +285,7 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], si
     }
   }
 
-  await Promise.all(Array.from({ length: o.requestsInFlight }, async () => await worker().catch(fail)))
+  await Promise.all(Array.from({ length: o.requestsInFlight }, async () => await requestLoop().catch(fail)))
   while (processing.size > 0) await Promise.all([...processing])
   if (failure !== undefined || signal.aborted) {
     if (fullResponse !== undefined) discard(fullResponse.body)
@@ -309,7 +295,7 @@ async function fetchMissing (o: BlockTransferOptions, expected: Uint8Array[], si
   if (!progress.complete) await fetchMissing(o, expected, sink, attempts, picker, inFlight, signal)
 }
 
-/** How long an origin worker waits before looking again when every missing block is in someone's hands. */
+/** How long an origin request loop waits before looking again when every missing block is in someone's hands. */
 const WAIT_MS = 25
 
 async function delay (ms: number, signal: AbortSignal): Promise<void> {
@@ -365,7 +351,7 @@ async function readBlocks (body: Body, span: number[], manifest: PublishedManife
  * For servers that ignore Range: read the whole body once, cut it into blocks,
  * and verify and keep the ones still missing.
  */
-async function streamAll (o: BlockTransferOptions, res: FullResponse, accept: (index: number, bytes: Buffer) => Promise<boolean>): Promise<void> {
+async function streamAll (o: Transfer, res: FullResponse, accept: (index: number, bytes: Buffer) => Promise<boolean>): Promise<void> {
   const { manifest, progress } = o
   o.logger.info('server ignores Range requests; streaming the whole file', { jobId: o.jobId, url: o.url })
   if (res.contentLength >= 0 && res.contentLength !== manifest.size) {
@@ -440,7 +426,7 @@ class Semaphore {
 }
 
 /** Blocks whose bytes in the partial file do not match the manifest (hashed on the workers). */
-async function findBadBlocks (handle: Awaited<ReturnType<typeof openPartial>>, o: BlockTransferOptions, expected: Uint8Array[]): Promise<number[]> {
+async function findBadBlocks (handle: Awaited<ReturnType<typeof openPartial>>, o: Transfer, expected: Uint8Array[]): Promise<number[]> {
   const bad: number[] = []
   let buffer: Buffer = Buffer.allocUnsafeSlow(o.manifest.blockSize)
   for (let i = 0; i < expected.length; i++) {

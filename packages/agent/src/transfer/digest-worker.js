@@ -13,10 +13,8 @@ import { parentPort } from 'node:worker_threads'
 const port = /** @type {import('node:worker_threads').MessagePort} */ (parentPort)
 
 /**
- * @typedef {{ type: 'open', session: number, path: string }
- *   | { type: 'advance', session: number, upTo: number }
- *   | { type: 'finish', session: number, size: number }
- *   | { type: 'close', session: number }} Request
+ * @typedef {import('./hasher-protocol.ts').HasherRequest} HasherRequest
+ * @typedef {import('./hasher-protocol.ts').DigestReply} DigestReply
  * @typedef {{ fd: number, hash: import('node:crypto').Hash, hashedUpTo: number, target: number, finishAt: number }} Session
  */
 
@@ -28,8 +26,8 @@ const readBuffer = Buffer.allocUnsafe(1024 * 1024)
 const ready = new Set()
 let scheduled = false
 
-port.on('message', (/** @type {Request | { type?: undefined }} */ msg) => {
-  if (msg.type === undefined) return // a block for block-hasher-worker.js
+port.on('message', (/** @type {HasherRequest} */ msg) => {
+  if (!('type' in msg)) return // a block for block-hasher-worker.js
   if (msg.type === 'open') {
     try {
       sessions.set(msg.session, { fd: openSync(msg.path, 'r'), hash: createHash('sha256'), hashedUpTo: 0, target: 0, finishAt: -1 })
@@ -87,7 +85,7 @@ function step (/** @type {number} */ id, /** @type {Session} */ session) {
   }
   if (session.finishAt >= 0 && session.hashedUpTo >= session.finishAt) {
     end(id, session)
-    port.postMessage({ type: 'digest', session: id, hex: session.hash.digest('hex') })
+    port.postMessage(/** @type {DigestReply} */ ({ type: 'digest', session: id, hex: session.hash.digest('hex') }))
     return false
   }
   return session.hashedUpTo < session.target
@@ -105,5 +103,5 @@ function end (/** @type {number} */ id, /** @type {Session} */ session) {
 function fail (/** @type {number} */ id, /** @type {unknown} */ err) {
   const session = sessions.get(id)
   if (session !== undefined) end(id, session)
-  port.postMessage({ type: 'error', session: id, message: /** @type {Error} */ (err).message })
+  port.postMessage(/** @type {DigestReply} */ ({ type: 'error', session: id, message: /** @type {Error} */ (err).message }))
 }

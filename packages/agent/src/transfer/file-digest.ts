@@ -1,4 +1,5 @@
 import type { Worker } from 'node:worker_threads'
+import type { DigestReply, DigestRequest } from './hasher-protocol.ts'
 
 /**
  * The SHA-256 of a file being written: the caller reports how far the file is
@@ -17,7 +18,6 @@ export interface FileDigest {
   close: () => Promise<void>
 }
 
-export type DigestReply = { type: 'digest', session: number, hex: string } | { type: 'error', session: number, message: string }
 
 class Session implements FileDigest {
   private readonly owner: FileDigests
@@ -31,11 +31,11 @@ class Session implements FileDigest {
     this.owner = owner
     this.id = id
     this.worker = worker
-    worker.postMessage({ type: 'open', session: id, path })
+    send(worker, { type: 'open', session: id, path })
   }
 
   advance (upTo: number): void {
-    if (!this.closed && this.failure === undefined) this.worker.postMessage({ type: 'advance', session: this.id, upTo })
+    if (!this.closed && this.failure === undefined) send(this.worker, { type: 'advance', session: this.id, upTo })
   }
 
   async finish (size: number): Promise<string> {
@@ -43,7 +43,7 @@ class Session implements FileDigest {
     if (this.closed) throw new Error('the file digest was closed')
     return await new Promise<string>((resolve, reject) => {
       this.result = { resolve, reject }
-      this.worker.postMessage({ type: 'finish', session: this.id, size })
+      send(this.worker, { type: 'finish', session: this.id, size })
     })
   }
 
@@ -51,7 +51,7 @@ class Session implements FileDigest {
     if (this.closed) return
     this.closed = true
     this.owner.forget(this)
-    this.worker.postMessage({ type: 'close', session: this.id })
+    send(this.worker, { type: 'close', session: this.id })
   }
 
   settle (reply: DigestReply): void {
@@ -98,4 +98,8 @@ export class FileDigests {
   forget (session: Session): void {
     this.sessions.delete(session.id)
   }
+}
+
+function send (worker: Worker, message: DigestRequest): void {
+  worker.postMessage(message)
 }

@@ -1,7 +1,7 @@
 import { Agent, EnvHttpProxyAgent, ProxyAgent, interceptors, request } from 'undici'
 import type { Dispatcher } from 'undici'
 import { rootCertificates } from 'node:tls'
-import { MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, SIDECAR_SUFFIX, decodeManifest, manifestSizeLimit } from '@canopy/core'
+import { MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, SIDECAR_SUFFIX, decodeManifest, manifestSizeLimit, parseContentRange } from '@canopy/core'
 import type { PublishedManifest } from '@canopy/core'
 import { REMOTE_CHANGED, JobErrorCode, TransferError, classifyError, httpStatusError } from '../errors.ts'
 
@@ -120,14 +120,14 @@ export async function requestRange (dispatcher: Dispatcher, url: string, offset:
     throw classifyError(err, url, 'network')
   }
   if (res.statusCode === 206) {
-    const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header(res.headers, 'content-range') ?? '')
-    const otherTotal = range !== null && expectedTotal !== undefined && range[3] !== '*' && Number(range[3]) !== expectedTotal
+    const range = parseContentRange(header(res.headers, 'content-range'))
+    const otherTotal = range?.total !== undefined && expectedTotal !== undefined && range.total !== expectedTotal
     if (otherTotal) {
       discard(res.body)
       // The file changed size under its manifest: rediscover it.
-      throw new TransferError(REMOTE_CHANGED, `the file on the server is ${range[3]} bytes, not ${expectedTotal}: it changed; starting it over`, { transient: true, url })
+      throw new TransferError(REMOTE_CHANGED, `the file on the server is ${range.total} bytes, not ${expectedTotal}: it changed; starting it over`, { transient: true, url })
     }
-    if (range === null || Number(range[1]) !== offset || Number(range[2]) !== offset + length - 1) {
+    if (range === undefined || range.first !== offset || range.last !== offset + length - 1) {
       discard(res.body)
       throw new TransferError(JobErrorCode.ProtocolViolation,
         `the server answered a different range than asked for (${header(res.headers, 'content-range') ?? 'no Content-Range'})`, { transient: true, url })

@@ -1,8 +1,23 @@
-import type { PeerId } from '@libp2p/interface'
-import { blockSpan, discoveryId, DISCOVERY_LABEL } from '@canopy/core'
+import { blockSpan, clearBit, countBits, discoveryId, DISCOVERY_LABEL, hasBit } from '@canopy/core'
+import type { Logger, PublishedManifest } from '@canopy/core'
 import type { ExchangeSession } from '../peers/exchange.ts'
-import type { BlockSink, BlockTransferOptions } from './block-transfer.ts'
+import type { FileProgress } from '../jobs/job.ts'
+import type { BlockSink } from './block-sink.ts'
+import type { BufferPool } from './buffer-pool.ts'
 import type { BlockPicker } from './picker.ts'
+import type { PeerSessions } from './peer-sessions.ts'
+
+export type { PeerSessions } from './peer-sessions.ts'
+
+/** What the peer side of one file's transfer works with. */
+export interface PeerExchangeContext {
+  jobId: string
+  manifest: PublishedManifest
+  progress: FileProgress
+  buffers: BufferPool
+  logger: Logger
+  peers?: PeerSessions
+}
 
 /** Requests in flight to one peer (pipelined on one stream). */
 const IN_FLIGHT_PER_PEER = 8
@@ -17,18 +32,6 @@ const REFRESH_MS = 100
  * is fetching from the origin) and its share of the chunks are no longer waited for.
  */
 const STALL_MS = 10_000
-
-/** What a transfer needs from the agent's peer node. */
-export interface PeerSessions {
-  /** Sessions to the connected peers (not banned) for one content; peers that fail to answer are left out. */
-  open: (discoveryId: Uint8Array, key: Uint8Array, signal: AbortSignal) => Promise<ExchangeSession[]>
-  /** Counts a block from `peer` that failed verification (the agent bans repeat offenders). */
-  penalize: (peer: PeerId, reason: string) => void
-  /** This agent's own peer id. */
-  self: () => PeerId
-  /** Counts verified bytes received from `peer`. */
-  received: (peer: PeerId, bytes: number) => void
-}
 
 interface Offer {
   session: ExchangeSession
@@ -48,10 +51,6 @@ interface Offer {
   reportedStall?: boolean
 }
 
-const hasBit = (bits: Uint8Array, i: number): boolean => (bits[i >> 3] & (0x80 >> (i & 7))) !== 0
-const clearBit = (bits: Uint8Array, i: number): void => { bits[i >> 3] &= ~(0x80 >> (i & 7)) }
-const BITS_SET = Uint8Array.from({ length: 256 }, (_, b) => { let n = 0; for (let v = b; v !== 0; v >>= 1) n += v & 1; return n })
-const countBits = (bits: Uint8Array): number => { let n = 0; for (const b of bits) n += BITS_SET[b]; return n }
 
 /**
  * The blocks to ask peers for, rarest first: every block `missing` that at least
@@ -84,7 +83,7 @@ export function rarestFirst (count: number, missing: (index: number) => boolean,
  * 4 MiB range may take longer than STALL_MS to arrive while its owner is busy and
  * healthy, and fetching it again would send it over the WAN twice.
  */
-export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint8Array[], sink: BlockSink,
+export async function exchangeWithPeers (o: PeerExchangeContext, expected: Uint8Array[], sink: BlockSink,
   picker: BlockPicker, inFlight: Set<number>, signal: AbortSignal): Promise<{ run: () => Promise<void> } | undefined> {
   if (o.peers === undefined || o.manifest.key === undefined) return undefined
   const key = Buffer.from(o.manifest.key, 'base64')
@@ -94,8 +93,6 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
   const count = expected.length
   const offers: Offer[] = sessions.map(session => ({ session, have: new Uint8Array(0), fetching: new Uint8Array(0), bad: 0, alive: true, interested: false, cursor: 0, haveCount: 0, progressAt: Date.now() }))
   const stalled = (f: Offer): boolean => Date.now() - f.progressAt > STALL_MS
-  picker.peerHas = (i) => offers.some(f => f.alive && hasBit(f.have, i))
-  picker.peerFetching = (i) => offers.some(f => f.alive && hasBit(f.fetching, i) && !stalled(f))
   // Share the origin work: the agents that fetch this content (this one and every
   // peer that answers for it) sort their peer ids, and chunk c falls to agent
   // c mod n. Every agent computes the same split from the same set. Another agent's
@@ -111,10 +108,6 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
     if (ids.length !== owners.length) o.logger.debug('origin work shared out anew', { jobId: o.jobId, agents: ids.length })
     owners = ids.map(id => members.find(f => f.session.peer.toString() === id))
   }
-  picker.mine = (chunk) => {
-    const owner = owners[chunk % owners.length]
-    return owner === undefined || stalled(owner)
-  }
   // Slow start: agents that start together see each other's interest and claims only
   // at their next refreshes, and until then may split the chunks differently. So one
   // origin request starts at once and the others after two more refreshes: what two
@@ -123,7 +116,15 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
   let refreshes = 0
   /** The blocks peers have and this agent lacks, rarest first (made at each refresh). */
   let order: number[] = []
-  picker.mayIssue = (issued) => issued === 0 || refreshes >= 3
+  picker.usePeers({
+    has: (i) => offers.some(f => f.alive && hasBit(f.have, i)),
+    fetching: (i) => offers.some(f => f.alive && hasBit(f.fetching, i) && !stalled(f)),
+    mine: (chunk) => {
+      const owner = owners[chunk % owners.length]
+      return owner === undefined || stalled(owner)
+    },
+    mayIssue: (issued) => issued === 0 || refreshes >= 3
+  })
   const finished = (): boolean => o.progress.complete || signal.aborted || !offers.some(f => f.alive)
 
   const refresh = async (): Promise<void> => {
@@ -177,7 +178,7 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
     }
   }
 
-  const worker = async (offer: Offer): Promise<void> => {
+  const askLoop = async (offer: Offer): Promise<void> => {
     while (!finished() && !failed && offer.alive) {
       while (offer.cursor < order.length && (o.progress.has(order[offer.cursor]) || inFlight.has(order[offer.cursor]) || !hasBit(offer.have, order[offer.cursor]))) offer.cursor++
       if (offer.cursor >= order.length) {
@@ -230,15 +231,12 @@ export async function exchangeWithPeers (o: BlockTransferOptions, expected: Uint
         if (!finished()) await refresh()
       }
     })()
-    // Every worker has stopped before this returns: none may write after the file closes.
-    const results = await Promise.allSettled(offers.flatMap(offer => Array.from({ length: IN_FLIGHT_PER_PEER }, async () => await worker(offer))))
+    // Every ask loop has stopped before this returns: none may write after the file closes.
+    const results = await Promise.allSettled(offers.flatMap(offer => Array.from({ length: IN_FLIGHT_PER_PEER }, async () => await askLoop(offer))))
     const stored = await Promise.allSettled([...processing])
     await refresher
     // The picker must not wait for peers that are gone.
-    picker.peerHas = () => false
-    picker.peerFetching = () => false
-    picker.mine = () => true
-    picker.mayIssue = () => true
+    picker.usePeers(undefined)
     await Promise.all(sessions.map(async s => await s.close()))
     const failure = [...results, ...stored].find((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (failure !== undefined) throw failure.reason

@@ -1,5 +1,28 @@
 import type { FileProgress } from '../jobs/job.ts'
 
+/** What the picker needs to know of the peers (exchangeWithPeers provides it). */
+export interface PeerView {
+  /** Whether some peer can serve the block now. */
+  has: (index: number) => boolean
+  /** Whether some peer is fetching the block from the origin (and not for too long). */
+  fetching: (index: number) => boolean
+  /**
+   * Whether this agent should fetch the chunk from the origin now. With peers that
+   * fetch the same content, chunks are shared out among them (see
+   * exchangeWithPeers); a chunk of another agent becomes ours only when it stalls.
+   */
+  mine: (chunk: number) => boolean
+  /**
+   * Whether another origin request may start, given how many this picker handed out
+   * so far. With peers, only the first starts before the peers' claims are known (see
+   * exchangeWithPeers); without, every request may.
+   */
+  mayIssue: (issued: number) => boolean
+}
+
+/** No peers: every block and chunk is the origin's. */
+const NO_PEERS: PeerView = { has: () => false, fetching: () => false, mine: () => true, mayIssue: () => true }
+
 /**
  * Chooses what the origin is asked for next: runs of consecutive missing blocks
  * (one range request each), chunk by chunk. Blocks this agent is already fetching
@@ -15,22 +38,8 @@ export class BlockPicker {
   private readonly inFlight: Set<number>
   private readonly perRequest: number
   private readonly order: number[]
-  /** Whether some peer can serve the block now. */
-  peerHas: (index: number) => boolean = () => false
-  /** Whether some peer is fetching the block from the origin (and not for too long). */
-  peerFetching: (index: number) => boolean = () => false
-  /**
-   * Whether this agent should fetch the chunk from the origin now. With peers that
-   * fetch the same content, chunks are shared out among them (see
-   * exchangeWithPeers); a chunk of another agent becomes ours only when it stalls.
-   */
-  mine: (chunk: number) => boolean = () => true
-  /**
-   * Whether another origin request may start, given how many this picker handed out
-   * so far. With peers, only the first starts before the peers' claims are known (see
-   * exchangeWithPeers); without, every request may.
-   */
-  mayIssue: (issued: number) => boolean = () => true
+  /** What the peers have and do (see PeerView); none until usePeers. */
+  private peers: PeerView = NO_PEERS
   private issued = 0
 
   constructor (progress: FileProgress, inFlight: Set<number>, perRequest: number) {
@@ -39,6 +48,11 @@ export class BlockPicker {
     this.perRequest = perRequest
     const chunks = Math.ceil(progress.blocks.length / perRequest)
     this.order = Array.from({ length: chunks }, (_, i) => i)
+  }
+
+  /** Takes the peers into account from now on; undefined: no peers any more (they are gone). */
+  usePeers (view: PeerView | undefined): void {
+    this.peers = view ?? NO_PEERS
   }
 
   /**
@@ -56,16 +70,16 @@ export class BlockPicker {
   }
 
   private available (i: number): boolean {
-    return !this.progress.has(i) && !this.inFlight.has(i) && !this.peerHas(i) && !this.peerFetching(i)
+    return !this.progress.has(i) && !this.inFlight.has(i) && !this.peers.has(i) && !this.peers.fetching(i)
   }
 
   /** The next run of blocks to ask the origin for; 'wait' when the missing ones are all in someone's hands. */
   next (): number[] | 'wait' | 'done' {
     if (this.progress.complete) return 'done'
-    if (!this.mayIssue(this.issued)) return 'wait'
+    if (!this.peers.mayIssue(this.issued)) return 'wait'
     const count = this.progress.blocks.length
     for (const chunk of this.order) {
-      if (!this.mine(chunk)) continue
+      if (!this.peers.mine(chunk)) continue
       const end = Math.min(count, (chunk + 1) * this.perRequest)
       for (let i = chunk * this.perRequest; i < end; i++) {
         if (!this.available(i)) continue

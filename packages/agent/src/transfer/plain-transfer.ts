@@ -1,6 +1,7 @@
 import { request } from 'undici'
 import type { Dispatcher } from 'undici'
 import { stat } from 'node:fs/promises'
+import { parseContentRange } from '@canopy/core'
 import type { Logger } from '@canopy/core'
 import { JobErrorCode, TransferError, classifyError, httpStatusError } from '../errors.ts'
 import type { FileRecord } from '../jobs/job.ts'
@@ -72,21 +73,22 @@ export async function transferPlain (o: PlainTransferOptions): Promise<string> {
   }
   let size: number
   if (res.statusCode === 206 && have > 0) {
-    const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(header('content-range') ?? '')
-    if (range !== null && file.size >= 0 && Number(range[3]) !== file.size) {
+    // A total is required here: the file's size comes from it.
+    const range = parseContentRange(header('content-range'))
+    if (range?.total !== undefined && file.size >= 0 && range.total !== file.size) {
       // Another total: another file behind the same validator. Start over.
       discard(res.body)
       file.plainBytes = 0
       file.etag = undefined
       file.lastModified = undefined
       await o.persist()
-      throw new TransferError(JobErrorCode.ProtocolViolation, `the file on the server is now ${range[3]} bytes, not ${file.size}: starting over`, { transient: true, url: file.url })
+      throw new TransferError(JobErrorCode.ProtocolViolation, `the file on the server is now ${range.total} bytes, not ${file.size}: starting over`, { transient: true, url: file.url })
     }
-    if (range === null || Number(range[1]) !== have) {
+    if (range?.total === undefined || range.first !== have) {
       discard(res.body)
       throw new TransferError(JobErrorCode.ProtocolViolation, `the server resumed at the wrong offset (${header('content-range') ?? 'no Content-Range'})`, { transient: true, url: file.url })
     }
-    size = Number(range[3])
+    size = range.total
   } else if (res.statusCode === 200) {
     if (have > 0) o.logger.info('the remote file changed or cannot be resumed; starting over', { url: file.url })
     have = 0

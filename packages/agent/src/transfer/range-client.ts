@@ -1,5 +1,6 @@
 import { connect } from 'node:net'
 import type { Socket } from 'node:net'
+import { parseContentRange } from '@canopy/core'
 import { JobErrorCode, TransferError } from '../errors.ts'
 
 /**
@@ -325,9 +326,9 @@ class Connection {
     }
     if (fields.has('transfer-encoding')) return 'other'
     if (Number(fields.get('content-length')) !== x.length) return 'other'
-    const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(fields.get('content-range') ?? '')
-    if (range === null || Number(range[1]) !== x.offset || Number(range[2]) !== x.offset + x.length - 1) return 'other'
-    if (x.expectedTotal !== undefined && range[3] !== '*' && Number(range[3]) !== x.expectedTotal) return 'other'
+    const range = parseContentRange(fields.get('content-range'))
+    if (range === undefined || range.first !== x.offset || range.last !== x.offset + x.length - 1) return 'other'
+    if (x.expectedTotal !== undefined && range.total !== undefined && range.total !== x.expectedTotal) return 'other'
     const connection = (fields.get('connection') ?? '').toLowerCase()
     this.keepAlive = status[1] === '1' ? connection !== 'close' : connection === 'keep-alive'
     return 'ok'

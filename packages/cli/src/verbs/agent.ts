@@ -1,82 +1,78 @@
-/** `canopy agent`: the agent daemon in the foreground. */
+/**
+ * `canopy agent`: the agent daemon in the foreground. Its options, their config-file
+ * keys, environment variables, checks and help all come from the agent's option
+ * table (AGENT_OPTION_TABLE in @canopy/agent/options): an option is named once.
+ */
 import { mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { isIP } from 'node:net'
+import type { ParseArgsOptionsConfig } from 'node:util'
+import { formatBytes, formatDuration, parseDuration, parseSize } from '@canopy/core'
+import { AGENT_DEFAULTS, AGENT_OPTION_TABLE, optionEnv } from '@canopy/agent/options'
+import type { AgentOptions, AgentOptionSpec, OptionSection, P2pOptions } from '@canopy/agent/options'
 import { ExitCode, UsageError } from '../errors.ts'
 import { createStderrLogger, parseLogFormat, parseLogLevel } from '../logger.ts'
 import type { DaemonLogger } from '../logger.ts'
-import { isIP } from 'node:net'
-import { parseDuration, parseSize } from '@canopy/core'
-import type { P2pOptions } from '@canopy/agent'
 import { readApiToken, str } from '../verb.ts'
 import type { Values, Verb } from '../verb.ts'
 import { notifyReady, onReload } from './service.ts'
 import { untilSignal } from './signals.ts'
 
-/** Values from the configuration file, by option name (the flag without "--"), as text. */
+/** Values from the configuration file, by option name (the flag without "--"), as text (a list: comma-joined). */
 type Config = Record<string, string>
 
-/** Where a tuning option was set, for messages: the flag, its variable, or the config file. */
+/** Where options come from, for reading and for messages. */
 interface Sources { values: Values, config: Config, configPath: string }
 
+const FLAGGED = AGENT_OPTION_TABLE.filter((o): o is AgentOptionSpec & { name: string } => o.name !== undefined)
+const byName = new Map(FLAGGED.map(o => [o.name, o]))
+const spec = (name: string): AgentOptionSpec & { name: string } => byName.get(name)!
+
+/** Keys a config file may hold: every option but --config itself. */
+const CONFIG_KEYS: readonly string[] = FLAGGED.filter(o => o.flagOnly !== true).map(o => o.name)
+
 /**
- * Reads a tuning option, by precedence: its flag, CANOPY_<NAME>, the config file;
- * undefined leaves the agent's default.
+ * An option's text and where it came from, by precedence: its flag, its variable
+ * (CANOPY_<NAME>), the config file; undefined when none sets it.
  */
-function tuning (sources: Sources, name: string, parse: (text: string) => number, min: number): number | undefined {
-  const env = `CANOPY_${name.toUpperCase().replaceAll('-', '_')}`
-  const flagText = str(sources.values, name)
+function textOf (sources: Sources, o: AgentOptionSpec & { name: string }): { text: string, where: string } | undefined {
+  const env = optionEnv(o)
+  const raw = sources.values[o.name] as string | string[] | boolean | undefined
+  const flagText = Array.isArray(raw) ? raw.join(',') : typeof raw === 'string' ? raw : raw === true ? 'true' : undefined
   const envText = process.env[env] === '' ? undefined : process.env[env]
-  const text = flagText ?? envText ?? sources.config[name]
-  if (text === undefined || text === '') return undefined
-  const where = flagText !== undefined ? `--${name} ${text}` : envText !== undefined ? `--${name} ${text} (from ${env})` : `"${name}": ${text} in ${sources.configPath}`
-  let value: number
-  try {
-    value = parse(text)
-  } catch (err) {
-    throw new UsageError(`${where}: ${(err as Error).message}`, 'agent')
-  }
-  if (!Number.isSafeInteger(value) || value < min) throw new UsageError(`${where}: must be a whole number of at least ${min}`, 'agent')
-  return value
+  if (flagText !== undefined) return { text: flagText, where: `--${o.name} ${flagText}` }
+  if (envText !== undefined) return { text: envText, where: `--${o.name} ${envText} (from ${env})` }
+  const fileText = o.flagOnly === true ? undefined : sources.config[o.name]
+  if (fileText === undefined || fileText === '') return undefined
+  return { text: fileText, where: `"${o.name}": ${fileText} in ${sources.configPath}` }
 }
 
 const integer = (text: string): number => {
   if (!/^\d+$/.test(text.trim())) throw new Error('not a whole number')
   return Number(text)
 }
+const PARSERS: Record<'count' | 'size' | 'duration', (text: string) => number> = { count: integer, size: parseSize, duration: parseDuration }
 
-type TuningKey = 'maxBackgroundJobs' | 'requestsInFlight' | 'requestSize' | 'hashThreads' | 'requestTimeoutMs' | 'retryMinMs' | 'retryMaxMs' |
-  'notifyTimeoutMs' | 'notifyCommandTimeoutMs' | 'notifyRetryMinMs' | 'notifyRetryMaxMs' | 'notifyAttempts' | 'timeSliceMs' |
-  'noProgressTimeoutMs' | 'maxDownloadTimeMs' | 'inactiveJobTimeoutMs' | 'retentionMs' | 'maxJobs' | 'maxFilesPerJob' | 'maxUrlLength' | 'maxNameLength'
+/** A numeric option (count, size or duration: "30s", "5m"; a plain number stays milliseconds), checked against its bounds. */
+function numberOf (sources: Sources, name: string): number | undefined {
+  const o = spec(name)
+  const found = textOf(sources, o)
+  if (found === undefined) return undefined
+  let value: number
+  try {
+    value = PARSERS[o.kind as keyof typeof PARSERS](found.text)
+  } catch (err) {
+    throw new UsageError(`${found.where}: ${(err as Error).message}`, 'agent')
+  }
+  const min = o.min ?? 0
+  if (!Number.isSafeInteger(value) || value < min) throw new UsageError(`${found.where}: must be a whole number of at least ${min}`, 'agent')
+  if (o.max !== undefined && value > o.max) throw new UsageError(`${found.where}: must be at most ${o.max}`, 'agent')
+  return value
+}
 
-/**
- * The agent's numeric options: the AgentOptions field, the flag (also the config
- * file's key and, upper-cased, the CANOPY_ variable), how the text is read, the
- * least value. Every MS option also takes a duration ("30s", "5m"); a plain number
- * stays milliseconds.
- */
-const TUNING: ReadonlyArray<readonly [TuningKey, string, (text: string) => number, number]> = [
-  ['maxBackgroundJobs', 'max-background-jobs', integer, 1],
-  ['requestsInFlight', 'requests-in-flight', integer, 1],
-  ['requestSize', 'request-size', parseSize, 1],
-  ['hashThreads', 'hash-threads', integer, 0],
-  ['requestTimeoutMs', 'request-timeout', parseDuration, 1],
-  ['retryMinMs', 'retry-min', parseDuration, 1],
-  ['retryMaxMs', 'retry-max', parseDuration, 1],
-  ['notifyTimeoutMs', 'notify-timeout', parseDuration, 1],
-  ['notifyCommandTimeoutMs', 'notify-command-timeout', parseDuration, 1],
-  ['notifyRetryMinMs', 'notify-retry-min', parseDuration, 1],
-  ['notifyRetryMaxMs', 'notify-retry-max', parseDuration, 1],
-  ['notifyAttempts', 'notify-attempts', integer, 1],
-  ['timeSliceMs', 'time-slice', parseDuration, 1],
-  ['noProgressTimeoutMs', 'no-progress-timeout', parseDuration, 1],
-  ['maxDownloadTimeMs', 'max-download-time', parseDuration, 0],
-  ['inactiveJobTimeoutMs', 'inactive-job-timeout', parseDuration, 1],
-  ['retentionMs', 'retention', parseDuration, 1],
-  ['maxJobs', 'max-jobs', integer, 1],
-  ['maxFilesPerJob', 'max-files-per-job', integer, 1],
-  ['maxUrlLength', 'max-url-length', integer, 1],
-  ['maxNameLength', 'max-name-length', integer, 1]
-]
+function textOption (sources: Sources, name: string): string | undefined {
+  return textOf(sources, spec(name))?.text
+}
 
 /** Config keys a running agent applies again on SIGHUP; the others take effect at its next start. */
 const LIVE_CONFIG_KEYS = ['log-level', 'log-format']
@@ -105,23 +101,32 @@ async function reloadConfig (ctx: { values: Values, stateDir: string }, logger: 
   return next.config
 }
 
-/** Keys a config file may hold: the numeric options above, and the peer node's port and cache size. */
-const CONFIG_KEYS: readonly string[] = [...TUNING.map(([, name]) => name), 'p2p-port', 'p2p-host', 'cache-size', 'swarm-key', 'peer', ...LIVE_CONFIG_KEYS]
+/** A switch: on by its flag, by its variable set to its `envOn` value, or by `true` in the config file. */
+function switchOn (sources: Sources, name: string): boolean {
+  const o = spec(name)
+  if (sources.values[name] === true) return true
+  const env = process.env[optionEnv(o)]
+  if (env !== undefined && env !== '') return env === o.envOn
+  return sources.config[name] === 'true'
+}
 
-function agentTuning (sources: Sources): Partial<Record<TuningKey, number>> {
-  return Object.fromEntries(TUNING.map(([key, name, parse, min]) => [key, tuning(sources, name, parse, min)]))
+/** The numeric AgentOptions fields from their flags, variables or the config file (undefined leaves the agent's default). */
+function agentTuning (sources: Sources): Partial<AgentOptions> {
+  const numeric = FLAGGED.filter(o => o.field !== undefined && (o.kind === 'count' || o.kind === 'size' || o.kind === 'duration'))
+  return Object.fromEntries(numeric.map(o => [o.field, numberOf(sources, o.name)]))
 }
 
 /**
  * Reads the configuration file: `--config FILE` (or CANOPY_CONFIG), which must
  * exist, else `<state-dir>/config.json` when there is one. A JSON object whose keys
- * are option names without "--" and whose values are numbers or strings, read like
- * the flags ({"max-background-jobs": 4, "retention": "30d"}). An unknown key is an
- * error, so that a typo does not silently leave a default in place.
+ * are option names without "--", read like the flags: numbers or strings, true or
+ * false for switches, a list of strings for lists ({"max-background-jobs": 4,
+ * "retention": "30d", "no-mdns": true, "peer": ["/ip4/192.168.1.20/tcp/7373"]}). An
+ * unknown key is an error, so that a typo does not silently leave a default in place.
  */
 async function readConfig (values: Values, stateDir: string): Promise<{ config: Config, configPath: string }> {
   const envPath = process.env.CANOPY_CONFIG === '' ? undefined : process.env.CANOPY_CONFIG
-  const explicit = str(values, 'config') ?? envPath
+  const explicit = (typeof values.config === 'string' ? values.config : undefined) ?? envPath
   const configPath = explicit ?? join(stateDir, 'config.json')
   let text: string
   try {
@@ -143,26 +148,30 @@ async function readConfig (values: Values, stateDir: string): Promise<{ config: 
   const config: Config = {}
   for (const [key, value] of Object.entries(parsed)) {
     if (!CONFIG_KEYS.includes(key)) throw new UsageError(`the config file ${configPath} has an unknown option "${key}"; it may set: ${CONFIG_KEYS.join(', ')}`, 'agent')
-    if (key === 'peer') {
-      // The static peers: a list of multiaddrs (no multiaddr holds a comma).
+    const o = spec(key)
+    if (o.kind === 'list') {
+      // A list of strings, none holding a comma (no multiaddr does).
       if (!Array.isArray(value) || !value.every(v => typeof v === 'string' && !v.includes(','))) {
-        throw new UsageError(`the config file ${configPath}: "peer" must be a list of multiaddrs, e.g. ["/ip4/192.168.1.20/tcp/7373"]`, 'agent')
+        throw new UsageError(`the config file ${configPath}: "${key}" must be a list of ${o.arg ?? 'value'}s, e.g. ["/ip4/192.168.1.20/tcp/7373"]`, 'agent')
       }
-      config.peer = value.join(',')
-      continue
+      config[key] = value.join(',')
+    } else if (o.kind === 'switch') {
+      if (typeof value !== 'boolean') throw new UsageError(`the config file ${configPath}: "${key}" must be true or false`, 'agent')
+      config[key] = String(value)
+    } else {
+      if (typeof value !== 'number' && typeof value !== 'string') throw new UsageError(`the config file ${configPath}: "${key}" must be a number or a string`, 'agent')
+      config[key] = String(value)
     }
-    if (typeof value !== 'number' && typeof value !== 'string') throw new UsageError(`the config file ${configPath}: "${key}" must be a number or a string`, 'agent')
-    config[key] = String(value)
   }
   return { config, configPath }
 }
 
-/** --api-listen and the token read from --api-token-file (flags, else CANOPY_API_LISTEN / CANOPY_API_TOKEN_FILE). */
-async function apiListenOptions (values: Values): Promise<{ apiListen?: string, apiToken?: string }> {
-  const listen = str(values, 'api-listen') ?? process.env.CANOPY_API_LISTEN
-  const tokenFile = str(values, 'api-token-file') ?? process.env.CANOPY_API_TOKEN_FILE
-  if (listen === undefined || listen === '') {
-    if (tokenFile !== undefined && str(values, 'api-token-file') !== undefined) throw new UsageError('--api-token-file goes with --api-listen', 'agent')
+/** --api-listen and the token read from --api-token-file (flags, variables or the config file). */
+async function apiListenOptions (sources: Sources): Promise<{ apiListen?: string, apiToken?: string }> {
+  const listen = textOption(sources, 'api-listen')
+  const tokenFile = textOption(sources, 'api-token-file')
+  if (listen === undefined) {
+    if (typeof sources.values['api-token-file'] === 'string') throw new UsageError('--api-token-file goes with --api-listen', 'agent')
     return {}
   }
   if (tokenFile === undefined) throw new UsageError('--api-listen needs --api-token-file: the TCP listener is never open without a token', 'agent')
@@ -170,22 +179,18 @@ async function apiListenOptions (values: Values): Promise<{ apiListen?: string, 
   return { apiListen: listen, apiToken: token }
 }
 
-/** The peer node's options from flags, else CANOPY_* variables; undefined with --no-p2p. */
+/** The peer node's options; undefined with --no-p2p. */
 async function p2pOptions (sources: Sources): Promise<P2pOptions | undefined> {
-  const { values, config } = sources
-  if (values['no-p2p'] === true || process.env.CANOPY_P2P === '0') return undefined
+  if (switchOn(sources, 'no-p2p')) return undefined
   // Loaded here, not at the top: other verbs should not pay for libp2p's start-up.
   const { DEFAULT_P2P_PORT, parsePeerAddresses, readSwarmKey } = await import('@canopy/agent/peers')
-  const port = tuning(sources, 'p2p-port', integer, 0) ?? DEFAULT_P2P_PORT
-  if (port > 65535) throw new UsageError(`--p2p-port ${port}: a TCP port is at most 65535`, 'agent')
-  const host = str(values, 'p2p-host') ?? process.env.CANOPY_P2P_HOST ?? config['p2p-host'] ?? '0.0.0.0'
+  const port = numberOf(sources, 'p2p-port') ?? DEFAULT_P2P_PORT
+  const host = textOption(sources, 'p2p-host') ?? '0.0.0.0'
   if (isIP(host) === 0) throw new UsageError(`--p2p-host ${host}: give an IP address`, 'agent')
-  const flagPeers = values.peer as unknown as string[] | undefined
-  // A flag wins over the environment, which wins over the config file.
-  const peers = flagPeers ?? (process.env.CANOPY_PEERS ?? config.peer ?? '').split(',').map(p => p.trim()).filter(Boolean)
-  const keyFile = str(values, 'swarm-key') ?? process.env.CANOPY_SWARM_KEY ?? config['swarm-key']
+  const peers = (textOption(sources, 'peer') ?? '').split(',').map(p => p.trim()).filter(Boolean)
+  const keyFile = textOption(sources, 'swarm-key')
   let swarmKey: Uint8Array | undefined
-  if (keyFile !== undefined && keyFile !== '') {
+  if (keyFile !== undefined) {
     try {
       swarmKey = await readSwarmKey(keyFile)
     } catch (err) {
@@ -197,15 +202,62 @@ async function p2pOptions (sources: Sources): Promise<P2pOptions | undefined> {
   } catch (err) {
     throw new UsageError(`--peer: ${(err as Error).message}`, 'agent')
   }
-  const cacheSize = tuning(sources, 'cache-size', parseSize, 1)
+  const cacheSize = numberOf(sources, 'cache-size')
   return {
     ...(cacheSize !== undefined ? { cacheSize } : {}),
     listen: [`/${isIP(host) === 6 ? 'ip6' : 'ip4'}/${host}/tcp/${port}`],
-    mdns: values['no-mdns'] !== true && process.env.CANOPY_MDNS !== '0',
+    mdns: !switchOn(sources, 'no-mdns'),
     peers,
     ...(swarmKey !== undefined ? { swarmKey } : {})
   }
 }
+
+// ---- help, from the table ----------------------------------------------------
+
+const SECTION_TITLES: Record<OptionSection, string> = {
+  general: 'Options:\n  --state-dir D        where the agent keeps jobs, cache and its socket\n' +
+    '                       (default: CANOPY_STATE_DIR, else $XDG_STATE_HOME/canopy,\n' +
+    '                       else ~/.local/state/canopy; macOS ~/Library/Application\n' +
+    '                       Support/Canopy; Windows %LOCALAPPDATA%\\Canopy)',
+  scheduling: 'Scheduling and job limits (DUR: 1500 = ms, or 30s, 5m, 2h, 14d; the retry and\ntime limits are defaults: a job may set its own, see canopy get --help):',
+  notifications: 'Notifications (set per job: canopy get --on-complete, --on-error, --notify-url):',
+  remote: 'Remote administration (the Unix socket is always there, owner-only):',
+  peers: 'Peers (the agent\'s libp2p node):'
+}
+
+function defaultOf (o: AgentOptionSpec): string | undefined {
+  if (o.defaultText !== undefined) return o.defaultText
+  const value = o.field === undefined ? undefined : (AGENT_DEFAULTS as Record<string, unknown>)[o.field]
+  if (typeof value !== 'number') return undefined
+  return o.kind === 'size' ? formatBytes(value).replace(' ', '').replace('.0', '') : o.kind === 'duration' ? formatDuration(value).replace(' ', '') : String(value)
+}
+
+/** `  --flag ARG` then the help, wrapped at 79 columns under column 23. */
+function helpLine (o: AgentOptionSpec & { name: string }): string {
+  const head = `  --${o.name}${o.arg !== undefined ? ` ${o.arg}` : ''}`
+  const def = defaultOf(o)
+  const words = `${o.help}${def !== undefined ? ` (default ${def})` : ''}`.split(' ')
+  const lines: string[] = []
+  let line = head.length <= 21 ? head.padEnd(23) : `${head} `
+  for (const word of words) {
+    if (line.length + word.length > 79 && line.trim() !== '') {
+      lines.push(line.trimEnd())
+      line = ' '.repeat(23)
+    }
+    line += `${word} `
+  }
+  lines.push(line.trimEnd())
+  return lines.join('\n')
+}
+
+function optionsHelp (): string {
+  return (Object.keys(SECTION_TITLES) as OptionSection[]).map(section =>
+    [SECTION_TITLES[section], ...FLAGGED.filter(o => o.section === section).map(helpLine)].join('\n')).join('\n\n')
+}
+
+/** parseArgs' view of the table: switches are booleans, lists repeat, the rest take a value. */
+const OPTIONS: ParseArgsOptionsConfig = Object.fromEntries(FLAGGED.map(o =>
+  [o.name, o.kind === 'switch' ? { type: 'boolean' } : o.kind === 'list' ? { type: 'string', multiple: true } : { type: 'string' }]))
 
 export const agentVerb: Verb = {
   name: 'agent',
@@ -217,119 +269,20 @@ in verified blocks, and serves the control API on the Unix
 socket agent.sock in its state directory (owner-only). Logs go to stderr.
 SIGINT (Ctrl-C) or SIGTERM stop it cleanly; jobs resume at the next start.
 
-Options:
-  --state-dir D        where the agent keeps jobs, cache and its socket
-                       (default: CANOPY_STATE_DIR, else $XDG_STATE_HOME/canopy,
-                       else ~/.local/state/canopy; macOS ~/Library/Application
-                       Support/Canopy; Windows %LOCALAPPDATA%\\Canopy)
-  --log-level L        debug, info, warn or error (default: CANOPY_LOG_LEVEL, else
-                       the config file's "log-level", else info)
-  --log-format F       logfmt (for terminals) or json (one object a line, for log
-                       collectors) (default: CANOPY_LOG_FORMAT, else the config file,
-                       else logfmt)
-  --config FILE        a JSON file of options (default: <state-dir>/config.json when
-                       it exists; CANOPY_CONFIG), keys as the flags without "--":
-                       {"max-background-jobs": 4, "retention": "30d"}
-  --max-background-jobs N   background jobs transferring at once (default 2;
-                       foreground jobs always run)
-  --requests-in-flight N    range requests in flight per file (default 4)
-  --request-size SIZE  bytes per range request, whole blocks (default 4MiB)
-  --hash-threads N     hashing worker threads; 0 = blocks inline (default 2,
-                       1 on a machine with one CPU)
-  --request-timeout MS ms without headers or body bytes before a request is
-                       abandoned (default 30000)
-  --retry-min MS       first retry delay after a transient error (default 2000)
-  --retry-max MS       longest retry delay (default 600000)
-
-Scheduling and job limits (DUR: 1500 = ms, or 30s, 5m, 2h, 14d; every MS option
-above takes a DUR too; the retry and time limits are defaults: a job may set its
-own, see canopy get --help):
-  --time-slice DUR     a background job runs this long before a waiting job of
-                       its priority takes its turn (default 5m)
-  --no-progress-timeout DUR  a job trying this long without progress stops in
-                       error, ERR_NO_PROGRESS (default 14d)
-  --max-download-time DUR    total time a job may spend trying before it stops
-                       in error, ERR_MAX_TIME (default 0: no limit)
-  --inactive-job-timeout DUR a job not modified for this long is cancelled
-                       (default 90d)
-  --retention DUR      acknowledged and cancelled jobs stay listed this long,
-                       then are removed (default 7d)
-  --max-jobs N         unfinished jobs the agent holds at most (default 10000)
-  --max-files-per-job N  (default 1000)
-  --max-url-length N   characters of a file's URL (default 8192)
-  --max-name-length N  characters of a job's name (default 256)
-
-Notifications (set per job: canopy get --on-complete, --on-error, --notify-url):
-  --notify-timeout MS  longest wait for a notify URL's answer (default 30000)
-  --notify-command-timeout MS  longest run of a notification command before its
-                       process group is killed (default 120000)
-  --notify-retry-min MS  first delay before a failed notify-URL POST is tried
-                       again; doubles each time (default 1000)
-  --notify-retry-max MS  longest such delay (default 300000)
-  --notify-attempts N  attempts of one notify-URL POST before it is given up
-                       (default 10)
-
-Remote administration (the Unix socket is always there, owner-only):
-  --api-listen HOST:PORT  also serve the control API on TCP, e.g. 0.0.0.0:7380
-  --api-token-file F   the bearer token it requires (required with --api-listen);
-                       clients: CANOPY_AGENT_URL=http://HOST:PORT and
-                       CANOPY_API_TOKEN_FILE=F
-
-Peers (the agent's libp2p node):
-  --p2p-port N         TCP port of the peer node (default 7373; 0 picks one)
-  --p2p-host IP        address it listens on (default 0.0.0.0)
-  --no-mdns            do not discover peers by mDNS (multicast on the LAN)
-  --peer MULTIADDR     a static peer, e.g. /ip4/192.168.1.20/tcp/7373 (repeatable;
-                       CANOPY_PEERS takes a comma-separated list)
-  --swarm-key FILE     accept only peers holding this key (canopy keygen)
-  --cache-size SIZE    bytes of completed files kept for peers (default
-                       min(10 GiB, 10% of the state directory's disk))
-  --no-p2p             run no peer node
+${optionsHelp()}
 
 Each option can also be set in the environment as CANOPY_<OPTION>, e.g.
-CANOPY_REQUESTS_IN_FLIGHT=8, and the numeric ones (and --p2p-port, --cache-size)
-in the config file. A flag wins over the environment, which wins over the file.
+CANOPY_REQUESTS_IN_FLIGHT=8 (CANOPY_PEERS takes a comma-separated list;
+CANOPY_MDNS=0 and CANOPY_P2P=0 are --no-mdns and --no-p2p), and every option but
+--config in the config file. A flag wins over the environment, which wins over
+the file.
 
 Examples:
   canopy agent
   canopy agent --state-dir /var/lib/canopy --log-level debug --swarm-key /etc/canopy/org.key
   canopy agent --no-mdns --p2p-host 127.0.0.1 --p2p-port 7374 --peer /ip4/127.0.0.1/tcp/7373
 `,
-  options: {
-    config: { type: 'string' },
-    'log-level': { type: 'string' },
-    'log-format': { type: 'string' },
-    'api-listen': { type: 'string' },
-    'api-token-file': { type: 'string' },
-    'max-background-jobs': { type: 'string' },
-    'requests-in-flight': { type: 'string' },
-    'request-size': { type: 'string' },
-    'hash-threads': { type: 'string' },
-    'request-timeout': { type: 'string' },
-    'retry-min': { type: 'string' },
-    'retry-max': { type: 'string' },
-    'notify-timeout': { type: 'string' },
-    'notify-command-timeout': { type: 'string' },
-    'notify-retry-min': { type: 'string' },
-    'notify-retry-max': { type: 'string' },
-    'notify-attempts': { type: 'string' },
-    'time-slice': { type: 'string' },
-    'no-progress-timeout': { type: 'string' },
-    'max-download-time': { type: 'string' },
-    'inactive-job-timeout': { type: 'string' },
-    retention: { type: 'string' },
-    'max-jobs': { type: 'string' },
-    'max-files-per-job': { type: 'string' },
-    'max-url-length': { type: 'string' },
-    'max-name-length': { type: 'string' },
-    'p2p-port': { type: 'string' },
-    'p2p-host': { type: 'string' },
-    'no-mdns': { type: 'boolean' },
-    peer: { type: 'string', multiple: true },
-    'swarm-key': { type: 'string' },
-    'cache-size': { type: 'string' },
-    'no-p2p': { type: 'boolean' }
-  },
+  options: OPTIONS,
   positionals: { min: 0, max: 0, name: '' },
   async run (ctx) {
     const stopping = untilSignal('canopy agent')
@@ -342,7 +295,7 @@ Examples:
       config = sources.config
       const { level, format } = logSettings(sources)
       logger = createStderrLogger(level, undefined, format)
-      const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(ctx.values), p2p: await p2pOptions(sources) }
+      const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(sources), p2p: await p2pOptions(sources) }
       // Only once every flag and file checked out: a usage error leaves no state dir behind.
       await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
       agent = await startAgent(options)

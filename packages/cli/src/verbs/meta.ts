@@ -2,6 +2,7 @@
 import { ExitCode, UsageError } from '../errors.ts'
 import { flag, JSON_OPTION, out, printJson } from '../verb.ts'
 import type { Verb } from '../verb.ts'
+import { version } from '../version.ts'
 
 export const versionVerb: Verb = {
   name: 'version',
@@ -21,15 +22,15 @@ Examples:
   options: { ...JSON_OPTION },
   positionals: { min: 0, max: 0, name: '' },
   async run (ctx) {
-    // Loaded here: cli.ts lists this verb, so a static import would be a cycle.
-    const { version } = await import('../cli.ts')
     if (flag(ctx.values, 'json')) printJson({ version: version(), node: process.versions.node, platform: process.platform, arch: process.arch })
     else out(`canopy ${version()}\n`)
     return ExitCode.Ok
   }
 }
 
-export const completionVerb: Verb = {
+/** `canopy completion`, for the verbs `verbs` gives (cli.ts's list, which holds this verb: passed in, not imported). */
+export function completionVerb (verbs: () => readonly Verb[]): Verb {
+  return {
   name: 'completion',
   summary: 'print a shell completion script (bash or zsh)',
   help: `Usage: canopy completion bash|zsh
@@ -45,12 +46,12 @@ Examples:
   options: {},
   positionals: { min: 1, max: 1, name: 'the shell: bash or zsh' },
   async run (ctx) {
-    const { VERBS } = await import('../cli.ts')
     const { bashCompletion, zshCompletion } = await import('../completion.ts')
     const shell = ctx.positionals[0]
-    if (shell === 'bash') out(bashCompletion(VERBS))
-    else if (shell === 'zsh') out(zshCompletion(VERBS))
+    if (shell === 'bash') out(bashCompletion(verbs()))
+    else if (shell === 'zsh') out(zshCompletion(verbs()))
     else throw new UsageError(`no completion for "${shell}": bash or zsh`, 'completion')
     return ExitCode.Ok
+  }
   }
 }

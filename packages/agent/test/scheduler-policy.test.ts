@@ -1,0 +1,164 @@
+// The scheduling policy as a pure function: made-up jobs, runs and times in, a plan
+// out. No agent, no process, no waiting: the clock is an argument.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { AGENT_DEFAULTS } from '@canopy/agent'
+import type { JobPriority } from '@canopy/core'
+import type { JobRecord } from '../src/jobs/job.ts'
+import { plan } from '../src/scheduler/policy.ts'
+import type { PlanInput, RunView } from '../src/scheduler/policy.ts'
+import { competition, reasonFor } from '../src/scheduler/waiting.ts'
+
+const T0 = Date.parse('2026-03-01T00:00:00Z')
+const MIN = 60_000
+const DAY = 86_400_000
+const limits = { ...AGENT_DEFAULTS, maxBackgroundJobs: 2, timeSliceMs: 5 * MIN }
+
+let serial = 0
+/** A job record as the store holds it; `at` is its creation (and queue) time. */
+function job (priority: JobPriority, fields: Partial<JobRecord> = {}, at = T0 + serial): JobRecord {
+  const id = `job-${String(++serial).padStart(4, '0')}`
+  const iso = new Date(at).toISOString()
+  return { id, name: id, type: 'download', priority, state: 'queued', files: [], autoComplete: false, retryCount: 0, createdAt: iso, modifiedAt: iso, queuedAt: at, ...fields }
+}
+
+/** A job that runs since `startedAt` (transferring, its clocks started then). */
+function runningJob (priority: JobPriority, startedAt: number): JobRecord {
+  return job(priority, { state: 'transferring', activeSince: startedAt, progressAt: startedAt })
+}
+
+function input (jobs: JobRecord[], now: number, running: Array<[JobRecord, RunView]> = [], extra: Partial<PlanInput> = {}): PlanInput {
+  return { jobs, running: new Map(running.map(([j, r]) => [j.id, r])), locked: new Set(), held: new Map(), now, limits, ...extra }
+}
+
+const ids = (jobs: Array<{ id: string }>): string[] => jobs.map(j => j.id)
+
+test('launches: foreground at once, background by priority then queue order, within the slots', () => {
+  const low = job('low')
+  const normalOld = job('normal', {}, T0 - 10)
+  const normalNew = job('normal')
+  const high = job('high')
+  const fg = job('foreground')
+  const busy = runningJob('normal', T0)
+  const p = plan(input([low, normalOld, normalNew, high, fg, busy], T0 + 1000, [[busy, { startedAt: T0, stopping: false }]]))
+  // One background slot is taken: the foreground job and the best background job start.
+  assert.deepEqual(ids(p.launch), [fg.id, high.id])
+  // The normal and low jobs wait: no equal's time slice is over yet, and the policy says when it will be.
+  assert.deepEqual(p.yield, [])
+  assert.equal(p.wakeAt, T0 + limits.timeSliceMs)
+  // A slot frees: the older of the two normal jobs is next.
+  assert.deepEqual(ids(plan(input([low, normalOld, normalNew], T0 + 1000)).launch), [normalOld.id, normalNew.id])
+})
+
+test('preemption: a waiting higher priority stops the weakest running job, once, however often it is asked', () => {
+  const a = runningJob('normal', T0)
+  const b = runningJob('low', T0 + 10)
+  const c = runningJob('low', T0 + 20)
+  const high = job('high')
+  const runs: Array<[JobRecord, RunView]> = [[a, { startedAt: T0, stopping: false }], [b, { startedAt: T0 + 10, stopping: false }], [c, { startedAt: T0 + 20, stopping: false }]]
+  const p = plan(input([a, b, c, high], T0 + 1000, runs))
+  assert.deepEqual(p.launch, [])
+  // The weakest: the lowest priority, and among equals the one that started last.
+  assert.deepEqual(p.yield.map(y => [y.job.id, y.why, y.for.id]), [[c.id, 'preempted', high.id]])
+
+  // While that job stops, its slot counts as being freed: no second victim.
+  runs[2][1].stopping = true
+  assert.deepEqual(plan(input([a, b, c, high], T0 + 2000, runs)).yield, [])
+})
+
+test('preemption needs a strictly higher priority, and a due retry never preempts', () => {
+  const a = runningJob('normal', T0)
+  const b = runningJob('normal', T0)
+  const equal = job('normal')
+  const retry = job('high', { state: 'transient_error', retryAt: new Date(T0 + 500).toISOString(), activeSince: T0, progressAt: T0 })
+  const runs: Array<[JobRecord, RunView]> = [[a, { startedAt: T0, stopping: false }], [b, { startedAt: T0, stopping: false }]]
+  const p = plan(input([a, b, equal, retry], T0 + 1000, runs))
+  assert.deepEqual(p.launch, [])
+  assert.deepEqual(p.yield, [])
+  // Both wait for the end of a time slice, and the policy says when that is.
+  assert.equal(p.wakeAt, T0 + limits.timeSliceMs)
+})
+
+test('time slices: an equal waits until the slice ends, then takes the slot of the longest-running job', () => {
+  const first = runningJob('normal', T0)
+  const second = runningJob('normal', T0 + MIN)
+  const waiting = job('normal')
+  const runs: Array<[JobRecord, RunView]> = [[first, { startedAt: T0, stopping: false }], [second, { startedAt: T0 + MIN, stopping: false }]]
+  const before = plan(input([first, second, waiting], T0 + 4 * MIN, runs))
+  assert.deepEqual(before.yield, [])
+  assert.equal(before.wakeAt, T0 + limits.timeSliceMs)
+  const after = plan(input([first, second, waiting], T0 + limits.timeSliceMs, runs))
+  assert.deepEqual(after.yield.map(y => [y.job.id, y.why]), [[first.id, 'slice']])
+  // A lower priority waiting does not end anyone's slice.
+  const low = job('low')
+  assert.deepEqual(plan(input([first, second, low], T0 + 10 * limits.timeSliceMs, runs)).yield, [])
+})
+
+test('deadlines: no progress, maximum time, inactivity and retention, each at its time', () => {
+  const stalled = job('normal', { state: 'transient_error', retryAt: new Date(T0 + DAY).toISOString(), activeSince: T0, progressAt: T0, limits: { noProgressTimeoutMs: MIN } })
+  const slow = job('normal', { state: 'transient_error', retryAt: new Date(T0 + DAY).toISOString(), activeSince: T0, progressAt: T0 + 3 * MIN, activeMs: MIN, limits: { maxDownloadTimeMs: 3 * MIN } })
+  const idle = job('normal', { state: 'suspended', modifiedAt: new Date(T0).toISOString() })
+  const done = job('normal', { state: 'acknowledged', completedAt: new Date(T0).toISOString() })
+  const jobs = [stalled, slow, idle, done]
+
+  const early = plan(input(jobs, T0 + MIN - 1))
+  assert.deepEqual(early.expire, [])
+  assert.equal(early.wakeAt, T0 + MIN, 'the next deadline is the stalled job\'s')
+
+  const p = plan(input(jobs, T0 + 2 * MIN))
+  assert.deepEqual(p.expire.map(e => [e.job.id, e.kind]), [[stalled.id, 'no-progress'], [slow.id, 'max-time']])
+  assert.deepEqual(plan(input(jobs, T0 + limits.retentionMs)).expire.map(e => e.kind), ['no-progress', 'max-time', 'retention'])
+  assert.deepEqual(plan(input(jobs, T0 + limits.inactiveJobTimeoutMs)).expire.map(e => [e.job.id, e.kind]), [
+    [stalled.id, 'no-progress'], [slow.id, 'max-time'], [idle.id, 'inactive'], [done.id, 'retention']])
+})
+
+test('deadlines: a locked job is left alone, a held one waits for its hold, an expiring one is not launched', () => {
+  const old = job('normal', { state: 'suspended', modifiedAt: new Date(T0).toISOString() })
+  const now = T0 + limits.inactiveJobTimeoutMs + 1
+  assert.deepEqual(plan(input([old], now, [], { locked: new Set([old.id]) })), { expire: [], launch: [], yield: [] })
+  const held = plan(input([old], now, [], { held: new Map([[old.id, now + MIN]]) }))
+  assert.deepEqual(held.expire, [])
+  assert.equal(held.wakeAt, now + MIN)
+  const queued = job('normal', { modifiedAt: new Date(T0).toISOString() })
+  const p = plan(input([queued], now))
+  assert.deepEqual(p.expire.map(e => e.kind), ['inactive'])
+  assert.deepEqual(p.launch, [], 'a job whose deadline is being acted on does not start')
+})
+
+test('wake-ups: a retry\'s time, and the clocks of the jobs launched now', () => {
+  const retry = job('normal', { state: 'transient_error', retryAt: new Date(T0 + 30_000).toISOString(), activeSince: T0, progressAt: T0 + 20_000 })
+  assert.equal(plan(input([retry], T0)).wakeAt, T0 + 30_000)
+  const fresh = job('normal')
+  const p = plan(input([fresh], T0 + 5))
+  assert.deepEqual(ids(p.launch), [fresh.id])
+  assert.equal(p.wakeAt, T0 + 5 + limits.noProgressTimeoutMs, 'its no-progress clock starts at launch')
+})
+
+test('the clock is an input: the same jobs give another plan at another time', () => {
+  const retry = job('normal', { state: 'transient_error', retryAt: new Date(T0 + 30_000).toISOString(), activeSince: T0, progressAt: T0 })
+  assert.deepEqual(plan(input([retry], T0 + 29_999)).launch, [])
+  assert.deepEqual(ids(plan(input([retry], T0 + 30_000)).launch), [retry.id])
+})
+
+test('waiting reasons: who is ahead, preempted, time slice over, retry countdown', () => {
+  const high = runningJob('high', T0)
+  const normalRunning = runningJob('normal', T0)
+  const first = job('normal', {}, T0 - 5)
+  const second = job('normal', {}, T0 - 1)
+  const preempted = job('low', { waitReason: 'preempted' })
+  const sliced = job('normal', { waitReason: 'slice' }, T0 + 100)
+  const retry = job('normal', { state: 'transient_error', retryAt: new Date(T0 + 65_000).toISOString(), error: { code: 'ERR_NETWORK', message: 'connection refused', transient: true, at: new Date(T0).toISOString() } })
+  const jobs = [high, normalRunning, first, second, preempted, sliced, retry]
+  const running = new Map<string, RunView>([[high.id, { startedAt: T0, stopping: false }], [normalRunning.id, { startedAt: T0, stopping: false }]])
+  const now = T0 + 1000
+  const snapshot = competition(jobs, running, now)
+  const reason = (j: JobRecord): string | undefined => reasonFor(j, running.get(j.id), now, () => snapshot)
+  assert.equal(reason(first), 'waiting: 1 higher-priority job and 1 same-priority job ahead')
+  assert.equal(reason(second), 'waiting: 1 higher-priority job and 2 same-priority jobs ahead')
+  assert.equal(reason(preempted), 'waiting: preempted by a higher-priority job')
+  assert.equal(reason(sliced), 'waiting: time slice over; 1 higher-priority job and 3 same-priority jobs ahead')
+  assert.equal(reason(retry), 'connection refused, next retry in 64 s')
+  assert.equal(reasonFor(retry, undefined, T0 + 70_000, () => snapshot), 'connection refused, retry due: waiting for a free slot')
+  assert.equal(reason(job('foreground')), 'waiting to start')
+  assert.equal(reason(high), undefined)
+})
