@@ -1,0 +1,197 @@
+import type { Logger } from '@canopy/core'
+import { DelayController } from './delay-controller.ts'
+import type { ControllerSnapshot, DelayControllerInit } from './delay-controller.ts'
+import { TokenBucket } from './pacer.ts'
+import type { ReadPacer } from './pacer.ts'
+
+/** Times one small request to the origin (see headProbe); rejects when it could not. */
+export type Probe = (signal: AbortSignal) => Promise<void>
+
+export interface WanPathsInit {
+  /** Background transfers yield to other traffic. Default true. */
+  enabled?: boolean
+  /** Queueing delay the controller keeps its traffic under, ms. Default 60. */
+  targetDelayMs?: number
+  /** Time between delay probes of a path with background transfers, ms. Default 100. */
+  probeIntervalMs?: number
+  /** Longest wait for one probe, ms. Default 5000. */
+  probeTimeoutMs?: number
+  /** The rest of the controller's settings (tests, the lab). */
+  controller?: DelayControllerInit
+}
+
+export interface WanPathsComponents {
+  logger: Logger
+  /** Monotonic clock, ms. Default performance.now. */
+  now?: () => number
+}
+
+export interface PathView {
+  /** The origin's host:port (one controller per WAN path, i.e. per origin host). */
+  host: string
+  /** Background transfers on it now. */
+  transfers: number
+  controller: ControllerSnapshot
+}
+
+/** One transfer's hold on its WAN path. */
+export interface PathLease {
+  /** What the transfer's reads go through; unlimited while the job is foreground. */
+  readonly pacer: ReadPacer
+  /** Why the transfer runs slower than it could, in plain words; undefined when it does not. */
+  why: () => string | undefined
+  release: () => void
+}
+
+interface Holder {
+  background: () => boolean
+  probe: Probe
+}
+
+class WanPath {
+  readonly controller: DelayController
+  readonly bucket: TokenBucket
+  readonly holders = new Set<Holder>()
+  private probing = false
+  private timer?: NodeJS.Timeout
+  private readonly stopped = new AbortController()
+
+  constructor (readonly host: string, private readonly init: Required<Omit<WanPathsInit, 'controller'>>, controller: DelayControllerInit,
+    private readonly now: () => number, private readonly logger: Logger) {
+    this.controller = new DelayController({ ...controller, targetMs: init.targetDelayMs })
+    this.bucket = new TokenBucket({ rate: () => this.controller.rate(this.now()), now })
+  }
+
+  get backgroundCount (): number {
+    let n = 0
+    for (const h of this.holders) if (h.background()) n++
+    return n
+  }
+
+  /** Keeps a probe loop running while a background transfer holds the path. */
+  wake (): void {
+    if (this.probing || this.timer !== undefined || this.stopped.signal.aborted || this.backgroundCount === 0) return
+    this.timer = setTimeout(() => {
+      this.timer = undefined
+      void this.probeOnce()
+    }, this.init.probeIntervalMs)
+    // A probe loop never keeps the process alive.
+    this.timer.unref()
+  }
+
+  private async probeOnce (): Promise<void> {
+    const holder = [...this.holders].reverse().find(h => h.background())
+    if (holder === undefined) return
+    this.probing = true
+    const started = this.now()
+    try {
+      await holder.probe(AbortSignal.any([this.stopped.signal, AbortSignal.timeout(this.init.probeTimeoutMs)]))
+      this.controller.onSample(this.now() - started, this.now())
+    } catch (err) {
+      // No sample: a controller without samples falls back to a low rate by itself.
+      if (!this.stopped.signal.aborted) this.logger.debug('delay probe failed', { host: this.host, err: String(err) })
+    } finally {
+      this.probing = false
+      this.wake()
+    }
+  }
+
+  stop (): void {
+    clearTimeout(this.timer)
+    this.timer = undefined
+    this.stopped.abort()
+  }
+}
+
+/**
+ * The WAN paths background transfers use, one per origin host, each with one
+ * delay controller and one token bucket that every background transfer to that
+ * host shares (so two background jobs together yield like one). Foreground
+ * transfers take a lease too, but their reads are never paced: a job whose priority
+ * is raised to foreground mid-transfer runs at full speed from its next read.
+ */
+export class WanPaths {
+  private readonly paths = new Map<string, WanPath>()
+  private readonly init: Required<Omit<WanPathsInit, 'controller'>>
+  private readonly controllerInit: DelayControllerInit
+  private readonly logger: Logger
+  private readonly now: () => number
+
+  constructor (components: WanPathsComponents, init: WanPathsInit = {}) {
+    this.logger = components.logger
+    this.now = components.now ?? (() => performance.now())
+    this.init = {
+      enabled: init.enabled ?? true,
+      targetDelayMs: init.targetDelayMs ?? 60,
+      probeIntervalMs: init.probeIntervalMs ?? 100,
+      probeTimeoutMs: init.probeTimeoutMs ?? 5000
+    }
+    this.controllerInit = init.controller ?? {}
+  }
+
+  get enabled (): boolean {
+    return this.init.enabled
+  }
+
+  /**
+   * A transfer from `url` starts. `background()` says, at each read, whether the
+   * job is background now; `probe` times one small request to the same origin with
+   * the job's credentials.
+   */
+  lease (url: string | URL, background: () => boolean, probe: Probe): PathLease {
+    const host = new URL(url).host
+    if (!this.init.enabled) return { pacer: { readSize: () => Infinity, consumed: () => 0 }, why: () => undefined, release: () => {} }
+    let path = this.paths.get(host)
+    if (path === undefined) this.paths.set(host, path = new WanPath(host, this.init, this.controllerInit, this.now, this.logger))
+    const p = path
+    const holder: Holder = { background, probe }
+    p.holders.add(holder)
+    p.wake()
+    let released = false
+    return {
+      pacer: {
+        readSize: () => background() ? p.bucket.readSize() : Infinity,
+        consumed: (bytes) => {
+          if (!background()) return 0
+          p.wake()
+          p.controller.onBytes(bytes, this.now())
+          return p.bucket.consumed(bytes)
+        }
+      },
+      why: () => background() ? describe(p.controller.snapshot(this.now())) : undefined,
+      release: () => {
+        if (released) return
+        released = true
+        p.holders.delete(holder)
+        // The path's controller is kept (its base-delay history is worth keeping) while
+        // it has holders; a path nobody uses is forgotten.
+        if (p.holders.size === 0) {
+          p.stop()
+          this.paths.delete(host)
+        }
+      }
+    }
+  }
+
+  views (): PathView[] {
+    const now = this.now()
+    return [...this.paths.values()].map(p => ({ host: p.host, transfers: p.backgroundCount, controller: p.controller.snapshot(now) }))
+  }
+
+  close (): void {
+    for (const p of this.paths.values()) p.stop()
+    this.paths.clear()
+  }
+}
+
+/** The plain-language reason a background transfer runs slower than the link (job views). */
+export function describe (s: ControllerSnapshot): string | undefined {
+  const q = s.queueDelayMs === undefined ? '' : ` (queue delay ${Math.round(s.queueDelayMs)} ms)`
+  switch (s.state) {
+    case 'yielding': return `yielding to other traffic${q}`
+    case 'slowdown': return 'measuring the idle delay of the path (a pause of a few round trips)'
+    case 'blind': return 'no delay measurements from the origin: holding a low rate'
+    case 'starting': return 'measuring the path before speeding up'
+    default: return undefined
+  }
+}
