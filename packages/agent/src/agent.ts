@@ -25,6 +25,9 @@ import { RangeClient } from './transfer/range-client.ts'
 import { transferPlain } from './transfer/plain-transfer.ts'
 import type { PlainProgress } from './transfer/plain-transfer.ts'
 import { startApiServer } from './api/server.ts'
+import { WanPaths } from './bandwidth/wan-paths.ts'
+import type { PathLease } from './bandwidth/wan-paths.ts'
+import { headProbe } from './bandwidth/probe.ts'
 import type { PeerNode } from './peers/node.ts'
 import type { PeerSharing } from './peers/sharing.ts'
 import type { PeerSessions } from './transfer/peer-fetch.ts'
@@ -106,6 +109,9 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   /** Block buffers, reused across transfers (see BufferPool). */
   private readonly blockBuffers: BufferPool
   private readonly notifier: Notifier
+  /** Background jobs' delay controllers, one per origin host; leases by job (see reasonFor). */
+  private readonly wanPaths: WanPaths
+  private readonly leases = new Map<string, PathLease>()
   private readonly jobs = new Map<string, JobRecord>()
   private readonly progress = new Map<string, Array<Progress | undefined>>()
   private readonly running = new Map<string, Run>()
@@ -144,6 +150,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     this.rangeClient = new RangeClient({ maxPerOrigin: pool.connections, timeoutMs: pool.timeoutMs })
     // As much as one transfer holds at most with the default block size.
     this.blockBuffers = new BufferPool(blocksBuffered(options, DEFAULT_BLOCK_SIZE) * DEFAULT_BLOCK_SIZE)
+    this.wanPaths = new WanPaths({ logger: this.logger }, { enabled: options.targetDelayMs > 0, targetDelayMs: options.targetDelayMs })
     this.notifier = new Notifier({
       store: this.store,
       logger: this.logger,
@@ -168,7 +175,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       'inactiveJobTimeoutMs', 'retentionMs', 'maxJobs', 'maxFilesPerJob', 'maxUrlLength', 'maxNameLength'] as const) {
       if (!Number.isSafeInteger(resolved[key]) || resolved[key] < 1) throw new CanopyError('ERR_INVALID_ARGUMENT', `${key} must be a positive integer, not ${resolved[key]}`)
     }
-    for (const key of ['hashThreads', 'maxDownloadTimeMs'] as const) {
+    for (const key of ['hashThreads', 'maxDownloadTimeMs', 'targetDelayMs'] as const) {
       if (!Number.isSafeInteger(resolved[key]) || resolved[key] < 0) throw new CanopyError('ERR_INVALID_ARGUMENT', `${key} must be 0 or more`)
     }
     if (typeof resolved.now !== 'function') throw new CanopyError('ERR_INVALID_ARGUMENT', 'now must be a function returning ms since the epoch')
@@ -231,6 +238,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     await this.notifier.stop(NOTIFY_STOP_GRACE_MS)
     await this.peer?.stop()
     this.rangeClient.close()
+    this.wanPaths.close()
     await this.dispatcher.close()
     await this.blockHasher.close()
     await this.store.close()
@@ -852,6 +860,22 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       return
     }
     await this.checkDestination(file)
+    // Its share of the WAN path to the origin: paced while the job is background.
+    const lease = this.wanPaths.lease(file.url, () => job.priority !== 'foreground', headProbe(net.dispatcher, file.url, headers))
+    this.leases.set(job.id, lease)
+    try {
+      await this.transferFileData(job, index, signal, restarts, net, headers, lease)
+    } finally {
+      lease.release()
+      if (this.leases.get(job.id) === lease) this.leases.delete(job.id)
+    }
+    file.done = true
+    await this.persist(job)
+  }
+
+  private async transferFileData (job: JobRecord, index: number, signal: AbortSignal, restarts: number,
+    net: { dispatcher: Dispatcher, rangeClient?: RangeClient }, headers: Record<string, string>, lease: PathLease): Promise<void> {
+    const file = job.files[index]
     if (job.state !== 'transferring') await this.setState(job, 'transferring')
 
     if (file.mode === 'plain') {
@@ -864,6 +888,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         fileDigest: (path) => this.blockHasher.fileDigest(path),
         persist: async () => await this.persist(job),
         onProgress: () => this.onProgress(job),
+        pacer: lease.pacer,
         logger: this.logger,
         signal
       })
@@ -895,6 +920,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
           maxBlockAttempts: this.options.maxBlockAttempts,
           refreshManifest: async (s) => await discoverManifest(net.dispatcher, file.url, headers, s),
           onBlock: () => this.onProgress(job),
+          pacer: lease.pacer,
           logger: this.logger,
           signal
         })
@@ -905,8 +931,6 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         return await this.transferFileWith(job, index, signal, restarts + 1, net)
       }
     }
-    file.done = true
-    await this.persist(job)
   }
 
   /** The agent's peer sessions for one file's transfer, also counting each peer's bytes in the file's record. */
@@ -1222,6 +1246,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         if (wait > 0) return `${message}, next retry in ${formatDuration(Math.ceil(wait / 1000) * 1000)}`
         return this.running.has(job.id) ? undefined : `${message}, retry due: waiting for a free slot`
       }
+      case 'transferring': return this.leases.get(job.id)?.why()
       case 'error': return job.error?.message
       case 'suspended': return 'suspended: resume it to continue'
       case 'transferred': return job.autoComplete ? undefined : 'transferred: complete it to make the files visible'

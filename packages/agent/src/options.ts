@@ -76,6 +76,14 @@ export interface AgentOptions {
   /** Characters of a job's name at most (ERR_NAME_TOO_LONG). Default 256. */
   maxNameLength?: number
   /**
+   * Queueing delay, in ms, that background (high, normal, low) jobs keep their
+   * traffic under on the WAN path to each origin: they read only as fast as the path
+   * stays within it, and so yield to other traffic (a LEDBAT-style controller, see
+   * docs/ARCHITECTURE.md, "Polite transfers"). 0 turns yielding off. Foreground jobs
+   * never yield. Default 60 (as LEDBAT++).
+   */
+  targetDelayMs?: number
+  /**
    * The clock, in ms since the epoch, that every scheduling decision and deadline
    * reads (time slices, retries, timeouts, retention). Default `Date.now`; tests and
    * simulations pass their own. Timers still run in real time: after moving the
@@ -132,6 +140,7 @@ export const AGENT_DEFAULTS = {
   maxFilesPerJob: 1000,
   maxUrlLength: 8192,
   maxNameLength: 256,
+  targetDelayMs: 60,
   now: Date.now
 } as const
 

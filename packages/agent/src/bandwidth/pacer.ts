@@ -110,3 +110,11 @@ export async function pace (pacer: ReadPacer | undefined, bytes: number, signal:
     })
   }
 }
+
+/** A body read through a pacer (the undici paths: a paused iteration stops the socket too). */
+export async function * pacedChunks (body: AsyncIterable<Buffer>, pacer: ReadPacer | undefined, signal: AbortSignal): AsyncGenerator<Buffer> {
+  for await (const chunk of body) {
+    yield chunk
+    await pace(pacer, chunk.length, signal)
+  }
+}

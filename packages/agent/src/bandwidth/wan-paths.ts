@@ -55,9 +55,16 @@ class WanPath {
   private probing = false
   private timer?: NodeJS.Timeout
   private readonly stopped = new AbortController()
+  readonly host: string
+  private readonly init: Required<Omit<WanPathsInit, 'controller'>>
+  private readonly now: () => number
+  private readonly logger: Logger
 
-  constructor (readonly host: string, private readonly init: Required<Omit<WanPathsInit, 'controller'>>, controller: DelayControllerInit,
-    private readonly now: () => number, private readonly logger: Logger) {
+  constructor (host: string, init: Required<Omit<WanPathsInit, 'controller'>>, controller: DelayControllerInit, now: () => number, logger: Logger) {
+    this.host = host
+    this.init = init
+    this.now = now
+    this.logger = logger
     this.controller = new DelayController({ ...controller, targetMs: init.targetDelayMs })
     this.bucket = new TokenBucket({ rate: () => this.controller.rate(this.now()), now })
   }

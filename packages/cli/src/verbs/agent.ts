@@ -44,7 +44,8 @@ const integer = (text: string): number => {
 
 type TuningKey = 'maxBackgroundJobs' | 'requestsInFlight' | 'requestSize' | 'hashThreads' | 'requestTimeoutMs' | 'retryMinMs' | 'retryMaxMs' |
   'notifyTimeoutMs' | 'notifyCommandTimeoutMs' | 'notifyRetryMinMs' | 'notifyRetryMaxMs' | 'notifyAttempts' | 'timeSliceMs' |
-  'noProgressTimeoutMs' | 'maxDownloadTimeMs' | 'inactiveJobTimeoutMs' | 'retentionMs' | 'maxJobs' | 'maxFilesPerJob' | 'maxUrlLength' | 'maxNameLength'
+  'noProgressTimeoutMs' | 'maxDownloadTimeMs' | 'inactiveJobTimeoutMs' | 'retentionMs' | 'maxJobs' | 'maxFilesPerJob' | 'maxUrlLength' | 'maxNameLength' |
+  'targetDelayMs'
 
 /**
  * The agent's numeric options: the AgentOptions field, the flag (also the config
@@ -73,7 +74,8 @@ const TUNING: ReadonlyArray<readonly [TuningKey, string, (text: string) => numbe
   ['maxJobs', 'max-jobs', integer, 1],
   ['maxFilesPerJob', 'max-files-per-job', integer, 1],
   ['maxUrlLength', 'max-url-length', integer, 1],
-  ['maxNameLength', 'max-name-length', integer, 1]
+  ['maxNameLength', 'max-name-length', integer, 1],
+  ['targetDelayMs', 'target-delay', parseDuration, 0]
 ]
 
 /** Keys a config file may hold: the numeric options above, and the peer node's port and cache size. */
@@ -207,6 +209,9 @@ Options:
                        abandoned (default 30000)
   --retry-min MS       first retry delay after a transient error (default 2000)
   --retry-max MS       longest retry delay (default 600000)
+  --target-delay MS    queueing delay background jobs keep their traffic under
+                       on the WAN path to each origin: they yield to other
+                       traffic (default 60; 0 = background jobs do not yield)
 
 Scheduling and job limits (DUR: 1500 = ms, or 30s, 5m, 2h, 14d; every MS option
 above takes a DUR too; the retry and time limits are defaults: a job may set its
@@ -274,6 +279,7 @@ Examples:
     'request-timeout': { type: 'string' },
     'retry-min': { type: 'string' },
     'retry-max': { type: 'string' },
+    'target-delay': { type: 'string' },
     'notify-timeout': { type: 'string' },
     'notify-command-timeout': { type: 'string' },
     'notify-retry-min': { type: 'string' },
