@@ -258,6 +258,16 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       startedAt: this.startedAt,
       jobs: counts,
       notifications: { pending: this.notifier.pending },
+      bandwidth: {
+        targetDelayMs: this.options.targetDelayMs,
+        paths: this.wanPaths.views().map(p => ({
+          host: p.host,
+          transfers: p.transfers,
+          rate: Math.round(p.controller.rate),
+          state: p.controller.state,
+          ...(p.controller.queueDelayMs !== undefined ? { queueDelayMs: Math.round(p.controller.queueDelayMs * 10) / 10, baseDelayMs: Math.round(p.controller.baseDelayMs! * 10) / 10 } : {})
+        }))
+      },
       ...(this.api?.tcpAddress !== undefined ? { apiTcp: this.api.tcpAddress } : {})
     }
     if (this.peer !== undefined) {

@@ -251,6 +251,30 @@ export interface AgentStatus {
   apiTcp?: string
   /** The agent's peer node, when it runs one. */
   peer?: PeerStatus
+  /** Bandwidth control in force: how background jobs yield (see BandwidthStatus). */
+  bandwidth?: BandwidthStatus
+}
+
+export interface BandwidthStatus {
+  /** Queueing delay background jobs keep their traffic under, ms; 0: they do not yield. */
+  targetDelayMs: number
+  /** The WAN paths (origin hosts) background jobs use now, each with its controller. */
+  paths: WanPathStatus[]
+}
+
+export interface WanPathStatus {
+  /** The origin's host:port. */
+  host: string
+  /** Background transfers on this path now. */
+  transfers: number
+  /** Bytes/s they may read together now. */
+  rate: number
+  /** starting, growing, yielding, slowdown (re-measuring the idle delay), blind (no delay samples). */
+  state: 'starting' | 'growing' | 'yielding' | 'slowdown' | 'blind'
+  /** Round trip now minus the idle round trip, ms. */
+  queueDelayMs?: number
+  /** The idle round trip (minimum over the last 10 minutes), ms. */
+  baseDelayMs?: number
 }
 
 export interface PeerStatus {

@@ -15,7 +15,7 @@
  * - queueing delay = current − base, held under `targetMs` (default 60 ms, as LEDBAT++);
  * - above the target: multiplicative decrease (LEDBAT++), deeper the further above:
  *   `decreasePerSecond` e-folds per second per target's worth of excess, counted up
- *   to 4 targets (a loss-based flow's 300 ms queue takes us to the floor in ~0.7 s);
+ *   to one target (a loss-based flow's deep queue takes us to the floor in ~2.5 s);
  *   applied continuously at each sample rather than as one cut per round trip, since
  *   the samples lag the rate by a round trip and the filter;
  * - below the target: multiplicative growth scaled by how far below (`1 − queue/target`),
@@ -85,8 +85,13 @@ export const DELAY_CONTROLLER_DEFAULTS = {
 
 /** Longest step of growth computed at once (a long gap between updates is not credit). */
 const MAX_STEP_S = 0.5
-/** Excess queue counted at most, in targets (a queue 4 targets over: e-folds in 1/8 s). */
-const MAX_OVER = 4
+/**
+ * Excess queue counted at most, in targets: the decrease is at most decreasePerSecond
+ * e-folds per second. A receiver's cut shows late (the sender fills our socket's
+ * receive buffer, up to megabytes with Linux autotuning, before its window closes),
+ * so a steeper decrease collapses to the floor on one overshoot.
+ */
+const MAX_OVER = 1
 /** Slowdown length: 2 round trips, within these bounds (ms). */
 const SLOWDOWN_MIN_MS = 250
 const SLOWDOWN_MAX_MS = 1000
@@ -95,6 +100,8 @@ const APP_LIMIT_FACTOR = 4
 /** Growth slows to CAREFUL_GROWTH × growthPerSecond from this fraction of the rate where the queue last built up. */
 const CAREFUL_FROM = 0.85
 const CAREFUL_GROWTH = 0.15
+/** A new ceiling replaces the old one only when found at this fraction of it or more. */
+const CEILING_KEEP = 0.5
 /** Window over which the bytes actually read are measured, ms. */
 const USE_WINDOW_MS = 1000
 
@@ -217,7 +224,10 @@ export class DelayController {
     }
 
     if (q > this.targetMs) {
-      if (this.state !== 'yielding') this.ceiling = Math.min(this.rateNow, this.usedRate ?? Infinity)
+      // A queue that builds while we read far less than before is someone else's
+      // traffic, not a new capacity: keep the old ceiling then.
+      const reading = Math.min(this.rateNow, this.usedRate ?? Infinity)
+      if (this.state !== 'yielding' && (this.ceiling === undefined || reading >= CEILING_KEEP * this.ceiling)) this.ceiling = reading
       this.state = 'yielding'
       // Continuous, not one cut per round trip: the samples lag the rate by a round
       // trip and the filter, and discrete cuts on a lagging signal cut several times

@@ -12,7 +12,7 @@ export interface WanPathsInit {
   enabled?: boolean
   /** Queueing delay the controller keeps its traffic under, ms. Default 60. */
   targetDelayMs?: number
-  /** Time between delay probes of a path with background transfers, ms. Default 100. */
+  /** Time between delay probes of a path with background transfers, ms. Default 50. */
   probeIntervalMs?: number
   /** Longest wait for one probe, ms. Default 5000. */
   probeTimeoutMs?: number
@@ -130,7 +130,7 @@ export class WanPaths {
     this.init = {
       enabled: init.enabled ?? true,
       targetDelayMs: init.targetDelayMs ?? 60,
-      probeIntervalMs: init.probeIntervalMs ?? 100,
+      probeIntervalMs: init.probeIntervalMs ?? 50,
       probeTimeoutMs: init.probeTimeoutMs ?? 5000
     }
     this.controllerInit = init.controller ?? {}
