@@ -18,18 +18,16 @@
  *   to one target (a loss-based flow's deep queue takes us to the floor in ~2.5 s);
  *   applied continuously at each sample rather than as one cut per round trip, since
  *   the samples lag the rate by a round trip and the filter;
- * - below the target: multiplicative growth scaled by how far below (`1 − queue/target`),
- *   `growthPerSecond` e-folds per second on an empty queue (from the floor to a
- *   20 Mbit/s link in ~4 s), slowing as the queue approaches the target, and much
- *   slower past 85% of the rate at which the queue last built up (CUBIC's idea):
- *   the samples lag the rate by a round trip and a filter, so fast growth near the
- *   capacity overshoots into hundreds of ms of queue before a cut can show;
+ * - below a quarter of the target: multiplicative growth, `growthPerSecond` e-folds
+ *   per second on an empty queue (from the floor to a 20 Mbit/s link in ~4 s),
+ *   slowing as the queue grows; between a quarter of the target and the target it
+ *   holds (see GROW_BELOW);
  * - periodic slowdown (LEDBAT++): every `slowdownEveryMs` the rate drops to the floor
  *   for a couple of round trips so that our own queue drains and the base delay is
  *   measured again; then the rate it had is restored;
  * - no samples for `staleMs`: the rate falls back to `initialRate` (it cannot know
  *   whether it hurts anyone, so it does not keep a high rate blind);
- * - application-limited: the rate never runs ahead of 4 × what was actually read
+ * - application-limited: the rate never runs ahead of 8 × what was actually read
  *   (a transfer held back by a disk or a cap must not build credit for a later burst).
  */
 export interface DelayControllerInit {
@@ -96,12 +94,17 @@ const MAX_OVER = 1
 const SLOWDOWN_MIN_MS = 250
 const SLOWDOWN_MAX_MS = 1000
 /** The application-limited bound: the rate stays within this multiple of what was read. */
-const APP_LIMIT_FACTOR = 4
-/** Growth slows to CAREFUL_GROWTH × growthPerSecond from this fraction of the rate where the queue last built up. */
-const CAREFUL_FROM = 0.85
-const CAREFUL_GROWTH = 0.15
-/** A new ceiling replaces the old one only when found at this fraction of it or more. */
-const CEILING_KEEP = 0.5
+const APP_LIMIT_FACTOR = 8
+/**
+ * The controller grows only while the queueing delay is under this fraction of the
+ * target, and holds between it and the target. Why not LEDBAT's symmetric gain: a
+ * receiver that paces its reads sees a queue that jumps (near zero below the path's
+ * capacity, the window's worth above it), and a loss-based flow such as curl runs
+ * with a queue that swings between ~20 ms and the buffer's depth (measured in the
+ * lab: 20-130 ms behind a 300 ms tbf); growing anywhere under the target, we took a
+ * share back at every swing.
+ */
+const GROW_BELOW = 0.25
 /** Window over which the bytes actually read are measured, ms. */
 const USE_WINDOW_MS = 1000
 
@@ -118,8 +121,6 @@ export class DelayController {
   private nextSlowdownAt?: number
   private slowdownUntil?: number
   private rateBeforeSlowdown = 0
-  /** What was read when the queue last built up (the start of the last yielding episode): about the path's capacity. */
-  private ceiling?: number
   /** Bytes read in the current and the previous use window. */
   private useWindowStart = -Infinity
   private useBytes = 0
@@ -224,10 +225,6 @@ export class DelayController {
     }
 
     if (q > this.targetMs) {
-      // A queue that builds while we read far less than before is someone else's
-      // traffic, not a new capacity: keep the old ceiling then.
-      const reading = Math.min(this.rateNow, this.usedRate ?? Infinity)
-      if (this.state !== 'yielding' && (this.ceiling === undefined || reading >= CEILING_KEEP * this.ceiling)) this.ceiling = reading
       this.state = 'yielding'
       // Continuous, not one cut per round trip: the samples lag the rate by a round
       // trip and the filter, and discrete cuts on a lagging signal cut several times
@@ -236,11 +233,8 @@ export class DelayController {
       this.rateNow *= Math.exp(-this.init.decreasePerSecond * over * dt)
     } else {
       this.state = 'growing'
-      // Fast back to near where the queue last built up, then carefully past it (as
-      // CUBIC does around its last maximum): overshooting a deep queue costs others
-      // hundreds of ms of delay before the cut shows.
-      const careful = this.ceiling !== undefined && this.rateNow >= CAREFUL_FROM * this.ceiling
-      const grown = this.rateNow * Math.exp(growthPerSecond * (careful ? CAREFUL_GROWTH : 1) * (1 - q / this.targetMs) * dt)
+      // Grows only while the queue is nearly empty, and holds between that and the target.
+      const grown = this.rateNow * Math.exp(growthPerSecond * Math.max(0, 1 - q / (GROW_BELOW * this.targetMs)) * dt)
       // Growth stops (nothing shrinks) once the rate is well ahead of what is read.
       const limit = this.usedRate === undefined ? Infinity : Math.max(initialRate, APP_LIMIT_FACTOR * this.usedRate)
       this.rateNow = Math.min(grown, Math.max(this.rateNow, limit))

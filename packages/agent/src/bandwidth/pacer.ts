@@ -10,6 +10,20 @@ export interface ReadPacer {
   readSize: () => number
   /** `bytes` were read; ms to wait before the next read (0: read on). */
   consumed: (bytes: number) => number
+  /** Bytes requested and not yet received, bounded (range requests); none: no bound. */
+  window?: RequestWindow
+}
+
+/**
+ * The window of a receiver that asks for bytes: what it has requested and not yet
+ * received is what the origin may have in flight toward it, whatever TCP's windows
+ * are. LEDBAT bounds a sender's congestion window; a receiver bounds this.
+ */
+export interface RequestWindow {
+  /** Bytes one request should ask for at most now (Infinity: as many as it likes). */
+  requestSize: () => number
+  /** Waits until `bytes` more fit in the window; resolves with the function that gives them back. */
+  acquire: (bytes: number, signal: AbortSignal) => Promise<() => void>
 }
 
 export interface TokenBucketInit {
@@ -82,15 +96,87 @@ export class TokenBucket implements ReadPacer {
   }
 }
 
-/** Several limits at once (a path's controller, a policy cap, a job's own cap): the tightest wins. */
-export function combinePacers (pacers: Array<ReadPacer | undefined>): ReadPacer | undefined {
-  const list = pacers.filter((p): p is ReadPacer => p !== undefined)
-  if (list.length <= 1) return list[0]
-  return {
-    readSize: () => Math.min(...list.map(p => p.readSize())),
-    consumed: (bytes) => Math.max(...list.map(p => p.consumed(bytes)))
+/**
+ * A window of `limit()` bytes shared by every request of a WAN path. A request
+ * larger than the whole window is let through alone (the window never deadlocks).
+ * Waiters look again when bytes come back and every WINDOW_RECHECK_MS (the limit
+ * follows the controller's rate).
+ */
+export class ByteWindow implements RequestWindow {
+  private inFlight = 0
+  private readonly waiters: Array<{ bytes: number, wake: () => void }> = []
+  private timer?: NodeJS.Timeout
+  private readonly limit: () => number
+  private readonly pieces: number
+
+  /** `limit()`: the window now, bytes (Infinity: none); requests ask for about limit / pieces. */
+  constructor (limit: () => number, pieces = 4) {
+    this.limit = limit
+    this.pieces = pieces
+  }
+
+  requestSize = (): number => {
+    const limit = this.limit()
+    return Number.isFinite(limit) ? Math.max(MIN_REQUEST, Math.floor(limit / this.pieces)) : Infinity
+  }
+
+  acquire = async (bytes: number, signal: AbortSignal): Promise<() => void> => {
+    signal.throwIfAborted()
+    if (!this.fits(bytes)) {
+      await new Promise<void>((resolve, reject) => {
+        const waiter = {
+          bytes,
+          wake: () => {
+            signal.removeEventListener('abort', onAbort)
+            resolve()
+          }
+        }
+        const onAbort = (): void => {
+          this.waiters.splice(this.waiters.indexOf(waiter), 1)
+          reject(signal.reason)
+        }
+        signal.addEventListener('abort', onAbort, { once: true })
+        this.waiters.push(waiter)
+        this.recheckSoon()
+      })
+    } else {
+      this.inFlight += bytes
+    }
+    let given = false
+    return () => {
+      if (given) return
+      given = true
+      this.inFlight -= bytes
+      this.wakeWaiters()
+    }
+  }
+
+  private fits (bytes: number): boolean {
+    return this.inFlight === 0 || this.inFlight + bytes <= this.limit()
+  }
+
+  private wakeWaiters (): void {
+    while (this.waiters.length > 0 && this.fits(this.waiters[0].bytes)) {
+      const w = this.waiters.shift()!
+      this.inFlight += w.bytes
+      w.wake()
+    }
+    if (this.waiters.length > 0) this.recheckSoon()
+  }
+
+  private recheckSoon (): void {
+    if (this.timer !== undefined) return
+    this.timer = setTimeout(() => {
+      this.timer = undefined
+      this.wakeWaiters()
+    }, WINDOW_RECHECK_MS)
+    this.timer.unref()
   }
 }
+
+/** Smallest range request a window asks for (a request costs a round trip of headers). */
+const MIN_REQUEST = 16 * 1024
+const WINDOW_RECHECK_MS = 20
 
 /** For stream readers: reports `bytes` and sleeps as long as the pacer says. */
 export async function pace (pacer: ReadPacer | undefined, bytes: number, signal: AbortSignal): Promise<void> {

@@ -1,7 +1,7 @@
 import type { Logger } from '@canopy/core'
 import { DelayController } from './delay-controller.ts'
 import type { ControllerSnapshot, DelayControllerInit } from './delay-controller.ts'
-import { TokenBucket } from './pacer.ts'
+import { ByteWindow, TokenBucket } from './pacer.ts'
 import type { ReadPacer } from './pacer.ts'
 
 /** Times one small request to the origin (see headProbe); rejects when it could not. */
@@ -48,9 +48,13 @@ interface Holder {
   probe: Probe
 }
 
+/** Smallest window of a path, bytes: two of the smallest requests. */
+const MIN_WINDOW = 32 * 1024
+
 class WanPath {
   readonly controller: DelayController
   readonly bucket: TokenBucket
+  readonly window: ByteWindow
   readonly holders = new Set<Holder>()
   private probing = false
   private timer?: NodeJS.Timeout
@@ -67,6 +71,10 @@ class WanPath {
     this.logger = logger
     this.controller = new DelayController({ ...controller, targetMs: init.targetDelayMs })
     this.bucket = new TokenBucket({ rate: () => this.controller.rate(this.now()), now })
+    // Bytes in flight that fill the idle round trip plus the target's worth of queue
+    // at the rate allowed: at that rate the queue settles at the target; above it the
+    // queue the window allows grows with the rate, and the controller sees it.
+    this.window = new ByteWindow(() => Math.max(MIN_WINDOW, this.controller.rate(this.now()) * ((this.controller.baseDelayMs ?? 0) + this.controller.targetMs) / 1000))
   }
 
   get backgroundCount (): number {
@@ -163,6 +171,10 @@ export class WanPaths {
           p.wake()
           p.controller.onBytes(bytes, this.now())
           return p.bucket.consumed(bytes)
+        },
+        window: {
+          requestSize: () => background() ? p.window.requestSize() : Infinity,
+          acquire: async (bytes, signal) => background() ? await p.window.acquire(bytes, signal) : () => {}
         }
       },
       why: () => background() ? describe(p.controller.snapshot(this.now())) : undefined,

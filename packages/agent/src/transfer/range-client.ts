@@ -42,6 +42,53 @@ export class RangeClient {
   async get (url: URL, offset: number, buffers: Buffer[], headers: Record<string, string>,
     signal: AbortSignal, onFilled: (k: number) => void, expectedTotal?: number, pacer?: ReadPacer): Promise<'done' | 'fallback'> {
     if (url.protocol !== 'http:' || this.closed) return 'fallback'
+    const window = pacer?.window
+    const length = buffers.reduce((sum, b) => sum + b.length, 0)
+    if (window === undefined || window.requestSize() >= length) {
+      const release = await window?.acquire(length, signal)
+      try {
+        return await this.getOnce(url, offset, buffers, headers, signal, onFilled, expectedTotal, pacer)
+      } finally {
+        release?.()
+      }
+    }
+    // Windowed (a background transfer): the span goes as several smaller requests, each
+    // sent only when it fits in the path's window of bytes requested and not yet
+    // received. What the origin may have in flight toward us is then bounded by the
+    // window whatever TCP's windows are, and so is the queue it can build.
+    let at = 0
+    let k = 0
+    let inK = 0
+    while (at < length) {
+      const size = Math.min(length - at, Math.max(1, window.requestSize()))
+      const slices: Array<{ view: Buffer, k: number, ends: boolean }> = []
+      for (let left = size; left > 0;) {
+        const take = Math.min(left, buffers[k].length - inK)
+        slices.push({ view: buffers[k].subarray(inK, inK + take), k, ends: inK + take === buffers[k].length })
+        left -= take
+        inK += take
+        if (inK === buffers[k].length) {
+          k++
+          inK = 0
+        }
+      }
+      const release = await window.acquire(size, signal)
+      try {
+        const result = await this.getOnce(url, offset + at, slices.map(x => x.view), headers, signal, j => { if (slices[j].ends) onFilled(slices[j].k) }, expectedTotal, pacer)
+        if (result === 'fallback') {
+          if (at === 0) return 'fallback'
+          throw new TransferError(JobErrorCode.ProtocolViolation, 'the origin stopped answering range requests mid-transfer', { transient: true, url: url.toString() })
+        }
+      } finally {
+        release()
+      }
+      at += size
+    }
+    return 'done'
+  }
+
+  private async getOnce (url: URL, offset: number, buffers: Buffer[], headers: Record<string, string>,
+    signal: AbortSignal, onFilled: (k: number) => void, expectedTotal?: number, pacer?: ReadPacer): Promise<'done' | 'fallback'> {
     const length = buffers.reduce((sum, b) => sum + b.length, 0)
     const head = requestHead(url, offset, length, headers)
     for (let attempt = 0; ; attempt++) {
