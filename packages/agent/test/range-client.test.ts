@@ -189,3 +189,34 @@ test('a pacer bounds every body read and may stop reading for a while; the bytes
   assert.ok(reads.slice(1).every(n => n <= 4096), `reads: ${reads.slice(0, 10).join(', ')}`)
   assert.ok(pauses > 0)
 })
+
+test('a request window splits a span into requests it fits, fills the same buffers, and never exceeds the window', async (t) => {
+  const seen: string[] = []
+  const { url } = await serve(t, (req, res) => {
+    seen.push(req.headers.range ?? '')
+    ranges(req, res)
+  })
+  const client = new RangeClient({ maxPerOrigin: 2, timeoutMs: 5000 })
+  t.after(() => client.close())
+  let inFlight = 0
+  let most = 0
+  const window = {
+    requestSize: () => 20_000,
+    acquire: async (bytes: number) => {
+      inFlight += bytes
+      most = Math.max(most, inFlight)
+      return () => { inFlight -= bytes }
+    }
+  }
+  const pacer = { readSize: () => Infinity, consumed: () => 0, window }
+  const buffers = buffersFor(65536, 65536, 65536)
+  const filled: number[] = []
+  const outcome = await client.get(new URL(url), 0, buffers, {}, AbortSignal.timeout(5000), k => filled.push(k), content.length, pacer)
+  assert.equal(outcome, 'done')
+  assert.deepEqual(filled, [0, 1, 2], 'each block handed on once, when its last piece arrived')
+  assert.deepEqual(Buffer.concat(buffers), content.subarray(0, 3 * 65536))
+  assert.equal(seen.length, Math.ceil(3 * 65536 / 20_000))
+  assert.equal(seen[0], 'bytes=0-19999')
+  assert.ok(most <= 20_000, 'one request in flight at a time for one span')
+  assert.equal(inFlight, 0, 'every byte of the window given back')
+})
