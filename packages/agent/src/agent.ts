@@ -871,7 +871,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     }
     await this.checkDestination(file)
     // Its share of the WAN path to the origin: paced while the job is background.
-    const lease = this.wanPaths.lease(file.url, () => job.priority !== 'foreground', headProbe(net.dispatcher, file.url, headers))
+    const lease = this.wanPaths.lease(file.url, () => job.priority, headProbe(net.dispatcher, file.url, headers))
     this.leases.set(job.id, lease)
     try {
       await this.transferFileData(job, index, signal, restarts, net, headers, lease)

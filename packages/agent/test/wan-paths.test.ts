@@ -3,6 +3,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { silentLogger } from '@canopy/core'
+import type { JobPriority } from '@canopy/core'
 import { WanPaths, describe as describeController } from '../src/bandwidth/wan-paths.ts'
 import { ByteWindow, TokenBucket } from '../src/bandwidth/pacer.ts'
 
@@ -10,10 +11,10 @@ const noProbe = async (): Promise<void> => {}
 
 test('foreground transfers are never paced; background ones share one path per host', async () => {
   const paths = new WanPaths({ logger: silentLogger }, { probeIntervalMs: 10_000 })
-  let priority = 'low'
-  const a = paths.lease('http://origin.example:8080/a', () => priority !== 'foreground', noProbe)
-  const b = paths.lease('http://origin.example:8080/b', () => true, noProbe)
-  const other = paths.lease('http://other.example/c', () => true, noProbe)
+  let priority: JobPriority = 'low'
+  const a = paths.lease('http://origin.example:8080/a', () => priority, noProbe)
+  const b = paths.lease('http://origin.example:8080/b', () => 'normal', noProbe)
+  const other = paths.lease('http://other.example/c', () => 'high', noProbe)
   try {
     assert.deepEqual(paths.views().map(v => [v.host, v.transfers]), [['origin.example:8080', 2], ['other.example', 1]])
     assert.ok(Number.isFinite(a.pacer.readSize()))
@@ -35,7 +36,7 @@ test('foreground transfers are never paced; background ones share one path per h
 
 test('turned off (target delay 0): nothing is paced', () => {
   const paths = new WanPaths({ logger: silentLogger }, { enabled: false })
-  const lease = paths.lease('http://origin.example/a', () => true, noProbe)
+  const lease = paths.lease('http://origin.example/a', () => 'low', noProbe)
   assert.equal(lease.pacer.readSize(), Infinity)
   assert.equal(lease.pacer.window, undefined)
   assert.deepEqual(paths.views(), [])
@@ -44,7 +45,7 @@ test('turned off (target delay 0): nothing is paced', () => {
 test('a path probes while a background transfer holds it, and its controller takes the samples', async () => {
   let probes = 0
   const paths = new WanPaths({ logger: silentLogger }, { probeIntervalMs: 1 })
-  const lease = paths.lease('http://origin.example/a', () => true, async () => { probes++ })
+  const lease = paths.lease('http://origin.example/a', () => 'low', async () => { probes++ })
   try {
     while (probes < 5) await new Promise(resolve => setTimeout(resolve, 5))
     const [view] = paths.views()

@@ -64,6 +64,8 @@ export class TokenBucket implements ReadPacer {
   }
 
   private burst (rate: number): number {
+    // A bucket at a rate of 0 holds nothing: blocked means blocked.
+    if (rate <= 0) return 0
     return Math.max(this.minBurst, rate * this.burstMs / 1000)
   }
 
@@ -78,6 +80,8 @@ export class TokenBucket implements ReadPacer {
   readSize = (): number => {
     const rate = this.refill()
     if (!Number.isFinite(rate)) return Infinity
+    // Blocked (a cap of 0): a byte at a time, so a paused socket barely trickles.
+    if (rate <= 0) return 1
     return Math.max(this.minBurst, Math.floor(this.tokens))
   }
 

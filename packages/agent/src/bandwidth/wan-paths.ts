@@ -1,4 +1,7 @@
-import type { Logger } from '@canopy/core'
+import { formatBytes } from '@canopy/core'
+import type { JobPriority, Logger } from '@canopy/core'
+import { DEFAULT_POLICY, capsInForce } from './policy.ts'
+import type { BackgroundPriority, BandwidthPolicy, CapInForce } from './policy.ts'
 import { DelayController } from './delay-controller.ts'
 import type { ControllerSnapshot, DelayControllerInit } from './delay-controller.ts'
 import { ByteWindow, TokenBucket } from './pacer.ts'
@@ -24,6 +27,8 @@ export interface WanPathsComponents {
   logger: Logger
   /** Monotonic clock, ms. Default performance.now. */
   now?: () => number
+  /** Wall clock for the work-hours schedule, ms since the epoch. Default Date.now. */
+  clock?: () => number
 }
 
 export interface PathView {
@@ -131,10 +136,14 @@ export class WanPaths {
   private readonly controllerInit: DelayControllerInit
   private readonly logger: Logger
   private readonly now: () => number
+  private readonly clock: () => number
+  private policyNow: BandwidthPolicy = DEFAULT_POLICY
+  private readonly capBuckets = new Map<string, TokenBucket>()
 
   constructor (components: WanPathsComponents, init: WanPathsInit = {}) {
     this.logger = components.logger
     this.now = components.now ?? (() => performance.now())
+    this.clock = components.clock ?? Date.now
     this.init = {
       enabled: init.enabled ?? true,
       targetDelayMs: init.targetDelayMs ?? 60,
@@ -153,9 +162,18 @@ export class WanPaths {
    * job is background now; `probe` times one small request to the same origin with
    * the job's credentials.
    */
-  lease (url: string | URL, background: () => boolean, probe: Probe): PathLease {
+  lease (url: string | URL, priority: () => JobPriority, probe: Probe, jobCap: () => number | undefined = () => undefined): PathLease {
     const host = new URL(url).host
-    if (!this.init.enabled) return { pacer: { readSize: () => Infinity, consumed: () => 0 }, why: () => undefined, release: () => {} }
+    const background = (): boolean => priority() !== 'foreground'
+    // The caps of policy and of the job itself, whatever the path's controller says.
+    const capped = this.capPacer(priority, jobCap)
+    if (!this.init.enabled) {
+      return {
+        pacer: capped,
+        why: () => this.capReason(priority, jobCap),
+        release: () => {}
+      }
+    }
     let path = this.paths.get(host)
     if (path === undefined) this.paths.set(host, path = new WanPath(host, this.init, this.controllerInit, this.now, this.logger))
     const p = path
@@ -165,19 +183,20 @@ export class WanPaths {
     let released = false
     return {
       pacer: {
-        readSize: () => background() ? p.bucket.readSize() : Infinity,
+        readSize: () => Math.min(capped.readSize(), background() ? p.bucket.readSize() : Infinity),
         consumed: (bytes) => {
-          if (!background()) return 0
+          const capWait = capped.consumed(bytes)
+          if (!background()) return capWait
           p.wake()
           p.controller.onBytes(bytes, this.now())
-          return p.bucket.consumed(bytes)
+          return Math.max(capWait, p.bucket.consumed(bytes))
         },
         window: {
           requestSize: () => background() ? p.window.requestSize() : Infinity,
           acquire: async (bytes, signal) => background() ? await p.window.acquire(bytes, signal) : () => {}
         }
       },
-      why: () => background() ? describe(p.controller.snapshot(this.now())) : undefined,
+      why: () => this.capReason(priority, jobCap) ?? (background() ? describe(p.controller.snapshot(this.now())) : undefined),
       release: () => {
         if (released) return
         released = true
@@ -190,6 +209,64 @@ export class WanPaths {
         }
       }
     }
+  }
+
+  get policy (): BandwidthPolicy {
+    return this.policyNow
+  }
+
+  /** Replaces the policy in force (already parsed and checked: see parsePolicy). */
+  setPolicy (policy: BandwidthPolicy): void {
+    this.policyNow = policy
+  }
+
+  /** The policy caps in force now for a job of `priority`, the tightest first. */
+  capsFor (priority: JobPriority): CapInForce[] {
+    return capsInForce(this.policyNow, priority, this.clock())
+  }
+
+  /** Token buckets of the caps: one for all background jobs, one per priority, one per job. */
+  private capPacer (priority: () => JobPriority, jobCap: () => number | undefined): ReadPacer {
+    const own = new TokenBucket({ rate: () => jobCap() ?? Infinity, now: this.now })
+    return {
+      readSize: () => {
+        const p = priority()
+        let size = own.readSize()
+        if (p !== 'foreground') size = Math.min(size, this.capBucket('background').readSize(), this.capBucket(p).readSize())
+        return size
+      },
+      consumed: (bytes) => {
+        const p = priority()
+        let wait = own.consumed(bytes)
+        if (p !== 'foreground') wait = Math.max(wait, this.capBucket('background').consumed(bytes), this.capBucket(p).consumed(bytes))
+        return wait
+      }
+    }
+  }
+
+  private capBucket (key: 'background' | BackgroundPriority): TokenBucket {
+    let bucket = this.capBuckets.get(key)
+    if (bucket === undefined) {
+      const rate = (): number => {
+        const caps = capsInForce(this.policyNow, key === 'background' ? 'low' : key, this.clock()).filter(c => c.key === key)
+        return caps[0]?.rate ?? Infinity
+      }
+      this.capBuckets.set(key, bucket = new TokenBucket({ rate, now: this.now }))
+    }
+    return bucket
+  }
+
+  /** "capped by policy at 2 MiB/s (work hours)", "blocked by policy (work hours)", "capped at 1 MiB/s (this job's limit)". */
+  private capReason (priority: () => JobPriority, jobCap: () => number | undefined): string | undefined {
+    const [cap] = this.capsFor(priority())
+    const own = jobCap()
+    if (own !== undefined && (cap === undefined || own < cap.rate)) {
+      return own === 0 ? 'blocked: this job\'s rate limit is 0' : `capped at ${formatBytes(own)}/s (this job's rate limit)`
+    }
+    if (cap === undefined) return undefined
+    const where = cap.source === 'work hours' ? 'work hours' : 'policy'
+    const what = cap.key === 'background' ? 'background transfers' : `${cap.key}-priority jobs`
+    return cap.rate === 0 ? `blocked by policy: ${what} are capped at 0 (${where})` : `capped by policy at ${formatBytes(cap.rate)}/s (${where})`
   }
 
   views (): PathView[] {
