@@ -83,7 +83,7 @@ test('a WAN path says why a capped job is slower, and a cap of 0 blocks with its
     assert.ok(low.pacer.consumed(1) > 0, 'blocked: every read waits')
     assert.equal(low.pacer.readSize(), 1)
     now = saturday(10)
-    assert.equal(low.why(), 'capped by policy at 2 MiB/s (policy)')
+    assert.equal(low.why(), 'capped by policy at 2.0 MiB/s (policy)')
     assert.equal(fg.why(), undefined)
     assert.equal(fg.pacer.readSize(), Infinity)
     assert.equal(own.why(), 'capped at 512 KiB/s (this job\'s rate limit)')
