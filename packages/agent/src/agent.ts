@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto'
 import { request } from 'undici'
 import type { Dispatcher } from 'undici'
 import { API_SOCKET_NAME, CanopyError, DEFAULT_BLOCK_SIZE, FINAL_STATES, formatBytes, formatDuration, silentLogger } from '@canopy/core'
-import type { AgentStatus, CacheView, CreateJobFile, CreateJobRequest, PeersView, JobLimits, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
+import type { AgentStatus, CacheView, PolicyView, CreateJobFile, CreateJobRequest, PeersView, JobLimits, JobPriority, JobState, JobView, Logger, PublishedManifest } from '@canopy/core'
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from './errors.ts'
 import { ACTIVE_STATES, FileProgress, toView } from './jobs/job.ts'
 import type { FileRecord, JobRecord } from './jobs/job.ts'
@@ -28,6 +28,7 @@ import { startApiServer } from './api/server.ts'
 import { WanPaths } from './bandwidth/wan-paths.ts'
 import type { PathLease } from './bandwidth/wan-paths.ts'
 import { headProbe } from './bandwidth/probe.ts'
+import { inWorkHours, parsePolicy, writePolicy } from './bandwidth/policy.ts'
 import type { PeerNode } from './peers/node.ts'
 import type { PeerSharing } from './peers/sharing.ts'
 import type { PeerSessions } from './transfer/peer-fetch.ts'
@@ -150,7 +151,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     this.rangeClient = new RangeClient({ maxPerOrigin: pool.connections, timeoutMs: pool.timeoutMs })
     // As much as one transfer holds at most with the default block size.
     this.blockBuffers = new BufferPool(blocksBuffered(options, DEFAULT_BLOCK_SIZE) * DEFAULT_BLOCK_SIZE)
-    this.wanPaths = new WanPaths({ logger: this.logger }, { enabled: options.targetDelayMs > 0, targetDelayMs: options.targetDelayMs })
+    this.wanPaths = new WanPaths({ logger: this.logger, clock: this.now }, { enabled: options.targetDelayMs > 0, targetDelayMs: options.targetDelayMs })
+    this.wanPaths.setPolicy(parsePolicy(options.bandwidthPolicy ?? {}))
     this.notifier = new Notifier({
       store: this.store,
       logger: this.logger,
@@ -179,6 +181,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       if (!Number.isSafeInteger(resolved[key]) || resolved[key] < 0) throw new CanopyError('ERR_INVALID_ARGUMENT', `${key} must be 0 or more`)
     }
     if (typeof resolved.now !== 'function') throw new CanopyError('ERR_INVALID_ARGUMENT', 'now must be a function returning ms since the epoch')
+    // Before anything starts: a policy that does not parse stops the start with its reason.
+    parsePolicy(resolved.bandwidthPolicy ?? {})
     await mkdir(resolved.stateDir, { recursive: true, mode: 0o700 })
     // The control socket lives here: keep the directory owner-only even if it existed.
     await chmod(resolved.stateDir, 0o700)
@@ -260,6 +264,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       notifications: { pending: this.notifier.pending },
       bandwidth: {
         targetDelayMs: this.options.targetDelayMs,
+        policy: this.policy(),
         paths: this.wanPaths.views().map(p => ({
           host: p.host,
           transfers: p.transfers,
@@ -281,6 +286,24 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       }
     }
     return status
+  }
+
+  /** The bandwidth policy in force (GET /v1/policy). */
+  policy (): PolicyView {
+    const policy = this.wanPaths.policy
+    return { policy: writePolicy(policy), workHoursNow: inWorkHours(policy, this.now()) }
+  }
+
+  /**
+   * Replaces the bandwidth policy (POST /v1/policy) with `body`, a whole policy in its
+   * written form. A policy that does not parse is refused (ERR_INVALID_POLICY, naming
+   * the key) and the previous one stays. Transfers under way follow it from their next read.
+   */
+  setPolicy (body: unknown): PolicyView {
+    const policy = parsePolicy(body)
+    this.wanPaths.setPolicy(policy)
+    this.logger.info('bandwidth policy changed', { policy: JSON.stringify(writePolicy(policy)) })
+    return this.policy()
   }
 
   peers (): PeersView {

@@ -84,6 +84,13 @@ export interface AgentOptions {
    */
   targetDelayMs?: number
   /**
+   * The bandwidth policy at start, in its written form (the config file's "policy"):
+   * caps for background jobs, per priority, work hours, peer serving. Changed live
+   * with `setPolicy` (POST /v1/policy); a change lasts until the agent stops.
+   * Default: no caps. See docs/CONFIGURATION.md.
+   */
+  bandwidthPolicy?: unknown
+  /**
    * The clock, in ms since the epoch, that every scheduling decision and deadline
    * reads (time slices, retries, timeouts, retention). Default `Date.now`; tests and
    * simulations pass their own. Timers still run in real time: after moving the
@@ -144,7 +151,7 @@ export const AGENT_DEFAULTS = {
   now: Date.now
 } as const
 
-export type ResolvedAgentOptions = Required<Omit<AgentOptions, 'p2p' | 'apiListen' | 'apiToken'>> & Pick<AgentOptions, 'p2p' | 'apiListen' | 'apiToken'>
+export type ResolvedAgentOptions = Required<Omit<AgentOptions, 'p2p' | 'apiListen' | 'apiToken' | 'bandwidthPolicy'>> & Pick<AgentOptions, 'p2p' | 'apiListen' | 'apiToken' | 'bandwidthPolicy'>
 
 /** The limits a job request is checked against (a subset of the agent's options). */
 export type RequestLimits = Pick<ResolvedAgentOptions, 'maxFilesPerJob' | 'maxUrlLength' | 'maxNameLength'>

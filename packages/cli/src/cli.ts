@@ -14,10 +14,11 @@ import { originVerb } from './verbs/origin.ts'
 import { publishVerb } from './verbs/publish.ts'
 import { keygenVerb } from './verbs/keygen.ts'
 import { cacheVerb, peersVerb } from './verbs/peers.ts'
+import { policyVerb } from './verbs/policy.ts'
 
 export const VERBS: readonly Verb[] = [
   getVerb, addVerb, jobsVerb, jobVerb, watchVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, setVerb, statusVerb,
-  peersVerb, cacheVerb, agentVerb, originVerb, publishVerb, keygenVerb
+  peersVerb, cacheVerb, policyVerb, agentVerb, originVerb, publishVerb, keygenVerb
 ]
 
 export const EXIT_CODES_HELP = `Exit codes:
@@ -147,7 +148,7 @@ const ERRNO_HINTS: Record<string, string> = {
 }
 
 /** Codes of the agent's request limits: the CLI reports them as usage errors (exit code 2). */
-const AGENT_USAGE_CODES = new Set(['ERR_TOO_MANY_FILES', 'ERR_URL_TOO_LONG', 'ERR_NAME_TOO_LONG'])
+const AGENT_USAGE_CODES = new Set(['ERR_TOO_MANY_FILES', 'ERR_URL_TOO_LONG', 'ERR_NAME_TOO_LONG', 'ERR_INVALID_POLICY'])
 
 /** Prints an error as `canopy: <message>` and returns its exit code. */
 export function reportError (err: unknown): number {

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { Client } from 'undici'
 import type { Dispatcher } from 'undici'
 import { API_SOCKET_NAME, API_VERSION, CanopyError, ErrorCode } from '@canopy/core'
-import type { AgentEvent, AgentStatus, ApiErrorBody, CacheView, CreateJobFile, CreateJobRequest, JobPriority, JobState, JobView, PeersView } from '@canopy/core'
+import type { AgentEvent, AgentStatus, ApiErrorBody, CacheView, PolicyView, CreateJobFile, CreateJobRequest, JobPriority, JobState, JobView, PeersView } from '@canopy/core'
 import { readEvents, toAgentEvent } from './events.ts'
 
 /** Largest response body the client reads from the agent (16 MiB); a larger one is an error. */
@@ -149,6 +149,16 @@ export class CanopyClient {
 
   createJob (req: CreateJobRequest, opts?: CallOptions): Promise<JobView> {
     return this.#call<JobView>('POST', '/jobs', req, opts)
+  }
+
+  /** The bandwidth policy in force (`GET /v1/policy`). */
+  policy (opts?: CallOptions): Promise<PolicyView> {
+    return this.#call<PolicyView>('GET', '/policy', undefined, opts)
+  }
+
+  /** Replaces the bandwidth policy (`POST /v1/policy`); ERR_INVALID_POLICY (naming the key) leaves the old one. */
+  setPolicy (policy: Record<string, unknown>, opts?: CallOptions): Promise<PolicyView> {
+    return this.#call<PolicyView>('POST', '/policy', policy, opts)
   }
 
   peers (opts?: CallOptions): Promise<PeersView> {

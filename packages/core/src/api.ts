@@ -258,8 +258,18 @@ export interface AgentStatus {
 export interface BandwidthStatus {
   /** Queueing delay background jobs keep their traffic under, ms; 0: they do not yield. */
   targetDelayMs: number
+  /** The bandwidth policy in force (as GET /v1/policy gives it). */
+  policy: PolicyView
   /** The WAN paths (origin hosts) background jobs use now, each with its controller. */
   paths: WanPathStatus[]
+}
+
+/** GET /v1/policy: the policy in its written form, and whether its work hours apply now. */
+export interface PolicyView {
+  /** Caps (bytes/s; 0 blocks), workHours, peerServing, lanPeersExempt: see docs/CONFIGURATION.md. */
+  policy: Record<string, unknown>
+  /** Whether the work-hours window (and its caps) applies now. */
+  workHoursNow: boolean
 }
 
 export interface WanPathStatus {

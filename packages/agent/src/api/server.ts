@@ -27,6 +27,7 @@ export interface TcpApiOptions {
 
 const STATUS_BY_CODE: Record<string, number> = {
   ERR_INVALID_REQUEST: 400,
+  ERR_INVALID_POLICY: 400,
   ERR_BAD_JSON: 400,
   ERR_TOO_MANY_FILES: 400,
   ERR_TOO_MANY_HEADERS: 400,
@@ -129,6 +130,8 @@ export function apiRoutes (agent: CanopyAgent, eventClients: EventClients, logge
         return undefined
       }
     },
+    { method: 'GET', path: '/v1/policy', handle: async () => ok(agent.policy()) },
+    { method: 'POST', path: '/v1/policy', handle: async ({ req }) => ok(agent.setPolicy(await readJson(req))) },
     { method: 'GET', path: '/v1/peers', handle: async () => ok(agent.peers()) },
     { method: 'GET', path: '/v1/cache', handle: async () => ok(agent.cache()) },
     { method: 'POST', path: '/v1/cache/clear', handle: async () => ok(await agent.clearCache()) },

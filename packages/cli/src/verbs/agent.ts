@@ -79,7 +79,7 @@ const TUNING: ReadonlyArray<readonly [TuningKey, string, (text: string) => numbe
 ]
 
 /** Keys a config file may hold: the numeric options above, and the peer node's port and cache size. */
-const CONFIG_KEYS: readonly string[] = [...TUNING.map(([, name]) => name), 'p2p-port', 'p2p-host', 'cache-size', 'swarm-key', 'peer']
+const CONFIG_KEYS: readonly string[] = [...TUNING.map(([, name]) => name), 'p2p-port', 'p2p-host', 'cache-size', 'swarm-key', 'peer', 'policy']
 
 function agentTuning (sources: Sources): Partial<Record<TuningKey, number>> {
   return Object.fromEntries(TUNING.map(([key, name, parse, min]) => [key, tuning(sources, name, parse, min)]))
@@ -116,6 +116,11 @@ async function readConfig (values: Values, stateDir: string): Promise<{ config: 
   const config: Config = {}
   for (const [key, value] of Object.entries(parsed)) {
     if (!CONFIG_KEYS.includes(key)) throw new UsageError(`the config file ${configPath} has an unknown option "${key}"; it may set: ${CONFIG_KEYS.join(', ')}`, 'agent')
+    if (key === 'policy') {
+      // The bandwidth policy: an object, checked when the agent reads it (agentPolicy).
+      config.policy = JSON.stringify(value)
+      continue
+    }
     if (key === 'peer') {
       // The static peers: a list of multiaddrs (no multiaddr holds a comma).
       if (!Array.isArray(value) || !value.every(v => typeof v === 'string' && !v.includes(','))) {
@@ -128,6 +133,20 @@ async function readConfig (values: Values, stateDir: string): Promise<{ config: 
     config[key] = String(value)
   }
   return { config, configPath }
+}
+
+/** The config file's "policy", checked here so that a bad one is a usage error naming the key. */
+async function agentPolicy (sources: Sources): Promise<{ bandwidthPolicy?: unknown }> {
+  if (sources.config.policy === undefined) return {}
+  const bandwidthPolicy: unknown = JSON.parse(sources.config.policy)
+  const { parsePolicy, PolicyError } = await import('@canopy/agent')
+  try {
+    parsePolicy(bandwidthPolicy)
+  } catch (err) {
+    if (err instanceof PolicyError) throw new UsageError(`the config file ${sources.configPath}: "policy": ${err.message}`, 'agent')
+    throw err
+  }
+  return { bandwidthPolicy }
 }
 
 /** --api-listen and the token read from --api-token-file (flags, else CANOPY_API_LISTEN / CANOPY_API_TOKEN_FILE). */
@@ -308,7 +327,7 @@ Examples:
     const stopping = untilSignal('canopy agent')
     const { startAgent } = await import('@canopy/agent')
     const sources = { values: ctx.values, ...await readConfig(ctx.values, ctx.stateDir) }
-    const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(ctx.values), p2p: await p2pOptions(sources) }
+    const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(ctx.values), p2p: await p2pOptions(sources), ...await agentPolicy(sources) }
     // Only once every flag and file checked out: a usage error leaves no state dir behind.
     await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
     const agent = await startAgent(options)
