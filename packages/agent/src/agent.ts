@@ -9,7 +9,7 @@ import type { AgentStatus, CacheView, PolicyView, CreateJobFile, CreateJobReques
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from './errors.ts'
 import { ACTIVE_STATES, FileProgress, toView } from './jobs/job.ts'
 import type { FileRecord, JobRecord } from './jobs/job.ts'
-import { LimitCode, validateAddFiles, validateCreateJob, validatePriority } from './jobs/validate.ts'
+import { LimitCode, validateAddFiles, validateCreateJob, validatePriority, validateRateLimit } from './jobs/validate.ts'
 import { readTls, requestHeaders } from './jobs/http-options.ts'
 import { backoff } from './backoff.ts'
 import { Notifier } from './notify/notifier.ts'
@@ -374,6 +374,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       queuedAt: at,
       ...(req.notify !== undefined ? { notify: req.notify } : {}),
       ...(req.limits !== undefined ? { limits: req.limits } : {}),
+      ...(req.rateLimit !== undefined ? { rateLimit: req.rateLimit } : {}),
       ...(req.http !== undefined ? { http: req.http } : {}),
       ...(req.ifNewer === true ? { ifNewer: true } : {}),
       // Creation is the job's first state change, and notified like the others.
@@ -490,6 +491,23 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         this.logger.info('job priority changed', { jobId: id, priority })
         this.emit('job:updated', this.view(job))
       }
+      return this.view(job)
+    })
+  }
+
+  /**
+   * Sets or removes a job's own cap (bytes/s; 0 blocks; null removes it). A running
+   * transfer follows it from its next read.
+   */
+  async setRateLimit (id: string, body: { rateLimit: number | null } | unknown): Promise<JobView> {
+    const rateLimit = validateRateLimit(body)
+    return await this.withJob(id, async (job) => {
+      this.requireNotFinal(job, 'change its rate limit')
+      job.rateLimit = rateLimit
+      job.modifiedAt = new Date(this.now()).toISOString()
+      await this.persist(job)
+      this.logger.info('job rate limit changed', { jobId: id, rateLimit: rateLimit ?? 'none' })
+      this.emit('job:updated', this.view(job))
       return this.view(job)
     })
   }
@@ -894,7 +912,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     }
     await this.checkDestination(file)
     // Its share of the WAN path to the origin: paced while the job is background.
-    const lease = this.wanPaths.lease(file.url, () => job.priority, headProbe(net.dispatcher, file.url, headers))
+    const lease = this.wanPaths.lease(file.url, () => job.priority, headProbe(net.dispatcher, file.url, headers), () => job.rateLimit)
     this.leases.set(job.id, lease)
     try {
       await this.transferFileData(job, index, signal, restarts, net, headers, lease)

@@ -73,6 +73,9 @@ test('docs/openapi.json documents exactly the routes the agent serves, and the a
   assert.equal((await call('GET', '/v1/jobs/no-such-job', '/v1/jobs/{id}')).status, 404)
   assert.equal((await call('POST', job('priority'), '/v1/jobs/{id}/priority', { priority: 'high' })).status, 200)
   assert.equal((await call('POST', job('priority'), '/v1/jobs/{id}/priority', { priority: 'urgent' })).status, 400)
+  assert.equal(((await call('POST', job('rate-limit'), '/v1/jobs/{id}/rate-limit', { rateLimit: 1048576 })).body as unknown as { rateLimit: number }).rateLimit, 1048576)
+  assert.equal((await call('POST', job('rate-limit'), '/v1/jobs/{id}/rate-limit', { rateLimit: -1 })).status, 400)
+  assert.equal(((await call('POST', job('rate-limit'), '/v1/jobs/{id}/rate-limit', { rateLimit: null })).body as unknown as { rateLimit?: number }).rateLimit, undefined)
   assert.equal((await call('POST', job('complete'), '/v1/jobs/{id}/complete')).status, 409, 'a suspended job cannot complete')
   assert.equal((await call('POST', job('resume'), '/v1/jobs/{id}/resume')).status, 200)
   for (let done = false; !done;) {

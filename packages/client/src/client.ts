@@ -212,6 +212,11 @@ export class CanopyClient {
     return this.#call<JobView>('POST', `/jobs/${encodeURIComponent(id)}/priority`, { priority }, opts)
   }
 
+  /** Sets a job's own cap in bytes/s (0 blocks), or removes it with null (`POST /v1/jobs/:id/rate-limit`). */
+  setRateLimit (id: string, rateLimit: number | null, opts?: CallOptions): Promise<JobView> {
+    return this.#call<JobView>('POST', `/jobs/${encodeURIComponent(id)}/rate-limit`, { rateLimit }, opts)
+  }
+
   /**
    * Opens the agent's event stream, on a connection of its own (so that the
    * client's other calls go on meanwhile). Resolves once the agent has accepted it:

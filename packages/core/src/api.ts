@@ -113,6 +113,13 @@ export interface JobView {
   rate?: number
   /** Whether files already current at their destinations are skipped (CreateJobRequest.ifNewer). */
   ifNewer?: boolean
+  /** The job's own cap, bytes/s (0: blocked), when it has one. */
+  rateLimit?: number
+}
+
+/** POST /v1/jobs/:id/rate-limit: a cap in bytes/s (0 blocks), or null to remove it. */
+export interface SetRateLimitRequest {
+  rateLimit: number | null
 }
 
 /**
@@ -163,6 +170,8 @@ export interface CreateJobRequest {
   type?: JobType
   priority?: JobPriority
   files: CreateJobFile[]
+  /** The job's own cap, bytes/s (0: blocked); also for foreground jobs. Default: none. */
+  rateLimit?: number
   /** Complete automatically once transferred (default false, as in BITS; `canopy get` sets it). */
   autoComplete?: boolean
   /** Start at once (default true); false creates the job suspended. */

@@ -143,6 +143,7 @@ export function apiRoutes (agent: CanopyAgent, eventClients: EventClients, logge
     { method: 'POST', path: '/v1/jobs/{id}/cancel', handle: async ({ params }) => ok(await agent.cancel(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/complete', handle: async ({ params }) => ok(await agent.complete(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/priority', handle: async ({ req, params }) => ok(await agent.setPriority(params.id, await readJson(req))) },
+    { method: 'POST', path: '/v1/jobs/{id}/rate-limit', handle: async ({ req, params }) => ok(await agent.setRateLimit(params.id, await readJson(req))) },
     { method: 'POST', path: '/v1/jobs/{id}/files', handle: async ({ req, params }) => ok(await agent.addFiles(params.id, await readJson(req))) }
   ]
 }
