@@ -36,17 +36,14 @@ function model (init: DelayControllerInit = {}): { c: DelayController, m: Model,
       // Our rate as set one round trip ago reaches the bottleneck now.
       rates.push(c.rate(m.t))
       const r = rates.length > Math.ceil(rtt / STEP_MS) ? rates[rates.length - 1 - Math.ceil(rtt / STEP_MS)] : rates[0]
-      let ourShare = r
       if (m.competitorQueueMs > 0) {
-        // The competitor takes what we leave and keeps its queue: our share is what we ask, at most the link.
-        ourShare = Math.min(r, C)
+        // The competitor takes what we leave and keeps its queue: we get what we ask, at most the link.
         m.queue = m.competitorQueueMs / 1000 * C
       } else {
         const windowQueue = Math.max(0, r * (m.baseMs + c.targetMs) / 1000 - C * m.baseMs / 1000)
         m.queue = Math.min(windowQueue, Math.max(0, m.queue + (r - C) * dt))
-        ourShare = Math.min(r, C + m.queue / dt)
       }
-      m.ours = Math.min(ourShare, C)
+      m.ours = Math.min(r, C)
       c.onBytes(m.ours * dt, m.t)
       out.push(m.ours)
     }
