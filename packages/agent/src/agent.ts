@@ -37,6 +37,8 @@ import type { ApiServer } from './api/server.ts'
 export const AGENT_VERSION = '0.1.0'
 
 const PRIORITY_RANK: Record<JobPriority, number> = { foreground: 0, high: 1, normal: 2, low: 3 }
+/** Linux nice value of the hashing threads of background jobs (the lowest priority is 19). */
+const BACKGROUND_NICE = 10
 /** How often progress counters are written while a job transfers (block marks are written per block). */
 const PROGRESS_PERSIST_MS = 1000
 
@@ -106,6 +108,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   private readonly store: JobStore
   private readonly dispatcher: Dispatcher
   private readonly blockHasher: BlockHasher
+  /** Hashing for background jobs, on worker threads at a lower CPU priority (started when first needed). */
+  private backgroundHasher?: BlockHasher
   private readonly rangeClient: RangeClient
   /** Block buffers, reused across transfers (see BufferPool). */
   private readonly blockBuffers: BufferPool
@@ -245,6 +249,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     this.wanPaths.close()
     await this.dispatcher.close()
     await this.blockHasher.close()
+    await this.backgroundHasher?.close()
     await this.store.close()
     this.logger.info('agent stopped')
   }
@@ -936,7 +941,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         progress,
         dispatcher: net.dispatcher,
         headers,
-        fileDigest: (path) => this.blockHasher.fileDigest(path),
+        fileDigest: (path) => this.hasherFor(job).fileDigest(path),
         persist: async () => await this.persist(job),
         onProgress: () => this.onProgress(job),
         pacer: lease.pacer,
@@ -960,7 +965,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
           store: this.store,
           dispatcher: net.dispatcher,
           headers,
-          blockHasher: this.blockHasher,
+          blockHasher: this.hasherFor(job),
           inFlight,
           ...(this.sharing !== undefined ? { peers: this.peerSessions(this.sharing, file) } : {}),
           buffers: this.blockBuffers,
@@ -982,6 +987,12 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
         return await this.transferFileWith(job, index, signal, restarts + 1, net)
       }
     }
+  }
+
+  /** Background jobs hash at nice BACKGROUND_NICE, so that they do not slow what the user runs; foreground jobs at full speed. */
+  private hasherFor (job: JobRecord): BlockHasher {
+    if (job.priority === 'foreground') return this.blockHasher
+    return (this.backgroundHasher ??= new BlockHasher(this.options.hashThreads, { nice: BACKGROUND_NICE }))
   }
 
   /** The agent's peer sessions for one file's transfer, also counting each peer's bytes in the file's record. */

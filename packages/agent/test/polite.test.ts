@@ -1,10 +1,10 @@
 // Polite transfers on a real agent and origin (loopback): a job's own cap of 0 and a
 // policy cap of 0 leave it blocked with the reason; lifting the cap lets it finish;
 // the status shows the policy and the WAN path; a policy that does not parse is
-// refused and the previous one stays.
+// refused and the previous one stays; a background job hashes on low-priority threads.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
@@ -64,6 +64,14 @@ test('a policy cap of 0 on low jobs blocks them with the reason, not foreground 
   assert.deepEqual(agent.policy().policy, { low: 0, lanPeersExempt: true }, 'the previous policy stays')
   agent.setPolicy({ low: '64MiB/s' })
   assert.equal((await until(agent, low.id, j => j.state === 'acknowledged' || j.state === 'error')).state, 'acknowledged')
+  if (process.platform === 'linux') {
+    // The low job hashed on threads at nice 10; the foreground one on the agent's own (nice 0).
+    const nices = await Promise.all((await readdir('/proc/self/task')).map(async tid => {
+      const stat = await readFile(`/proc/self/task/${tid}/stat`, 'utf8').catch(() => '')
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16])
+    }))
+    assert.ok(nices.includes(10), `thread nice values: ${nices.join(' ')}`)
+  }
 })
 
 test('the agent refuses to start with a policy that does not parse', async (t) => {
