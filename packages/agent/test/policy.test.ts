@@ -94,3 +94,19 @@ test('a WAN path says why a capped job is slower, and a cap of 0 blocks with its
     paths.close()
   }
 })
+
+test('the peer-serving gate lets bytes through at once without a cap, and holds them with one', async () => {
+  const paths = new WanPaths({ logger: silentLogger }, {})
+  const signal = new AbortController().signal
+  await paths.peerServingGate(64 * MiB, signal)
+  paths.setPolicy(parsePolicy({ peerServing: 0 }))
+  const ac = new AbortController()
+  const held = paths.peerServingGate(1, ac.signal)
+  let passed = false
+  void held.then(() => { passed = true }, () => {})
+  await new Promise(resolve => setTimeout(resolve, 30))
+  assert.equal(passed, false, 'a serving cap of 0 holds every byte')
+  ac.abort(new Error('peer gone'))
+  await assert.rejects(held, /peer gone/)
+})
+

@@ -4,7 +4,7 @@ import { DEFAULT_POLICY, capsInForce } from './policy.ts'
 import type { BackgroundPriority, BandwidthPolicy, CapInForce } from './policy.ts'
 import { DelayController } from './delay-controller.ts'
 import type { ControllerSnapshot, DelayControllerInit } from './delay-controller.ts'
-import { ByteWindow, TokenBucket } from './pacer.ts'
+import { ByteWindow, TokenBucket, pace } from './pacer.ts'
 import type { ReadPacer } from './pacer.ts'
 
 /** Times one small request to the origin (see headProbe); rejects when it could not. */
@@ -139,6 +139,7 @@ export class WanPaths {
   private readonly clock: () => number
   private policyNow: BandwidthPolicy = DEFAULT_POLICY
   private readonly capBuckets = new Map<string, TokenBucket>()
+  private peerBucket?: TokenBucket
 
   constructor (components: WanPathsComponents, init: WanPathsInit = {}) {
     this.logger = components.logger
@@ -267,6 +268,17 @@ export class WanPaths {
     const where = cap.source === 'work hours' ? 'work hours' : 'policy'
     const what = cap.key === 'background' ? 'background transfers' : `${cap.key}-priority jobs`
     return cap.rate === 0 ? `blocked by policy: ${what} are capped at 0 (${where})` : `capped by policy at ${formatBytes(cap.rate)}/s (${where})`
+  }
+
+  /**
+   * The gate of peer serving (BranchCache's cap on peer-caching bandwidth): the
+   * serving side calls it with the bytes it is about to send to a peer, and it
+   * resolves when the policy's `peerServing` cap allows them (at once without a cap).
+   * For peers/sharing.ts, which does not call it yet.
+   */
+  async peerServingGate (bytes: number, signal: AbortSignal): Promise<void> {
+    this.peerBucket ??= new TokenBucket({ rate: () => this.policyNow.peerServing ?? Infinity, now: this.now })
+    await pace(this.peerBucket, bytes, signal)
   }
 
   views (): PathView[] {
