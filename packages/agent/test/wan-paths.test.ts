@@ -31,7 +31,7 @@ test('foreground transfers are never paced; background ones share one path per h
     other.release()
     paths.close()
   }
-  assert.deepEqual(paths.views(), [], 'a path nobody holds is forgotten')
+  assert.deepEqual(paths.views(), [], 'a path nobody holds is not shown')
 })
 
 test('turned off (target delay 0): nothing is paced', () => {
@@ -57,6 +57,21 @@ test('a path probes while a background transfer holds it, and its controller tak
   const after = probes
   await new Promise(resolve => setTimeout(resolve, 30))
   assert.ok(probes <= after + 1, 'no probes once released')
+})
+
+test('the next transfer from an origin goes on with what its path learnt (a time slice switch does not start from scratch)', async () => {
+  let probes = 0
+  const paths = new WanPaths({ logger: silentLogger }, { probeIntervalMs: 1 })
+  const first = paths.lease('http://origin.example/a', () => 'low', async () => { probes++ })
+  while (probes < 5) await new Promise(resolve => setTimeout(resolve, 5))
+  first.release()
+  const next = paths.lease('http://origin.example/b', () => 'normal', async () => {})
+  try {
+    assert.ok(paths.views()[0].controller.baseDelayMs !== undefined, 'the base delay measured for the first transfer is there')
+  } finally {
+    next.release()
+    paths.close()
+  }
 })
 
 test('the reason a job gives names the queue delay when it yields', () => {

@@ -53,6 +53,9 @@ interface Holder {
   probe: Probe
 }
 
+/** How long a path nobody holds keeps its controller, ms. */
+const PATH_KEEP_MS = 10 * 60_000
+
 /** Smallest window of a path, bytes: two of the smallest requests. */
 const MIN_WINDOW = 32 * 1024
 
@@ -61,6 +64,8 @@ class WanPath {
   readonly bucket: TokenBucket
   readonly window: ByteWindow
   readonly holders = new Set<Holder>()
+  /** When the last holder left (performance.now()); undefined while held. */
+  idleSince?: number
   private probing = false
   private timer?: NodeJS.Timeout
   private readonly stopped = new AbortController()
@@ -175,11 +180,13 @@ export class WanPaths {
         release: () => {}
       }
     }
+    this.forgetIdlePaths()
     let path = this.paths.get(host)
     if (path === undefined) this.paths.set(host, path = new WanPath(host, this.init, this.controllerInit, this.now, this.logger))
     const p = path
     const holder: Holder = { background, probe }
     p.holders.add(holder)
+    p.idleSince = undefined
     p.wake()
     let released = false
     return {
@@ -202,12 +209,10 @@ export class WanPaths {
         if (released) return
         released = true
         p.holders.delete(holder)
-        // The path's controller is kept (its base-delay history is worth keeping) while
-        // it has holders; a path nobody uses is forgotten.
-        if (p.holders.size === 0) {
-          p.stop()
-          this.paths.delete(host)
-        }
+        // Kept a while without holders (its probes stop by themselves): the next
+        // transfer from this origin, e.g. the job that takes the slot after a time
+        // slice, goes on at the rate and with the base delay learnt, not from scratch.
+        if (p.holders.size === 0) p.idleSince = this.now()
       }
     }
   }
@@ -281,9 +286,20 @@ export class WanPaths {
     await pace(this.peerBucket, bytes, signal)
   }
 
+  /** Paths nobody has held for PATH_KEEP_MS are forgotten (checked at each new lease). */
+  private forgetIdlePaths (): void {
+    const now = this.now()
+    for (const [host, p] of this.paths) {
+      if (p.idleSince !== undefined && now - p.idleSince > PATH_KEEP_MS) {
+        p.stop()
+        this.paths.delete(host)
+      }
+    }
+  }
+
   views (): PathView[] {
     const now = this.now()
-    return [...this.paths.values()].map(p => ({ host: p.host, transfers: p.backgroundCount, controller: p.controller.snapshot(now) }))
+    return [...this.paths.values()].filter(p => p.holders.size > 0).map(p => ({ host: p.host, transfers: p.backgroundCount, controller: p.controller.snapshot(now) }))
   }
 
   close (): void {
