@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
 import type { Dispatcher } from 'undici'
 import { API_SOCKET_NAME, CanopyError, DEFAULT_BLOCK_SIZE, FINAL_STATES, throwIfAborted } from '@canopy/core'
-import type { AbortOptions, AgentControl, AgentStatus, CacheView, ControlEvents, CreateJobFile, CreateJobRequest, PeersView, JobPriority, JobState, JobView, Logger } from '@canopy/core'
+import type { AbortOptions, AgentControl, AgentStatus, CacheView, ControlEvents, CreateJobFile, CreateJobRequest, PeersView, PolicyView, JobPriority, JobState, JobView, Logger } from '@canopy/core'
 import { fileRecord, newJobRecord } from './jobs/job.ts'
 import type { JobRecord } from './jobs/job.ts'
 import { JobEntry, JobTable } from './jobs/job-table.ts'
@@ -27,8 +27,13 @@ import { MAX_EVENT_CLIENTS } from './api/events.ts'
 import type { ApiServer } from './api/server.ts'
 import type { PeerNode } from './peers/node.ts'
 import type { PeerSharing } from './peers/sharing.ts'
+import { WanPaths, bandwidthStatus, policyView } from './bandwidth/wan-paths.ts'
+import { parsePolicy, writePolicy } from './bandwidth/policy.ts'
 
 export const AGENT_VERSION = '0.1.0'
+
+/** Linux nice value of the hashing threads of background jobs (the lowest priority is 19). */
+const BACKGROUND_NICE = 10
 
 /** How long `stop` lets notifications under way finish before it cuts them off (they are made again at the next start). */
 const NOTIFY_STOP_GRACE_MS = 5_000
@@ -50,6 +55,10 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
   private readonly store: JobStore
   private readonly dispatcher: Dispatcher
   private readonly blockHasher: BlockHasher
+  /** Hashing for background jobs at nice BACKGROUND_NICE (started when first needed). */
+  private backgroundHasher?: BlockHasher
+  /** Background jobs' delay controllers and caps, one path per origin host. */
+  private readonly wanPaths: WanPaths
   private readonly rangeClient: RangeClient
   private readonly notifier: Notifier
   private readonly table: JobTable
@@ -81,6 +90,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
     this.dispatcher = createDispatcher(pool)
     const blockHasher = this.blockHasher = new BlockHasher(options.hashThreads)
     this.rangeClient = new RangeClient({ maxPerOrigin: pool.connections, timeoutMs: pool.timeoutMs })
+    const wanPaths = this.wanPaths = new WanPaths({ logger, clock: now }, { enabled: options.targetDelayMs > 0, targetDelayMs: options.targetDelayMs })
+    wanPaths.setPolicy(parsePolicy(options.bandwidthPolicy ?? {}))
     this.notifier = new Notifier({
       store,
       logger,
@@ -106,6 +117,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       logger,
       now,
       blockHasher,
+      backgroundHasher: () => (this.backgroundHasher ??= new BlockHasher(options.hashThreads, { nice: BACKGROUND_NICE })),
+      wanPaths,
       // As much as one transfer holds at most with the default block size.
       blockBuffers: new BufferPool(blocksBuffered(options, DEFAULT_BLOCK_SIZE) * DEFAULT_BLOCK_SIZE),
       dispatcher: this.dispatcher,
@@ -127,6 +140,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
   /** Opens the state directory, recovers jobs, and starts the control API and the scheduler. */
   static async start (options: AgentOptions): Promise<CanopyAgent> {
     const resolved = resolveAgentOptions(options)
+    // Before anything starts: a policy that does not parse stops the start with its reason.
+    parsePolicy(resolved.bandwidthPolicy ?? {})
     await mkdir(resolved.stateDir, { recursive: true, mode: 0o700 })
     // The control socket lives here: keep the directory owner-only even if it existed.
     await chmod(resolved.stateDir, 0o700)
@@ -206,8 +221,10 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
   /** Closes what the constructor opened for transfers: connections and the hashing threads. */
   private async releaseTransferResources (): Promise<void> {
     this.rangeClient.close()
+    this.wanPaths.close()
     await this.dispatcher.close()
     await this.blockHasher.close()
+    await this.backgroundHasher?.close()
   }
 
   // ---- queries -------------------------------------------------------------
@@ -223,6 +240,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       startedAt: this.startedAt,
       jobs: counts,
       notifications: { pending: this.notifier.pending },
+      bandwidth: bandwidthStatus(this.wanPaths, this.options.targetDelayMs, this.now()),
       ...(this.api?.tcpAddress !== undefined ? { apiTcp: this.api.tcpAddress } : {})
     }
     if (this.peer !== undefined) {
@@ -236,6 +254,18 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       }
     }
     return status
+  }
+
+  policy (_options?: AbortOptions): PolicyView {
+    return policyView(this.wanPaths, this.now())
+  }
+
+  /** Replaces the bandwidth policy; one that does not parse is refused (ERR_INVALID_POLICY, naming the key) and the old one stays. Transfers follow it from their next read. */
+  setPolicy (body: unknown, _options?: AbortOptions): PolicyView {
+    const policy = parsePolicy(body)
+    this.wanPaths.setPolicy(policy)
+    this.logger.info('bandwidth policy changed', { policy: JSON.stringify(writePolicy(policy)) })
+    return this.policy()
   }
 
   peers (_options?: AbortOptions): PeersView {
@@ -384,6 +414,20 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
         this.logger.info('job priority changed', { jobId: id, priority })
         this.emit('job:updated', this.views.view(entry))
       }
+      return this.views.view(entry)
+    })
+  }
+
+  /** Sets (bytes/s; 0 blocks) or removes (null) a job's own cap; a running transfer follows it from its next read. */
+  async setRateLimit (id: string, rateLimit: number | null, options?: AbortOptions): Promise<JobView> {
+    return await this.table.withJob(id, options, async (entry) => {
+      const job = entry.record
+      requireNotFinal(job, 'change its rate limit')
+      job.rateLimit = rateLimit ?? undefined
+      job.modifiedAt = new Date(this.now()).toISOString()
+      await this.table.persist(entry)
+      this.logger.info('job rate limit changed', { jobId: id, rateLimit: rateLimit ?? 'none' })
+      this.emit('job:updated', this.views.view(entry))
       return this.views.view(entry)
     })
   }

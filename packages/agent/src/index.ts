@@ -13,6 +13,8 @@ export { AGENT_DEFAULTS, blocksAtRisk } from './options.ts'
 export type { AgentOptions, P2pOptions } from './options.ts'
 export { JobErrorCode, TransferError } from './errors.ts'
 export { JOB_LIMITS } from './jobs/validate.ts'
+export { parsePolicy, PolicyError } from './bandwidth/policy.ts'
+export type { BandwidthPolicy } from './bandwidth/policy.ts'
 
 /** Starts an agent: opens its state, recovers jobs, listens on its control socket. */
 export async function startAgent (options: AgentOptions): Promise<CanopyAgent> {

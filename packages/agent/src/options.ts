@@ -77,6 +77,21 @@ export interface AgentOptions {
   /** Characters of a job's name at most (ERR_NAME_TOO_LONG). Default 256. */
   maxNameLength?: number
   /**
+   * Queueing delay, in ms, that background (high, normal, low) jobs keep their
+   * traffic under on the WAN path to each origin: they read only as fast as the path
+   * stays within it, and so yield to other traffic (a LEDBAT-style controller, see
+   * docs/ARCHITECTURE.md, "Polite transfers"). 0 turns yielding off. Foreground jobs
+   * never yield. Default 60 (as LEDBAT++).
+   */
+  targetDelayMs?: number
+  /**
+   * The bandwidth policy at start, in its written form (the config file's "policy"):
+   * caps for background jobs, per priority, work hours, peer serving. Changed live
+   * with `setPolicy` (POST /v1/policy); a change lasts until the agent stops.
+   * Default: no caps. See docs/CONFIGURATION.md.
+   */
+  bandwidthPolicy?: unknown
+  /**
    * The clock, in ms since the epoch, that every scheduling decision and deadline
    * reads (time slices, retries, timeouts, retention). Default `Date.now`; tests and
    * simulations pass their own. Timers still run in real time: after moving the
@@ -133,10 +148,11 @@ export const AGENT_DEFAULTS = {
   maxFilesPerJob: 1000,
   maxUrlLength: 8192,
   maxNameLength: 256,
+  targetDelayMs: 60,
   now: Date.now
 } as const
 
-export type ResolvedAgentOptions = Required<Omit<AgentOptions, 'p2p' | 'apiListen' | 'apiToken'>> & Pick<AgentOptions, 'p2p' | 'apiListen' | 'apiToken'>
+export type ResolvedAgentOptions = Required<Omit<AgentOptions, 'p2p' | 'apiListen' | 'apiToken' | 'bandwidthPolicy'>> & Pick<AgentOptions, 'p2p' | 'apiListen' | 'apiToken' | 'bandwidthPolicy'>
 
 /** The limits a job request is checked against (a subset of the agent's options). */
 export type RequestLimits = Pick<ResolvedAgentOptions, 'maxFilesPerJob' | 'maxUrlLength' | 'maxNameLength'>
@@ -207,6 +223,7 @@ export const AGENT_OPTION_TABLE: readonly AgentOptionSpec[] = [
   { name: 'request-timeout', field: 'requestTimeoutMs', kind: 'duration', min: 1, arg: 'DUR', section: 'general', help: 'time without headers or body bytes before a request is abandoned' },
   { name: 'retry-min', field: 'retryMinMs', kind: 'duration', min: 1, arg: 'DUR', section: 'general', help: 'first retry delay after a transient error' },
   { name: 'retry-max', field: 'retryMaxMs', kind: 'duration', min: 1, arg: 'DUR', section: 'general', help: 'longest retry delay' },
+  { name: 'target-delay', field: 'targetDelayMs', kind: 'duration', min: 0, arg: 'DUR', section: 'general', help: 'queueing delay background jobs keep their traffic under on the WAN path to each origin: they yield to other traffic (0 = background jobs do not yield)' },
   { field: 'maxBlockAttempts', kind: 'count', min: 1, section: 'general', help: 'fetches of one block that fail verification before the job stops in error' },
   { name: 'time-slice', field: 'timeSliceMs', kind: 'duration', min: 1, arg: 'DUR', section: 'scheduling', help: 'a background job runs this long before a waiting job of its priority takes its turn' },
   { name: 'no-progress-timeout', field: 'noProgressTimeoutMs', kind: 'duration', min: 1, arg: 'DUR', section: 'scheduling', help: 'a job trying this long without progress stops in error, ERR_NO_PROGRESS' },

@@ -73,6 +73,9 @@ test('docs/openapi.json documents exactly the routes the agent serves, and the a
   assert.equal((await call('GET', '/v1/jobs/no-such-job', '/v1/jobs/{id}')).status, 404)
   assert.equal((await call('POST', job('priority'), '/v1/jobs/{id}/priority', { priority: 'high' })).status, 200)
   assert.equal((await call('POST', job('priority'), '/v1/jobs/{id}/priority', { priority: 'urgent' })).status, 400)
+  assert.equal(((await call('POST', job('rate-limit'), '/v1/jobs/{id}/rate-limit', { rateLimit: 1048576 })).body as unknown as { rateLimit: number }).rateLimit, 1048576)
+  assert.equal((await call('POST', job('rate-limit'), '/v1/jobs/{id}/rate-limit', { rateLimit: -1 })).status, 400)
+  assert.equal(((await call('POST', job('rate-limit'), '/v1/jobs/{id}/rate-limit', { rateLimit: null })).body as unknown as { rateLimit?: number }).rateLimit, undefined)
   assert.equal((await call('POST', job('complete'), '/v1/jobs/{id}/complete')).status, 409, 'a suspended job cannot complete')
   assert.equal((await call('POST', job('resume'), '/v1/jobs/{id}/resume')).status, 200)
   for (let done = false; !done;) {
@@ -90,6 +93,13 @@ test('docs/openapi.json documents exactly the routes the agent serves, and the a
   assert.equal((await call('POST', job('files'), '/v1/jobs/{id}/files', { files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'four.bin') }] })).status, 409, 'only a suspended job takes files')
   assert.equal((await call('POST', `/v1/jobs/${second.body.id}/cancel`, '/v1/jobs/{id}/cancel')).status, 200)
 
+  assert.equal((await call('GET', '/v1/policy', '/v1/policy')).status, 200)
+  const policy = { low: '2MiB/s', workHours: { days: 'mon-fri', from: '08:00', to: '17:00', low: 0 }, peerServing: 1048576 }
+  assert.equal((await call('POST', '/v1/policy', '/v1/policy', policy)).status, 200)
+  const refused = await call('POST', '/v1/policy', '/v1/policy', { low: '-3MiB/s' })
+  assert.equal(refused.status, 400)
+  assert.equal((await call('GET', '/v1/status', '/v1/status')).status, 200, 'the status with a policy in force')
+  assert.equal(((await call('GET', '/v1/policy', '/v1/policy')).body as unknown as { policy: { low: number } }).policy.low, 2 * 1024 * 1024, 'a refused policy leaves the previous one')
   assert.equal((await call('GET', '/v1/peers', '/v1/peers')).status, 200)
   assert.equal((await call('GET', '/v1/cache', '/v1/cache')).body.entries.length, 1, 'the completed file is kept for peers')
   assert.equal((await call('POST', '/v1/cache/clear', '/v1/cache/clear')).body.entries.length, 0)

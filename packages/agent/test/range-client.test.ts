@@ -161,3 +161,62 @@ test('a connection that is never accepted fails after the timeout instead of han
   await assert.rejects(client.get(new URL(`http://127.0.0.1:${port}/f`), 0, buffersFor(10), {}, AbortSignal.timeout(10_000), () => {}),
     /origin unreachable|no data from the origin/)
 })
+
+test('a pacer bounds every body read and may stop reading for a while; the bytes arrive intact', async (t) => {
+  const { url } = await serve(t, ranges)
+  const client = new RangeClient({ maxPerOrigin: 1, timeoutMs: 5000 })
+  t.after(() => client.close())
+  const reads: number[] = []
+  let pauses = 0
+  const pacer = {
+    readSize: () => 4096,
+    consumed: (bytes: number) => {
+      reads.push(bytes)
+      // Every eighth read asks for a pause: the socket stops, then reads on.
+      if (reads.length % 8 === 0) {
+        pauses++
+        return 2
+      }
+      return 0
+    }
+  }
+  const buffers = buffersFor(65536, 65536, 65536)
+  const outcome = await client.get(new URL(url), 0, buffers, {}, AbortSignal.timeout(5000), () => {}, content.length, pacer)
+  assert.equal(outcome, 'done')
+  assert.deepEqual(Buffer.concat(buffers), content.subarray(0, 3 * 65536))
+  assert.equal(reads.reduce((a, b) => a + b, 0), 3 * 65536, 'every body byte is reported to the pacer')
+  // The bytes that came in with the response head are one report; the rest are reads of at most readSize().
+  assert.ok(reads.slice(1).every(n => n <= 4096), `reads: ${reads.slice(0, 10).join(', ')}`)
+  assert.ok(pauses > 0)
+})
+
+test('a request window splits a span into requests it fits, fills the same buffers, and never exceeds the window', async (t) => {
+  const seen: string[] = []
+  const { url } = await serve(t, (req, res) => {
+    seen.push(req.headers.range ?? '')
+    ranges(req, res)
+  })
+  const client = new RangeClient({ maxPerOrigin: 2, timeoutMs: 5000 })
+  t.after(() => client.close())
+  let inFlight = 0
+  let most = 0
+  const window = {
+    requestSize: () => 20_000,
+    acquire: async (bytes: number) => {
+      inFlight += bytes
+      most = Math.max(most, inFlight)
+      return () => { inFlight -= bytes }
+    }
+  }
+  const pacer = { readSize: () => Infinity, consumed: () => 0, window }
+  const buffers = buffersFor(65536, 65536, 65536)
+  const filled: number[] = []
+  const outcome = await client.get(new URL(url), 0, buffers, {}, AbortSignal.timeout(5000), k => filled.push(k), content.length, pacer)
+  assert.equal(outcome, 'done')
+  assert.deepEqual(filled, [0, 1, 2], 'each block handed on once, when its last piece arrived')
+  assert.deepEqual(Buffer.concat(buffers), content.subarray(0, 3 * 65536))
+  assert.equal(seen.length, Math.ceil(3 * 65536 / 20_000))
+  assert.equal(seen[0], 'bytes=0-19999')
+  assert.ok(most <= 20_000, 'one request in flight at a time for one span')
+  assert.equal(inFlight, 0, 'every byte of the window given back')
+})

@@ -15,10 +15,11 @@ import { keygenVerb } from './verbs/keygen.ts'
 import { cacheVerb, peersVerb } from './verbs/peers.ts'
 import { completionVerb, versionVerb } from './verbs/meta.ts'
 import { version } from './version.ts'
+import { policyVerb } from './verbs/policy.ts'
 
 export const VERBS: readonly Verb[] = [
   getVerb, addVerb, jobsVerb, jobVerb, watchVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, setVerb, statusVerb,
-  peersVerb, cacheVerb, agentVerb, originVerb, publishVerb, keygenVerb, versionVerb, completionVerb(() => VERBS)
+  peersVerb, cacheVerb, policyVerb, agentVerb, originVerb, publishVerb, keygenVerb, versionVerb, completionVerb(() => VERBS)
 ]
 
 export const EXIT_CODES_HELP = `Exit codes:
@@ -149,7 +150,7 @@ const ERRNO_HINTS: Record<string, string> = {
 }
 
 /** Codes of the agent's request limits: the CLI reports them as usage errors (exit code 2). */
-const AGENT_USAGE_CODES = new Set(['ERR_TOO_MANY_FILES', 'ERR_URL_TOO_LONG', 'ERR_NAME_TOO_LONG'])
+const AGENT_USAGE_CODES = new Set(['ERR_TOO_MANY_FILES', 'ERR_URL_TOO_LONG', 'ERR_NAME_TOO_LONG', 'ERR_INVALID_POLICY'])
 
 /** Prints an error as `canopy: <message>` and returns its exit code. */
 export function reportError (err: unknown): number {

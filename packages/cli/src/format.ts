@@ -87,6 +87,7 @@ export function formatJobDetails (job: JobView): string {
     ['name', job.name],
     ['type', job.type],
     ['priority', job.priority],
+    ...(job.rateLimit !== undefined ? [['rate limit', job.rateLimit === 0 ? '0 (blocked)' : `${formatBytes(job.rateLimit)}/s`] as [string, string]] : []),
     ['state', formatState(job)],
     ['progress', `${formatProgress(b)}, files ${job.filesTransferred}/${job.filesTotal}`],
     ['sources', `origin ${formatBytes(b.fromOrigin)}, peers ${formatBytes(b.fromPeers)}, cache ${formatBytes(b.fromCache)}`],
@@ -145,8 +146,26 @@ export function formatStatus (status: AgentStatus, now = Date.now()): string {
           ['peer id', status.peer.peerId] as [string, string],
           ['listening', status.peer.addresses.join(', ') || 'nowhere'] as [string, string],
           ['peers', `${status.peer.connected} connected; ${status.peer.mdns ? 'mDNS on' : 'mDNS off'}; ${status.peer.swarmKey ? 'swarm key required' : 'NO swarm key: any keyless agent may connect'}`] as [string, string]
-        ])
+        ]),
+    ...bandwidthFields(status)
   ])
+}
+
+/** What bandwidth control is in force: yielding (target delay), policy caps, and each WAN path's controller. */
+function bandwidthFields (status: AgentStatus): Array<[string, string]> {
+  const b = status.bandwidth
+  if (b === undefined) return []
+  const rows: Array<[string, string]> = [['background', b.targetDelayMs > 0 ? `yields to other traffic (target queue delay ${b.targetDelayMs} ms)` : 'does not yield (--target-delay 0)']]
+  const p = b.policy.policy
+  const cap = (v: unknown): string => typeof v === 'number' ? (v === 0 ? '0 (blocked)' : `${formatBytes(v)}/s`) : String(v)
+  const caps = ['background', 'high', 'normal', 'low'].filter(k => p[k] !== undefined).map(k => `${k} ${cap(p[k])}`)
+  const w = p.workHours as Record<string, unknown> | undefined
+  const work = w === undefined ? '' : `; work hours ${String(w.days)} ${String(w.from)}-${String(w.to)}: ${['background', 'high', 'normal', 'low'].filter(k => w[k] !== undefined).map(k => `${k} ${cap(w[k])}`).join(', ')}${b.policy.workHoursNow ? ' (in force now)' : ''}`
+  rows.push(['policy', `${caps.length === 0 ? 'no caps' : caps.join(', ')}${work}${p.peerServing !== undefined ? `; serving peers ${cap(p.peerServing)}` : ''}`])
+  for (const path of b.paths) {
+    rows.push([`wan ${path.host}`, `${path.transfers} background transfer${path.transfers === 1 ? '' : 's'}, ${formatBytes(path.rate)}/s allowed, ${path.state}${path.queueDelayMs !== undefined ? `, queue delay ${Math.round(path.queueDelayMs)} ms` : ''}`])
+  }
+  return rows
 }
 
 export interface ProgressLineOptions {

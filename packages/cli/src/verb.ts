@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises'
 import { isAbsolute, resolve } from 'node:path'
 import type { ParseArgsOptionsConfig } from 'node:util'
 import { CanopyClient } from '@canopy/client'
-import { PRIORITIES } from '@canopy/core'
+import { parseSize, PRIORITIES } from '@canopy/core'
 import type { JobPriority } from '@canopy/core'
 import { ExitCode, UsageError } from './errors.ts'
 
@@ -143,6 +143,18 @@ export function hasControlChar (text: string): boolean {
 }
 
 /** `--priority P`: one of PRIORITIES, or undefined when not given. */
+/** `--rate-limit RATE`: bytes per second ("2MiB/s", "512KiB", 1048576; 0 blocks); "none" (only where allowed) is null. */
+export function rateLimitOption (values: Values, verb: string, allowNone = false): number | null | undefined {
+  const text = str(values, 'rate-limit')
+  if (text === undefined) return undefined
+  if (allowNone && text.trim() === 'none') return null
+  try {
+    return parseSize(text.replace(/\/s\s*$/i, ''))
+  } catch {
+    throw new UsageError(`--rate-limit ${text}: not a rate; write bytes per second, e.g. 2MiB/s, 512KiB/s or 1048576 (0 blocks${allowNone ? ', none removes the limit' : ''})`, verb)
+  }
+}
+
 export function priorityOption (values: Values, verb: string): JobPriority | undefined {
   const text = str(values, 'priority')
   if (text === undefined) return undefined

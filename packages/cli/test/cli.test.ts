@@ -12,7 +12,7 @@ import type { AgentStatus, JobView } from '@canopy/core'
 import { DEFAULT_DAEMON_FLAGS } from '../bin/daemon-flags.js'
 
 const BIN = fileURLToPath(new URL('../bin/canopy.js', import.meta.url))
-const VERBS = ['get', 'jobs', 'job', 'watch', 'suspend', 'resume', 'cancel', 'complete', 'set', 'status', 'agent', 'origin', 'publish']
+const VERBS = ['get', 'jobs', 'job', 'watch', 'suspend', 'resume', 'cancel', 'complete', 'set', 'status', 'policy', 'agent', 'origin', 'publish']
 
 let scratch: string
 let env: NodeJS.ProcessEnv
@@ -198,6 +198,41 @@ describe('origin flags', () => {
     const fromEnv = await canopy(['agent', '--state-dir', stateDir], { env: { CANOPY_REQUEST_SIZE: 'huge' } })
     assert.equal(fromEnv.code, 2)
     assert.match(fromEnv.stderr, /request-size huge/)
+    assert.equal((await canopy(['agent', '--state-dir', stateDir, '--target-delay', 'soon'])).code, 2)
+  })
+
+  test('a bandwidth policy in the config file that does not parse is a usage error naming the key', async () => {
+    const config = join(scratch, 'policy-config.json')
+    await writeFile(config, JSON.stringify({ policy: { low: '2MiB/s', workHours: { from: '17:00', to: '08:00', low: 0 } } }))
+    const r = await canopy(['agent', '--state-dir', join(scratch, 'policy-agent'), '--config', config])
+    assert.equal(r.code, 2, r.stderr)
+    assert.match(r.stderr, /"policy": workHours: the window 17:00-08:00 ends before it starts/)
+  })
+})
+
+describe('canopy policy', () => {
+  test('shows the policy, changes it live, refuses bad values naming the key and keeps the old policy; status shows it', async () => {
+    const stateDir = join(scratch, 'policy-live')
+    const agent = await daemon(['agent', '--state-dir', stateDir, '--no-p2p'], /listening on/)
+    try {
+      const dir = ['--state-dir', stateDir]
+      const set = await canopy(['policy', 'set', 'low=2MiB/s', 'workHours.days=mon-fri', 'workHours.low=0', ...dir])
+      assert.equal(set.code, 0, set.stderr)
+      assert.match(set.stdout, /caps: low 2\.0 MiB\/s/)
+      assert.match(set.stdout, /work hours: mon,tue,wed,thu,fri 08:00-17:00: low 0 \(blocked\)/)
+      const bad = await canopy(['policy', 'set', 'low=fast', ...dir])
+      assert.equal(bad.code, 2, bad.stderr)
+      assert.match(bad.stderr, /low: "fast" is not a rate/)
+      const shown = JSON.parse((await canopy(['policy', '--json', ...dir])).stdout) as { policy: { low: number } }
+      assert.equal(shown.policy.low, 2 * 1024 * 1024, 'the previous policy stays')
+      const status = await canopy(['status', ...dir])
+      assert.match(status.stdout, /background:\s+yields to other traffic \(target queue delay 60 ms\)/)
+      assert.match(status.stdout, /policy:\s+low 2\.0 MiB\/s; work hours/)
+      assert.equal((await canopy(['policy', 'reset', ...dir])).code, 0)
+      assert.equal((await canopy(['policy', 'frobnicate', ...dir])).code, 2)
+    } finally {
+      await agent.stop()
+    }
   })
 })
 

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { Client } from 'undici'
 import type { Dispatcher } from 'undici'
 import { API_SOCKET_NAME, API_VERSION, CanopyError, codeInCauses, ErrorCode } from '@canopy/core'
-import type { AbortOptions, AgentEvent, AgentStatus, ApiErrorBody, CanopyControl, CacheView, CreateJobFile, CreateJobRequest, JobPriority, JobState, JobView, PeersView } from '@canopy/core'
+import type { AbortOptions, AgentEvent, AgentStatus, ApiErrorBody, CanopyControl, CacheView, PolicyView, CreateJobFile, CreateJobRequest, JobPriority, JobState, JobView, PeersView } from '@canopy/core'
 import { readEvents, toAgentEvent } from './events.ts'
 
 /** Largest response body the client reads from the agent (16 MiB); a larger one is an error. */
@@ -149,6 +149,16 @@ export class CanopyClient implements CanopyControl {
     return this.#call<JobView>('POST', '/jobs', req, opts)
   }
 
+  /** The bandwidth policy in force (`GET /v1/policy`). */
+  policy (opts?: CallOptions): Promise<PolicyView> {
+    return this.#call<PolicyView>('GET', '/policy', undefined, opts)
+  }
+
+  /** Replaces the bandwidth policy (`POST /v1/policy`); ERR_INVALID_POLICY (naming the key) leaves the old one. */
+  setPolicy (policy: unknown, opts?: CallOptions): Promise<PolicyView> {
+    return this.#call<PolicyView>('POST', '/policy', policy, opts)
+  }
+
   peers (opts?: CallOptions): Promise<PeersView> {
     return this.#call<PeersView>('GET', '/peers', undefined, opts)
   }
@@ -198,6 +208,11 @@ export class CanopyClient implements CanopyControl {
   /** Changes a job's priority at once (`POST /v1/jobs/:id/priority`); the agent's scheduler runs again. */
   setPriority (id: string, priority: JobPriority, opts?: CallOptions): Promise<JobView> {
     return this.#call<JobView>('POST', `/jobs/${encodeURIComponent(id)}/priority`, { priority }, opts)
+  }
+
+  /** Sets a job's own cap in bytes/s (0 blocks), or removes it with null (`POST /v1/jobs/:id/rate-limit`). */
+  setRateLimit (id: string, rateLimit: number | null, opts?: CallOptions): Promise<JobView> {
+    return this.#call<JobView>('POST', `/jobs/${encodeURIComponent(id)}/rate-limit`, { rateLimit }, opts)
   }
 
   /**

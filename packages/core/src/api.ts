@@ -113,6 +113,13 @@ export interface JobView {
   rate?: number
   /** Whether files already current at their destinations are skipped (CreateJobRequest.ifNewer). */
   ifNewer?: boolean
+  /** The job's own cap, bytes/s (0: blocked), when it has one. */
+  rateLimit?: number
+}
+
+/** POST /v1/jobs/:id/rate-limit: a cap in bytes/s (0 blocks), or null to remove it. */
+export interface SetRateLimitRequest {
+  rateLimit: number | null
 }
 
 /**
@@ -163,6 +170,8 @@ export interface CreateJobRequest {
   type?: JobType
   priority?: JobPriority
   files: CreateJobFile[]
+  /** The job's own cap, bytes/s (0: blocked); also for foreground jobs. Default: none. */
+  rateLimit?: number
   /** Complete automatically once transferred (default false, as in BITS; `canopy get` sets it). */
   autoComplete?: boolean
   /** Start at once (default true); false creates the job suspended. */
@@ -251,6 +260,40 @@ export interface AgentStatus {
   apiTcp?: string
   /** The agent's peer node, when it runs one. */
   peer?: PeerStatus
+  /** Bandwidth control in force: how background jobs yield (see BandwidthStatus). */
+  bandwidth?: BandwidthStatus
+}
+
+export interface BandwidthStatus {
+  /** Queueing delay background jobs keep their traffic under, ms; 0: they do not yield. */
+  targetDelayMs: number
+  /** The bandwidth policy in force (as GET /v1/policy gives it). */
+  policy: PolicyView
+  /** The WAN paths (origin hosts) background jobs use now, each with its controller. */
+  paths: WanPathStatus[]
+}
+
+/** GET /v1/policy: the policy in its written form, and whether its work hours apply now. */
+export interface PolicyView {
+  /** Caps (bytes/s; 0 blocks), workHours, peerServing, lanPeersExempt: see docs/CONFIGURATION.md. */
+  policy: Record<string, unknown>
+  /** Whether the work-hours window (and its caps) applies now. */
+  workHoursNow: boolean
+}
+
+export interface WanPathStatus {
+  /** The origin's host:port. */
+  host: string
+  /** Background transfers on this path now. */
+  transfers: number
+  /** Bytes/s they may read together now. */
+  rate: number
+  /** starting, growing, yielding, slowdown (re-measuring the idle delay), blind (no delay samples). */
+  state: 'starting' | 'growing' | 'yielding' | 'slowdown' | 'blind'
+  /** Round trip now minus the idle round trip, ms. */
+  queueDelayMs?: number
+  /** The idle round trip (minimum over the last 10 minutes), ms. */
+  baseDelayMs?: number
 }
 
 export interface PeerStatus {

@@ -1,5 +1,5 @@
 import type { EventEmitter } from 'node:events'
-import type { AgentStatus, CacheView, CreateJobFile, CreateJobRequest, JobPriority, JobView, PeersView } from './api.ts'
+import type { AgentStatus, CacheView, CreateJobFile, CreateJobRequest, JobPriority, JobView, PeersView, PolicyView } from './api.ts'
 
 /** The per-call options every command and query takes (as js-libp2p's `AbortOptions`). */
 export interface AbortOptions {
@@ -36,6 +36,12 @@ export interface CanopyControl {
   complete: (id: string, options?: AbortOptions) => Promise<JobView>
   addFiles: (id: string, files: CreateJobFile[], options?: AbortOptions) => Promise<JobView>
   setPriority: (id: string, priority: JobPriority, options?: AbortOptions) => Promise<JobView>
+  /** A job's own cap in bytes/s (0 blocks it; null removes it). */
+  setRateLimit: (id: string, rateLimit: number | null, options?: AbortOptions) => Promise<JobView>
+  /** The bandwidth policy in force. */
+  policy: (options?: AbortOptions) => Awaitable<PolicyView>
+  /** Replaces the bandwidth policy with `policy`, in its written form (ERR_INVALID_POLICY naming the key; the old one stays). */
+  setPolicy: (policy: unknown, options?: AbortOptions) => Awaitable<PolicyView>
 }
 
 /**

@@ -20,6 +20,7 @@ export const ERROR_CATALOG = {
   ERR_INVALID_ARGUMENT: { transient: false },
   ERR_INVALID_REQUEST: { status: 400, transient: false },
   ERR_BAD_JSON: { status: 400, transient: false },
+  ERR_INVALID_POLICY: { status: 400, transient: false },
   ERR_TOO_MANY_FILES: { status: 400, transient: false },
   ERR_TOO_MANY_HEADERS: { status: 400, transient: false },
   ERR_HEADERS_TOO_LARGE: { status: 400, transient: false },

@@ -141,8 +141,11 @@ export class ComposeLab implements LabEngine {
   private routerLanInterface?: string
   private destroyed = false
 
-  private constructor (workDir: string) {
+  readonly wanBitsPerSecond: number
+
+  private constructor (workDir: string, wanBitsPerSecond: number) {
     this.workDir = workDir
+    this.wanBitsPerSecond = wanBitsPerSecond
     this.composeFile = join(workDir, 'docker-compose.lab.json')
   }
 
@@ -153,7 +156,7 @@ export class ComposeLab implements LabEngine {
     if (running.length > 0) {
       throw new CanopyError('ERR_LAB_BUSY', `a compose lab of process ${running.join(', ')} runs on this Docker engine, and labs share addresses: wait for it, or remove it with \`npm run lab -- clean\``)
     }
-    const lab = new ComposeLab(options.workDir)
+    const lab = new ComposeLab(options.workDir, options.wanBitsPerSecond)
     try {
       await lab.build(options)
     } catch (err) {

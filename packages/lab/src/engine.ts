@@ -30,6 +30,8 @@ export interface LabEngineOptions {
 
 export interface LabEngine {
   readonly agentHosts: LabHost[]
+  /** The WAN link's rate (its shaper's). */
+  readonly wanBitsPerSecond: number
   host: (name: string) => LabHost
   /**
    * Starts `command` on a host (argv; the first item may be this process's Node, and

@@ -18,6 +18,7 @@ import { CanopyClient } from '@canopy/client'
 import { CanopyError, throwIfAborted } from '@canopy/core'
 import type { JobState, JobView } from '@canopy/core'
 import type { LabEngine, LabHost } from './engine.ts'
+import type { BackgroundReport } from './background-report.ts'
 import { ADDRESSES, CONTENT_PATH, MiB, ORIGIN_PORT } from './topology.ts'
 
 export const CLI = fileURLToPath(new URL('../../cli/bin/canopy.js', import.meta.url))
@@ -82,6 +83,8 @@ export class LabRun {
   readonly signal: AbortSignal
   sha256 = ''
   swarmKeyFile = ''
+  /** The `background` scenario's own report. */
+  background?: BackgroundReport
   private readonly t0 = performance.now()
   private readonly log: (line: string) => void
   private sampling?: Promise<void>

@@ -3,6 +3,7 @@
 import type { Sample, TimelineEvent } from './harness.ts'
 import type { ScenarioName } from './scenarios.ts'
 import type { EngineName } from './engine.ts'
+import type { BackgroundReport } from './background-report.ts'
 
 export interface HostReport {
   host: string
@@ -56,4 +57,6 @@ export interface LabReport {
   reasons: string[]
   /** Files written (report, chart), when an output directory was given. */
   files?: { json: string, svg: string }
+  /** The `background` scenario's phases, targets and flows. */
+  background?: BackgroundReport
 }

@@ -6,8 +6,9 @@
  */
 import { CanopyError, ErrorCode } from '@canopy/core'
 import type { LabAgent, LabRun } from './harness.ts'
+import { QUEUE_MS, TARGETS, runBackground } from './background.ts'
 
-export const SCENARIOS = ['sequential', 'patch-day', 'churn', 'bad-peer', 'unauthorized'] as const
+export const SCENARIOS = ['sequential', 'patch-day', 'churn', 'bad-peer', 'unauthorized', 'background'] as const
 export type ScenarioName = typeof SCENARIOS[number]
 
 /** Origin bytes allowed when agents start together (issue 3's target: 1.25 × the content). */
@@ -27,6 +28,13 @@ export interface ScenarioSpec {
   minAgents: number
   /** Extra LAN hosts it needs (besides agent-1..N). */
   extras: string[]
+  /** Its agents and content size when the command line gives none (default: the lab's). */
+  defaults?: { agents?: number, size?: number }
+  /**
+   * Whether the origin's byte count must agree with the WAN's. Not where downloads
+   * are cut off on purpose: what the origin had queued for them never crosses.
+   */
+  countersMustAgree?: boolean
   /** Drives the scenario; returns the checks to judge, each a reason when it failed. */
   run: (run: LabRun, agents: number) => Promise<Judge>
 }
@@ -183,8 +191,23 @@ const unauthorized: ScenarioSpec = {
   }
 }
 
+const background: ScenarioSpec = {
+  name: 'background',
+  summary: `polite transfers on a deep WAN queue (${QUEUE_MS} ms): curl alone, a job alone, curl with the job; low and foreground`,
+  expectation: `with the low job: curl keeps ≥ ${TARGETS.curlKeeps * 100}% of its solo rate; the job alone uses ≥ ${TARGETS.jobAloneShare * 100}% of the link; ping p95 rises ≤ ${TARGETS.pingRiseP95Ms} ms; back above ${TARGETS.recovered * 100}% within ${TARGETS.recoverySeconds} s of curl stopping`,
+  minAgents: 1,
+  extras: [],
+  defaults: { agents: 1, size: 256 * 1024 * 1024 },
+  countersMustAgree: false,
+  async run (run) {
+    const { report, reasons } = await runBackground(run)
+    run.background = report
+    return async () => reasons
+  }
+}
+
 export const SCENARIO_SPECS: Record<ScenarioName, ScenarioSpec> = {
-  sequential, 'patch-day': patchDay, churn, 'bad-peer': badPeer, unauthorized
+  sequential, 'patch-day': patchDay, churn, 'bad-peer': badPeer, unauthorized, background
 }
 
 export function scenarioSpec (name: string): ScenarioSpec {

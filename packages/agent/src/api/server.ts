@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net'
 import { CanopyError, httpStatusOf } from '@canopy/core'
 import type { AgentControl, ApiErrorBody, Logger } from '@canopy/core'
 import type { RequestLimits } from '../options.ts'
-import { validateAddFiles, validateCreateJob, validatePriority } from '../jobs/validate.ts'
+import { validateAddFiles, validateCreateJob, validatePriority, validateRateLimit } from '../jobs/validate.ts'
 import { EventClients, serveEvents } from './events.ts'
 
 /** Largest request body the API reads. */
@@ -118,6 +118,8 @@ export function apiRoutes (agent: AgentControl, eventClients: EventClients, logg
         return undefined
       }
     },
+    { method: 'GET', path: '/v1/policy', handle: async () => ok(await agent.policy()) },
+    { method: 'POST', path: '/v1/policy', handle: async ({ req }) => ok(await agent.setPolicy(await readJson(req))) },
     { method: 'GET', path: '/v1/peers', handle: async () => ok(await agent.peers()) },
     { method: 'GET', path: '/v1/cache', handle: async () => ok(await agent.cache()) },
     { method: 'POST', path: '/v1/cache/clear', handle: async () => ok(await agent.clearCache()) },
@@ -129,6 +131,7 @@ export function apiRoutes (agent: AgentControl, eventClients: EventClients, logg
     { method: 'POST', path: '/v1/jobs/{id}/cancel', handle: async ({ params }) => ok(await agent.cancel(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/complete', handle: async ({ params }) => ok(await agent.complete(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/priority', handle: async ({ req, params }) => ok(await agent.setPriority(params.id, validatePriority(await readJson(req)))) },
+    { method: 'POST', path: '/v1/jobs/{id}/rate-limit', handle: async ({ req, params }) => ok(await agent.setRateLimit(params.id, validateRateLimit(await readJson(req)) ?? null)) },
     {
       method: 'POST',
       path: '/v1/jobs/{id}/files',

@@ -32,12 +32,16 @@ export interface RateSample {
 }
 
 /** One job: its persisted record, and what the agent keeps about it in memory. */
+import type { PathLease } from '../bandwidth/wan-paths.ts'
+
 export class JobEntry {
   readonly record: JobRecord
   /** Per file: its progress, once loaded or started (undefined until then). */
   readonly progress: Array<Progress | undefined>
   /** Its runner, while it transfers. */
   run?: Run
+  /** Its share of the WAN path to its origin while a file transfers (why it runs slower than it could). */
+  lease?: PathLease
   /** The tail of the chain of writes of its record (see JobTable.persist). */
   writes?: Promise<void>
   /** The tail of the chain of commands on it (see JobTable.withJob). */

@@ -46,6 +46,8 @@ export interface JobRecord {
   name: string
   type: JobType
   priority: JobPriority
+  /** The job's own cap, bytes/s (0: blocked). */
+  rateLimit?: number
   state: JobState
   files: FileRecord[]
   autoComplete: boolean
@@ -214,6 +216,7 @@ export function toView (job: JobRecord, live: JobLive): JobView {
     ...(job.notify !== undefined ? { notify: job.notify } : {}),
     limits: live.limits,
     ...(live.rate !== undefined ? { rate: live.rate } : {}),
+    ...(job.rateLimit !== undefined ? { rateLimit: job.rateLimit } : {}),
     ...(job.http !== undefined ? { http: httpView(job.http) } : {}),
     ...(job.ifNewer === true ? { ifNewer: true } : {})
   }

@@ -31,6 +31,8 @@ import { ACTIVE_STATES, FileProgress } from './job.ts'
 import type { FileRecord } from './job.ts'
 import type { JobEntry, JobTable } from './job-table.ts'
 import type { JobViews } from './views.ts'
+import { headProbe } from '../bandwidth/probe.ts'
+import type { PathLease, WanPaths } from '../bandwidth/wan-paths.ts'
 
 /** How often progress counters are written while a job transfers (block marks are written per block). */
 const PROGRESS_PERSIST_MS = 1000
@@ -49,6 +51,10 @@ export interface JobRunnerComponents {
   logger: Logger
   now: () => number
   blockHasher: BlockHasher
+  /** Hashing for background jobs, on worker threads at a lower CPU priority (made when first needed). */
+  backgroundHasher: () => BlockHasher
+  /** Background jobs' delay controllers and caps, one path per origin host. */
+  wanPaths: WanPaths
   /** Block buffers, reused across transfers (see BufferPool). */
   blockBuffers: BufferPool
   /** The agent's shared pool and direct range client. */
@@ -219,6 +225,26 @@ export class JobRunner {
       return
     }
     await checkDestination(file)
+    // Its share of the WAN path to the origin: paced while the job is background.
+    const lease = this.c.wanPaths.lease(file.url, () => job.priority, headProbe(net.dispatcher, file.url, headers), () => job.rateLimit)
+    entry.lease = lease
+    try {
+      await this.transferFileData(entry, index, signal, restarts, net, headers, lease)
+    } finally {
+      lease.release()
+      if (entry.lease === lease) entry.lease = undefined
+    }
+    file.done = true
+    await table.persist(entry)
+  }
+
+  /** Moves the bytes of one file (plain or in verified blocks), through the job's lease of its WAN path. */
+  private async transferFileData (entry: JobEntry, index: number, signal: AbortSignal, restarts: number, net: Network,
+    headers: Record<string, string>, lease: PathLease): Promise<void> {
+    const { table, store, logger } = this.c
+    const job = entry.record
+    const file = job.files[index]
+    const hasher = this.hasherFor(job)
     if (job.state !== 'transferring') await table.setState(entry, 'transferring')
 
     if (file.mode === 'plain') {
@@ -228,9 +254,10 @@ export class JobRunner {
         progress,
         dispatcher: net.dispatcher,
         headers,
-        fileDigest: (path) => this.c.blockHasher.fileDigest(path),
+        fileDigest: (path) => hasher.fileDigest(path),
         persist: async () => await table.persist(entry),
         onProgress: () => this.onProgress(entry),
+        pacer: lease.pacer,
         logger: withFields(logger, { jobId: entry.id }),
         signal
       })
@@ -243,7 +270,7 @@ export class JobRunner {
       sharing?.sharePartial(manifest, file.partPath, progress, inFlight)
       try {
         file.sha256 = await transferBlocks(
-          { store, blockHasher: this.c.blockHasher, buffers: this.c.blockBuffers, logger },
+          { store, blockHasher: hasher, buffers: this.c.blockBuffers, logger },
           this.options,
           { jobId: job.id, fileIndex: index, url: file.url, partPath: file.partPath, manifest, progress, inFlight, headers },
           {
@@ -252,17 +279,22 @@ export class JobRunner {
             ...(sharing !== undefined ? { peers: peerSessions(sharing, file) } : {}),
             refreshManifest: async (s) => await discoverManifest(net.dispatcher, file.url, headers, s),
             onBlock: () => this.onProgress(entry),
+            pacer: lease.pacer,
             signal
           })
       } catch (err) {
         if (!(err instanceof TransferError) || err.code !== REMOTE_CHANGED || restarts >= 2) throw err
         logger.info('remote file changed; restarting it', { jobId: job.id, url: file.url })
         await this.resetFile(entry, index)
+        // From the start: the manifest is discovered again (a lease of its own; this one is released after).
         return await this.transferFileWith(entry, index, signal, restarts + 1, net)
       }
     }
-    file.done = true
-    await table.persist(entry)
+  }
+
+  /** Background jobs hash at a lower CPU priority, so that they do not slow what the user runs; foreground jobs at full speed. */
+  private hasherFor (job: { priority: string }): BlockHasher {
+    return job.priority === 'foreground' ? this.c.blockHasher : this.c.backgroundHasher()
   }
 
   /**

@@ -44,6 +44,7 @@ export function validateCreateJob (body: unknown, limits: RequestLimits): Create
   for (const flag of ['autoComplete', 'start', 'ifNewer'] as const) {
     if (req[flag] !== undefined && typeof req[flag] !== 'boolean') throw bad(`${flag} must be true or false`)
   }
+  if (req.rateLimit !== undefined) validateRateLimit(req)
   const files = validateFiles(req.files, limits, [])
   const notify = req.notify === undefined ? undefined : validateNotify(req.notify)
   const jobLimits = req.limits === undefined ? undefined : validateJobLimits(req.limits)
@@ -57,7 +58,8 @@ export function validateCreateJob (body: unknown, limits: RequestLimits): Create
     ...(req.name !== undefined ? { name: req.name as string } : {}),
     ...(req.priority !== undefined ? { priority: req.priority as CreateJobRequest['priority'] } : {}),
     ...(req.autoComplete !== undefined ? { autoComplete: req.autoComplete as boolean } : {}),
-    ...(req.start !== undefined ? { start: req.start as boolean } : {})
+    ...(req.start !== undefined ? { start: req.start as boolean } : {}),
+    ...(typeof req.rateLimit === 'number' ? { rateLimit: req.rateLimit } : {})
   }
 }
 
@@ -181,6 +183,16 @@ function validateNotify (value: unknown): JobNotify | undefined {
     notify.url = parsed.toString()
   }
   return Object.keys(notify).length === 0 ? undefined : notify
+}
+
+/** Checks `rateLimit` of a job request or of POST /v1/jobs/:id/rate-limit: bytes/s, 0 or more, or null (none). */
+export function validateRateLimit (body: unknown): number | undefined {
+  const rateLimit = (body as { rateLimit?: unknown } | null)?.rateLimit
+  if (rateLimit === null) return undefined
+  if (typeof rateLimit !== 'number' || !Number.isSafeInteger(rateLimit) || rateLimit < 0) {
+    throw bad('rateLimit must be a whole number of bytes per second, 0 (blocked) or more, or null (no limit)')
+  }
+  return rateLimit
 }
 
 /** Checks the body of POST /v1/jobs/:id/priority. */

@@ -40,7 +40,7 @@ export class JobViews {
       return p
     })
     const rate = this.rateOf(entry)
-    const reason = reasonFor(job, entry.run, this.components.now(), () => snapshot ?? this.competition())
+    const reason = job.state === 'transferring' ? entry.lease?.why() : reasonFor(job, entry.run, this.components.now(), () => snapshot ?? this.competition())
     return toView(job, { progress, reason, limits: limitsOf(job, this.components.limits), ...(rate !== undefined ? { rate } : {}) })
   }
 

@@ -43,8 +43,15 @@ export class BlockHasher {
   private nextId = 0
   private turn = 0
   private closing = false
+  private readonly nice: number
 
-  constructor (threads: number) {
+  /**
+   * `nice`: the Linux nice value of the worker threads (0: as the agent; 10: for
+   * background work, so that hashing on a user's behalf yields the CPU to what the
+   * user runs). Elsewhere, or where it cannot be set, it is ignored.
+   */
+  constructor (threads: number, options: { nice?: number } = {}) {
+    this.nice = options.nice ?? 0
     for (let i = 0; i < threads; i++) {
       // A worker that dies takes its pending hashes with it: fail them (the job retries)
       // and hash inline from then on rather than post to a dead thread.
@@ -74,7 +81,7 @@ export class BlockHasher {
 
   /** A worker thread running `script`, answering blocks and digests; `retire` runs if it errs or exits. */
   private startWorker (script: string, retire: (worker: Worker, err: Error) => void): Worker {
-    const worker = new Worker(new URL(script, import.meta.url), { workerData: { writePiece: WRITE_PIECE } })
+    const worker = new Worker(new URL(script, import.meta.url), { workerData: { writePiece: WRITE_PIECE, nice: this.nice } })
     worker.unref()
     worker.on('message', (reply: HasherReply) => {
       if ('type' in reply) {

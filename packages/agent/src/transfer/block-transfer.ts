@@ -16,6 +16,8 @@ import { BackgroundFlusher, openPartial } from './partial-file.ts'
 import type { BlockHasher } from './block-hasher.ts'
 import type { BufferPool } from './buffer-pool.ts'
 import type { RangeClient } from './range-client.ts'
+import { pacedChunks } from '../bandwidth/pacer.ts'
+import type { ReadPacer } from '../bandwidth/pacer.ts'
 
 
 /** Agent-wide services of block transfers. */
@@ -56,6 +58,8 @@ export interface BlockTransferOptions {
   refreshManifest: (signal: AbortSignal) => Promise<PublishedManifest | undefined>
   /** Called after each block is stored. */
   onBlock: () => void
+  /** Paces origin reads (a background job's share of its WAN path); none: full speed. */
+  pacer?: ReadPacer
   signal: AbortSignal
 }
 
@@ -256,7 +260,7 @@ async function fetchMissing (o: Transfer, expected: Uint8Array[], sink: BlockSin
       }
       let body: RangeResponse['body'] | undefined
       try {
-        const fast = fastPath && o.rangeClient !== undefined ? await o.rangeClient.get(new URL(o.url), offset, buffers, o.headers, stop, onFilled, manifest.size) : 'fallback'
+        const fast = fastPath && o.rangeClient !== undefined ? await o.rangeClient.get(new URL(o.url), offset, buffers, o.headers, stop, onFilled, manifest.size, o.pacer) : 'fallback'
         if (fast === 'fallback') {
           // A redirect, an https origin, an unusual answer: it will be the same for
           // the next request of this transfer, so go straight to undici.
@@ -271,7 +275,7 @@ async function fetchMissing (o: Transfer, expected: Uint8Array[], sink: BlockSin
             else discard(res.body)
             return
           }
-          await readBlocks(res.body, span, manifest, k => buffers[k], onFilled)
+          await readBlocks(pacedChunks(res.body as AsyncIterable<Buffer>, o.pacer, stop), span, manifest, k => buffers[k], onFilled)
         }
         if (filled < span.length) {
           throw new TransferError(JobErrorCode.Network, `the connection closed after ${filled} of ${span.length} blocks`, { transient: true, url: o.url })
@@ -317,7 +321,7 @@ async function delay (ms: number, signal: AbortSignal): Promise<void> {
  * soon as it is complete. `bufferFor(k)` gives the memory for `span[k]`, or
  * undefined to skip its bytes. Resolves with the number of blocks handed on or skipped.
  */
-async function readBlocks (body: Body, span: number[], manifest: PublishedManifest,
+async function readBlocks (body: Body | AsyncIterable<Buffer>, span: number[], manifest: PublishedManifest,
   bufferFor: (k: number) => Buffer | undefined | Promise<Buffer | undefined>, onFilled: (k: number) => void): Promise<number> {
   let done = 0
   let buffer: Buffer | undefined

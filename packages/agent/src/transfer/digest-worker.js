@@ -7,10 +7,22 @@
 // stripper into its own isolate (~18 MiB more resident memory).
 // @ts-check
 import { createHash } from 'node:crypto'
-import { closeSync, openSync, readSync } from 'node:fs'
-import { parentPort } from 'node:worker_threads'
+import { closeSync, openSync, readlinkSync, readSync } from 'node:fs'
+import { setPriority } from 'node:os'
+import { parentPort, workerData } from 'node:worker_threads'
 
 const port = /** @type {import('node:worker_threads').MessagePort} */ (parentPort)
+
+// Background work at a lower CPU priority: on Linux a thread has its own nice value,
+// set through its thread id (/proc/thread-self names it). Ignored where unsupported.
+const nice = /** @type {{ nice?: number } | undefined} */ (workerData)?.nice ?? 0
+if (nice !== 0 && process.platform === 'linux') {
+  try {
+    setPriority(Number(readlinkSync('/proc/thread-self').split('/').pop()), nice)
+  } catch {
+    // Not fatal: the work runs at the agent's priority.
+  }
+}
 
 /**
  * @typedef {import('./hasher-protocol.ts').HasherRequest} HasherRequest

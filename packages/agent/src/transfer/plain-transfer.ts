@@ -8,6 +8,8 @@ import type { FileRecord } from '../jobs/job.ts'
 import { discard } from './http.ts'
 import { openPartial, writeFully } from './partial-file.ts'
 import type { FileDigest } from './file-digest.ts'
+import { pacedChunks } from '../bandwidth/pacer.ts'
+import type { ReadPacer } from '../bandwidth/pacer.ts'
 
 /** Progress of a download without a manifest: a contiguous prefix. */
 export interface PlainProgress {
@@ -27,6 +29,8 @@ export interface PlainTransferOptions {
   /** Persists `file` (size, validators, plainBytes) after the bytes it counts are written. */
   persist: () => Promise<void>
   onProgress: () => void
+  /** Paces the body's reads (a background job's share of its WAN path); none: full speed. */
+  pacer?: ReadPacer
   logger: Logger
   signal: AbortSignal
 }
@@ -139,7 +143,7 @@ export async function transferPlain (o: PlainTransferOptions): Promise<string> {
       }
     }
     try {
-      for await (const chunk of res.body as AsyncIterable<Buffer>) {
+      for await (const chunk of pacedChunks(res.body as AsyncIterable<Buffer>, o.pacer, o.signal)) {
         let at = 0
         while (at < chunk.length) {
           const take = Math.min(WRITE_CHUNK - filled, chunk.length - at)

@@ -2,6 +2,7 @@ import { connect } from 'node:net'
 import type { Socket } from 'node:net'
 import { parseContentRange } from '@canopy/core'
 import { JobErrorCode, TransferError } from '../errors.ts'
+import type { ReadPacer } from '../bandwidth/pacer.ts'
 
 /**
  * The fast path for the one request that moves almost all the bytes: an HTTP/1.1
@@ -36,18 +37,66 @@ export class RangeClient {
    * Fetches bytes [offset, offset + total length of `buffers`) of `url` into
    * `buffers`, in order, calling `onFilled(k)` as soon as `buffers[k]` is full.
    * Resolves 'done' when all are filled, or 'fallback' (before filling any) when
-   * the response is not one this path handles.
+   * the response is not one this path handles. With a `pacer`, body reads are
+   * paced: the socket stops reading while the pacer says wait (see ReadPacer).
    */
   async get (url: URL, offset: number, buffers: Buffer[], headers: Record<string, string>,
-    signal: AbortSignal, onFilled: (k: number) => void, expectedTotal?: number): Promise<'done' | 'fallback'> {
+    signal: AbortSignal, onFilled: (k: number) => void, expectedTotal?: number, pacer?: ReadPacer): Promise<'done' | 'fallback'> {
     if (url.protocol !== 'http:' || this.closed) return 'fallback'
+    const window = pacer?.window
+    const length = buffers.reduce((sum, b) => sum + b.length, 0)
+    if (window === undefined || window.requestSize() >= length) {
+      const release = await window?.acquire(length, signal)
+      try {
+        return await this.getOnce(url, offset, buffers, headers, signal, onFilled, expectedTotal, pacer)
+      } finally {
+        release?.()
+      }
+    }
+    // Windowed (a background transfer): the span goes as several smaller requests, each
+    // sent only when it fits in the path's window of bytes requested and not yet
+    // received. What the origin may have in flight toward us is then bounded by the
+    // window whatever TCP's windows are, and so is the queue it can build.
+    let at = 0
+    let k = 0
+    let inK = 0
+    while (at < length) {
+      const size = Math.min(length - at, Math.max(1, window.requestSize()))
+      const slices: Array<{ view: Buffer, k: number, ends: boolean }> = []
+      for (let left = size; left > 0;) {
+        const take = Math.min(left, buffers[k].length - inK)
+        slices.push({ view: buffers[k].subarray(inK, inK + take), k, ends: inK + take === buffers[k].length })
+        left -= take
+        inK += take
+        if (inK === buffers[k].length) {
+          k++
+          inK = 0
+        }
+      }
+      const release = await window.acquire(size, signal)
+      try {
+        const result = await this.getOnce(url, offset + at, slices.map(x => x.view), headers, signal, j => { if (slices[j].ends) onFilled(slices[j].k) }, expectedTotal, pacer)
+        if (result === 'fallback') {
+          if (at === 0) return 'fallback'
+          throw new TransferError(JobErrorCode.ProtocolViolation, 'the origin stopped answering range requests mid-transfer', { transient: true, url: url.toString() })
+        }
+      } finally {
+        release()
+      }
+      at += size
+    }
+    return 'done'
+  }
+
+  private async getOnce (url: URL, offset: number, buffers: Buffer[], headers: Record<string, string>,
+    signal: AbortSignal, onFilled: (k: number) => void, expectedTotal?: number, pacer?: ReadPacer): Promise<'done' | 'fallback'> {
     const length = buffers.reduce((sum, b) => sum + b.length, 0)
     const head = requestHead(url, offset, length, headers)
     for (let attempt = 0; ; attempt++) {
       const { conn, reused } = await this.checkout(url, signal)
       let reusable = false
       try {
-        const outcome = await conn.request(head, offset, length, buffers, onFilled, signal, expectedTotal)
+        const outcome = await conn.request(head, offset, length, buffers, onFilled, signal, expectedTotal, pacer)
         reusable = outcome.reusable
         return outcome.result
       } catch (err) {
@@ -137,6 +186,7 @@ interface Exchange {
   expectedTotal?: number
   buffers: Buffer[]
   onFilled: (k: number) => void
+  pacer?: ReadPacer
   /** Index of the buffer being filled, and bytes in it. */
   k: number
   filled: number
@@ -157,6 +207,8 @@ class Connection {
   unanswered = false
   private readonly url: URL
   private keepAlive = true
+  /** Set while the pacer holds reading (the socket is paused). */
+  private resumeTimer?: NodeJS.Timeout
 
   private constructor (url: URL, socket: Socket, head: Buffer) {
     this.url = url
@@ -213,7 +265,7 @@ class Connection {
   }
 
   async request (head: string, offset: number, length: number, buffers: Buffer[], onFilled: (k: number) => void,
-    signal: AbortSignal, expectedTotal?: number): Promise<{ result: 'done' | 'fallback', reusable: boolean }> {
+    signal: AbortSignal, expectedTotal?: number, pacer?: ReadPacer): Promise<{ result: 'done' | 'fallback', reusable: boolean }> {
     return await new Promise((resolve, reject) => {
       const onAbort = (): void => this.abort(signal.reason as Error)
       const settle = (): void => {
@@ -226,6 +278,7 @@ class Connection {
         expectedTotal,
         buffers,
         onFilled,
+        ...(pacer !== undefined ? { pacer } : {}),
         k: 0,
         filled: 0,
         headBytes: 0,
@@ -250,7 +303,21 @@ class Connection {
   private target (): Uint8Array {
     const x = this.exchange
     if (x === undefined || !x.inBody) return this.head.subarray(x?.headBytes ?? 0)
-    return x.buffers[x.k].subarray(x.filled)
+    const buffer = x.buffers[x.k]
+    // Paced: one read takes at most what the pacer allows now (small reads, small bursts).
+    return x.pacer === undefined ? buffer.subarray(x.filled) : buffer.subarray(x.filled, x.filled + Math.max(1, x.pacer.readSize()))
+  }
+
+  /** Body bytes were read: the pacer may stop reading for a while. */
+  private paced (x: Exchange, bytes: number): void {
+    if (x.pacer === undefined || bytes === 0) return
+    const wait = x.pacer.consumed(bytes)
+    if (wait <= 0 || this.resumeTimer !== undefined) return
+    this.socket.pause()
+    this.resumeTimer = setTimeout(() => {
+      this.resumeTimer = undefined
+      if (this.alive) this.socket.resume()
+    }, wait)
   }
 
   private onBytes (bytes: number, buffer: Uint8Array): void {
@@ -263,6 +330,7 @@ class Connection {
     this.unanswered = false
     if (x.inBody) {
       x.filled += bytes
+      this.paced(x, bytes)
       this.advance(x)
       return
     }
@@ -286,6 +354,7 @@ class Connection {
     x.inBody = true
     // Body bytes that came in with the head.
     let extra = this.head.subarray(end + 4, x.headBytes)
+    this.paced(x, Math.min(extra.length, x.length))
     if (extra.length > x.length) {
       this.abort(new TransferError(JobErrorCode.ProtocolViolation, 'the origin sent more bytes than asked for', { transient: true, url: this.url.toString() }))
       return
@@ -336,12 +405,14 @@ class Connection {
 
   private abort (err: Error): void {
     this.alive = false
+    clearTimeout(this.resumeTimer)
     this.socket.destroy()
     this.exchange?.fail(err)
   }
 
   destroy (): void {
     this.alive = false
+    clearTimeout(this.resumeTimer)
     this.socket.destroy()
   }
 }

@@ -29,7 +29,7 @@ const byName = new Map(FLAGGED.map(o => [o.name, o]))
 const spec = (name: string): AgentOptionSpec & { name: string } => byName.get(name)!
 
 /** Keys a config file may hold: every option but --config itself. */
-const CONFIG_KEYS: readonly string[] = FLAGGED.filter(o => o.flagOnly !== true).map(o => o.name)
+const CONFIG_KEYS: readonly string[] = [...FLAGGED.filter(o => o.flagOnly !== true).map(o => o.name), 'policy']
 
 /**
  * An option's text and where it came from, by precedence: its flag, its variable
@@ -148,6 +148,11 @@ async function readConfig (values: Values, stateDir: string): Promise<{ config: 
   const config: Config = {}
   for (const [key, value] of Object.entries(parsed)) {
     if (!CONFIG_KEYS.includes(key)) throw new UsageError(`the config file ${configPath} has an unknown option "${key}"; it may set: ${CONFIG_KEYS.join(', ')}`, 'agent')
+    if (key === 'policy') {
+      // The bandwidth policy: an object, checked when the agent reads it (agentPolicy).
+      config.policy = JSON.stringify(value)
+      continue
+    }
     const o = spec(key)
     if (o.kind === 'list') {
       // A list of strings, none holding a comma (no multiaddr does).
@@ -164,6 +169,20 @@ async function readConfig (values: Values, stateDir: string): Promise<{ config: 
     }
   }
   return { config, configPath }
+}
+
+/** The config file's "policy", checked here so that a bad one is a usage error naming the key. */
+async function agentPolicy (sources: Sources): Promise<{ bandwidthPolicy?: unknown }> {
+  if (sources.config.policy === undefined) return {}
+  const bandwidthPolicy: unknown = JSON.parse(sources.config.policy)
+  const { parsePolicy, PolicyError } = await import('@canopy/agent')
+  try {
+    parsePolicy(bandwidthPolicy)
+  } catch (err) {
+    if (err instanceof PolicyError) throw new UsageError(`the config file ${sources.configPath}: "policy": ${err.message}`, 'agent')
+    throw err
+  }
+  return { bandwidthPolicy }
 }
 
 /** --api-listen and the token read from --api-token-file (flags, variables or the config file). */
@@ -295,7 +314,7 @@ Examples:
       config = sources.config
       const { level, format } = logSettings(sources)
       logger = createStderrLogger(level, undefined, format)
-      const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(sources), p2p: await p2pOptions(sources) }
+      const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(sources), p2p: await p2pOptions(sources), ...await agentPolicy(sources) }
       // Only once every flag and file checked out: a usage error leaves no state dir behind.
       await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
       agent = await startAgent(options)

@@ -6,7 +6,7 @@ import type { JobHttpOptions, JobLimits, JobNotify, JobView } from '@canopy/core
 import { ExitCode, UsageError } from '../errors.ts'
 import { formatSummary } from '../format.ts'
 import { ProgressReporter } from '../progress.ts'
-import { absolute, flag, hasControlChar, inform, interruptible, isQuiet, jobId, out, printJson, priorityOption, say, str, withClient } from '../verb.ts'
+import { absolute, flag, hasControlChar, inform, interruptible, isQuiet, jobId, out, printJson, priorityOption, rateLimitOption, say, str, withClient } from '../verb.ts'
 import type { Values, Verb } from '../verb.ts'
 
 /** Parses the URL argument: http or https only. */
@@ -179,7 +179,10 @@ Options:
   -o, --output PATH   destination file, or a directory to put it in
                       (default: the URL's last path segment, in the current directory)
   --priority P        foreground, high, normal or low (default foreground; the
-                      others only use bandwidth nobody else is using)
+                      others only use bandwidth nobody else is using: they
+                      yield to other traffic, see canopy agent --target-delay)
+  --rate-limit RATE   the job's own cap in bytes/s, e.g. 2MiB/s (0 blocks it);
+                      change it later with canopy set ID --rate-limit
   --sha256 HEX        expected SHA-256 of the file: it is refused if it differs
   --name N            the job's display name (default: the file name)
   --detach            print the job id on stdout and return; follow it with
@@ -250,12 +253,14 @@ Examples:
     'cert-file': { type: 'string' },
     'key-file': { type: 'string' },
     suspended: { type: 'boolean' },
+    'rate-limit': { type: 'string' },
     ...Object.fromEntries(LIMIT_FLAGS.map(([name]) => [name, { type: 'string' as const }]))
   },
   positionals: { min: 1, max: 1, name: '<url>' },
   async run (ctx) {
     const url = parseDownloadUrl(ctx.positionals[0])
     const priority = priorityOption(ctx.values, 'get') ?? 'foreground'
+    const rateLimit = rateLimitOption(ctx.values, 'get')
     const notify = notifyOptions(ctx.values)
     const sha256 = parseSha256(str(ctx.values, 'sha256'))
     const limits = jobLimitsOptions(ctx.values)
@@ -277,7 +282,8 @@ Examples:
         ...(notify !== undefined ? { notify } : {}),
         ...(limits !== undefined ? { limits } : {}),
         ...(http !== undefined ? { http } : {}),
-        ...(flag(ctx.values, 'if-newer') ? { ifNewer: true } : {})
+        ...(flag(ctx.values, 'if-newer') ? { ifNewer: true } : {}),
+        ...(typeof rateLimit === 'number' ? { rateLimit } : {})
       })
       if (flag(ctx.values, 'detach') || suspended) {
         if (json) printJson(created)

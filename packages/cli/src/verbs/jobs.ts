@@ -1,9 +1,10 @@
 /** The read and control verbs: jobs, job, suspend, resume, cancel, complete, status. */
 import type { CanopyClient } from '@canopy/client'
+import { formatBytes } from '@canopy/core'
 import type { JobView } from '@canopy/core'
 import { ExitCode, UsageError } from '../errors.ts'
 import { formatJobDetails, formatJobsTable, formatState, formatStatus } from '../format.ts'
-import { flag, inform, JSON_OPTION, jobId, out, printJson, priorityOption, withClient } from '../verb.ts'
+import { flag, inform, JSON_OPTION, jobId, out, printJson, priorityOption, rateLimitOption, withClient } from '../verb.ts'
 import type { Verb } from '../verb.ts'
 
 export const jobsVerb: Verb = {
@@ -118,8 +119,8 @@ export const completeVerb = actionVerb('complete')
 
 export const setVerb: Verb = {
   name: 'set',
-  summary: 'change a job\'s priority while it waits or runs',
-  help: `Usage: canopy set <id> --priority P [--json] [--state-dir D]
+  summary: 'change a job\'s priority or rate limit while it waits or runs',
+  help: `Usage: canopy set <id> [--priority P] [--rate-limit RATE] [--json] [--state-dir D]
 
 Changes a job's priority at once; the agent decides again what runs. A job set to
 foreground starts now, whatever else runs. A background job raised above a running
@@ -129,22 +130,30 @@ up. Prints the job's priority and state.
 
 Options:
   --priority P    foreground, high, normal or low
+  --rate-limit RATE  the job's own cap in bytes/s, e.g. 2MiB/s (0 blocks it;
+                  none removes it); a running job follows it at once
   --json          print the job (JobView) as JSON on stdout
   --state-dir D   the agent's state directory
 
 Examples:
   canopy set 3f2a9c1e --priority foreground
+  canopy set 3f2a9c1e --rate-limit 1MiB/s
   canopy jobs --json | jq -r '.[] | select(.priority == "low") | .id' | xargs -I{} canopy set {} --priority normal
 `,
-  options: { ...JSON_OPTION, priority: { type: 'string' } },
+  options: { ...JSON_OPTION, priority: { type: 'string' }, 'rate-limit': { type: 'string' } },
   positionals: { min: 1, max: 1, name: '<id>' },
   async run (ctx) {
     const id = jobId(ctx.positionals[0], 'set')
     const priority = priorityOption(ctx.values, 'set')
-    if (priority === undefined) throw new UsageError('nothing to set: give --priority P', 'set')
-    const job = await withClient(ctx, client => client.setPriority(id, priority))
+    const rateLimit = rateLimitOption(ctx.values, 'set', true)
+    if (priority === undefined && rateLimit === undefined) throw new UsageError('nothing to set: give --priority P or --rate-limit RATE', 'set')
+    const job = await withClient(ctx, async client => {
+      let view = priority === undefined ? undefined : await client.setPriority(id, priority)
+      if (rateLimit !== undefined) view = await client.setRateLimit(id, rateLimit)
+      return view!
+    })
     if (flag(ctx.values, 'json')) printJson(job)
-    else out(`${job.id}: priority ${job.priority}, ${formatState(job)}\n`)
+    else out(`${job.id}: priority ${job.priority}${job.rateLimit !== undefined ? `, rate limit ${formatBytes(job.rateLimit)}/s` : ''}, ${formatState(job)}\n`)
     return ExitCode.Ok
   }
 }
