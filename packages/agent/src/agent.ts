@@ -131,8 +131,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
     // The control socket lives here: keep the directory owner-only even if it existed.
     await chmod(resolved.stateDir, 0o700)
     const agent = new CanopyAgent(resolved)
-    await agent.store.open()
     try {
+      await agent.store.open()
       // The outbox first: recovery may record state changes of its own.
       await agent.notifier.load()
       for (const job of await agent.store.allJobs()) {
@@ -161,9 +161,13 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
         ...(resolved.apiListen !== undefined ? { tcp: { listen: resolved.apiListen, token: resolved.apiToken! } } : {})
       })
     } catch (err) {
+      // Everything the constructor started goes too (the hashing workers' ports would keep the process alive).
       await agent.peer?.stop()
       await agent.notifier.stop(0)
       await agent.store.close()
+      agent.rangeClient.close()
+      await agent.dispatcher.close()
+      await agent.blockHasher.close()
       throw err
     }
     agent.logger.info('agent started', { stateDir: resolved.stateDir, jobs: agent.table.size })

@@ -1,6 +1,6 @@
 import { Level } from 'level'
 import type { JobView, PublishedManifest } from '@canopy/core'
-import { CanopyError } from '@canopy/core'
+import { CanopyError, codeInCauses } from '@canopy/core'
 import type { BlockProvenance, JobRecord } from '../jobs/job.ts'
 
 const SOURCE_CODES: Record<BlockProvenance, string> = { origin: 'o', peer: 'p', cache: 'c' }
@@ -46,8 +46,7 @@ export class JobStore {
     try {
       await this.db.open()
     } catch (err) {
-      const cause = (err as { cause?: { code?: string } }).cause
-      if (cause?.code === 'LEVEL_LOCKED') {
+      if (codeInCauses(err, code => code === 'LEVEL_LOCKED') !== undefined) {
         throw new CanopyError('ERR_AGENT_ALREADY_RUNNING', 'Another Canopy agent is using this state directory: stop it first, or pick another --state-dir', { cause: err })
       }
       throw err
