@@ -17,9 +17,10 @@ test('a second agent on a state directory in use exits non-zero at once, naming 
     // bound (SIGKILL after it) turns that hang into a failure instead of a stuck run.
     const second = await runCli(['agent', '--state-dir', stateDir, '--no-p2p'], { timeoutMs: 60_000 })
     assert.equal(second.signal, null, `the second agent did not exit by itself: ${second.stderr}`)
-    assert.notEqual(second.code, 0)
+    assert.equal(second.code, 4, `exit code ${second.code}`)
     assert.match(second.stderr, /ERR_AGENT_ALREADY_RUNNING/)
     assert.ok(second.stderr.includes(stateDir), second.stderr)
+    assert.match(second.stderr, /Another Canopy agent is using this state directory/)
     // The first one is unharmed.
     assert.equal((await first.client.status()).stateDir, stateDir)
   } finally {

@@ -148,13 +148,6 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
     const agent = new CanopyAgent(resolved)
     try {
       await agent.store.open()
-    } catch (err) {
-      // The constructor started the hashing threads: without this, a second agent on a
-      // directory in use printed its error and then never exited (the threads kept it alive).
-      await agent.releaseTransferResources()
-      throw err
-    }
-    try {
       // The outbox first: recovery may record state changes of its own.
       await agent.notifier.load()
       for (const job of await agent.store.allJobs()) {
@@ -183,6 +176,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
         ...(resolved.apiListen !== undefined ? { tcp: { listen: resolved.apiListen, token: resolved.apiToken! } } : {})
       })
     } catch (err) {
+      // Everything the constructor started goes too (the hashing workers' ports would keep the process alive).
       await agent.peer?.stop()
       await agent.notifier.stop(0)
       await agent.store.close()

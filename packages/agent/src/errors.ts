@@ -1,4 +1,5 @@
 import { CanopyError, codeInCauses } from '@canopy/core'
+import type { CatalogCode } from '@canopy/core'
 
 /** Stable codes of the errors a job can end in (JobError.code). */
 export const JobErrorCode = {
@@ -18,7 +19,7 @@ export const JobErrorCode = {
   NoProgress: 'ERR_NO_PROGRESS',
   /** The job's maximum download time ran out (set by the scheduler). */
   MaxTime: 'ERR_MAX_TIME'
-} as const
+} as const satisfies Record<string, CatalogCode>
 
 /**
  * Why the scheduler stopped a running job that did nothing wrong: a higher priority
@@ -36,7 +37,7 @@ export class SchedulerYield extends CanopyError {
 }
 
 /** Code of the transient error that tells the runner the remote file changed: rediscover it and start it over. */
-export const REMOTE_CHANGED = 'ERR_REMOTE_CHANGED'
+export const REMOTE_CHANGED = 'ERR_REMOTE_CHANGED' satisfies CatalogCode
 
 /**
  * A failure of a transfer. `transient` failures (network down, origin 5xx, a short

@@ -1,3 +1,5 @@
+import type { CatalogCode } from './error-catalog.ts'
+
 /**
  * Every error Canopy raises on purpose carries a stable `code` (scripts and the
  * control API match on it) and a message that says what happened and what to do.
@@ -18,7 +20,7 @@ export const ErrorCode = {
   InvalidManifest: 'ERR_INVALID_MANIFEST',
   InvalidArgument: 'ERR_INVALID_ARGUMENT',
   Aborted: 'ERR_ABORTED'
-} as const
+} as const satisfies Record<string, CatalogCode>
 
 export function isCanopyError (err: unknown, code?: string): err is CanopyError {
   return err instanceof CanopyError && (code === undefined || err.code === code)

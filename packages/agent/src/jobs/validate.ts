@@ -1,7 +1,7 @@
 import { statSync } from 'node:fs'
 import { dirname, isAbsolute, resolve } from 'node:path'
 import { CanopyError, PRIORITIES } from '@canopy/core'
-import type { CreateJobFile, CreateJobRequest, JobLimits, JobNotify, JobPriority } from '@canopy/core'
+import type { CatalogCode, CreateJobFile, CreateJobRequest, JobLimits, JobNotify, JobPriority } from '@canopy/core'
 import type { RequestLimits } from '../options.ts'
 import { validateHttpOptions } from './http-options.ts'
 
@@ -25,7 +25,7 @@ export const LimitCode = {
   TooManyFiles: 'ERR_TOO_MANY_FILES',
   UrlTooLong: 'ERR_URL_TOO_LONG',
   NameTooLong: 'ERR_NAME_TOO_LONG'
-} as const
+} as const satisfies Record<string, CatalogCode>
 
 function bad (message: string): CanopyError {
   return new CanopyError('ERR_INVALID_REQUEST', message)

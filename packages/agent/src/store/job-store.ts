@@ -1,7 +1,7 @@
 import { dirname } from 'node:path'
 import { Level } from 'level'
 import type { JobView, PublishedManifest } from '@canopy/core'
-import { CanopyError } from '@canopy/core'
+import { CanopyError, codeInCauses } from '@canopy/core'
 import type { BlockProvenance, JobRecord } from '../jobs/job.ts'
 import { upgradeSchema } from './schema.ts'
 
@@ -66,9 +66,8 @@ export class JobStore {
     try {
       await this.db.open()
     } catch (err) {
-      const cause = (err as { cause?: { code?: string } }).cause
-      if (cause?.code === 'LEVEL_LOCKED') {
-        throw new CanopyError('ERR_AGENT_ALREADY_RUNNING', `Another Canopy agent is using the state directory ${dirname(this.location)}: stop it first, or pick another --state-dir`, { cause: err })
+      if (codeInCauses(err, code => code === 'LEVEL_LOCKED') !== undefined) {
+        throw new CanopyError('ERR_AGENT_ALREADY_RUNNING', `Another Canopy agent is using this state directory, ${dirname(this.location)}: stop it first, or pick another --state-dir`, { cause: err })
       }
       throw err
     }
