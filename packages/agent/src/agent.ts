@@ -29,6 +29,8 @@ import type { PeerNode } from './peers/node.ts'
 import type { PeerSharing } from './peers/sharing.ts'
 import type { PeerSessions } from './transfer/peer-fetch.ts'
 import type { ApiServer } from './api/server.ts'
+import { createAgentMetrics, startMetricsServer } from './metrics/index.ts'
+import type { AgentMetrics, MetricsServer } from './metrics/index.ts'
 
 export const AGENT_VERSION = '0.1.0'
 
@@ -120,6 +122,9 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
   /** Jobs whose deadline could not be acted on (the store failed): not tried again before this time, so a broken disk is not a busy loop. */
   private readonly expiryHeld = new Map<string, number>()
   private api?: ApiServer
+  /** Prometheus metrics (created once the jobs are loaded: their earlier bytes are not counted). */
+  metrics!: AgentMetrics
+  private metricsServer?: MetricsServer
   private peer?: PeerNode
   private sharing?: PeerSharing
   private wakeTimer?: NodeJS.Timeout
@@ -181,6 +186,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       // The outbox first: recovery may record state changes of its own.
       await agent.notifier.load()
       await agent.recover()
+      agent.metrics = createAgentMetrics({ events: agent, jobs: () => agent.listJobs(), peers: () => agent.sharing?.peersView(), cache: () => agent.sharing?.cacheView() }, { version: AGENT_VERSION, startedAt: agent.now() })
       if (resolved.p2p !== undefined) {
         // Loaded only when wanted: libp2p costs ~30 MiB resident.
         const { startPeerNode, loadOrCreatePeerKey, PeerSharing } = await import('./peers/index.ts')
@@ -190,6 +196,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
           logger: agent.logger
         })
         agent.sharing = new PeerSharing(agent.peer.libp2p, agent.store, resolved.stateDir, agent.blockHasher, agent.logger, resolved.p2p.cacheSize)
+        agent.sharing.metrics = agent.metrics
         await agent.sharing.start()
       }
       // Manifests of jobs removed and of cache files evicted since the last start.
@@ -199,7 +206,9 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       }
       agent.api = await startApiServer(agent, agent.socketPath, agent.logger,
         resolved.apiListen !== undefined ? { listen: resolved.apiListen, token: resolved.apiToken! } : undefined)
+      if (resolved.metricsListen !== undefined) agent.metricsServer = await startMetricsServer({ metrics: agent.metrics, logger: agent.logger }, { listen: resolved.metricsListen })
     } catch (err) {
+      await agent.api?.close()
       await agent.peer?.stop()
       await agent.notifier.stop(0)
       await agent.store.close()
@@ -224,6 +233,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     this.stopped = true
     clearTimeout(this.wakeTimer)
     await this.api?.close()
+    await this.metricsServer?.close()
+    this.metrics.close()
     const runs = [...this.running.values()]
     for (const r of runs) r.controller.abort(new CanopyError('ERR_AGENT_STOPPING', 'the agent is stopping'))
     await Promise.all(runs.map(async r => await r.done))
@@ -250,6 +261,8 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
       startedAt: this.startedAt,
       jobs: counts,
       notifications: { pending: this.notifier.pending },
+      bytes: { ...this.metrics.totals(), since: this.startedAt },
+      ...(this.metricsServer !== undefined ? { metricsListen: this.metricsServer.address } : {}),
       ...(this.api?.tcpAddress !== undefined ? { apiTcp: this.api.tcpAddress } : {})
     }
     if (this.peer !== undefined) {
@@ -895,6 +908,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
           maxBlockAttempts: this.options.maxBlockAttempts,
           refreshManifest: async (s) => await discoverManifest(net.dispatcher, file.url, headers, s),
           onBlock: () => this.onProgress(job),
+          onBadBlock: (source) => this.metrics.verificationFailed(source),
           logger: this.logger,
           signal
         })

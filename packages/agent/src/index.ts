@@ -13,6 +13,8 @@ export { AGENT_DEFAULTS, blocksAtRisk } from './options.ts'
 export type { AgentOptions, P2pOptions } from './options.ts'
 export { JobErrorCode, TransferError } from './errors.ts'
 export { JOB_LIMITS } from './jobs/validate.ts'
+export { createAgentMetrics, parseMetricsListen } from './metrics/index.ts'
+export type { AgentMetrics } from './metrics/index.ts'
 
 /** Starts an agent: opens its state, recovers jobs, listens on its control socket. */
 export async function startAgent (options: AgentOptions): Promise<CanopyAgent> {

@@ -15,6 +15,11 @@ export interface AgentOptions {
   apiListen?: string
   /** The bearer token of the TCP listener (required with apiListen). */
   apiToken?: string
+  /**
+   * HOST:PORT (or PORT, for 127.0.0.1) of a listener that serves Prometheus metrics at
+   * GET /metrics without a token. Default: none (the control API serves /metrics too).
+   */
+  metricsListen?: string
   /** Background (non-foreground) jobs transferring at once. Default 2. Foreground jobs always run. */
   maxBackgroundJobs?: number
   /** Range requests in flight per file being fetched from an origin. Default 4. */
@@ -135,7 +140,7 @@ export const AGENT_DEFAULTS = {
   now: Date.now
 } as const
 
-export type ResolvedAgentOptions = Required<Omit<AgentOptions, 'p2p' | 'apiListen' | 'apiToken'>> & Pick<AgentOptions, 'p2p' | 'apiListen' | 'apiToken'>
+export type ResolvedAgentOptions = Required<Omit<AgentOptions, 'p2p' | 'apiListen' | 'apiToken' | 'metricsListen'>> & Pick<AgentOptions, 'p2p' | 'apiListen' | 'apiToken' | 'metricsListen'>
 
 /** The limits a job request is checked against (a subset of the agent's options). */
 export type RequestLimits = Pick<ResolvedAgentOptions, 'maxFilesPerJob' | 'maxUrlLength' | 'maxNameLength'>

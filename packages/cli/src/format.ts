@@ -67,10 +67,17 @@ export function formatJobsTable (jobs: readonly JobView[]): string {
   )
 }
 
-function when (iso: string | undefined): string | undefined {
+/** An ISO 8601 time to the second, in UTC (2026-03-01T12:04:05Z): one format everywhere, sortable, unambiguous. */
+export function when (iso: string | undefined): string | undefined {
   if (iso === undefined) return undefined
   const t = Date.parse(iso)
-  return Number.isNaN(t) ? iso : new Date(t).toLocaleString()
+  return Number.isNaN(t) ? iso : `${new Date(t).toISOString().slice(0, 19)}Z`
+}
+
+/** "42.0 %" of the bytes that came from peers or a hosted cache rather than the origin; "-" before any byte. */
+export function formatPeerShare (bytes: Pick<JobBytes, 'fromOrigin' | 'fromPeers' | 'fromCache'>): string {
+  const total = bytes.fromOrigin + bytes.fromPeers + bytes.fromCache
+  return total === 0 ? '-' : `${((bytes.fromPeers + bytes.fromCache) / total * 100).toFixed(1)}%`
 }
 
 function fields (pairs: ReadonlyArray<readonly [string, string | undefined]>): string {
@@ -138,6 +145,14 @@ export function formatStatus (status: AgentStatus, now = Date.now()): string {
     ['state dir', status.stateDir],
     ['up', Number.isNaN(started) ? status.startedAt : `${formatDuration((now - started) / 1000)} (since ${when(status.startedAt)})`],
     ['jobs', counts.length === 0 ? 'none' : counts.join(', ')],
+    ...(status.bytes === undefined
+      ? []
+      : [
+          ['received', `origin ${formatBytes(status.bytes.fromOrigin)}, peers ${formatBytes(status.bytes.fromPeers)}` +
+            `${status.bytes.fromCache > 0 ? `, hosted cache ${formatBytes(status.bytes.fromCache)}` : ''} since start; ${formatPeerShare(status.bytes)} from peers`] as [string, string],
+          ['served to peers', formatBytes(status.bytes.servedToPeers)] as [string, string]
+        ]),
+    ...(status.metricsListen === undefined ? [] : [['metrics', `http://${status.metricsListen}/metrics`] as [string, string]]),
     ['notifications', status.notifications === undefined || status.notifications.pending === 0 ? 'none pending' : `${status.notifications.pending} pending`],
     ...(status.peer === undefined
       ? [['peers', 'no peer node (--no-p2p)'] as [string, string]]
@@ -200,11 +215,12 @@ export function formatSummary (path: string, bytes: JobBytes, seconds: number): 
 }
 
 /**
- * One line of `canopy watch`: local time, the job's short id and name, then what
- * happened: `12:04:05  3f2a9c1e  base.iso  now transferring, 12.0 MiB / 100 MiB 12%`.
+ * One line of `canopy watch`: the UTC time, the job's short id and name, then what
+ * happened: `12:04:05Z  3f2a9c1e  base.iso  now transferring, 12.0 MiB / 100 MiB 12%`.
  */
 export function formatEvent (event: AgentEvent, at = new Date()): string {
-  const time = at.toTimeString().slice(0, 8)
+  // ISO 8601 time of day in UTC, like every other time the CLI prints.
+  const time = `${at.toISOString().slice(11, 19)}Z`
   if (event.type === 'removed') return `${time}  ${event.jobId.slice(0, 8)}  removed`
   const { job } = event
   const head = `${time}  ${job.id.slice(0, 8)}  ${truncate(job.name, 40)}  `

@@ -249,8 +249,22 @@ export interface AgentStatus {
   notifications: { pending: number }
   /** host:port of the control API's TCP listener (token required), when it has one. */
   apiTcp?: string
+  /** host:port of the metrics listener (--metrics-listen), when it has one. */
+  metricsListen?: string
+  /** Verified bytes the agent's jobs received since it started, by source, and bytes served to peers. */
+  bytes: AgentByteTotals
   /** The agent's peer node, when it runs one. */
   peer?: PeerStatus
+}
+
+export interface AgentByteTotals {
+  fromOrigin: number
+  fromPeers: number
+  /** From a hosted cache (reserved: 0 until hosted caches exist). */
+  fromCache: number
+  servedToPeers: number
+  /** ISO 8601 time the counting began (the agent's start). */
+  since: string
 }
 
 export interface PeerStatus {

@@ -20,7 +20,7 @@ export { silentLogger } from './logger.ts'
 export type { Logger } from './logger.ts'
 export { AGENT_EVENT_TYPES, API_SOCKET_NAME, API_VERSION, FINAL_STATES, PRIORITIES } from './api.ts'
 export type {
-  AgentEvent, AgentEventType, AgentStatus, ApiErrorBody, CacheView, PeersView, PeerStatus, AddFilesRequest, CreateJobFile, CreateJobRequest, JobBytes, JobLimits, JobError, JobFileView,
+  AgentByteTotals, AgentEvent, AgentEventType, AgentStatus, ApiErrorBody, CacheView, PeersView, PeerStatus, AddFilesRequest, CreateJobFile, CreateJobRequest, JobBytes, JobLimits, JobError, JobFileView,
   JobHttpOptions, JobHttpView, JobNotify, JobPriority, JobState, JobType, JobView, SetPriorityRequest
 } from './api.ts'
 export { decodeMessage, encodeFrameParts, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY, MessageType, RESPONSE_HEAD_BYTES } from './wire.ts'

@@ -7,6 +7,8 @@ import { CanopyError } from '@canopy/core'
 import type { ApiErrorBody, Logger } from '@canopy/core'
 import type { CanopyAgent } from '../agent.ts'
 import { EventClients, MAX_EVENT_CLIENTS, serveEvents } from './events.ts'
+import { serveDashboard } from './dashboard/serve.ts'
+import { serveMetrics } from '../metrics/index.ts'
 
 /** Largest request body the API reads. */
 const MAX_BODY_BYTES = 1024 * 1024
@@ -175,6 +177,7 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
   }
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    if (req.url === '/metrics') return serveMetrics({ metrics: agent.metrics, logger }, req, res)
     route(req, res).then(reply => { if (reply !== undefined) send(res, reply[0], reply[1]) }, (err: unknown) => {
       if (res.headersSent) {
         res.destroy()
@@ -208,6 +211,7 @@ export async function startApiServer (agent: CanopyAgent, socketPath: string, lo
     // token (compared in constant time); the Unix socket stays as it is.
     const expected = createHash('sha256').update(`Bearer ${tcp.token}`).digest()
     const tcpServer = createServer((req, res) => {
+      if (serveDashboard(req, res)) return
       const given = createHash('sha256').update(req.headers.authorization ?? '').digest()
       if (!timingSafeEqual(given, expected)) {
         res.setHeader('www-authenticate', 'Bearer realm="canopy-agent"')

@@ -11,6 +11,7 @@ import type { BlockHasher } from '../transfer/block-hasher.ts'
 import { ExchangeSession, serveExchange } from './exchange.ts'
 import type { BlockSource, SharedContent } from './exchange.ts'
 import type { PeerLibp2p } from './node.ts'
+import type { SharingMetrics } from '../metrics/index.ts'
 
 /** Bad blocks from one peer before it is banned. */
 const BAN_AFTER = 3
@@ -60,6 +61,8 @@ export class PeerSharing implements BlockSource, PeerSessions {
   private readonly usedAt = new Map<string, number>()
   private quotaBytes: number
   private readonly bannedUntil = new Map<string, number>()
+  /** Counts bytes served, lookups, evictions and bans (set by the agent). */
+  metrics?: SharingMetrics
 
   constructor (libp2p: PeerLibp2p, store: JobStore, stateDir: string, blockHasher: BlockHasher, logger: Logger, quotaBytes?: number) {
     this.quotaBytes = quotaBytes ?? 0
@@ -148,6 +151,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
       if (used + incoming <= this.quotaBytes) break
       this.logger.info('evicting a cached file (least recently used)', { manifestId: record.manifestId, size: record.size })
       await this.forget(record)
+      this.metrics?.cacheEvicted(record.size)
       used -= record.size
     }
   }
@@ -191,6 +195,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
 
   lookup (id: Uint8Array): SharedContent | undefined {
     const entry = this.entries.get(Buffer.from(id).toString('hex'))
+    this.metrics?.contentLookup(entry !== undefined)
     if (entry === undefined) return undefined
     return {
       manifest: entry.manifest,
@@ -201,6 +206,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
       served: (peer, bytes) => {
         const key = peer.toString()
         this.toPeer.set(key, (this.toPeer.get(key) ?? 0) + bytes)
+        this.metrics?.servedToPeer(bytes)
         if (entry.cache !== undefined) this.usedAt.set(entry.cache.manifestId, Date.now())
       }
     }
@@ -240,6 +246,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
       this.bannedUntil.set(key, Date.now() + BAN_MS)
       this.strikes.delete(key)
       this.logger.warn('peer banned', { peer: key, reason, forMs: BAN_MS })
+      this.metrics?.peerBanned('bad_blocks')
     }
   }
 

@@ -49,6 +49,8 @@ export interface BlockTransferOptions {
   /** Fetches the manifest again (to tell a changed file from a corrupted response). */
   refreshManifest: (signal: AbortSignal) => Promise<PublishedManifest | undefined>
   onBlock: () => void
+  /** Called for each block that fails verification, with where it came from (metrics). */
+  onBadBlock?: (source: StoredBlockSource) => void
   logger: Logger
   signal: AbortSignal
 }
@@ -176,7 +178,7 @@ export class BlockSink {
     const { o } = this
     const { offset } = blockSpan(index, o.manifest.size, o.manifest.blockSize)
     const verdict = await o.blockHasher.verifyAndWrite(received, this.expected[index], this.handle, offset)
-    if (!verdict.ok) return verdict
+    if (!verdict.ok) { o.onBadBlock?.(source); return verdict }
     this.flusher.wrote(verdict.bytes.length)
     await o.store.markBlock(o.jobId, o.fileIndex, index, source)
     o.progress.mark(index, source)

@@ -77,7 +77,7 @@ const TUNING: ReadonlyArray<readonly [TuningKey, string, (text: string) => numbe
 ]
 
 /** Keys a config file may hold: the numeric options above, and the peer node's port and cache size. */
-const CONFIG_KEYS: readonly string[] = [...TUNING.map(([, name]) => name), 'p2p-port', 'p2p-host', 'cache-size', 'swarm-key', 'peer']
+const CONFIG_KEYS: readonly string[] = [...TUNING.map(([, name]) => name), 'p2p-port', 'p2p-host', 'cache-size', 'swarm-key', 'peer', 'metrics-listen']
 
 function agentTuning (sources: Sources): Partial<Record<TuningKey, number>> {
   return Object.fromEntries(TUNING.map(([key, name, parse, min]) => [key, tuning(sources, name, parse, min)]))
@@ -139,6 +139,19 @@ async function apiListenOptions (values: Values): Promise<{ apiListen?: string, 
   if (tokenFile === undefined) throw new UsageError('--api-listen needs --api-token-file: the TCP listener is never open without a token', 'agent')
   const token = await readApiToken(tokenFile, 'agent')
   return { apiListen: listen, apiToken: token }
+}
+
+/** --metrics-listen (flag, else CANOPY_METRICS_LISTEN, else the config file), checked before the agent starts. */
+async function metricsListenOption (sources: Sources): Promise<{ metricsListen?: string }> {
+  const { parseMetricsListen } = await import('@canopy/agent')
+  const listen = str(sources.values, 'metrics-listen') ?? process.env.CANOPY_METRICS_LISTEN ?? sources.config['metrics-listen']
+  if (listen === undefined || listen === '') return {}
+  try {
+    parseMetricsListen(listen)
+  } catch (err) {
+    throw new UsageError((err as Error).message, 'agent')
+  }
+  return { metricsListen: listen }
 }
 
 /** The peer node's options from flags, else CANOPY_* variables; undefined with --no-p2p. */
@@ -240,7 +253,14 @@ Remote administration (the Unix socket is always there, owner-only):
   --api-listen HOST:PORT  also serve the control API on TCP, e.g. 0.0.0.0:7380
   --api-token-file F   the bearer token it requires (required with --api-listen);
                        clients: CANOPY_AGENT_URL=http://HOST:PORT and
-                       CANOPY_API_TOKEN_FILE=F
+                       CANOPY_API_TOKEN_FILE=F; the web dashboard is at
+                       http://HOST:PORT/dashboard/ (canopy dashboard prints its URL)
+
+Metrics (Prometheus; docs/API.md lists them):
+  --metrics-listen HOST:PORT  serve GET /metrics without a token, for Prometheus,
+                       e.g. 0.0.0.0:9464; a bare PORT listens on 127.0.0.1
+                       (default: off; the control API always serves /metrics,
+                       behind its token on TCP)
 
 Peers (the agent's libp2p node):
   --p2p-port N         TCP port of the peer node (default 7373; 0 picks one)
@@ -267,6 +287,7 @@ Examples:
     'log-level': { type: 'string' },
     'api-listen': { type: 'string' },
     'api-token-file': { type: 'string' },
+    'metrics-listen': { type: 'string' },
     'max-background-jobs': { type: 'string' },
     'requests-in-flight': { type: 'string' },
     'request-size': { type: 'string' },
@@ -302,7 +323,7 @@ Examples:
     const stopping = untilSignal('canopy agent')
     const { startAgent } = await import('@canopy/agent')
     const sources = { values: ctx.values, ...await readConfig(ctx.values, ctx.stateDir) }
-    const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(ctx.values), p2p: await p2pOptions(sources) }
+    const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(ctx.values), ...await metricsListenOption(sources), p2p: await p2pOptions(sources) }
     // Only once every flag and file checked out: a usage error leaves no state dir behind.
     await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
     const agent = await startAgent(options)

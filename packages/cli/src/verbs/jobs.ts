@@ -154,8 +154,10 @@ export const statusVerb: Verb = {
   summary: 'show whether the agent runs, and its job counts',
   help: `Usage: canopy status [--json] [--state-dir D]
 
-Shows the agent's pid, version, state directory, uptime and how many jobs are in
-each state. Exits 3 when no agent runs for the state directory.
+Shows the agent's pid, version, state directory, uptime, how many jobs are in
+each state, and the bytes its jobs received since it started by source (origin,
+peers, a hosted cache) with the share that did not cross the WAN (from peers),
+and the bytes it served to peers. Exits 3 when no agent runs for the state directory.
 
 Options:
   --json          print the status (AgentStatus) as JSON on stdout
@@ -164,6 +166,7 @@ Options:
 Examples:
   canopy status
   canopy status --json | jq .jobs
+  canopy status --json | jq '.bytes | (.fromPeers + .fromCache) / (.fromOrigin + .fromPeers + .fromCache)'
   if ! canopy status >/dev/null 2>&1; then canopy agent & fi
 `,
   options: { ...JSON_OPTION },
