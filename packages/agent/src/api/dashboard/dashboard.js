@@ -21,6 +21,8 @@ if (fragment.has('token')) {
   sessionStorage.setItem('canopy-token', fragment.get('token'))
   history.replaceState(null, '', location.pathname + location.search)
 }
+// A token pasted into the address bar of an open page: start again with it.
+window.addEventListener('hashchange', () => location.reload())
 const token = sessionStorage.getItem('canopy-token')
 const headers = token === null ? {} : { authorization: `Bearer ${token}` }
 
