@@ -15,6 +15,14 @@ import { chromium } from 'playwright-core'
 import type { Browser, Page } from 'playwright-core'
 import { CLI, FINISHED, loopbackAddress, originWithFile, refusingOrigin, startAgentProcess, swarmKeyFile, waitConnected } from './helpers.ts'
 
+/** The little of the DOM that the functions run in the page use (the project's types have no DOM library). */
+interface DomNode {
+  textContent: string | null
+  querySelector: (selector: string) => DomNode | null
+  querySelectorAll: (selector: string) => Iterable<DomNode>
+}
+declare const document: DomNode & { getElementById: (id: string) => DomNode | null }
+
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const SKIP = existsSync(CHROMIUM) ? false : `no chromium at ${CHROMIUM} (apt-get install -y chromium, or set CHROMIUM_PATH)`
 if (SKIP !== false) process.stderr.write(`dashboard tests skipped: ${SKIP}\n`)

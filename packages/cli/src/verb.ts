@@ -105,10 +105,7 @@ export async function remoteAgent (values: Values): Promise<RemoteAgent | undefi
     return undefined
   }
   const urlFrom = flagUrl !== undefined ? '--url' : 'CANOPY_AGENT_URL'
-  let parsed: URL | undefined
-  try {
-    parsed = new URL(url)
-  } catch {}
+  const parsed = URL.canParse(url) ? new URL(url) : undefined
   if (parsed === undefined || (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')) {
     throw new UsageError(`${urlFrom} ${url}: give the agent's TCP listener as http://HOST:PORT (canopy agent --api-listen)`)
   }
