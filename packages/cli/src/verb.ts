@@ -187,5 +187,8 @@ export function jobId (text: string | undefined, verb: string): string {
   if (text === undefined || text.trim() === '' || text.length > 200 || /\s/.test(text) || hasControlChar(text)) {
     throw new UsageError(`"${text ?? ''}" is not a job id: list them with \`canopy jobs\``, verb)
   }
+  if (text.length < 4) {
+    throw new UsageError(`"${text}" is too short: give a job's id or a prefix of it of at least 4 characters that only it has (canopy jobs lists them)`, verb)
+  }
   return text
 }

@@ -291,7 +291,8 @@ export interface CacheView {
   usedBytes: number
   /** The quota; least recently used files go first when a new one does not fit. */
   quotaBytes: number
-  entries: Array<{ manifestId: string, size: number, addedAt: string, usedAt: string }>
+  /** name: the completed file's name when it was cached (absent for files cached by older agents). */
+  entries: Array<{ manifestId: string, name?: string, size: number, addedAt: string, usedAt: string }>
 }
 
 export interface ApiErrorBody {

@@ -1,6 +1,6 @@
 import { link, mkdir, open, rm, stat, statfs } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import type { PeerId } from '@libp2p/interface'
 import { blockDigest, blockSpan, digestsEqual, discoveryId, DISCOVERY_LABEL } from '@canopy/core'
 import type { CacheView, Logger, PeersView, PublishedManifest } from '@canopy/core'
@@ -137,7 +137,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
       return
     }
     const s = await stat(cachePath)
-    const record: CacheRecord = { manifestId: manifest.id, path: cachePath, size: s.size, mtimeMs: s.mtimeMs, ino: s.ino, addedAt: new Date().toISOString() }
+    const record: CacheRecord = { manifestId: manifest.id, path: cachePath, size: s.size, mtimeMs: s.mtimeMs, ino: s.ino, addedAt: new Date().toISOString(), name: basename(path) }
     await this.store.putCacheRecord(record)
     this.add({ manifest, key: Buffer.from(manifest.key, 'base64'), path: cachePath, cache: record })
   }
@@ -162,7 +162,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
     return {
       usedBytes: entries.reduce((sum, r) => sum + r.size, 0),
       quotaBytes: this.quotaBytes,
-      entries: entries.map(r => ({ manifestId: r.manifestId, size: r.size, addedAt: r.addedAt, usedAt: new Date(this.usedAt.get(r.manifestId) ?? Date.parse(r.addedAt)).toISOString() }))
+      entries: entries.map(r => ({ manifestId: r.manifestId, ...(r.name !== undefined ? { name: r.name } : {}), size: r.size, addedAt: r.addedAt, usedAt: new Date(this.usedAt.get(r.manifestId) ?? Date.parse(r.addedAt)).toISOString() }))
     }
   }
 
