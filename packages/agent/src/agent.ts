@@ -1055,7 +1055,7 @@ export class CanopyAgent extends EventEmitter<AgentEvents> {
     if (this.sharing === undefined || file.manifestId === undefined) return
     const manifest = await this.store.getManifest(file.manifestId)
     if (manifest === undefined) return
-    await this.sharing.admit(manifest, path).catch((err: unknown) => this.logger.warn('could not keep a completed file for peers', { path, err: String(err) }))
+    await this.sharing.admit(manifest, path, basename(file.path)).catch((err: unknown) => this.logger.warn('could not keep a completed file for peers', { path, err: String(err) }))
   }
 
   private async renameIntoPlace (job: JobRecord): Promise<boolean> {

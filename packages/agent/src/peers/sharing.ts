@@ -114,8 +114,8 @@ export class PeerSharing implements BlockSource, PeerSessions {
     }
   }
 
-  /** Keeps a completed, verified file for peers (a hard link into the cache). */
-  async admit (manifest: PublishedManifest, path: string): Promise<void> {
+  /** Keeps a completed, verified file for peers (a hard link into the cache); `name` is the file's name for people. */
+  async admit (manifest: PublishedManifest, path: string, name = basename(path)): Promise<void> {
     if (manifest.key === undefined) return
     const cachePath = join(this.cacheDir, manifest.id)
     const size = (await stat(path)).size
@@ -137,7 +137,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
       return
     }
     const s = await stat(cachePath)
-    const record: CacheRecord = { manifestId: manifest.id, path: cachePath, size: s.size, mtimeMs: s.mtimeMs, ino: s.ino, addedAt: new Date().toISOString(), name: basename(path) }
+    const record: CacheRecord = { manifestId: manifest.id, path: cachePath, size: s.size, mtimeMs: s.mtimeMs, ino: s.ino, addedAt: new Date().toISOString(), name }
     await this.store.putCacheRecord(record)
     this.add({ manifest, key: Buffer.from(manifest.key, 'base64'), path: cachePath, cache: record })
   }

@@ -176,10 +176,11 @@ function renderPeers (view) {
 function renderCache (view) {
   $('cache-summary').textContent = `${bytes(view.usedBytes)} of ${bytes(view.quotaBytes)} used, ${view.entries.length} file(s)`
   $('cache').tBodies[0].replaceChildren(...view.entries.map(e => el('tr', {},
-    el('td', { class: 'mono' }, e.manifestId.slice(0, 16)),
+    el('td', {}, e.name ?? '(unnamed)'),
     el('td', { class: 'num' }, bytes(e.size)),
+    el('td', {}, e.usedAt),
     el('td', {}, e.addedAt),
-    el('td', {}, e.usedAt))))
+    el('td', { class: 'mono', title: e.manifestId }, `${e.manifestId.slice(0, 16)}…`))))
 }
 
 async function poll () {
