@@ -98,7 +98,7 @@ test('metrics after downloads from the origin and from a peer agree with the job
   assert.equal(shown.bytes.fromOrigin, second.bytes.fromOrigin)
   const human = await runCli(['status', '--state-dir', b.stateDir])
   const share = (second.bytes.fromPeers / size * 100).toFixed(1)
-  assert.match(human.stdout, new RegExp(`received: +origin .*, peers .* since start; ${share.replace('.', '\\.')}% from peers`))
+  assert.match(human.stdout, new RegExp(`received: +origin .*, peers .* since start \\(${share.replace('.', '\\.')}% from peers\\)`))
   assert.match(human.stdout, /served to peers: +0 B/)
 
   // Bytes received before a start are not counted again after it.

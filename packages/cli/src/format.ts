@@ -117,7 +117,7 @@ export function when (iso: string | undefined): string | undefined {
   return Number.isNaN(t) ? iso : `${new Date(t).toISOString().slice(0, 19)}Z`
 }
 
-/** "42.0 %" of the bytes that came from peers or a hosted cache rather than the origin; "-" before any byte. */
+/** "42.0%" of the bytes that came from peers or a hosted cache rather than the origin; "-" before any byte. */
 export function formatPeerShare (bytes: Pick<JobBytes, 'fromOrigin' | 'fromPeers' | 'fromCache'>): string {
   const total = bytes.fromOrigin + bytes.fromPeers + bytes.fromCache
   return total === 0 ? '-' : `${((bytes.fromPeers + bytes.fromCache) / total * 100).toFixed(1)}%`
@@ -192,7 +192,8 @@ export function formatStatus (status: AgentStatus, now = Date.now()): string {
       ? []
       : [
           ['received', `origin ${formatBytes(status.bytes.fromOrigin)}, peers ${formatBytes(status.bytes.fromPeers)}` +
-            `${status.bytes.fromCache > 0 ? `, hosted cache ${formatBytes(status.bytes.fromCache)}` : ''} since start; ${formatPeerShare(status.bytes)} from peers`] as [string, string],
+            `${status.bytes.fromCache > 0 ? `, hosted cache ${formatBytes(status.bytes.fromCache)}` : ''} since start` +
+            (status.bytes.fromOrigin + status.bytes.fromPeers + status.bytes.fromCache === 0 ? '' : ` (${formatPeerShare(status.bytes)} from peers)`)] as [string, string],
           ['served to peers', formatBytes(status.bytes.servedToPeers)] as [string, string]
         ]),
     ...(status.metricsListen === undefined ? [] : [['metrics', `http://${status.metricsListen}/metrics`] as [string, string]]),
