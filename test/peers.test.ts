@@ -5,6 +5,7 @@ import type { TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { get as httpGet } from 'node:http'
 import { request } from 'undici'
 import { decodeManifest, discoveryId, DISCOVERY_LABEL, MANIFEST_MEDIA_TYPE, silentLogger } from '@canopy/core'
 import { ExchangeSession, loadOrCreatePeerKey, parseSwarmKey, serveExchange, startPeerNode } from '@canopy/agent/peers'
@@ -244,6 +245,17 @@ test('a peer that sends corrupted blocks is detected and banned, and the file is
   assert.equal(await fileSha256(join(dir, 'b.bin')), sha256)
   const peers = await b.client.peers()
   assert.deepEqual(peers.bans.map(ban => ban.peerId), [liar.libp2p.peerId.toString()])
+  // The metrics (here on the control socket) count the bad blocks by source, and the ban.
+  const metrics = await new Promise<string>((resolve, reject) => {
+    httpGet({ socketPath: join(b.stateDir, 'agent.sock'), path: '/metrics' }, res => {
+      let text = ''
+      res.on('data', (d: Buffer) => { text += d.toString() })
+      res.on('end', () => resolve(text))
+    }).on('error', reject)
+  })
+  assert.match(metrics, /^canopy_agent_verification_failures_total\{source="peer"\} ([3-9]|\d{2,})$/m)
+  assert.match(metrics, /^canopy_agent_verification_failures_total\{source="origin"\} 0$/m)
+  assert.match(metrics, /^canopy_agent_peer_bans_total\{reason="bad_blocks"\} 1$/m)
 })
 
 // Regression: a banned liar's bitfield kept saying it had every block, so agents that

@@ -29,6 +29,8 @@ import type { PeerNode } from './peers/node.ts'
 import type { PeerSharing } from './peers/sharing.ts'
 import { WanPaths, bandwidthStatus, policyView } from './bandwidth/wan-paths.ts'
 import { parsePolicy, writePolicy } from './bandwidth/policy.ts'
+import { createAgentMetrics, startMetricsServer } from './metrics/index.ts'
+import type { AgentMetrics, MetricsServer } from './metrics/index.ts'
 
 export const AGENT_VERSION = '0.1.0'
 
@@ -59,6 +61,9 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
   private backgroundHasher?: BlockHasher
   /** Background jobs' delay controllers and caps, one path per origin host. */
   private readonly wanPaths: WanPaths
+  /** Prometheus metrics (created once the jobs are loaded: their earlier bytes are not counted). */
+  metrics!: AgentMetrics
+  private metricsServer?: MetricsServer
   private readonly rangeClient: RangeClient
   private readonly notifier: Notifier
   private readonly table: JobTable
@@ -119,6 +124,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       blockHasher,
       backgroundHasher: () => (this.backgroundHasher ??= new BlockHasher(options.hashThreads, { nice: BACKGROUND_NICE })),
       wanPaths,
+      metrics: () => this.metrics,
       // As much as one transfer holds at most with the default block size.
       blockBuffers: new BufferPool(blocksBuffered(options, DEFAULT_BLOCK_SIZE) * DEFAULT_BLOCK_SIZE),
       dispatcher: this.dispatcher,
@@ -155,6 +161,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
         agent.table.add(entry)
         await agent.runner.recover(entry)
       }
+      agent.metrics = createAgentMetrics({ events: agent, jobs: () => agent.listJobs(), peers: () => agent.sharing?.peersView(), cache: () => agent.sharing?.cacheView() }, { version: AGENT_VERSION, startedAt: agent.now() })
       if (resolved.p2p !== undefined) {
         // Loaded only when wanted: libp2p costs ~30 MiB resident.
         const { startPeerNode, loadOrCreatePeerKey, PeerSharing } = await import('./peers/index.ts')
@@ -164,6 +171,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
           logger: agent.logger
         })
         agent.sharing = new PeerSharing(agent.peer.libp2p, agent.store, resolved.stateDir, agent.blockHasher, agent.logger, resolved.p2p.cacheSize)
+        agent.sharing.metrics = agent.metrics
         await agent.sharing.start()
       }
       // Manifests of jobs removed and of cache files evicted since the last start.
@@ -171,11 +179,13 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       if (resolved.apiListen !== undefined && (resolved.apiToken ?? '') === '') {
         throw new CanopyError('ERR_INVALID_ARGUMENT', 'The TCP listener of the control API needs a bearer token (--api-token-file): it is never open without one')
       }
-      agent.api = await startApiServer({ control: agent, logger: agent.logger, limits: resolved }, {
+      agent.api = await startApiServer({ control: agent, metrics: agent.metrics, logger: agent.logger, limits: resolved }, {
         socketPath: agent.socketPath,
         ...(resolved.apiListen !== undefined ? { tcp: { listen: resolved.apiListen, token: resolved.apiToken! } } : {})
       })
+      if (resolved.metricsListen !== undefined) agent.metricsServer = await startMetricsServer({ metrics: agent.metrics, logger: agent.logger }, { listen: resolved.metricsListen })
     } catch (err) {
+      await agent.api?.close()
       // Everything the constructor started goes too (the hashing workers' ports would keep the process alive).
       await agent.peer?.stop()
       await agent.notifier.stop(0)
@@ -203,6 +213,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
     this.stopped = true
     this.scheduler.pause()
     await this.api?.close()
+    await this.metricsServer?.close()
+    this.metrics.close()
     await this.scheduler.stopRuns()
     await this.table.flush()
     await this.notifier.stop(NOTIFY_STOP_GRACE_MS)
@@ -235,6 +247,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       jobs: counts,
       notifications: { pending: this.notifier.pending },
       bandwidth: bandwidthStatus(this.wanPaths, this.options.targetDelayMs, this.now()),
+      bytes: { ...this.metrics.totals(), since: this.startedAt },
+      ...(this.metricsServer !== undefined ? { metricsListen: this.metricsServer.address } : {}),
       ...(this.api?.tcpAddress !== undefined ? { apiTcp: this.api.tcpAddress } : {})
     }
     if (this.peer !== undefined) {

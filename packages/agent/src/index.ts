@@ -15,6 +15,8 @@ export { JobErrorCode, TransferError } from './errors.ts'
 export { JOB_LIMITS } from './jobs/validate.ts'
 export { parsePolicy, PolicyError } from './bandwidth/policy.ts'
 export type { BandwidthPolicy } from './bandwidth/policy.ts'
+export { createAgentMetrics, parseMetricsListen } from './metrics/index.ts'
+export type { AgentMetrics } from './metrics/index.ts'
 
 /** Starts an agent: opens its state, recovers jobs, listens on its control socket. */
 export async function startAgent (options: AgentOptions): Promise<CanopyAgent> {

@@ -16,6 +16,11 @@ export interface AgentOptions {
   apiListen?: string
   /** The bearer token of the TCP listener (required with apiListen). */
   apiToken?: string
+  /**
+   * HOST:PORT (or PORT, for 127.0.0.1) of a listener that serves Prometheus metrics at
+   * GET /metrics without a token. Default: none (the control API serves /metrics too).
+   */
+  metricsListen?: string
   /** Background (non-foreground) jobs transferring at once. Default 2. Foreground jobs always run. */
   maxBackgroundJobs?: number
   /** Range requests in flight per file being fetched from an origin. Default 4. */
@@ -152,7 +157,7 @@ export const AGENT_DEFAULTS = {
   now: Date.now
 } as const
 
-export type ResolvedAgentOptions = Required<Omit<AgentOptions, 'p2p' | 'apiListen' | 'apiToken' | 'bandwidthPolicy'>> & Pick<AgentOptions, 'p2p' | 'apiListen' | 'apiToken' | 'bandwidthPolicy'>
+export type ResolvedAgentOptions = Required<Omit<AgentOptions, 'p2p' | 'apiListen' | 'apiToken' | 'bandwidthPolicy' | 'metricsListen'>> & Pick<AgentOptions, 'p2p' | 'apiListen' | 'apiToken' | 'bandwidthPolicy' | 'metricsListen'>
 
 /** The limits a job request is checked against (a subset of the agent's options). */
 export type RequestLimits = Pick<ResolvedAgentOptions, 'maxFilesPerJob' | 'maxUrlLength' | 'maxNameLength'>
@@ -240,6 +245,7 @@ export const AGENT_OPTION_TABLE: readonly AgentOptionSpec[] = [
   { name: 'notify-retry-max', field: 'notifyRetryMaxMs', kind: 'duration', min: 1, arg: 'DUR', section: 'notifications', help: 'longest such delay' },
   { name: 'notify-attempts', field: 'notifyAttempts', kind: 'count', min: 1, arg: 'N', section: 'notifications', help: 'attempts of one notify-URL POST before it is given up' },
   { name: 'api-listen', field: 'apiListen', kind: 'text', arg: 'HOST:PORT', section: 'remote', defaultText: 'none', help: 'also serve the control API on TCP, e.g. 0.0.0.0:7380' },
+  { name: 'metrics-listen', field: 'metricsListen', kind: 'text', arg: 'HOST:PORT', section: 'remote', defaultText: 'off', help: 'serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT means 127.0.0.1); they are on the TCP control API too, behind its token' },
   { name: 'api-token-file', kind: 'text', arg: 'F', section: 'remote', help: 'the bearer token the TCP listener requires (required with --api-listen); clients: CANOPY_AGENT_URL=http://HOST:PORT and CANOPY_API_TOKEN_FILE=F' },
   { name: 'p2p-port', kind: 'count', min: 0, max: 65535, arg: 'N', section: 'peers', defaultText: '7373; 0 picks one', help: 'TCP port of the peer node' },
   { name: 'p2p-host', kind: 'text', arg: 'IP', section: 'peers', defaultText: '0.0.0.0', help: 'address the peer node listens on' },

@@ -16,10 +16,11 @@ import { cacheVerb, peersVerb } from './verbs/peers.ts'
 import { completionVerb, versionVerb } from './verbs/meta.ts'
 import { version } from './version.ts'
 import { policyVerb } from './verbs/policy.ts'
+import { dashboardVerb } from './verbs/dashboard.ts'
 
 export const VERBS: readonly Verb[] = [
   getVerb, addVerb, jobsVerb, jobVerb, watchVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, setVerb, statusVerb,
-  peersVerb, cacheVerb, policyVerb, agentVerb, originVerb, publishVerb, keygenVerb, versionVerb, completionVerb(() => VERBS)
+  peersVerb, cacheVerb, policyVerb, dashboardVerb, agentVerb, originVerb, publishVerb, keygenVerb, versionVerb, completionVerb(() => VERBS)
 ]
 
 export const EXIT_CODES_HELP = `Exit codes:
@@ -62,7 +63,8 @@ Environment:
   CANOPY_LOG_LEVEL   log level of \`canopy agent\` and \`canopy origin\` (default info)
   CANOPY_AGENT_URL   talk to an agent's TCP listener (canopy agent --api-listen)
                      instead of the local socket, with the bearer token in the
-                     file named by CANOPY_API_TOKEN_FILE
+                     file named by CANOPY_API_TOKEN_FILE (or, after the command:
+                     --url URL --token-file F)
 
 Examples:
   canopy agent &

@@ -58,19 +58,69 @@ export function formatTable (headers: readonly string[], rows: ReadonlyArray<rea
   return [line(headers), ...rows.map(line)].join('\n') + '\n'
 }
 
-/** The table of `canopy jobs`. */
-export function formatJobsTable (jobs: readonly JobView[]): string {
-  return formatTable(
-    ['ID', 'NAME', 'STATE', 'PROGRESS', 'RATE', 'PRIORITY'],
-    // The reason is why people look (BITS's most common complaint is a job stuck without one): room for the longest waiting reasons.
-    jobs.map(j => [j.id, truncate(j.name, 40), truncate(formatState(j), 90), formatProgress(j.bytes), j.rate === undefined ? '' : formatRate(j.rate), j.priority])
-  )
+/** Cuts `text` to `width` at a word boundary (a word longer than the width is cut), ending it with "…" when cut. */
+export function truncateWords (text: string, width: number): string {
+  if (text.length <= width) return text
+  const room = text.slice(0, Math.max(0, width - 1))
+  const space = room.lastIndexOf(' ')
+  return `${(space >= width / 2 ? room.slice(0, space) : room).replace(/[\s,;:(]+$/, '')}…`
 }
 
-function when (iso: string | undefined): string | undefined {
+/** Each id cut to its shortest prefix of at least 8 characters that no other id in the list shares. */
+export function shortIds (ids: readonly string[]): string[] {
+  return ids.map(id => {
+    let n = 8
+    while (n < id.length && ids.some(other => other !== id && other.startsWith(id.slice(0, n)))) n++
+    return id.slice(0, n)
+  })
+}
+
+export interface JobsTable {
+  text: string
+  /** Whether a name or reason was cut to fit (`canopy job <id>` or --wide show it whole). */
+  cut: boolean
+}
+
+/**
+ * The table of `canopy jobs`, fitted to `columns` (a terminal's width; undefined:
+ * no limit, as for a pipe). Ids are short unique prefixes (every verb takes them).
+ * The state and its reason come last and take the room left; names and reasons
+ * are cut at a word, never mid-word unless one word is wider than the room.
+ */
+export function formatJobsTable (jobs: readonly JobView[], columns?: number): JobsTable {
+  const headers = ['ID', 'NAME', 'PROGRESS', 'RATE', 'PRIORITY', 'STATE']
+  const ids = shortIds(jobs.map(j => j.id))
+  const rows = jobs.map((j, i) => [ids[i], j.name, formatProgress(j.bytes), j.rate === undefined ? '' : formatRate(j.rate), j.priority, formatState(j)])
+  if (columns === undefined) return { text: formatTable(headers, rows), cut: false }
+  const widthOf = (col: number): number => Math.max(headers[col].length, ...rows.map(r => r[col].length))
+  const fixed = [0, 2, 3, 4].reduce((sum, col) => sum + widthOf(col), 0) + 2 * (headers.length - 1)
+  // Name and state share the room left: a name gets up to 40 columns but gives way
+  // down to 12 for the state, which gets the rest (at least 20: past the edge, the
+  // terminal wraps rather than the reason being lost).
+  const room = Math.max(0, columns - 1 - fixed)
+  const nameWidth = Math.min(widthOf(1), 40, Math.max(12, room - widthOf(5)))
+  const stateWidth = Math.max(20, room - nameWidth)
+  let cut = false
+  const fitted = rows.map(r => {
+    const name = truncateWords(r[1], nameWidth)
+    const state = truncateWords(r[5], stateWidth)
+    if (name !== r[1] || state !== r[5]) cut = true
+    return [r[0], name, r[2], r[3], r[4], state]
+  })
+  return { text: formatTable(headers, fitted), cut }
+}
+
+/** An ISO 8601 time to the second, in UTC (2026-03-01T12:04:05Z): one format everywhere, sortable, unambiguous. */
+export function when (iso: string | undefined): string | undefined {
   if (iso === undefined) return undefined
   const t = Date.parse(iso)
-  return Number.isNaN(t) ? iso : new Date(t).toLocaleString()
+  return Number.isNaN(t) ? iso : `${new Date(t).toISOString().slice(0, 19)}Z`
+}
+
+/** "42.0%" of the bytes that came from peers or a hosted cache rather than the origin; "-" before any byte. */
+export function formatPeerShare (bytes: Pick<JobBytes, 'fromOrigin' | 'fromPeers' | 'fromCache'>): string {
+  const total = bytes.fromOrigin + bytes.fromPeers + bytes.fromCache
+  return total === 0 ? '-' : `${((bytes.fromPeers + bytes.fromCache) / total * 100).toFixed(1)}%`
 }
 
 function fields (pairs: ReadonlyArray<readonly [string, string | undefined]>): string {
@@ -139,6 +189,15 @@ export function formatStatus (status: AgentStatus, now = Date.now()): string {
     ['state dir', status.stateDir],
     ['up', Number.isNaN(started) ? status.startedAt : `${formatDuration((now - started) / 1000)} (since ${when(status.startedAt)})`],
     ['jobs', counts.length === 0 ? 'none' : counts.join(', ')],
+    ...(status.bytes === undefined
+      ? []
+      : [
+          ['received', `origin ${formatBytes(status.bytes.fromOrigin)}, peers ${formatBytes(status.bytes.fromPeers)}` +
+            `${status.bytes.fromCache > 0 ? `, hosted cache ${formatBytes(status.bytes.fromCache)}` : ''} since start` +
+            (status.bytes.fromOrigin + status.bytes.fromPeers + status.bytes.fromCache === 0 ? '' : ` (${formatPeerShare(status.bytes)} from peers)`)] as [string, string],
+          ['served to peers', formatBytes(status.bytes.servedToPeers)] as [string, string]
+        ]),
+    ...(status.metricsListen === undefined ? [] : [['metrics', `http://${status.metricsListen}/metrics`] as [string, string]]),
     ['notifications', status.notifications === undefined || status.notifications.pending === 0 ? 'none pending' : `${status.notifications.pending} pending`],
     ...(status.peer === undefined
       ? [['peers', 'no peer node (--no-p2p)'] as [string, string]]
@@ -173,6 +232,20 @@ export interface ProgressLineOptions {
   rate?: number
   /** Terminal width; the line is cut to fit. */
   columns?: number
+  /** Now (ms since the epoch), to count down to a retry; default Date.now(). */
+  now?: number
+}
+
+/**
+ * Why a job in transient_error waits, counted down to its next retry from `now`
+ * ("origin unreachable (ECONNREFUSED), next retry in 6 s"): the agent's reason
+ * holds the wait as it was when the job changed state.
+ */
+export function retryReason (job: Pick<JobView, 'state' | 'reason' | 'error' | 'retryAt'>, now: number): string | undefined {
+  const at = Date.parse(job.retryAt ?? '')
+  if (job.state !== 'transient_error' || job.error === undefined || Number.isNaN(at)) return job.reason
+  const wait = at - now
+  return `${job.error.message}, ${wait > 0 ? `next retry in ${formatDuration(Math.ceil(wait / 1000))}` : 'retrying now'}`
 }
 
 const STATE_WORDS: Partial<Record<JobState, string>> = {
@@ -183,7 +256,7 @@ const STATE_WORDS: Partial<Record<JobState, string>> = {
  * One line of progress: `[=====>     ]  45%  45.0 MiB / 100 MiB  12.3 MiB/s  ETA 4 s  transferring`.
  * Without a known total: bytes and rate only.
  */
-export function formatProgressLine (job: Pick<JobView, 'state' | 'reason' | 'bytes'>, opts: ProgressLineOptions = {}): string {
+export function formatProgressLine (job: Pick<JobView, 'state' | 'reason' | 'bytes' | 'error' | 'retryAt'>, opts: ProgressLineOptions = {}): string {
   const columns = opts.columns !== undefined && opts.columns > 0 ? Math.max(20, opts.columns) : 80
   const { total, transferred } = job.bytes
   const parts: string[] = []
@@ -204,7 +277,8 @@ export function formatProgressLine (job: Pick<JobView, 'state' | 'reason' | 'byt
     }
   }
   const word = STATE_WORDS[job.state] ?? job.state
-  parts.push(job.reason === undefined || job.reason === '' ? word : `${word}: ${job.reason}`)
+  const reason = retryReason(job, opts.now ?? Date.now())
+  parts.push(reason === undefined || reason === '' ? word : `${word}: ${reason}`)
   return truncate(parts.join('  '), columns - 1)
 }
 
@@ -219,11 +293,12 @@ export function formatSummary (path: string, bytes: JobBytes, seconds: number): 
 }
 
 /**
- * One line of `canopy watch`: local time, the job's short id and name, then what
- * happened: `12:04:05  3f2a9c1e  base.iso  now transferring, 12.0 MiB / 100 MiB 12%`.
+ * One line of `canopy watch`: the UTC time, the job's short id and name, then what
+ * happened: `12:04:05Z  3f2a9c1e  base.iso  now transferring, 12.0 MiB / 100 MiB 12%`.
  */
 export function formatEvent (event: AgentEvent, at = new Date()): string {
-  const time = at.toTimeString().slice(0, 8)
+  // ISO 8601 time of day in UTC, like every other time the CLI prints.
+  const time = `${at.toISOString().slice(11, 19)}Z`
   if (event.type === 'removed') return `${time}  ${event.jobId.slice(0, 8)}  removed`
   const { job } = event
   const head = `${time}  ${job.id.slice(0, 8)}  ${truncate(job.name, 40)}  `

@@ -6,6 +6,8 @@ import { formatProgressLine, formatState } from './format.ts'
 const REDRAW_MS = 250
 /** The rate is measured over this window. */
 const RATE_WINDOW_MS = 5000
+/** While a job waits to retry, its line counts down this often (no event comes meanwhile). */
+const COUNTDOWN_MS = 1000
 
 export interface ProgressStream {
   isTTY?: boolean
@@ -26,6 +28,9 @@ export class ProgressReporter {
   #lastDraw = -Infinity
   #drawn = false
   #lastNote = ''
+  /** The state and reason on the line now: a change is drawn at once, never skipped by the redraw limit. */
+  #drawnState = ''
+  #countdown: NodeJS.Timeout | undefined
 
   constructor (stream: ProgressStream, opts: { tty?: boolean, now?: () => number } = {}) {
     this.#stream = stream
@@ -49,11 +54,18 @@ export class ProgressReporter {
     if (job.state !== 'transferring') this.#samples.splice(0, this.#samples.length - 1)
 
     if (this.#tty) {
-      if (t - this.#lastDraw < REDRAW_MS) return
-      this.#lastDraw = t
-      const line = formatProgressLine(job, { rate: this.rate(), columns: this.#stream.columns })
-      this.#stream.write(`\r${line}\x1b[K`)
-      this.#drawn = true
+      // A state change is always drawn: the last event before a long wait (a retry
+      // in minutes) is often one, and skipping it left "connecting" on screen.
+      const state = `${job.state}:${job.reason ?? ''}`
+      if (t - this.#lastDraw < REDRAW_MS && state === this.#drawnState) return
+      this.#drawnState = state
+      this.#draw(job, t)
+      clearInterval(this.#countdown)
+      this.#countdown = undefined
+      if (job.state === 'transient_error') {
+        this.#countdown = setInterval(() => this.#draw(job, this.#now()), COUNTDOWN_MS)
+        this.#countdown.unref()
+      }
       return
     }
     // Keyed on the cause, not on the reason text: a retry's reason counts down every second.
@@ -64,8 +76,17 @@ export class ProgressReporter {
     this.#lastNote = key
   }
 
+  #draw (job: JobView, t: number): void {
+    this.#lastDraw = t
+    const line = formatProgressLine(job, { rate: this.rate(), columns: this.#stream.columns, now: t })
+    this.#stream.write(`\r${line}\x1b[K`)
+    this.#drawn = true
+  }
+
   /** Removes the progress line, before a final message. */
   clear (): void {
+    clearInterval(this.#countdown)
+    this.#countdown = undefined
     if (this.#drawn) this.#stream.write('\r\x1b[K')
     this.#drawn = false
   }

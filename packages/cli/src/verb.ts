@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises'
 import { isAbsolute, resolve } from 'node:path'
 import type { ParseArgsOptionsConfig } from 'node:util'
 import { CanopyClient } from '@canopy/client'
-import { parseSize, PRIORITIES } from '@canopy/core'
+import { CanopyError, parseSize, PRIORITIES } from '@canopy/core'
 import type { JobPriority } from '@canopy/core'
 import { ExitCode, UsageError } from './errors.ts'
 
@@ -30,11 +30,13 @@ export interface Verb {
   run: (ctx: VerbContext) => Promise<number>
 }
 
-/** Options every verb accepts. */
+/** Options every verb accepts (`canopy origin` has a --token-file of its own: the tokens it requires). */
 export const COMMON_OPTIONS: ParseArgsOptionsConfig = {
   help: { type: 'boolean', short: 'h' },
   'state-dir': { type: 'string' },
-  quiet: { type: 'boolean', short: 'q' }
+  quiet: { type: 'boolean', short: 'q' },
+  url: { type: 'string' },
+  'token-file': { type: 'string' }
 }
 
 export const JSON_OPTION: ParseArgsOptionsConfig = { json: { type: 'boolean' } }
@@ -96,19 +98,64 @@ export async function readApiToken (file: string, verb: string): Promise<string>
   return token
 }
 
+/** Where a remote agent is and its token, and which flag or variable named each (for messages). */
+export interface RemoteAgent {
+  url: string
+  urlFrom: string
+  token?: string
+  tokenFrom?: string
+}
+
+/**
+ * The agent's TCP listener to talk to: --url, else CANOPY_AGENT_URL, with the token of
+ * --token-file, else CANOPY_API_TOKEN_FILE; undefined for the local agent (its socket).
+ * Errors name the flag or variable the value came from.
+ */
+export async function remoteAgent (values: Values): Promise<RemoteAgent | undefined> {
+  const flagUrl = str(values, 'url')
+  const url = flagUrl ?? process.env.CANOPY_AGENT_URL
+  const flagToken = str(values, 'token-file')
+  const tokenFile = flagToken ?? process.env.CANOPY_API_TOKEN_FILE
+  const tokenFrom = flagToken !== undefined ? '--token-file' : 'CANOPY_API_TOKEN_FILE'
+  if (url === undefined || url === '') {
+    if (flagToken !== undefined) throw new UsageError('--token-file goes with --url (or CANOPY_AGENT_URL): the local agent\'s socket needs no token')
+    return undefined
+  }
+  const urlFrom = flagUrl !== undefined ? '--url' : 'CANOPY_AGENT_URL'
+  const parsed = URL.canParse(url) ? new URL(url) : undefined
+  if (parsed === undefined || (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')) {
+    throw new UsageError(`${urlFrom} ${url}: give the agent's TCP listener as http://HOST:PORT (canopy agent --api-listen)`)
+  }
+  if (tokenFile === undefined || tokenFile === '') return { url, urlFrom }
+  let token: string
+  try {
+    token = await readApiToken(tokenFile, '')
+  } catch (err) {
+    throw new UsageError(`${tokenFrom} ${(err as Error).message.replace(/^API token file /, '')}`)
+  }
+  return { url, urlFrom, token, tokenFrom }
+}
+
 /**
  * Runs `fn` with a client of the agent, closing it afterwards: the agent of
- * `ctx.stateDir` through its Unix socket, or, when CANOPY_AGENT_URL is set, an agent's
- * TCP listener with the token of CANOPY_API_TOKEN_FILE (remote administration).
+ * `ctx.stateDir` through its Unix socket, or, with --url or CANOPY_AGENT_URL, an
+ * agent's TCP listener with the token of --token-file or CANOPY_API_TOKEN_FILE
+ * (remote administration). A refused token is explained in the client's terms.
  */
 export async function withClient<T> (ctx: VerbContext, fn: (client: CanopyClient) => Promise<T>): Promise<T> {
-  const url = process.env.CANOPY_AGENT_URL
-  const tokenFile = process.env.CANOPY_API_TOKEN_FILE
-  const client = url !== undefined && url !== ''
-    ? new CanopyClient({ url, ...(tokenFile !== undefined && tokenFile !== '' ? { token: await readApiToken(tokenFile, 'agent') } : {}) })
+  const remote = await remoteAgent(ctx.values)
+  const client = remote !== undefined
+    ? new CanopyClient({ url: remote.url, ...(remote.token !== undefined ? { token: remote.token } : {}) })
     : new CanopyClient({ stateDir: ctx.stateDir })
   try {
     return await fn(client)
+  } catch (err) {
+    if (remote !== undefined && (err as { code?: unknown }).code === 'ERR_UNAUTHORIZED') {
+      throw new CanopyError('ERR_UNAUTHORIZED', remote.token === undefined
+        ? `The agent at ${remote.url} (${remote.urlFrom}) needs its token: give the file that holds it with --token-file F or CANOPY_API_TOKEN_FILE=F`
+        : `The agent at ${remote.url} (${remote.urlFrom}) refused the token of ${remote.tokenFrom}: give the file of the agent's --api-token-file`, { cause: err })
+    }
+    throw err
   } finally {
     await client.close().catch(() => {})
   }
@@ -168,6 +215,9 @@ export function priorityOption (values: Values, verb: string): JobPriority | und
 export function jobId (text: string | undefined, verb: string): string {
   if (text === undefined || text.trim() === '' || text.length > 200 || /\s/.test(text) || hasControlChar(text)) {
     throw new UsageError(`"${text ?? ''}" is not a job id: list them with \`canopy jobs\``, verb)
+  }
+  if (text.length < 4) {
+    throw new UsageError(`"${text}" is too short: give a job's id or a prefix of it of at least 4 characters that only it has (canopy jobs lists them)`, verb)
   }
   return text
 }

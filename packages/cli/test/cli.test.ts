@@ -355,8 +355,8 @@ describe('with an origin and an agent', () => {
     const all = await canopy(['jobs', '--json', '--state-dir', stateDir])
     assert.ok((JSON.parse(all.stdout) as JobView[]).some(j => j.id === job.id))
     const table = await canopy(['jobs', '--state-dir', stateDir])
-    assert.match(table.stdout, /^ID +NAME +STATE +PROGRESS +RATE +PRIORITY\n/)
-    assert.match(table.stdout, new RegExp(`^${job.id} +copy +acknowledged +3\\.0 MiB / 3\\.0 MiB 100% +low$`, 'm'))
+    assert.match(table.stdout, /^ID +NAME +PROGRESS +RATE +PRIORITY +STATE\n/)
+    assert.match(table.stdout, new RegExp(`^${job.id.slice(0, 8)} +copy +3\\.0 MiB / 3\\.0 MiB 100% +low +acknowledged$`, 'm'))
   })
 
   test('a missing file makes get exit 1 with the job\'s error', async () => {

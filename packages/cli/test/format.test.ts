@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import type { JobView } from '@canopy/core'
-import { formatDuration, formatJobDetails, formatProgressLine, formatState, formatSummary, formatTable, truncate } from '../src/format.ts'
+import { formatDuration, formatJobDetails, formatJobsTable, formatProgressLine, formatState, formatSummary, formatTable, truncate, truncateWords } from '../src/format.ts'
 import { ProgressReporter } from '../src/progress.ts'
 
 const bytes = (total: number, transferred: number): JobView['bytes'] =>
@@ -71,4 +71,51 @@ test('the reporter redraws at most 4 times a second on a terminal, and notes ret
   plain.update({ ...job('transient_error', 1, 'network down, next retry in 1 s'), error: down })
   plain.update(job('transferring', 2))
   assert.deepEqual(lines, ['canopy: job j: transient_error (network down, next retry in 2 s)\n'])
+})
+
+// Regression: `canopy get` against a dead origin showed "0 B / ? connecting" for the
+// whole wait: the transient_error event came within 250 ms of the connecting one and
+// was skipped by the redraw limit, and nothing else came until the next retry.
+test('on a terminal, a change of state is drawn at once, and a retry is counted down', () => {
+  let now = Date.parse('2026-03-01T12:00:00Z')
+  const tty: string[] = []
+  const r = new ProgressReporter({ isTTY: true, columns: 160, write: t => tty.push(t) }, { now: () => now })
+  const base = { id: 'j', bytes: bytes(-1, 0) } as JobView
+  r.update({ ...base, state: 'connecting' })
+  now += 20
+  const retryAt = new Date(now + 8000).toISOString()
+  const refused = { code: 'ERR_NETWORK', message: 'origin unreachable (ECONNREFUSED)', transient: true, at: '' }
+  r.update({ ...base, state: 'transient_error', reason: 'origin unreachable (ECONNREFUSED), next retry in 8 s', error: refused, retryAt })
+  r.clear()
+  assert.equal(tty.length, 3, JSON.stringify(tty))
+  assert.match(tty[1], /0 B \/ \? {2}retrying: origin unreachable \(ECONNREFUSED\), next retry in 8 s/)
+  // The countdown comes from retryAt and the clock, not from the reason's text.
+  const later = formatProgressLine({ ...base, state: 'transient_error', reason: 'stale, next retry in 8 s', error: refused, retryAt }, { now: now + 5000 })
+  assert.match(later, /retrying: origin unreachable \(ECONNREFUSED\), next retry in 3 s$/)
+  assert.match(formatProgressLine({ ...base, state: 'transient_error', error: refused, retryAt }, { now: now + 9000 }), /retrying now$/)
+})
+
+test('the jobs table fits the terminal, cuts reasons at a word and says so; without a width nothing is cut', () => {
+  const job = (id: string, name: string, reason: string): JobView => ({
+    id, name, state: 'transient_error', reason, priority: 'normal', bytes: bytes(-1, 0)
+  } as JobView)
+  const reason = 'origin unreachable (ECONNREFUSED), next retry in 8 s; the origin has been down since the last maintenance window'
+  const jobs = [
+    job('3f2a9c1e-0000-4000-8000-000000000001', 'a-rather-long-file-name-of-a-nightly-build-2026-03-01.tar.zst', reason),
+    job('3f2a9c1e-0000-4000-8000-000000000002', 'b.iso', 'waiting to start'),
+    job('7aa01234-0000-4000-8000-000000000003', 'c.iso', 'suspended: resume it to continue')
+  ]
+  const fitted = formatJobsTable(jobs, 140)
+  assert.ok(fitted.cut)
+  for (const line of fitted.text.split('\n')) assert.ok(line.length <= 139, `${line.length}: ${line}`)
+  // Unique prefixes: 8 characters unless two ids share them.
+  assert.match(fitted.text, /^3f2a9c1e-0000-4000-8000-000000000001 /m)
+  assert.match(fitted.text, /^7aa01234 /m)
+  // Cut after a whole word, never inside one.
+  const cutReason = /transient_error \((.*)…/.exec(fitted.text)?.[1] ?? ''
+  assert.ok(reason.startsWith(cutReason) && /[\s,;(]/.test(reason[cutReason.length]), cutReason)
+  const whole = formatJobsTable(jobs)
+  assert.equal(whole.cut, false)
+  assert.ok(whole.text.includes(reason))
+  assert.equal(truncateWords('origin unreachable now', 12), 'origin…')
 })

@@ -258,6 +258,10 @@ export interface AgentStatus {
   notifications: { pending: number }
   /** host:port of the control API's TCP listener (token required), when it has one. */
   apiTcp?: string
+  /** host:port of the metrics listener (--metrics-listen), when it has one. */
+  metricsListen?: string
+  /** Verified bytes the agent's jobs received since it started, by source, and bytes served to peers. */
+  bytes: AgentByteTotals
   /** The agent's peer node, when it runs one. */
   peer?: PeerStatus
   /** Bandwidth control in force: how background jobs yield (see BandwidthStatus). */
@@ -296,6 +300,16 @@ export interface WanPathStatus {
   baseDelayMs?: number
 }
 
+export interface AgentByteTotals {
+  fromOrigin: number
+  fromPeers: number
+  /** From a hosted cache (reserved: 0 until hosted caches exist). */
+  fromCache: number
+  servedToPeers: number
+  /** ISO 8601 time the counting began (the agent's start). */
+  since: string
+}
+
 export interface PeerStatus {
   /** libp2p peer id (derived from the agent's persistent Ed25519 key). */
   peerId: string
@@ -320,7 +334,8 @@ export interface CacheView {
   usedBytes: number
   /** The quota; least recently used files go first when a new one does not fit. */
   quotaBytes: number
-  entries: Array<{ manifestId: string, size: number, addedAt: string, usedAt: string }>
+  /** name: the completed file's name when it was cached (absent for files cached by older agents). */
+  entries: Array<{ manifestId: string, name?: string, size: number, addedAt: string, usedAt: string }>
 }
 
 export interface ApiErrorBody {

@@ -8,6 +8,9 @@ import type { AgentControl, ApiErrorBody, Logger } from '@canopy/core'
 import type { RequestLimits } from '../options.ts'
 import { validateAddFiles, validateCreateJob, validatePriority, validateRateLimit } from '../jobs/validate.ts'
 import { EventClients, serveEvents } from './events.ts'
+import { serveDashboard } from './dashboard/serve.ts'
+import { serveMetrics } from '../metrics/index.ts'
+import type { AgentMetrics } from '../metrics/index.ts'
 
 /** Largest request body the API reads. */
 const MAX_BODY_BYTES = 1024 * 1024
@@ -148,6 +151,8 @@ export function apiRoutes (agent: AgentControl, eventClients: EventClients, logg
 /** What the API server serves, and with what. */
 export interface ApiServerComponents {
   control: AgentControl
+  /** Served at /metrics (Prometheus text), behind the same access as the API. */
+  metrics: AgentMetrics
   logger: Logger
   /** The limits request bodies are checked against. */
   limits: RequestLimits
@@ -164,7 +169,7 @@ export interface ApiServerInit {
  * documented in docs/API.md and docs/openapi.json.
  */
 export async function startApiServer (components: ApiServerComponents, init: ApiServerInit): Promise<ApiServer> {
-  const { control: agent, logger, limits } = components
+  const { control: agent, metrics, logger, limits } = components
   const { socketPath, tcp } = init
   const eventClients = new EventClients()
   const routes = apiRoutes(agent, eventClients, logger, limits)
@@ -189,6 +194,7 @@ export async function startApiServer (components: ApiServerComponents, init: Api
   }
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    if (req.url === '/metrics') return serveMetrics({ metrics, logger }, req, res)
     route(req, res).then(reply => { if (reply !== undefined) send(res, reply[0], reply[1]) }, (err: unknown) => {
       if (res.headersSent) {
         res.destroy()
@@ -222,6 +228,7 @@ export async function startApiServer (components: ApiServerComponents, init: Api
     // token (compared in constant time); the Unix socket stays as it is.
     const expected = createHash('sha256').update(tcp.token).digest()
     const tcpServer = createServer((req, res) => {
+      if (serveDashboard(req, res)) return
       // The scheme is case-insensitive (RFC 9110 §11.1), the token is not.
       const given = createHash('sha256').update(/^bearer +(\S+) *$/i.exec(req.headers.authorization ?? '')?.[1] ?? '').digest()
       if (!timingSafeEqual(given, expected)) {

@@ -3,7 +3,7 @@
  * peers when it completes, or removed when it is cancelled.
  */
 import { open, rm, stat } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { basename, dirname } from 'node:path'
 import { FINAL_STATES } from '@canopy/core'
 import type { Logger } from '@canopy/core'
 import { JobErrorCode, classifyError } from '../errors.ts'
@@ -73,7 +73,7 @@ export class Completion {
     if (sharing === undefined || file.manifestId === undefined) return
     const manifest = await this.components.store.getManifest(file.manifestId)
     if (manifest === undefined) return
-    await sharing.admit(manifest, path).catch((err: unknown) => this.components.logger.warn('could not keep a completed file for peers', { jobId, path, err: String(err) }))
+    await sharing.admit(manifest, path, basename(file.path)).catch((err: unknown) => this.components.logger.warn('could not keep a completed file for peers', { jobId, path, err: String(err) }))
   }
 
   private async renameIntoPlace (entry: JobEntry): Promise<boolean> {

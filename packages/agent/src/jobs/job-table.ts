@@ -126,7 +126,7 @@ export class JobTable {
       if (matches.length === 1) return matches[0]
       if (matches.length > 1) throw new CanopyError('ERR_AMBIGUOUS_JOB_ID', `${matches.length} jobs have ids starting with ${idOrPrefix}: give more of the id`)
     }
-    throw new CanopyError('ERR_JOB_NOT_FOUND', `No job with id ${idOrPrefix}: list jobs with canopy jobs`)
+    throw new CanopyError('ERR_JOB_NOT_FOUND', `No job with id ${idOrPrefix}${idOrPrefix.length < 4 ? ' (a prefix of an id needs at least 4 characters)' : ''}: list jobs with canopy jobs`)
   }
 
   /**

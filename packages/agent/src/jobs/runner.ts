@@ -33,6 +33,7 @@ import type { JobEntry, JobTable } from './job-table.ts'
 import type { JobViews } from './views.ts'
 import { headProbe } from '../bandwidth/probe.ts'
 import type { PathLease, WanPaths } from '../bandwidth/wan-paths.ts'
+import type { AgentMetrics } from '../metrics/index.ts'
 
 /** How often progress counters are written while a job transfers (block marks are written per block). */
 const PROGRESS_PERSIST_MS = 1000
@@ -55,6 +56,8 @@ export interface JobRunnerComponents {
   backgroundHasher: () => BlockHasher
   /** Background jobs' delay controllers and caps, one path per origin host. */
   wanPaths: WanPaths
+  /** The agent's metrics (made once the jobs are loaded). */
+  metrics: () => AgentMetrics
   /** Block buffers, reused across transfers (see BufferPool). */
   blockBuffers: BufferPool
   /** The agent's shared pool and direct range client. */
@@ -279,6 +282,7 @@ export class JobRunner {
             ...(sharing !== undefined ? { peers: peerSessions(sharing, file) } : {}),
             refreshManifest: async (s) => await discoverManifest(net.dispatcher, file.url, headers, s),
             onBlock: () => this.onProgress(entry),
+            onBadBlock: (source) => this.c.metrics().verificationFailed(source),
             pacer: lease.pacer,
             signal
           })

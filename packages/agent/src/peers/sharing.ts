@@ -1,6 +1,6 @@
 import { link, mkdir, open, rm, stat, statfs } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import type { Connection, PeerId } from '@libp2p/interface'
 import { blockDigest, blockSpan, digestsEqual, discoveryId, DISCOVERY_LABEL } from '@canopy/core'
 import type { CacheView, Logger, PeersView, PublishedManifest } from '@canopy/core'
@@ -11,6 +11,7 @@ import type { BlockHasher } from '../transfer/block-hasher.ts'
 import { ExchangeSession, remoteAddress, serveExchange } from './exchange.ts'
 import type { BlockSource, ServeLimits, SharedContent } from './exchange.ts'
 import type { PeerLibp2p } from './node.ts'
+import type { SharingMetrics } from '../metrics/agent-metrics.ts'
 
 /** Bad blocks from one peer before it is banned. */
 const BAN_AFTER = 3
@@ -67,6 +68,8 @@ export class PeerSharing implements BlockSource, PeerSessions {
   /** When each peer id was first connected (ms): ids already known when their address was banned stay admitted. */
   private readonly firstSeen = new Map<string, number>()
   private readonly serveLimits?: Partial<ServeLimits>
+  /** Counts bytes served, lookups, evictions and bans (set by the agent). */
+  metrics?: SharingMetrics
 
   constructor (libp2p: PeerLibp2p, store: JobStore, stateDir: string, blockHasher: BlockHasher, logger: Logger, quotaBytes?: number, serveLimits?: Partial<ServeLimits>) {
     this.quotaBytes = quotaBytes ?? 0
@@ -139,8 +142,8 @@ export class PeerSharing implements BlockSource, PeerSessions {
     }
   }
 
-  /** Keeps a completed, verified file for peers (a hard link into the cache). */
-  async admit (manifest: PublishedManifest, path: string): Promise<void> {
+  /** Keeps a completed, verified file for peers (a hard link into the cache); `name` is the file's name for people. */
+  async admit (manifest: PublishedManifest, path: string, name = basename(path)): Promise<void> {
     if (manifest.key === undefined) return
     // The same content already cached (fetched before from another origin, under
     // another key): the file stays, and is now also offered under this key.
@@ -169,7 +172,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
       return
     }
     const s = await stat(cachePath)
-    const record: CacheRecord = { manifestId: manifest.id, path: cachePath, size: s.size, mtimeMs: s.mtimeMs, ino: s.ino, addedAt: new Date().toISOString() }
+    const record: CacheRecord = { manifestId: manifest.id, path: cachePath, size: s.size, mtimeMs: s.mtimeMs, ino: s.ino, addedAt: new Date().toISOString(), name }
     await this.store.putCacheRecord(record)
     await this.addCached(manifest, record)
   }
@@ -190,6 +193,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
       if (used + incoming <= this.quotaBytes) break
       this.logger.info('evicting a cached file (least recently used)', { manifestId: record.manifestId, size: record.size })
       await this.forget(record)
+      this.metrics?.cacheEvicted(record.size)
       used -= record.size
     }
   }
@@ -200,7 +204,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
     return {
       usedBytes: entries.reduce((sum, r) => sum + r.size, 0),
       quotaBytes: this.quotaBytes,
-      entries: entries.map(r => ({ manifestId: r.manifestId, size: r.size, addedAt: r.addedAt, usedAt: new Date(this.usedAt.get(r.manifestId) ?? Date.parse(r.addedAt)).toISOString() }))
+      entries: entries.map(r => ({ manifestId: r.manifestId, ...(r.name !== undefined ? { name: r.name } : {}), size: r.size, addedAt: r.addedAt, usedAt: new Date(this.usedAt.get(r.manifestId) ?? Date.parse(r.addedAt)).toISOString() }))
     }
   }
 
@@ -233,6 +237,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
 
   lookup (id: Uint8Array): SharedContent | undefined {
     const entry = this.entries.get(Buffer.from(id).toString('hex'))
+    this.metrics?.contentLookup(entry !== undefined)
     if (entry === undefined) return undefined
     return {
       manifest: entry.manifest,
@@ -243,6 +248,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
       served: (peer, bytes) => {
         const key = peer.toString()
         this.toPeer.set(key, (this.toPeer.get(key) ?? 0) + bytes)
+        this.metrics?.servedToPeer(bytes)
         if (entry.cache !== undefined) this.usedAt.set(entry.cache.manifestId, Date.now())
       }
     }
@@ -306,6 +312,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
       // Both ways: it is neither asked nor served, and its connections close.
       void this.libp2p.hangUp(peer).catch(() => {})
       this.dropExpiredBans(now)
+      this.metrics?.peerBanned('bad_blocks')
     }
   }
 

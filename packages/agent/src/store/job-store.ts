@@ -215,6 +215,8 @@ export interface CacheRecord {
   mtimeMs: number
   ino: number
   addedAt: string
+  /** The completed file's name (not its path), for people; records from before it lack it. */
+  name?: string
 }
 
 export type NotificationChannel = 'url' | 'onComplete' | 'onError'

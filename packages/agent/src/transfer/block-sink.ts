@@ -16,6 +16,8 @@ export interface BlockSinkContext {
   store: JobStore
   blockHasher: BlockHasher
   onBlock: () => void
+  /** Called for each block that fails verification, with where it came from (metrics). */
+  onBadBlock?: (source: BlockProvenance) => void
 }
 
 /**
@@ -49,7 +51,10 @@ export class BlockSink {
     const { o } = this
     const { offset } = blockSpan(index, o.manifest.size, o.manifest.blockSize)
     const verdict = await o.blockHasher.verifyAndWrite(received, this.expected[index], this.handle, offset)
-    if (!verdict.ok) return verdict
+    if (!verdict.ok) {
+      o.onBadBlock?.(source)
+      return verdict
+    }
     this.flusher.wrote(verdict.bytes.length)
     await o.store.markBlock(o.jobId, o.fileIndex, index, source)
     o.progress.mark(index, source)

@@ -2,7 +2,7 @@ import type { Dispatcher } from 'undici'
 import { blockDigest, blockSpan, digestsEqual } from '@canopy/core'
 import type { Logger, PublishedManifest } from '@canopy/core'
 import { JobErrorCode, REMOTE_CHANGED, TransferError, classifyError } from '../errors.ts'
-import type { FileProgress } from '../jobs/job.ts'
+import type { BlockProvenance, FileProgress } from '../jobs/job.ts'
 import { blocksBuffered } from '../options.ts'
 import type { ResolvedAgentOptions } from '../options.ts'
 import { BlockSink } from './block-sink.ts'
@@ -58,6 +58,8 @@ export interface BlockTransferOptions {
   refreshManifest: (signal: AbortSignal) => Promise<PublishedManifest | undefined>
   /** Called after each block is stored. */
   onBlock: () => void
+  /** Called for each block that fails verification, with where it came from (metrics). */
+  onBadBlock?: (source: BlockProvenance) => void
   /** Paces origin reads (a background job's share of its WAN path); none: full speed. */
   pacer?: ReadPacer
   signal: AbortSignal

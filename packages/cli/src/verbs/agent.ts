@@ -198,6 +198,19 @@ async function apiListenOptions (sources: Sources): Promise<{ apiListen?: string
   return { apiListen: listen, apiToken: token }
 }
 
+/** --metrics-listen (flag, variable or config file), checked before the agent starts. */
+async function metricsListenOption (sources: Sources): Promise<{ metricsListen?: string }> {
+  const { parseMetricsListen } = await import('@canopy/agent')
+  const listen = textOption(sources, 'metrics-listen')
+  if (listen === undefined || listen === '') return {}
+  try {
+    parseMetricsListen(listen)
+  } catch (err) {
+    throw new UsageError((err as Error).message, 'agent')
+  }
+  return { metricsListen: listen }
+}
+
 /** The peer node's options; undefined with --no-p2p. */
 async function p2pOptions (sources: Sources): Promise<P2pOptions | undefined> {
   if (switchOn(sources, 'no-p2p')) return undefined
@@ -314,7 +327,7 @@ Examples:
       config = sources.config
       const { level, format } = logSettings(sources)
       logger = createStderrLogger(level, undefined, format)
-      const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(sources), p2p: await p2pOptions(sources), ...await agentPolicy(sources) }
+      const options = { stateDir: ctx.stateDir, logger, ...agentTuning(sources), ...await apiListenOptions(sources), p2p: await p2pOptions(sources), ...await agentPolicy(sources), ...await metricsListenOption(sources) }
       // Only once every flag and file checked out: a usage error leaves no state dir behind.
       await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 })
       agent = await startAgent(options)

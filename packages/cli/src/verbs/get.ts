@@ -99,12 +99,17 @@ const LIMIT_FLAGS: ReadonlyArray<[string, keyof JobLimits, number]> = [
   ['retry-min', 'retryMinMs', 1],
   ['retry-max', 'retryMaxMs', 1],
   ['no-progress-timeout', 'noProgressTimeoutMs', 1],
-  ['max-download-time', 'maxDownloadTimeMs', 0]
+  ['max-download-time', 'maxDownloadTimeMs', 0],
+  // For scripts: give up soon when the origin stays unreachable (curl's --retry-max-time).
+  ['retry-timeout', 'noProgressTimeoutMs', 1]
 ]
 
 /** The job's own limits from --retry-min, --retry-max, --no-progress-timeout, --max-download-time (durations). */
 export function jobLimitsOptions (values: Values, verb = 'get'): Partial<JobLimits> | undefined {
   const limits: Partial<JobLimits> = {}
+  if (str(values, 'retry-timeout') !== undefined && str(values, 'no-progress-timeout') !== undefined) {
+    throw new UsageError('--retry-timeout sets the job\'s no-progress timeout: give it or --no-progress-timeout, not both', verb)
+  }
   for (const [flagName, key, min] of LIMIT_FLAGS) {
     const text = str(values, flagName)
     if (text === undefined) continue
@@ -164,6 +169,20 @@ async function httpOptions (values: Values): Promise<JobHttpOptions | undefined>
 
 const WAIT_UNTIL: readonly string[] = ['acknowledged', 'cancelled', 'error']
 
+/**
+ * What to do about a job that failed. A job's credentials cannot be changed (they
+ * are write-only and fixed at creation), so a refused one is started again with
+ * the right flag rather than resumed.
+ */
+export function nextStep (job: Pick<JobView, 'id' | 'error' | 'http'>): string {
+  if (job.error?.code === 'ERR_HTTP_FORBIDDEN') {
+    const had = job.http?.credentials === undefined ? 'no credentials' : `its ${job.http.credentials} credentials`
+    return `canopy: the origin refused the job's access (it was created with ${had}): resuming cannot change that. ` +
+      `Drop it with \`canopy cancel ${job.id}\` and run canopy get again with --bearer-token-file F, --basic-auth-file F or -H 'Authorization: ...'`
+  }
+  return `canopy: fix the cause and run \`canopy resume ${job.id}\`, or drop the job with \`canopy cancel ${job.id}\``
+}
+
 export const getVerb: Verb = {
   name: 'get',
   summary: 'download a URL through the agent, block-verified and resumable',
@@ -196,6 +215,10 @@ Options:
                       long without progress (default: the agent's, 14d)
   --max-download-time DUR    stop in error (ERR_MAX_TIME) after trying this long
                       in all (default: the agent's, no limit)
+  --retry-timeout DUR fail fast, for scripts: when the job makes no progress for
+                      DUR (the origin is down, say), it stops in error and
+                      canopy get exits 1 with the last cause (sets the job's
+                      no-progress timeout; the job stays, to resume or cancel)
   --on-complete CMD   run CMD once the file is in place, and --on-error CMD when
                       the job fails (ends in error), even with --detach. CMD is run
                       by /bin/sh -c; the job's data is in its environment, never on
@@ -332,7 +355,7 @@ Examples:
       }
       const e = job.error
       say(`canopy: job ${job.id} failed: ${e?.code ?? 'ERR_UNKNOWN'}: ${e?.message ?? job.reason ?? 'no reason given'}`)
-      say(`canopy: fix the cause and run \`canopy resume ${job.id}\`, or drop the job with \`canopy cancel ${job.id}\``)
+      say(nextStep(job))
       return ExitCode.JobFailed
     })
   }

@@ -12,10 +12,13 @@ export const jobsVerb: Verb = {
   summary: 'list the agent\'s jobs',
   help: `Usage: canopy jobs [--json] [--state-dir D]
 
-Lists the agent's jobs: ID, NAME, STATE (with the reason, if any), PROGRESS
-(bytes transferred / total and percent) and PRIORITY.
+Lists the agent's jobs: ID (a unique prefix, which every verb takes), NAME,
+PROGRESS (bytes transferred / total and percent), RATE, PRIORITY and STATE with
+its reason. On a terminal the table fits its width: long names and reasons are
+cut at a word and a note says so; \`canopy job <id>\` or --wide shows them whole.
 
 Options:
+  --wide          do not fit the terminal: whole names and reasons
   --json          print the jobs as one JSON array (of JobView) on stdout
   --state-dir D   the agent's state directory (default: CANOPY_STATE_DIR, else the platform default)
 
@@ -23,13 +26,18 @@ Examples:
   canopy jobs
   canopy jobs --json | jq -r '.[] | select(.state == "error") | .id'
 `,
-  options: { ...JSON_OPTION },
+  options: { ...JSON_OPTION, wide: { type: 'boolean' } },
   positionals: { min: 0, max: 0, name: '' },
   async run (ctx) {
     const jobs = await withClient(ctx, client => client.listJobs())
     if (flag(ctx.values, 'json')) printJson(jobs)
     else if (jobs.length === 0) inform('canopy: no jobs')
-    else out(formatJobsTable(jobs))
+    else {
+      const columns = process.stdout.isTTY === true && !flag(ctx.values, 'wide') ? process.stdout.columns : undefined
+      const table = formatJobsTable(jobs, columns)
+      out(table.text)
+      if (table.cut) inform('(cut to fit: `canopy job <id>` shows a job whole, `canopy jobs --wide` every line)')
+    }
     return ExitCode.Ok
   }
 }
@@ -163,8 +171,10 @@ export const statusVerb: Verb = {
   summary: 'show whether the agent runs, and its job counts',
   help: `Usage: canopy status [--json] [--state-dir D]
 
-Shows the agent's pid, version, state directory, uptime and how many jobs are in
-each state. Exits 3 when no agent runs for the state directory.
+Shows the agent's pid, version, state directory, uptime, how many jobs are in
+each state, and the bytes its jobs received since it started by source (origin,
+peers, a hosted cache) with the share that did not cross the WAN (from peers),
+and the bytes it served to peers. Exits 3 when no agent runs for the state directory.
 
 Options:
   --json          print the status (AgentStatus) as JSON on stdout
@@ -173,6 +183,7 @@ Options:
 Examples:
   canopy status
   canopy status --json | jq .jobs
+  canopy status --json | jq '.bytes | (.fromPeers + .fromCache) / (.fromOrigin + .fromPeers + .fromCache)'
   if ! canopy status >/dev/null 2>&1; then canopy agent & fi
 `,
   options: { ...JSON_OPTION },

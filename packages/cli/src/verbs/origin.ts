@@ -120,9 +120,11 @@ export const originVerb: Verb = {
   help: `Usage: canopy origin <root-dir> [options]
 
 Serves the files under <root-dir> over HTTP: GET/HEAD with Range and validators,
-and each file's content manifest (block digests) so agents verify every block
-(and, once peer caching lands, share it with their peers). Manifests are computed at startup and kept up to date.
-SIGINT (Ctrl-C) or SIGTERM stop it.
+and each file's content manifest (block digests) so agents verify every block and
+share it with their peers. Manifests are computed at startup and kept up to date.
+GET /metrics serves Prometheus metrics (canopy_origin_*, listed in docs/API.md;
+behind the token too when --token-file is given; a file named "metrics" at the
+top of <root-dir> is therefore not served). SIGINT (Ctrl-C) or SIGTERM stop it.
 
 Options:
   --host H             address to listen on (default 127.0.0.1)

@@ -1,5 +1,6 @@
 /** `canopy peers` and `canopy cache`: the agent's peers and its cache for them. */
 import { formatBytes } from '@canopy/core'
+import { formatTable, when } from '../format.ts'
 import { ExitCode, UsageError } from '../errors.ts'
 import { flag, JSON_OPTION, out, printJson, withClient } from '../verb.ts'
 import type { Verb } from '../verb.ts'
@@ -28,7 +29,7 @@ Examples:
     else {
       if (view.peers.length === 0) out('no connected peers\n')
       for (const p of view.peers) out(`${p.peerId}  from ${formatBytes(p.bytesFromPeer)}  to ${formatBytes(p.bytesToPeer)}  ${p.addresses.join(' ')}\n`)
-      for (const b of view.bans) out(`banned ${b.peerId} until ${b.until}\n`)
+      for (const b of view.bans) out(`banned ${b.peerId} until ${when(b.until)}\n`)
     }
     return ExitCode.Ok
   }
@@ -40,8 +41,10 @@ export const cacheVerb: Verb = {
   help: `Usage: canopy cache [clear] [--json]
 
 Shows the completed files the agent keeps for its peers (hard links under
-<state-dir>/cache), their use of the quota, and when each was last served.
-\`canopy cache clear\` empties it; files being downloaded stay shared.
+<state-dir>/cache), their use of the quota, and for each its name, size, when it
+was last served (times in ISO 8601, UTC) and its manifest id.
+\`canopy cache clear\` empties it and lists what it removed; files being
+downloaded stay shared.
 
 Options:
   --json          print the cache (CacheView) as JSON on stdout
@@ -57,11 +60,24 @@ Examples:
     if (ctx.positionals.length === 1 && !clear) {
       throw new UsageError(`unknown cache action "${ctx.positionals[0]}": the only one is clear`, 'cache')
     }
-    const view = await withClient(ctx, async client => clear ? await client.clearCache() : await client.cache())
+    const [before, view] = await withClient(ctx, async client => {
+      const before = clear ? await client.cache() : undefined
+      return [before, clear ? await client.clearCache() : await client.cache()] as const
+    })
     if (flag(ctx.values, 'json')) printJson(view)
-    else {
+    else if (before !== undefined) {
+      const kept = new Set(view.entries.map(e => e.manifestId))
+      const removed = before.entries.filter(e => !kept.has(e.manifestId))
+      out(removed.length === 0 ? 'the cache was empty: nothing removed\n' : formatTable(['REMOVED', 'SIZE', 'MANIFEST'], removed.map(e => [e.name ?? '(unnamed)', formatBytes(e.size), e.manifestId])))
+      out(`freed ${formatBytes(removed.reduce((n, e) => n + e.size, 0))}; ${formatBytes(view.usedBytes)} of ${formatBytes(view.quotaBytes)} used\n`)
+    } else {
       out(`${formatBytes(view.usedBytes)} of ${formatBytes(view.quotaBytes)} used, ${view.entries.length} file${view.entries.length === 1 ? '' : 's'}\n`)
-      for (const e of view.entries) out(`${e.manifestId}  ${formatBytes(e.size)}  last used ${e.usedAt}\n`)
+      if (view.entries.length > 0) {
+        // Most recently used first: the ones least likely to be evicted next.
+        const rows = [...view.entries].sort((x, y) => y.usedAt.localeCompare(x.usedAt))
+          .map(e => [e.name ?? '(unnamed)', formatBytes(e.size), when(e.usedAt) ?? '', when(e.addedAt) ?? '', e.manifestId])
+        out(formatTable(['NAME', 'SIZE', 'LAST USED', 'ADDED', 'MANIFEST'], rows))
+      }
     }
     return ExitCode.Ok
   }

@@ -21,7 +21,7 @@ export const publishVerb: Verb = {
 Computes each file's content manifest (block digests, whole-file SHA-256) and
 writes it next to the file as <file>${SIDECAR_SUFFIX}. Upload the sidecar with the file to a
 server that cannot compute manifests itself (nginx, S3, a CDN): agents then verify
-every block (and, once peer caching lands, share the file with their peers). Per-content keys are derived
+every block and share the file with their peers. Per-content keys are derived
 from the origin secret in the state directory (created when missing), so publish
 with the same state directory as the \`canopy origin\` that serves the files, if any.
 

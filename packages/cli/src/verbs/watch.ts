@@ -24,7 +24,7 @@ Prints the agent's events as they happen: first each job as it is now (the job
 <id>, or every job not yet finished), then state changes, progress (at most twice
 a second per job), priority changes and removals. One line per event:
 
-  12:04:05  3f2a9c1e  base.iso  -> transferring
+  12:04:05Z  3f2a9c1e  base.iso  -> transferring
 
 With <id>, it exits when the job is acknowledged (exit 0), or cancelled or in
 error (exit 1, with the reason on the line before); a job that is already there
