@@ -57,10 +57,21 @@ export const ERROR_CATALOG = {
   ERR_DISK_FULL: { status: 507, transient: false },
   ERR_NO_PROGRESS: { transient: false },
   ERR_MAX_TIME: { transient: false },
+  // Uploads (the agent's tus client)
+  ERR_LOCAL_FILE_CHANGED: { transient: false },
+  ERR_UPLOAD_TOO_LARGE: { transient: false },
+  ERR_UPLOAD_REFUSED: { transient: false },
+  ERR_ORIGIN_DISK_FULL: { transient: false },
+  ERR_UPLOAD_CHECKSUM: { transient: true },
+  ERR_UPLOAD_REPLY: { transient: true },
+  // The state store
+  ERR_STATE_CORRUPT: { transient: false },
+  ERR_STATE_TOO_NEW: { transient: false },
   // Between peers (logged, and a reason to stop asking a peer; never sent to the control API)
   ERR_PEER_PROTOCOL: { transient: true },
   ERR_PEER_UNKNOWN_CONTENT: { transient: true },
   ERR_PEER_DENIED: { transient: true },
+  ERR_PEER_REFUSED: { transient: true },
   ERR_INVALID_PEER: { transient: false },
   ERR_INVALID_PEER_KEY: { transient: false },
   ERR_INVALID_SWARM_KEY: { transient: false },
@@ -76,6 +87,8 @@ export const ERROR_CATALOG = {
   ERR_LAB_SCENARIO: { transient: false },
   ERR_LAB_HOST: { transient: false },
   ERR_LAB_COMMAND: { transient: false },
+  ERR_LAB_BUSY: { transient: false },
+  ERR_LAB_UNSUPPORTED: { transient: false },
   // The client's own (never sent by the agent)
   ERR_AGENT_NOT_RUNNING: { transient: true },
   ERR_AGENT_ACCESS_DENIED: { transient: false },
