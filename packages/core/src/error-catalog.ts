@@ -40,6 +40,7 @@ export const ERROR_CATALOG = {
   ERR_AGENT_STOPPING: { status: 503, transient: true },
   ERR_AGENT_ALREADY_RUNNING: { transient: false },
   ERR_API_LISTEN: { transient: false },
+  ERR_METRICS_LISTEN: { transient: false },
   ERR_ABORTED: { transient: false },
   ERR_INTERNAL: { transient: true },
   // Why a job failed (JobError.code)
