@@ -241,6 +241,7 @@ export function newJobRecord (id: string, req: CreateJobRequest, at: number): Jo
     queuedAt: at,
     ...(req.notify !== undefined ? { notify: req.notify } : {}),
     ...(req.limits !== undefined ? { limits: req.limits } : {}),
+    ...(req.rateLimit !== undefined ? { rateLimit: req.rateLimit } : {}),
     ...(req.http !== undefined ? { http: req.http } : {}),
     ...(req.ifNewer === true ? { ifNewer: true } : {}),
     // Creation is the job's first state change, and notified like the others.
