@@ -161,7 +161,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
         agent.table.add(entry)
         await agent.runner.recover(entry)
       }
-      agent.metrics = createAgentMetrics({ events: agent, jobs: () => agent.listJobs(), peers: () => agent.sharing?.peersView(), cache: () => agent.sharing?.cacheView() }, { version: AGENT_VERSION, startedAt: agent.now() })
+      agent.metrics = createAgentMetrics({ events: agent, jobs: () => agent.listJobs(), peers: () => agent.sharing?.peersView(), cache: () => agent.sharing?.cacheView(), wanPaths: () => bandwidthStatus(agent.wanPaths, agent.options.targetDelayMs, agent.now()).paths }, { version: AGENT_VERSION, startedAt: agent.now() })
       if (resolved.p2p !== undefined) {
         // Loaded only when wanted: libp2p costs ~30 MiB resident.
         const { startPeerNode, loadOrCreatePeerKey, PeerSharing } = await import('./peers/index.ts')

@@ -81,3 +81,21 @@ test('the agent refuses to start with a policy that does not parse', async (t) =
   t.after(async () => await rm(dir, { recursive: true, force: true }))
   await assert.rejects(startAgent({ stateDir: join(dir, 'agent'), bandwidthPolicy: { workHours: { from: '09:00', to: '09:00', low: 0 } } }), /workHours: the window 09:00-09:00 is empty/)
 })
+
+test('a background job\'s WAN path shows in the metrics: its controller\'s state, rate and queue delay, by origin host', async (t) => {
+  const { dir, url } = await setUp(t)
+  // A cap of 0 holds the job on its path (transferring, leased) while the metrics are read.
+  const agent = await startAgent({ stateDir: join(dir, 'agent'), bandwidthPolicy: { low: 0 } })
+  t.after(async () => await agent.stop())
+  const job = await agent.createJob({ files: [{ url, path: join(dir, 'low.bin') }], priority: 'low' })
+  await until(agent, job.id, j => j.state === 'transferring' && j.reason !== undefined)
+  const host = new URL(url).host
+  const { text } = await agent.metrics.expose()
+  const states = [...text.matchAll(/^canopy_agent_wan_path_state\{host="([^"]+)",state="(\w+)"\} (\d)$/gm)]
+  assert.deepEqual(new Set(states.map(m => m[1])), new Set([host]), text)
+  assert.equal(states.filter(m => m[3] === '1').length, 1, 'one state at a time')
+  assert.match(text, new RegExp(`^canopy_agent_wan_path_rate_bytes_per_second\\{host="${host}"\\} \\d`, 'm'))
+  await agent.cancel(job.id)
+  const after = (await agent.metrics.expose()).text
+  assert.doesNotMatch(after, /^canopy_agent_wan_path_state\{/m, 'a path no job holds is not shown')
+})

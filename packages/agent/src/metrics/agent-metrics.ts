@@ -1,7 +1,7 @@
 import type { EventEmitter } from 'node:events'
 import { Counter, Gauge, Registry } from 'prom-client'
 import { PRIORITIES } from '@canopy/core'
-import type { CacheView, JobPriority, JobState, JobView, PeersView } from '@canopy/core'
+import type { CacheView, JobPriority, JobState, JobView, PeersView, WanPathStatus } from '@canopy/core'
 import type { ControlEvents as AgentEvents } from '@canopy/core'
 
 /** Where received bytes came from, as a metric label (bounded: these three only). */
@@ -25,6 +25,8 @@ export interface AgentMetricsComponents {
   peers: () => PeersView | undefined
   /** The block cache, or undefined without a peer node. */
   cache: () => CacheView | undefined
+  /** The WAN paths background jobs use now, with their delay controllers (polite transfers). */
+  wanPaths?: () => WanPathStatus[]
 }
 
 export interface AgentMetricsInit {
@@ -117,6 +119,38 @@ export function createAgentMetrics (components: AgentMetricsComponents, init: Ag
     help: 'Peers banned, by reason (bad_blocks: blocks that failed verification)',
     labelNames: ['reason'] as const,
     registers: [registry]
+  })
+  // Polite transfers: one series per WAN path (origin host) that background jobs use now.
+  const controllerStates = ['starting', 'growing', 'yielding', 'slowdown', 'blind'] as const
+  new Gauge({
+    name: 'canopy_agent_wan_path_state',
+    help: 'State of the delay controller of each WAN path background jobs use now (1 for the state it is in: yielding means it backs off for other traffic)',
+    labelNames: ['host', 'state'] as const,
+    registers: [registry],
+    collect () {
+      this.reset()
+      for (const p of components.wanPaths?.() ?? []) for (const state of controllerStates) this.set({ host: p.host, state }, p.state === state ? 1 : 0)
+    }
+  })
+  new Gauge({
+    name: 'canopy_agent_wan_path_queue_delay_seconds',
+    help: 'Queueing delay measured on each WAN path background jobs use now (current round trip less the base)',
+    labelNames: ['host'] as const,
+    registers: [registry],
+    collect () {
+      this.reset()
+      for (const p of components.wanPaths?.() ?? []) if (p.queueDelayMs !== undefined) this.set({ host: p.host }, p.queueDelayMs / 1000)
+    }
+  })
+  new Gauge({
+    name: 'canopy_agent_wan_path_rate_bytes_per_second',
+    help: 'Rate the background transfers on each WAN path may read together now (the delay controller\'s)',
+    labelNames: ['host'] as const,
+    registers: [registry],
+    collect () {
+      this.reset()
+      for (const p of components.wanPaths?.() ?? []) this.set({ host: p.host }, p.rate)
+    }
   })
   new Gauge({
     name: 'canopy_agent_jobs',
