@@ -4,7 +4,7 @@
 #   docker build -t canopy .               on a host that reaches Docker Hub (the official Node image)
 #   scripts/docker-images.sh canopy        on a base built from Debian's packages (no Docker Hub needed)
 #
-# Targets: `canopy` (the default) and `lab` (the same code plus iproute2, run as root:
+# Targets: `canopy` (the default) and `lab` (the same code plus iproute2, curl and ping, run as root:
 # the lab's router shapes the WAN with tc and its hosts set routes; docs/LAB.md).
 ARG BASE=node:24-bookworm-slim
 
@@ -29,7 +29,7 @@ COPY packages ./packages
 ENV PATH=/opt/canopy/node_modules/.bin:$PATH
 
 FROM app AS lab
-RUN command -v tc >/dev/null || (apt-get update && apt-get install -y --no-install-recommends iproute2 && rm -rf /var/lib/apt/lists/*)
+RUN (command -v tc && command -v curl && command -v ping) >/dev/null || (apt-get update && apt-get install -y --no-install-recommends iproute2 curl iputils-ping && rm -rf /var/lib/apt/lists/*)
 ENTRYPOINT ["/opt/canopy/packages/lab/docker/host.sh"]
 
 FROM app AS canopy

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds Canopy's base image from sources this machine reaches (Debian's packages and
 # the npm registry), not from Docker Hub, and prints its tag:
-# `debootstrap --variant=minbase` of Debian 12 with iproute2 (the lab's router and
-# hosts), the Node 24 binary the project already installs from the npm `node`
+# `debootstrap --variant=minbase` of Debian 12 with iproute2, curl and iputils-ping (the
+# lab's router and hosts; the `background` scenario's competing download and pings), the Node 24 binary the project already installs from the npm `node`
 # package, and npm (the registry's tarball) for the production install, where the
 # official Node images keep them (/usr/local/bin). It is tagged canopy-base:<hash of
 # this script and the Node and npm versions> and built only when no image has that
@@ -32,7 +32,7 @@ else
   rootfs="$work/rootfs"
   say "building $base: debootstrap $SUITE from $MIRROR, Node $node_version, npm $NPM_VERSION"
   started=$SECONDS
-  debootstrap --variant=minbase --include=iproute2,ca-certificates "$SUITE" "$rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1 \
+  debootstrap --variant=minbase --include=iproute2,curl,iputils-ping,ca-certificates "$SUITE" "$rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1 \
     || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
   # Where the official Node images keep node and npm, so the Dockerfile works on both.
   install -D -m 0755 "$node_bin" "$rootfs/usr/local/bin/node"

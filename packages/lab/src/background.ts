@@ -18,7 +18,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { throwIfAborted } from '@canopy/core'
 import type { LabAgent, LabRun } from './harness.ts'
-import { ADDRESSES, formatRate } from './topology.ts'
+import { ADDRESSES } from './topology.ts'
 import { QUEUE_MS, TARGETS } from './background-report.ts'
 import type { BackgroundReport, FlowSample, PhaseReport, PingStats, PriorityReport } from './background-report.ts'
 
@@ -43,21 +43,9 @@ function pingStats (rtts: number[]): PingStats {
   return { count: s.length, p50: r(quantile(s, 0.5)), p95: r(quantile(s, 0.95)), max: r(s.at(-1) ?? NaN) }
 }
 
-/**
- * Moves the bottleneck toward the branch from the datacenter's WAN interface to the
- * router's LAN side (br0), with a branch router's deep queue. Why move it: a tbf on
- * the sending host's own interface pushes back on the sender (TCP small queues keep
- * each socket's bytes in the local qdisc under ~1 MB), so a loss-based flow never
- * fills it and the queue never gets deep; on a real branch link the queue is in a
- * router that cannot push back. LAN traffic is bridged between ports and does not
- * pass br0's qdisc.
- */
+/** The WAN toward the branch with a branch router's deep queue (the engine puts it where a router would). */
 async function shapeDeepWan (run: LabRun): Promise<void> {
-  const rate = formatRate(run.lab.wanBitsPerSecond)
-  const burst = Math.max(32 * 1024, Math.ceil(run.lab.wanBitsPerSecond / 8 / 100))
-  await run.lab.exec('dc', ['tc', 'qdisc', 'del', 'dev', 'wan0', 'root'])
-  await run.lab.exec('router', ['tc', 'qdisc', 'replace', 'dev', 'br0', 'root', 'tbf', 'rate', rate, 'burst', String(burst), 'latency', `${QUEUE_MS}ms`])
-  run.mark('wan', `toward the branch: tbf ${rate} with ${QUEUE_MS} ms of queue, in the router`)
+  run.mark('wan', `toward the branch: ${await run.lab.deepenQueueTowardBranch(QUEUE_MS)}`)
 }
 
 class Flows {

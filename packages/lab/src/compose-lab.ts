@@ -27,7 +27,7 @@ import { renderRunCompose } from './compose.ts'
 import type { LabEngine, LabEngineOptions, LabHost } from './engine.ts'
 import { pidAlive } from './netns.ts'
 import type { Support } from './netns.ts'
-import { ADDRESSES } from './topology.ts'
+import { ADDRESSES, formatRate, tbfArguments } from './topology.ts'
 
 const LABEL = 'canopy-lab'
 const PROJECT_PREFIX = 'canopy-lab-'
@@ -267,14 +267,26 @@ export class ComposeLab implements LabEngine {
    * datacenter's interface but not the link, and its retransmission crosses again).
    */
   async wanCounters (): Promise<{ towardBranch: number, towardDatacenter: number }> {
+    const stats = `/sys/class/net/${await this.lanInterface()}/statistics`
+    const [tx, rx] = (await docker('exec', this.container('router'), 'cat', `${stats}/tx_bytes`, `${stats}/rx_bytes`)).trim().split('\n').map(Number)
+    return { towardBranch: tx, towardDatacenter: rx }
+  }
+
+  /** The router's branch-side interface (found by its address, once). */
+  private async lanInterface (): Promise<string> {
     if (this.routerLanInterface === undefined) {
       const addresses = await docker('exec', this.container('router'), 'ip', '-o', '-4', 'addr', 'show')
       this.routerLanInterface = addresses.split('\n').find(line => line.includes(` inet ${ADDRESSES.routerLan}/`))?.split(/\s+/)[1]
       if (this.routerLanInterface === undefined) throw new CanopyError('ERR_LAB_HOST', `the router has no interface with ${ADDRESSES.routerLan}: ${addresses}`)
     }
-    const stats = `/sys/class/net/${this.routerLanInterface}/statistics`
-    const [tx, rx] = (await docker('exec', this.container('router'), 'cat', `${stats}/tx_bytes`, `${stats}/rx_bytes`)).trim().split('\n').map(Number)
-    return { towardBranch: tx, towardDatacenter: rx }
+    return this.routerLanInterface
+  }
+
+  /** The router already shapes the WAN toward the branch on its LAN side: only its queue deepens. */
+  async deepenQueueTowardBranch (queueMs: number): Promise<string> {
+    const lan = await this.lanInterface()
+    await docker('exec', '--user', '0:0', this.container('router'), 'tc', 'qdisc', 'replace', 'dev', lan, 'root', ...tbfArguments(this.wanBitsPerSecond, queueMs))
+    return `tbf ${formatRate(this.wanBitsPerSecond)} with ${queueMs} ms of queue, in the router (${lan})`
   }
 
   /**

@@ -41,6 +41,12 @@ export interface LabEngine {
   spawn: (hostName: string, command: string[], logFile?: string) => ChildProcess
   /** Runs a command on a host to its end; its stdout. */
   exec: (hostName: string, command: string[]) => Promise<string>
+  /**
+   * Gives the WAN toward the branch a branch router's deep queue (`queueMs` of buffer at
+   * the link's rate), in a router that cannot push back on the sender (the `background`
+   * scenario); says where it put it.
+   */
+  deepenQueueTowardBranch: (queueMs: number) => Promise<string>
   /** Bytes the WAN link carried toward the branch and toward the datacenter, as the kernel counts them. */
   wanCounters: () => Promise<{ towardBranch: number, towardDatacenter: number }>
   /** Stops every process and removes everything the lab made. Idempotent. */

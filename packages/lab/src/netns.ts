@@ -13,7 +13,7 @@ import { createWriteStream } from 'node:fs'
 import { once } from 'node:events'
 import { promisify } from 'node:util'
 import { CanopyError } from '@canopy/core'
-import { ADDRESSES, tbfArguments } from './topology.ts'
+import { ADDRESSES, formatRate, tbfArguments } from './topology.ts'
 
 const execFileAsync = promisify(execFile)
 
@@ -215,6 +215,20 @@ export class NetnsLab {
    * Bytes the datacenter's end of the WAN link sent toward the branch, and received
    * from it, as the kernel counts them (frames, headers included).
    */
+  /**
+   * Moves the bottleneck toward the branch from the datacenter's WAN interface to the
+   * router's LAN side (br0), with a deep queue. A tbf on the sending host's own
+   * interface pushes back on the sender (TCP small queues keep each socket's bytes in
+   * the local qdisc under ~1 MB), so a loss-based flow never fills it; a branch link's
+   * queue is in a router that cannot push back. LAN traffic is bridged between ports
+   * and does not pass br0's qdisc.
+   */
+  async deepenQueueTowardBranch (queueMs: number): Promise<string> {
+    await run('tc', ['-n', this.host('dc').ns, 'qdisc', 'del', 'dev', WAN_IF, 'root'])
+    await run('tc', ['-n', this.host('router').ns, 'qdisc', 'replace', 'dev', 'br0', 'root', ...tbfArguments(this.wanBitsPerSecond, queueMs)])
+    return `tbf ${formatRate(this.wanBitsPerSecond)} with ${queueMs} ms of queue, in the router (br0)`
+  }
+
   async wanCounters (): Promise<{ towardBranch: number, towardDatacenter: number }> {
     const [link] = JSON.parse(await ip('-n', this.host('dc').ns, '-s', '-j', 'link', 'show', 'dev', WAN_IF)) as Array<{ stats64: { rx: { bytes: number }, tx: { bytes: number } } }>
     return { towardBranch: link.stats64.tx.bytes, towardDatacenter: link.stats64.rx.bytes }

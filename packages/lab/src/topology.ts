@@ -62,7 +62,7 @@ export function formatRate (bitsPerSecond: number): string {
  * 10 ms of traffic (at least 32 KiB so TSO-sized packets fit), and the queue at most
  * 50 ms: a shaped link, not a bufferbloated one.
  */
-export function tbfArguments (bitsPerSecond: number): string[] {
+export function tbfArguments (bitsPerSecond: number, queueMs = 50): string[] {
   const burst = Math.max(32 * 1024, Math.ceil(bitsPerSecond / 8 / 100))
-  return ['tbf', 'rate', formatRate(bitsPerSecond), 'burst', String(burst), 'latency', '50ms']
+  return ['tbf', 'rate', formatRate(bitsPerSecond), 'burst', String(burst), 'latency', `${queueMs}ms`]
 }
