@@ -10,6 +10,7 @@ import { validateAddFiles, validateCreateJob, validatePriority, validateRateLimi
 import { EventClients, serveEvents } from './events.ts'
 import { serveDashboard } from './dashboard/serve.ts'
 import { serveMetrics } from '../metrics/index.ts'
+import { isDiskFull, stateDiskFull } from '../store/disk-full.ts'
 import type { AgentMetrics } from '../metrics/index.ts'
 
 /** Largest request body the API reads. */
@@ -195,11 +196,13 @@ export async function startApiServer (components: ApiServerComponents, init: Api
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
     if (req.url === '/metrics') return serveMetrics({ metrics, logger }, req, res)
-    route(req, res).then(reply => { if (reply !== undefined) send(res, reply[0], reply[1]) }, (err: unknown) => {
+    route(req, res).then(reply => { if (reply !== undefined) send(res, reply[0], reply[1]) }, (thrown: unknown) => {
       if (res.headersSent) {
         res.destroy()
         return
       }
+      // A full state disk fails the store's writes: say so, not "internal error".
+      const err = !(thrown instanceof CanopyError) && isDiskFull(thrown) ? stateDiskFull(thrown) : thrown
       const code = err instanceof CanopyError ? err.code : 'ERR_INTERNAL'
       const status = httpStatusOf(code)
       if (status === 500) logger.error('control API failure', { err: String((err as Error)?.stack ?? err) })
