@@ -11,6 +11,7 @@ import { EventClients, serveEvents } from './events.ts'
 import { serveDashboard } from './dashboard/serve.ts'
 import { serveMetrics } from '../metrics/index.ts'
 import { isDiskFull, stateDiskFull } from '../store/disk-full.ts'
+import { pageOfJobs } from './job-pages.ts'
 import type { AgentMetrics } from '../metrics/index.ts'
 
 /** Largest request body the API reads. */
@@ -127,7 +128,7 @@ export function apiRoutes (agent: AgentControl, eventClients: EventClients, logg
     { method: 'GET', path: '/v1/peers', handle: async () => ok(await agent.peers()) },
     { method: 'GET', path: '/v1/cache', handle: async () => ok(await agent.cache()) },
     { method: 'POST', path: '/v1/cache/clear', handle: async () => ok(await agent.clearCache()) },
-    { method: 'GET', path: '/v1/jobs', handle: async () => ok({ jobs: await agent.listJobs() }) },
+    { method: 'GET', path: '/v1/jobs', handle: async ({ url }) => ok(pageOfJobs(await agent.listJobs(), url.searchParams)) },
     { method: 'POST', path: '/v1/jobs', handle: async ({ req }) => [201, await agent.createJob(validateCreateJob(await readJson(req), limits))] },
     { method: 'GET', path: '/v1/jobs/{id}', handle: async ({ params }) => ok(await agent.getJob(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/suspend', handle: async ({ params }) => ok(await agent.suspend(params.id)) },
