@@ -53,9 +53,10 @@ test('a member that answers a byte at a time does not hold a download: it comes 
   t.after(() => stop.abort())
   await hostile.libp2p.handle(EXCHANGE_PROTOCOL, (stream) => {
     void (async () => {
-      // The head of a 100-byte answer, then one byte a second: before the fix every
-      // byte reset a 30 s idle timeout, and the origin side waited for this answer.
-      stream.send(Buffer.from([0, 0, 0, 100]))
+      // The head of a 64 KiB answer, then one byte a second: before the fix every
+      // byte reset a 30 s idle timeout, and the origin side waited for this answer
+      // (the test's timeout ended the wait).
+      stream.send(Buffer.from([0, 1, 0, 0]))
       while (!stop.signal.aborted && stream.writeStatus === 'writable') {
         await new Promise(resolve => setTimeout(resolve, 1000))
         stream.send(Buffer.from([MessageType.HaveResponse]))
