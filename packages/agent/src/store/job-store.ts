@@ -95,6 +95,11 @@ export class JobStore {
     await this.db.close()
   }
 
+  /** The error for a store that opened but cannot be read (a damaged table): its path, the cause, what to do. */
+  unreadable (err: unknown): Error {
+    return storeOpenError(this.location, err)
+  }
+
   /**
    * Writes a job record, and with it, atomically, the notifications its latest state
    * change owes: a crash cannot keep the one without the other.

@@ -10,6 +10,7 @@
  */
 import { lstat, readdir, rm } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
+import { CanopyError } from '@canopy/core'
 import type { Logger, StoreRecovery } from '@canopy/core'
 import type { JobRecord } from '../jobs/job.ts'
 import type { JobStore } from './job-store.ts'
@@ -19,9 +20,14 @@ const ID_IN_PARTIAL = 8
 
 /** The jobs of the store, after the leftovers of jobs it lost are reported and removed (store.recovery). */
 export async function loadJobs (store: JobStore, logger: Logger): Promise<JobRecord[]> {
-  const jobs = await store.allJobs()
-  store.recovery = await recoverDroppedJobs(store, jobs, logger)
-  return jobs
+  try {
+    const jobs = await store.allJobs()
+    store.recovery = await recoverDroppedJobs(store, jobs, logger)
+    return jobs
+  } catch (err) {
+    if (err instanceof CanopyError) throw err
+    throw store.unreadable(err)
+  }
 }
 
 async function recoverDroppedJobs (store: JobStore, jobs: readonly JobRecord[], logger: Logger): Promise<StoreRecovery | undefined> {

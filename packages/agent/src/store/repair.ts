@@ -46,6 +46,6 @@ export function storeOpenError (location: string, err: unknown, copy?: string, r
   }
   const tried = copy !== undefined ? ` A repair was tried (the damaged copy is kept in ${copy}).` : repairErr !== undefined ? ` It could not be repaired either (${rootCause(repairErr)}).` : ''
   return new CanopyError('ERR_STATE_CORRUPT',
-    `The state store ${location} cannot be opened: ${rootCause(err)}.${tried} Restore ${location} from a backup, or move it aside (the agent then starts with no jobs; their partial files stay where they are), then start the agent again`,
+    `The state store ${location} cannot be read: ${rootCause(err)}.${tried} Restore ${location} from a backup, or move it aside (the agent then starts with no jobs; their partial files stay where they are), then start the agent again`,
     { cause: err })
 }
