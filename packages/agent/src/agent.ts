@@ -1,5 +1,4 @@
 import { EventEmitter } from 'node:events'
-import { chmod, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
 import type { Dispatcher } from 'undici'
@@ -18,6 +17,8 @@ import { Notifier } from './notify/notifier.ts'
 import { blocksBuffered, resolveAgentOptions } from './options.ts'
 import type { AgentOptions, ResolvedAgentOptions } from './options.ts'
 import { JobStore } from './store/job-store.ts'
+import { prepareStateDir } from './store/state-dir.ts'
+import { loadJobs } from './store/recovery.ts'
 import { createDispatcher } from './transfer/http.ts'
 import { BlockHasher } from './transfer/block-hasher.ts'
 import { BufferPool } from './transfer/buffer-pool.ts'
@@ -148,15 +149,13 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
     const resolved = resolveAgentOptions(options)
     // Before anything starts: a policy that does not parse stops the start with its reason.
     parsePolicy(resolved.bandwidthPolicy ?? {})
-    await mkdir(resolved.stateDir, { recursive: true, mode: 0o700 })
-    // The control socket lives here: keep the directory owner-only even if it existed.
-    await chmod(resolved.stateDir, 0o700)
+    await prepareStateDir(resolved.stateDir)
     const agent = new CanopyAgent(resolved)
     try {
       await agent.store.open()
       // The outbox first: recovery may record state changes of its own.
       await agent.notifier.load()
-      for (const job of await agent.store.allJobs()) {
+      for (const job of await loadJobs(agent.store, agent.logger)) {
         const entry = new JobEntry(job)
         agent.table.add(entry)
         await agent.runner.recover(entry)
@@ -249,7 +248,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       bandwidth: bandwidthStatus(this.wanPaths, this.options.targetDelayMs, this.now()),
       bytes: { ...this.metrics.totals(), since: this.startedAt },
       ...(this.metricsServer !== undefined ? { metricsListen: this.metricsServer.address } : {}),
-      ...(this.api?.tcpAddress !== undefined ? { apiTcp: this.api.tcpAddress } : {})
+      ...(this.api?.tcpAddress !== undefined ? { apiTcp: this.api.tcpAddress } : {}),
+      ...(this.store.recovery !== undefined ? { storeRecovery: this.store.recovery } : {})
     }
     if (this.peer !== undefined) {
       const { libp2p } = this.peer

@@ -1,5 +1,6 @@
 import { CanopyError, codeInCauses } from '@canopy/core'
 import type { CatalogCode } from '@canopy/core'
+import { isDiskFull } from './store/disk-full.ts'
 
 /** Stable codes of the errors a job can end in (JobError.code). */
 export const JobErrorCode = {
@@ -87,7 +88,7 @@ export function classifyError (err: unknown, url?: string, during: 'network' | '
   if (during === 'network' && (code === 'EACCES' || code === 'EPERM')) {
     return new TransferError(JobErrorCode.Network, `origin unreachable (${code}: the connection was refused by the system)`, { transient: true, url, cause: err })
   }
-  if (code === 'ENOSPC' || code === 'EDQUOT') {
+  if (code === 'ENOSPC' || code === 'EDQUOT' || isDiskFull(err)) {
     return new TransferError(JobErrorCode.DiskFull, 'The disk is full: free some space, then resume the job', { transient: false, url, cause: err })
   }
   if (code !== undefined && DESTINATION_CODES.has(code)) {

@@ -3,7 +3,7 @@
  * durations. Pure functions; nothing here prints.
  */
 import { formatBytes, formatDuration as formatMs } from '@canopy/core'
-import type { AgentEvent, AgentStatus, JobBytes, JobLimits, JobState, JobView } from '@canopy/core'
+import type { AgentEvent, AgentStatus, JobBytes, StoreRecovery, JobLimits, JobState, JobView } from '@canopy/core'
 
 export { formatBytes }
 
@@ -199,6 +199,7 @@ export function formatStatus (status: AgentStatus, now = Date.now()): string {
         ]),
     ...(status.metricsListen === undefined ? [] : [['metrics', `http://${status.metricsListen}/metrics`] as [string, string]]),
     ['notifications', status.notifications === undefined || status.notifications.pending === 0 ? 'none pending' : `${status.notifications.pending} pending`],
+    ...(status.storeRecovery === undefined ? [] : [['state store', storeRecoveryLine(status.storeRecovery)] as [string, string]]),
     ...(status.peer === undefined
       ? [['peers', 'no peer node (--no-p2p)'] as [string, string]]
       : [
@@ -208,6 +209,12 @@ export function formatStatus (status: AgentStatus, now = Date.now()): string {
         ]),
     ...bandwidthFields(status)
   ])
+}
+
+/** What the agent recovered at start from a damaged state store. */
+function storeRecoveryLine (r: StoreRecovery): string {
+  const dropped = r.droppedJobs.length === 0 ? 'no job lost' : `${r.droppedJobs.length} job${r.droppedJobs.length === 1 ? '' : 's'} lost (${r.droppedJobs.join(', ')}), ${r.removedPartials.length} partial file${r.removedPartials.length === 1 ? '' : 's'} removed`
+  return `damaged at start: ${dropped}${r.damagedCopy !== undefined ? `; repaired, the damaged copy is in ${r.damagedCopy}` : ''}`
 }
 
 /** What bandwidth control is in force: yielding (target delay), policy caps, and each WAN path's controller. */

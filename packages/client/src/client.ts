@@ -9,6 +9,8 @@ import { readEvents, toAgentEvent } from './events.ts'
 
 /** Largest response body the client reads from the agent (16 MiB); a larger one is an error. */
 export const MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+/** Jobs asked for per page of GET /v1/jobs (the agent also cuts a page at about 4 MiB). */
+const JOB_PAGE_SIZE = 500
 /** States `waitForJob` stops at by default. */
 export const DEFAULT_WAIT_UNTIL: readonly JobState[] = ['transferred', 'acknowledged', 'cancelled', 'error']
 /** How long the client waits for the agent to answer (headers, then between body chunks). */
@@ -171,10 +173,21 @@ export class CanopyClient implements CanopyControl {
     return this.#call<CacheView>('POST', '/cache/clear', undefined, opts)
   }
 
+  /**
+   * Every job, read in pages (each answer stays under MAX_RESPONSE_BYTES however many
+   * jobs the agent holds); an agent without pages answers the whole list at once.
+   */
   async listJobs (opts?: CallOptions): Promise<JobView[]> {
-    const body = await this.#call<{ jobs?: unknown }>('GET', '/jobs', undefined, opts)
-    if (!Array.isArray(body.jobs)) throw this.#badResponse('GET /jobs did not return { jobs: [...] }')
-    return body.jobs as JobView[]
+    const jobs: JobView[] = []
+    let after: string | undefined
+    for (;;) {
+      const query = `?limit=${JOB_PAGE_SIZE}${after !== undefined ? `&after=${encodeURIComponent(after)}` : ''}`
+      const body = await this.#call<{ jobs?: unknown, next?: unknown }>('GET', `/jobs${query}`, undefined, opts)
+      if (!Array.isArray(body.jobs)) throw this.#badResponse('GET /jobs did not return { jobs: [...] }')
+      jobs.push(...body.jobs as JobView[])
+      if (typeof body.next !== 'string' || body.next === after) return jobs
+      after = body.next
+    }
   }
 
   getJob (id: string, opts?: CallOptions): Promise<JobView> {

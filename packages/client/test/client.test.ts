@@ -107,7 +107,8 @@ describe('against an HTTP server on a Unix socket', () => {
       send(res, 200, { version: '0.0.0', pid: 1, stateDir: dir, startedAt: new Date().toISOString(), jobs: {} })
     } else if (req.method === 'POST' && url === '/v1/jobs') {
       send(res, 201, job('j1', 'queued'))
-    } else if (req.method === 'GET' && url === '/v1/jobs') {
+    } else if (req.method === 'GET' && url.startsWith('/v1/jobs?')) {
+      // An agent that does not page answers the whole list, without `next`: the client stops there.
       send(res, 200, { jobs: [job('j1', 'queued'), job('j2', 'error')] })
     } else if (req.method === 'GET' && url === '/v1/jobs/slow') {
       polls++
@@ -163,6 +164,7 @@ describe('against an HTTP server on a Unix socket', () => {
   test('status, listJobs and suspend speak the v1 routes', async () => {
     assert.equal((await client.status()).stateDir, dir)
     assert.deepEqual((await client.listJobs()).map(j => j.id), ['j1', 'j2'])
+    assert.equal(requests.at(-1)?.url, '/v1/jobs?limit=500', 'the client asks for a page')
     assert.equal((await client.suspend('j1')).state, 'suspended')
     assert.deepEqual(requests.at(-1), { method: 'POST', url: '/v1/jobs/j1/suspend', body: '', type: undefined })
   })

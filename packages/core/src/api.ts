@@ -266,6 +266,18 @@ export interface AgentStatus {
   peer?: PeerStatus
   /** Bandwidth control in force: how background jobs yield (see BandwidthStatus). */
   bandwidth?: BandwidthStatus
+  /** What the agent recovered at start from a damaged state store, when it was damaged. */
+  storeRecovery?: StoreRecovery
+}
+
+/** A damaged state store, repaired at start: what was kept aside and what was lost. */
+export interface StoreRecovery {
+  /** Where the damaged database was copied before LevelDB's repair, when it had to be repaired. */
+  damagedCopy?: string
+  /** Jobs whose records were unreadable (their block marks were left): dropped, with their partial files. */
+  droppedJobs: string[]
+  /** Partial files of dropped jobs that were removed. */
+  removedPartials: string[]
 }
 
 export interface BandwidthStatus {

@@ -10,6 +10,8 @@ import { validateAddFiles, validateCreateJob, validatePriority, validateRateLimi
 import { EventClients, serveEvents } from './events.ts'
 import { serveDashboard } from './dashboard/serve.ts'
 import { serveMetrics } from '../metrics/index.ts'
+import { isDiskFull, stateDiskFull } from '../store/disk-full.ts'
+import { pageOfJobs } from './job-pages.ts'
 import type { AgentMetrics } from '../metrics/index.ts'
 
 /** Largest request body the API reads. */
@@ -126,7 +128,7 @@ export function apiRoutes (agent: AgentControl, eventClients: EventClients, logg
     { method: 'GET', path: '/v1/peers', handle: async () => ok(await agent.peers()) },
     { method: 'GET', path: '/v1/cache', handle: async () => ok(await agent.cache()) },
     { method: 'POST', path: '/v1/cache/clear', handle: async () => ok(await agent.clearCache()) },
-    { method: 'GET', path: '/v1/jobs', handle: async () => ok({ jobs: await agent.listJobs() }) },
+    { method: 'GET', path: '/v1/jobs', handle: async ({ url }) => ok(pageOfJobs(await agent.listJobs(), url.searchParams)) },
     { method: 'POST', path: '/v1/jobs', handle: async ({ req }) => [201, await agent.createJob(validateCreateJob(await readJson(req), limits))] },
     { method: 'GET', path: '/v1/jobs/{id}', handle: async ({ params }) => ok(await agent.getJob(params.id)) },
     { method: 'POST', path: '/v1/jobs/{id}/suspend', handle: async ({ params }) => ok(await agent.suspend(params.id)) },
@@ -195,11 +197,13 @@ export async function startApiServer (components: ApiServerComponents, init: Api
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
     if (req.url === '/metrics') return serveMetrics({ metrics, logger }, req, res)
-    route(req, res).then(reply => { if (reply !== undefined) send(res, reply[0], reply[1]) }, (err: unknown) => {
+    route(req, res).then(reply => { if (reply !== undefined) send(res, reply[0], reply[1]) }, (thrown: unknown) => {
       if (res.headersSent) {
         res.destroy()
         return
       }
+      // A full state disk fails the store's writes: say so, not "internal error".
+      const err = !(thrown instanceof CanopyError) && isDiskFull(thrown) ? stateDiskFull(thrown) : thrown
       const code = err instanceof CanopyError ? err.code : 'ERR_INTERNAL'
       const status = httpStatusOf(code)
       if (status === 500) logger.error('control API failure', { err: String((err as Error)?.stack ?? err) })

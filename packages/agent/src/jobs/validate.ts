@@ -143,7 +143,8 @@ function validateJobLimits (value: unknown): Partial<JobLimits> | undefined {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('limits must be an object { retryMinMs?, retryMaxMs?, noProgressTimeoutMs?, maxDownloadTimeMs? }')
   const limits: Partial<JobLimits> = {}
   for (const [key, v] of Object.entries(value)) {
-    const min = JOB_LIMIT_MINIMUM[key as keyof JobLimits]
+    // Own keys only: `limits.toString` must not find Object.prototype's function.
+    const min = Object.hasOwn(JOB_LIMIT_MINIMUM, key) ? JOB_LIMIT_MINIMUM[key as keyof JobLimits] : undefined
     if (min === undefined) throw bad(`limits.${key} is not a job limit: use ${Object.keys(JOB_LIMIT_MINIMUM).join(', ')}`)
     if (!Number.isSafeInteger(v) || (v as number) < min) throw bad(`limits.${key} must be a whole number of milliseconds, at least ${min}`)
     limits[key as keyof JobLimits] = v as number

@@ -18,6 +18,15 @@ const SERVER_IDLE_MS = 60_000
 const SERVER_PIPELINE = 8
 /** How long a request may wait for its response. */
 const RESPONSE_TIMEOUT_MS = 30_000
+/**
+ * The whole of one answer (head and body), from when it is the next one due: a peer
+ * that sends a byte now and then no longer holds a transfer (issue 13: a frame header,
+ * then a byte every 20 s, held a download at 0 B for as long as the peer stayed).
+ * A have answer is a few KiB at most (one bit per block); a block is at most 16 MiB,
+ * which 30 s allows at 0.53 MiB/s, far below any LAN.
+ */
+export const HAVE_ANSWER_DEADLINE_MS = 10_000
+export const BLOCK_ANSWER_DEADLINE_MS = RESPONSE_TIMEOUT_MS
 
 /**
  * What one agent spends on serving peers, at most. Every outside input is bounded:
@@ -391,7 +400,7 @@ export class ExchangeSession {
   private readonly framed: FramedStream
   private readonly discoveryId: Uint8Array
   private readonly proof: Uint8Array
-  private readonly pending: Array<{ resolve: (m: ExchangeMessage) => void, reject: (err: Error) => void, into?: Uint8Array }> = []
+  private readonly pending: Array<{ resolve: (m: ExchangeMessage) => void, reject: (err: Error) => void, into?: Uint8Array, deadlineMs: number }> = []
   private failure?: Error
   private reading = false
   readonly peer: PeerId
@@ -436,6 +445,11 @@ export class ExchangeSession {
     await this.framed.stream.close().catch(() => {})
   }
 
+  /** Ends the session at once (a peer that is too slow or lies): requests under way fail with `reason`. */
+  abort (reason: Error): void {
+    this.fail(reason)
+  }
+
   private check (status: number): void {
     if (status === ExchangeStatus.Ok) return
     if (status === ExchangeStatus.Unknown) throw new PeerExchangeError('ERR_PEER_UNKNOWN_CONTENT', 'the peer has nothing under this discovery id that our proof of the content key opens')
@@ -457,7 +471,8 @@ export class ExchangeSession {
 
   private async request (message: ExchangeMessage, into?: Uint8Array): Promise<ExchangeMessage> {
     if (this.failure !== undefined) throw this.failure
-    const answer = new Promise<ExchangeMessage>((resolve, reject) => this.pending.push({ resolve, reject, into }))
+    const deadlineMs = message.type === MessageType.HaveRequest ? HAVE_ANSWER_DEADLINE_MS : BLOCK_ANSWER_DEADLINE_MS
+    const answer = new Promise<ExchangeMessage>((resolve, reject) => this.pending.push({ resolve, reject, into, deadlineMs }))
     // If sending fails, the caller gets that error and `answer` is rejected by
     // fail() with nobody waiting on it: it must not count as unhandled (it crashed
     // the agent when a peer died mid-transfer).
@@ -477,19 +492,20 @@ export class ExchangeSession {
     this.reading = true
     try {
       while (this.pending.length > 0) {
-        const length = await this.framed.readLength(MAX_FRAME_BODY, RESPONSE_TIMEOUT_MS)
+        const { into, deadlineMs } = this.pending[0]
+        const deadline = performance.now() + deadlineMs
+        const length = await this.framed.readLength(MAX_FRAME_BODY, RESPONSE_TIMEOUT_MS, deadline)
         if (length === undefined) throw new PeerExchangeError('ERR_PEER_PROTOCOL', 'the peer closed the stream with requests unanswered')
-        const { into } = this.pending[0]
         let response: ExchangeMessage
         if (into !== undefined && length === RESPONSE_HEAD_BYTES + into.length) {
           // Head and block apart: the block goes straight into the caller's memory.
-          const head = Buffer.from(await this.framed.readBody(RESPONSE_HEAD_BYTES, RESPONSE_TIMEOUT_MS))
+          const head = Buffer.from(await this.framed.readBody(RESPONSE_HEAD_BYTES, RESPONSE_TIMEOUT_MS, undefined, deadline))
           response = decodeMessage(head)
           if (response.type !== MessageType.BlockResponse || response.status !== ExchangeStatus.Ok) throw this.broken('sent a block-sized frame that is not a block')
-          await this.framed.readBody(into.length, RESPONSE_TIMEOUT_MS, into)
+          await this.framed.readBody(into.length, RESPONSE_TIMEOUT_MS, into, deadline)
           response.data = into
         } else {
-          response = decodeMessage(await this.framed.readBody(length, RESPONSE_TIMEOUT_MS))
+          response = decodeMessage(await this.framed.readBody(length, RESPONSE_TIMEOUT_MS, undefined, deadline))
         }
         this.pending.shift()!.resolve(response)
       }

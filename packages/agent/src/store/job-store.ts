@@ -1,8 +1,9 @@
 import { dirname } from 'node:path'
 import { Level } from 'level'
-import type { JobView, PublishedManifest } from '@canopy/core'
+import type { JobView, PublishedManifest, StoreRecovery } from '@canopy/core'
 import { CanopyError, codeInCauses } from '@canopy/core'
 import type { BlockProvenance, JobRecord } from '../jobs/job.ts'
+import { repairStore, storeOpenError } from './repair.ts'
 import { upgradeSchema } from './schema.ts'
 
 const SOURCE_CODES: Record<BlockProvenance, string> = { origin: 'o', peer: 'p', cache: 'c' }
@@ -35,33 +36,41 @@ function blockKey (jobId: string, file: number, block: number): string {
  *   change itself (see notify/notifier.ts).
  */
 export class JobStore {
-  private readonly db: Level<string, string>
-  private readonly jobs
-  private readonly blocks
-  private readonly manifests
-  private readonly manifestKeys
+  private db!: Level<string, string>
+  private jobs!: ReturnType<typeof sublevels>['jobs']
+  private blocks!: ReturnType<typeof sublevels>['blocks']
+  private manifests!: ReturnType<typeof sublevels>['manifests']
+  private manifestKeys!: ReturnType<typeof sublevels>['manifestKeys']
   /** putManifest reads, then writes the keys of an id: one at a time. */
   private keysWritten: Promise<void> = Promise.resolve()
-  private readonly cache
-  private readonly notify
+  private cache!: ReturnType<typeof sublevels>['cache']
+  private notify!: ReturnType<typeof sublevels>['notify']
   /** The batch of block marks that will be written when the current write ends. */
   private nextBatch?: { marks: Array<{ key: string, value: string }>, written: Promise<void> }
   private writing: Promise<void> = Promise.resolve()
 
   /** The database's directory (`<state-dir>/db`). */
   private readonly location: string
+  /** Where the copy of a damaged database was kept before it was repaired at open. */
+  repaired?: string
+  /** What the start recovered from a damaged store (see recovery.ts), when it was damaged. */
+  recovery?: StoreRecovery
 
   constructor (location: string) {
     this.location = location
-    this.db = new Level<string, string>(location)
-    this.jobs = this.db.sublevel<string, JobRecord>('jobs', { valueEncoding: 'json' })
-    this.blocks = this.db.sublevel<string, string>('blocks', { valueEncoding: 'utf8' })
-    this.manifests = this.db.sublevel<string, PublishedManifest>('manifests', { valueEncoding: 'json' })
-    this.manifestKeys = this.db.sublevel<string, string[]>('manifest-keys', { valueEncoding: 'json' })
-    this.cache = this.db.sublevel<string, CacheRecord>('cache', { valueEncoding: 'json' })
-    this.notify = this.db.sublevel<string, NotificationRecord>('notify', { valueEncoding: 'json' })
+    this.bind()
   }
 
+  /** A new handle on the database (a handle whose open failed cannot be opened again). */
+  private bind (): void {
+    this.db = new Level<string, string>(this.location)
+    Object.assign(this, sublevels(this.db))
+  }
+
+  /**
+   * Opens the database. One that is damaged is repaired once (after a copy of it is
+   * kept, see repairStore); `repaired` then says where that copy is.
+   */
   async open (): Promise<void> {
     try {
       await this.db.open()
@@ -69,7 +78,9 @@ export class JobStore {
       if (codeInCauses(err, code => code === 'LEVEL_LOCKED') !== undefined) {
         throw new CanopyError('ERR_AGENT_ALREADY_RUNNING', `Another Canopy agent is using this state directory, ${dirname(this.location)}: stop it first, or pick another --state-dir`, { cause: err })
       }
-      throw err
+      this.repaired = await repairStore(this.location, err)
+      this.bind()
+      await this.db.open().catch((again: unknown) => { throw storeOpenError(this.location, again, this.repaired) })
     }
     try {
       // What an older agent wrote is migrated; what a newer one wrote is refused.
@@ -82,6 +93,11 @@ export class JobStore {
 
   async close (): Promise<void> {
     await this.db.close()
+  }
+
+  /** The error for a store that opened but cannot be read (a damaged table): its path, the cause, what to do. */
+  unreadable (err: unknown): Error {
+    return storeOpenError(this.location, err)
   }
 
   /**
@@ -116,6 +132,22 @@ export class JobStore {
     const batch = this.db.batch().del(jobId, { sublevel: this.jobs })
     for await (const key of this.blocks.keys({ gte: `${jobId}!`, lt: `${jobId}!~` })) batch.del(key, { sublevel: this.blocks })
     await batch.write()
+  }
+
+  /**
+   * The job ids that have block marks, each once (one seek per id, not a read of
+   * every mark): with allJobs, how a start finds jobs whose record was lost.
+   */
+  async jobIdsWithMarks (): Promise<string[]> {
+    const ids: string[] = []
+    let from: string | undefined
+    for (;;) {
+      const [key] = await this.blocks.keys({ ...(from !== undefined ? { gt: from } : {}), limit: 1 }).all()
+      if (key === undefined) return ids
+      const id = key.slice(0, key.indexOf('!'))
+      ids.push(id)
+      from = `${id}!~`
+    }
   }
 
   async allJobs (): Promise<JobRecord[]> {
@@ -204,6 +236,17 @@ export class JobStore {
 
   async cacheRecords (): Promise<CacheRecord[]> {
     return await this.cache.values().all()
+  }
+}
+
+function sublevels (db: Level<string, string>) {
+  return {
+    jobs: db.sublevel<string, JobRecord>('jobs', { valueEncoding: 'json' }),
+    blocks: db.sublevel<string, string>('blocks', { valueEncoding: 'utf8' }),
+    manifests: db.sublevel<string, PublishedManifest>('manifests', { valueEncoding: 'json' }),
+    manifestKeys: db.sublevel<string, string[]>('manifest-keys', { valueEncoding: 'json' }),
+    cache: db.sublevel<string, CacheRecord>('cache', { valueEncoding: 'json' }),
+    notify: db.sublevel<string, NotificationRecord>('notify', { valueEncoding: 'json' })
   }
 }
 
