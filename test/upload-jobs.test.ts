@@ -56,6 +56,8 @@ test('canopy put sends 256 MiB: the file appears whole under its name on the ori
   assert.equal(job.type, 'upload')
   assert.equal(job.state, 'acknowledged')
   assert.equal(job.bytes.transferred, size)
+  assert.equal(job.bytes.fromOrigin, 0, 'sent, not received: the received-bytes counters do not count it')
+  assert.equal((await agent.client.status()).bytes.fromOrigin, 0)
   assert.equal(job.upload?.serverSha256, sha256)
   assert.equal(await fileSha256(join(uploadDir, 'branch-1.log')), sha256)
   // The job shows as an upload in the CLI.
@@ -93,6 +95,28 @@ test('after kill -9 of the agent at ~40% the restarted agent resumes from the se
   t.diagnostic(`killed at ${seen.bytes.transferred} bytes; the origin stored ${received} for ${size}`)
   assert.ok(received <= size + FRAGMENT + MiB, `the origin stored ${received} bytes for a ${size}-byte file`)
   assert.match(second.stderr(), /upload resuming/)
+})
+
+test('suspend and resume mid-upload go on with the same upload, re-sending at most one fragment', async (t) => {
+  const { dir, origin, uploadDir, endpoint } = await uploadOrigin(t)
+  const size = 48 * MiB
+  const { sha256 } = await randomFile(join(dir, 'f.bin'), size)
+  const agent = await startAgentProcess(join(dir, 'agent'))
+  t.after(async () => await agent.kill())
+  const job = await agent.client.createUpload(join(dir, 'f.bin'), endpoint, { priority: 'high', rateLimit: 16 * MiB, autoComplete: true })
+  await until(agent.client, job.id, j => j.bytes.transferred >= 12 * MiB || FINISHED.includes(j.state))
+  const suspended = await agent.client.suspend(job.id)
+  assert.equal(suspended.state, 'suspended')
+  const uploadUrl = suspended.upload?.uploadUrl
+  assert.ok(uploadUrl !== undefined)
+  assert.ok(await bytesReceived(origin) < size, 'suspended before the end')
+  await agent.client.setRateLimit(job.id, null)
+  await agent.client.resume(job.id)
+  const done = await agent.client.waitForJob(job.id, { intervalMs: 100, until: FINISHED })
+  assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+  assert.equal(done.upload?.uploadUrl, uploadUrl)
+  assert.equal(await fileSha256(join(uploadDir, 'f.bin')), sha256)
+  assert.ok(await bytesReceived(origin) <= size + FRAGMENT, `the origin stored ${await bytesReceived(origin)} bytes for ${size}`)
 })
 
 test('a local file changed mid-upload stops the job in error with the reason; nothing appears on the origin', async (t) => {

@@ -376,7 +376,8 @@ export class JobRunner {
     const existing = entry.progress[index]
     if (existing !== undefined && !(existing instanceof FileProgress)) return existing
     const bytes = entry.record.files[index].plainBytes ?? 0
-    const progress: PlainProgress = { bytesDone: bytes, fromOrigin: bytes, fromPeers: 0, fromCache: 0 }
+    // An upload's bytes were sent, not received: no source counts them (metrics count received bytes by source).
+    const progress: PlainProgress = { bytesDone: bytes, fromOrigin: entry.record.upload === undefined ? bytes : 0, fromPeers: 0, fromCache: 0 }
     entry.progress[index] = progress
     return progress
   }

@@ -23,7 +23,10 @@ export interface UploadComponents {
   logger: Logger
   /** The job's network: the agent's pool, or one of its own for its proxy or TLS settings. */
   dispatcher: Dispatcher
-  /** The job's progress counter (bytes the server holds), restored at recovery from `plainBytes`. */
+  /**
+   * The job's progress counter: bytesDone is what the server holds, restored at
+   * recovery from `plainBytes`; its sources (bytes received) stay 0.
+   */
   progress: PlainProgress
   /** Bytes moved: the no-progress clock, rate and progress events. */
   onProgress: () => void
@@ -63,14 +66,14 @@ export async function sendUpload (components: UploadComponents, entry: JobEntry,
         },
         onProgress: (p) => {
           file.size = p.size
-          progress.bytesDone = progress.fromOrigin = file.plainBytes = p.uploaded
+          progress.bytesDone = file.plainBytes = p.uploaded
           components.onProgress()
         },
         beforeSend: async (bytes, s) => { await pace(lease.pacer, bytes, s) }
       })
       file.size = result.size
       file.sha256 = result.sha256
-      progress.bytesDone = progress.fromOrigin = file.plainBytes = result.size
+      progress.bytesDone = file.plainBytes = result.size
       upload.uploadUrl = result.uploadUrl
       upload.serverSha256 = result.serverSha256 ?? result.sha256
       if (result.replyUrl !== undefined) upload.replyUrl = result.replyUrl
