@@ -119,6 +119,32 @@ test('suspend and resume mid-upload go on with the same upload, re-sending at mo
   assert.ok(await bytesReceived(origin) <= size + FRAGMENT, `the origin stored ${await bytesReceived(origin)} bytes for ${size}`)
 })
 
+test('an origin restart mid-upload: the job retries (transient, with the reason) and resumes the same upload', async (t) => {
+  const { dir, origin, uploadDir, endpoint } = await uploadOrigin(t)
+  const size = 48 * MiB
+  const { sha256 } = await randomFile(join(dir, 'f.bin'), size)
+  const agent = await startAgentProcess(join(dir, 'agent'))
+  t.after(async () => await agent.kill())
+  const job = await agent.client.createUpload(join(dir, 'f.bin'), endpoint, { rateLimit: 16 * MiB, autoComplete: true, limits: { retryMinMs: 200, retryMaxMs: 400 } })
+  const before = await until(agent.client, job.id, j => j.bytes.transferred >= 12 * MiB || FINISHED.includes(j.state))
+  await origin.close()
+  const failed = await until(agent.client, job.id, j => j.state === 'transient_error' || FINISHED.includes(j.state))
+  assert.equal(failed.state, 'transient_error', JSON.stringify(failed.error))
+  assert.equal(failed.error?.transient, true)
+  assert.equal(failed.error?.code, 'ERR_NETWORK', JSON.stringify(failed.error))
+  assert.match(failed.error?.message ?? '', /unreachable/)
+  // The same port and upload directory: the unfinished upload is still staged there.
+  const again = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'origin'), scan: false, port: origin.port, uploads: { minFreeBytes: 0, dir: uploadDir } })
+  t.after(async () => await again.close())
+  await again.ready
+  await agent.client.setRateLimit(job.id, null)
+  const done = await agent.client.waitForJob(job.id, { intervalMs: 100, until: FINISHED })
+  assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+  assert.equal(done.upload?.uploadUrl, before.upload?.uploadUrl, 'the same upload went on')
+  assert.equal(await fileSha256(join(uploadDir, 'f.bin')), sha256)
+  assert.ok(await bytesReceived(again) <= size - 12 * MiB + FRAGMENT, `the restarted origin stored ${await bytesReceived(again)} bytes`)
+})
+
 test('a local file changed mid-upload stops the job in error with the reason; nothing appears on the origin', async (t) => {
   const { dir, uploadDir, endpoint } = await uploadOrigin(t)
   const path = join(dir, 'app.log')
