@@ -130,7 +130,7 @@ export interface JobView {
 export interface JobUploadView {
   /** The upload's URL on the server, once created (a resumed upload continues there). */
   uploadUrl?: string
-  /** The server's SHA-256 of the completed upload (checked against the local file's). */
+  /** The server's SHA-256 of the completed upload (checked against the local file's), when the server reports one (canopy origin does; `files[0].sha256` is the file's). */
   serverSha256?: string
   /** upload-reply: where the reply is written, and its size once downloaded. */
   replyPath?: string

@@ -45,7 +45,8 @@ export async function sendUpload (components: UploadComponents, entry: JobEntry,
   const file = job.files[0]
   const headers = requestHeaders(job.http)
   const logger = withFields(components.logger, { jobId: job.id })
-  if (upload.serverSha256 === undefined) {
+  // The file's SHA-256 is recorded once the server holds the whole upload (and its digest matched, when it gave one).
+  if (file.sha256 === undefined) {
     // Its share of the WAN path to the server: paced while the job is background, unpaced in the foreground.
     const lease = wanPaths.lease(file.url, () => job.priority, headProbe(dispatcher, file.url, headers), () => job.rateLimit)
     entry.lease = lease
@@ -75,7 +76,7 @@ export async function sendUpload (components: UploadComponents, entry: JobEntry,
       file.sha256 = result.sha256
       progress.bytesDone = file.plainBytes = result.size
       upload.uploadUrl = result.uploadUrl
-      upload.serverSha256 = result.serverSha256 ?? result.sha256
+      if (result.serverSha256 !== undefined) upload.serverSha256 = result.serverSha256
       if (result.replyUrl !== undefined) upload.replyUrl = result.replyUrl
       await table.persist(entry)
       logger.info('upload complete', { uploadUrl: result.uploadUrl, bytes: result.size, sent: result.sent })
@@ -104,7 +105,8 @@ export async function sendUpload (components: UploadComponents, entry: JobEntry,
  */
 export async function terminateUpload (entry: JobEntry, logger: Logger): Promise<void> {
   const upload = entry.record.upload
-  if (upload?.uploadUrl === undefined || upload.serverSha256 !== undefined) return
+  // A complete upload is the server's file now (the job may be cancelled while its reply is fetched): it stays.
+  if (upload?.uploadUrl === undefined || entry.record.files[0].sha256 !== undefined) return
   const headers = requestHeaders(entry.record.http)
   await tusTerminate({}, { uploadUrl: upload.uploadUrl, headers }).catch((err: unknown) => {
     logger.warn('could not terminate the upload on the server; it expires there', { jobId: entry.id, uploadUrl: upload.uploadUrl, err: String(err) })
