@@ -84,7 +84,7 @@ test('after kill -9 of the agent at ~40% the restarted agent resumes from the se
 
   const second = await startAgentProcess(stateDir)
   t.after(async () => await second.kill())
-  // Its progress was persisted (at most a second old) with the upload's URL.
+  // The upload's URL was persisted; its progress is at most a second old until the agent asks the server's offset.
   assert.equal((await second.client.getJob(job.id)).upload?.uploadUrl, seen.upload.uploadUrl)
   await second.client.setRateLimit(job.id, null)
   const done = await second.client.waitForJob(job.id, { intervalMs: 100, until: FINISHED })

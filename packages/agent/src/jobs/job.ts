@@ -274,6 +274,7 @@ export function newJobRecord (id: string, req: CreateJobRequest, at: number): Jo
     ...(req.limits !== undefined ? { limits: req.limits } : {}),
     ...(req.http !== undefined ? { http: req.http } : {}),
     ...(req.ifNewer === true ? { ifNewer: true } : {}),
+    ...(req.rateLimit !== undefined ? { rateLimit: req.rateLimit } : {}),
     // Creation is the job's first state change, and notified like the others.
     transitions: 1
   }

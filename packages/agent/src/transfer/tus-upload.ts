@@ -265,6 +265,8 @@ class UploadSession {
       uploadUrl = await this.create(size)
       offset = 0
     }
+    // Where the upload stands before a byte is sent: a resumed job shows the server's offset at once.
+    this.init.onProgress?.({ uploaded: offset!, size, sent: this.sent })
     let conflicts = 0
     let checksumFailures = 0
     while (done === undefined) {
