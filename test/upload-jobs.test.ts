@@ -76,6 +76,7 @@ test('after kill -9 of the agent at ~40% the restarted agent resumes from the se
   const first = await startAgentProcess(stateDir)
   // Its own cap keeps it running long enough to be killed in the middle.
   const job = await first.client.createUpload(join(dir, 'f.bin'), endpoint, { priority: 'foreground', rateLimit: 24 * MiB, autoComplete: true })
+  assert.equal(job.rateLimit, 24 * MiB)
   const seen = await until(first.client, job.id, j => j.bytes.transferred >= size * 0.4 || FINISHED.includes(j.state))
   await first.kill('SIGKILL')
   assert.ok(seen.upload?.uploadUrl !== undefined, 'the upload URL was persisted before bytes were sent')
