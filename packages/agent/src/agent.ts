@@ -394,7 +394,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       }
       // A completion that failed half-way put some files in place: the rest of the job must follow them, not grow.
       if (job.files.some(f => f.visible === true)) throw new CanopyError('ERR_INVALID_STATE', 'Some files of this job are already in place: complete it, or create another job')
-      checkFilesFit(files, this.options, job.files.map(f => f.path))
+      checkFilesFit(files, this.options, job.files.map(f => f.path), job.type)
       job.files.push(...files.map(f => fileRecord(job.id, f)))
       entry.progress.push(...files.map(() => undefined))
       job.modifiedAt = new Date(this.now()).toISOString()

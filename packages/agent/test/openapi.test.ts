@@ -41,7 +41,8 @@ test('docs/openapi.json documents exactly the routes the agent serves, and the a
   t.after(async () => await rm(dir, { recursive: true, force: true }))
   await mkdir(join(dir, 'root'))
   await writeFile(join(dir, 'root', 'f.bin'), Buffer.alloc(3 * 1024 * 1024 + 7, 1))
-  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'origin') })
+  await mkdir(join(dir, 'incoming'))
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'origin'), uploads: { dir: join(dir, 'incoming'), minFreeBytes: 0 } })
   t.after(async () => await origin.close())
   await origin.ready
   const agent = await startAgent({ stateDir: join(dir, 'agent'), p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, peers: [] } })
@@ -92,6 +93,18 @@ test('docs/openapi.json documents exactly the routes the agent serves, and the a
   assert.equal((await call('POST', `/v1/jobs/${second.body.id}/files`, '/v1/jobs/{id}/files', { files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'three.bin') }] })).status, 200)
   assert.equal((await call('POST', job('files'), '/v1/jobs/{id}/files', { files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'four.bin') }] })).status, 409, 'only a suspended job takes files')
   assert.equal((await call('POST', `/v1/jobs/${second.body.id}/cancel`, '/v1/jobs/{id}/cancel')).status, 200)
+
+  // An upload job, and its views while it runs and once acknowledged.
+  const uploadFile = { url: origin.uploadUrl!, path: join(dir, 'root', 'f.bin') }
+  assert.equal((await call('POST', '/v1/jobs', '/v1/jobs', { type: 'upload-reply', files: [uploadFile] })).status, 400, 'an upload-reply job needs its replyPath')
+  const upload = await call('POST', '/v1/jobs', '/v1/jobs', { type: 'upload', name: 'up.bin', files: [uploadFile], autoComplete: true })
+  assert.equal(upload.status, 201)
+  let uploaded = upload.body
+  while (!['acknowledged', 'error'].includes(uploaded.state)) {
+    await new Promise(resolve => setTimeout(resolve, 20))
+    uploaded = (await call('GET', `/v1/jobs/${upload.body.id}`, '/v1/jobs/{id}')).body
+  }
+  assert.equal(uploaded.state, 'acknowledged', JSON.stringify(uploaded))
 
   assert.equal((await call('GET', '/v1/policy', '/v1/policy')).status, 200)
   const policy = { low: '2MiB/s', workHours: { days: 'mon-fri', from: '08:00', to: '17:00', low: 0 }, peerServing: 1048576 }

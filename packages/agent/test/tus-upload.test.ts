@@ -14,7 +14,7 @@ import { promisify } from 'node:util'
 import { FileStore } from '@tus/file-store'
 import { Server as TusServer } from '@tus/server'
 import { TransferError } from '../src/errors.ts'
-import { DEFAULT_FRAGMENT_SIZE, fetchUploadReply, TusErrorCode, tusUpload, type TusUploadInit, type TusUploadResult } from '../src/transfer/tus-upload.ts'
+import { DEFAULT_FRAGMENT_SIZE, fetchUploadReply, TusErrorCode, tusUpload, type TusProgress, type TusUploadInit, type TusUploadResult } from '../src/transfer/tus-upload.ts'
 
 const CLI = fileURLToPath(new URL('../../cli/bin/canopy.js', import.meta.url))
 const MiB = 1024 * 1024
@@ -138,7 +138,11 @@ async function interruptedUpload (init: TusUploadInit, interrupt: (controller: A
     }
   }).then(() => assert.fail('the first attempt should have been interrupted'), (err: unknown) => err)
   assert.ok(uploadUrl !== undefined)
-  const result = await tusUpload({}, { ...init, uploadUrl })
+  const resumedAt: TusProgress[] = []
+  const result = await tusUpload({}, { ...init, uploadUrl, onProgress: p => { if (resumedAt.length === 0) resumedAt.push(p) } })
+  // Before a byte is sent again, the progress is the server's offset (a resumed job's view shows it at once).
+  assert.equal(resumedAt[0].sent, 0)
+  assert.ok(resumedAt[0].uploaded >= size * 0.4 - 8 * MiB, `resumed at ${resumedAt[0].uploaded}`)
   return { first, result, sentTotal: sentFirst + result.sent }
 }
 

@@ -7,6 +7,7 @@ import { absolute, COMMON_OPTIONS, out, say, setQuiet } from './verb.ts'
 import type { Values, Verb } from './verb.ts'
 import { agentVerb } from './verbs/agent.ts'
 import { addVerb, getVerb } from './verbs/get.ts'
+import { putVerb } from './verbs/put.ts'
 import { cancelVerb, completeVerb, jobsVerb, jobVerb, resumeVerb, setVerb, statusVerb, suspendVerb } from './verbs/jobs.ts'
 import { watchVerb } from './verbs/watch.ts'
 import { originVerb } from './verbs/origin.ts'
@@ -19,7 +20,7 @@ import { policyVerb } from './verbs/policy.ts'
 import { dashboardVerb } from './verbs/dashboard.ts'
 
 export const VERBS: readonly Verb[] = [
-  getVerb, addVerb, jobsVerb, jobVerb, watchVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, setVerb, statusVerb,
+  getVerb, addVerb, putVerb, jobsVerb, jobVerb, watchVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, setVerb, statusVerb,
   peersVerb, cacheVerb, policyVerb, dashboardVerb, agentVerb, originVerb, publishVerb, keygenVerb, versionVerb, completionVerb(() => VERBS)
 ]
 

@@ -90,7 +90,7 @@ export interface JobsTable {
 export function formatJobsTable (jobs: readonly JobView[], columns?: number): JobsTable {
   const headers = ['ID', 'NAME', 'PROGRESS', 'RATE', 'PRIORITY', 'STATE']
   const ids = shortIds(jobs.map(j => j.id))
-  const rows = jobs.map((j, i) => [ids[i], j.name, formatProgress(j.bytes), j.rate === undefined ? '' : formatRate(j.rate), j.priority, formatState(j)])
+  const rows = jobs.map((j, i) => [ids[i], j.type === 'download' ? j.name : `${j.name} (${j.type})`, formatProgress(j.bytes), j.rate === undefined ? '' : formatRate(j.rate), j.priority, formatState(j)])
   if (columns === undefined) return { text: formatTable(headers, rows), cut: false }
   const widthOf = (col: number): number => Math.max(headers[col].length, ...rows.map(r => r[col].length))
   const fixed = [0, 2, 3, 4].reduce((sum, col) => sum + widthOf(col), 0) + 2 * (headers.length - 1)
@@ -140,7 +140,7 @@ export function formatJobDetails (job: JobView): string {
     ...(job.rateLimit !== undefined ? [['rate limit', job.rateLimit === 0 ? '0 (blocked)' : `${formatBytes(job.rateLimit)}/s`] as [string, string]] : []),
     ['state', formatState(job)],
     ['progress', `${formatProgress(b)}, files ${job.filesTransferred}/${job.filesTotal}`],
-    ['sources', `origin ${formatBytes(b.fromOrigin)}, peers ${formatBytes(b.fromPeers)}, cache ${formatBytes(b.fromCache)}`],
+    ['sources', job.type !== 'download' ? undefined : `origin ${formatBytes(b.fromOrigin)}, peers ${formatBytes(b.fromPeers)}, cache ${formatBytes(b.fromCache)}`],
     // Largest first; peer ids are long, so the first 12 and last 6 characters.
     ['by peer', b.byPeer === undefined
       ? undefined
@@ -151,6 +151,9 @@ export function formatJobDetails (job: JobView): string {
       : `${job.error.code}: ${job.error.message}${job.error.transient ? ' (transient: retrying)' : ''}${job.error.url === undefined ? '' : ` [${job.error.url}]`} at ${when(job.error.at)}`],
     ['retry at', when(job.retryAt)],
     ['limits', formatLimits(job.limits)],
+    ['upload url', job.upload?.uploadUrl],
+    ['server sha256', job.upload?.serverSha256],
+    ['reply', job.upload?.replyPath === undefined ? undefined : `${job.upload.replyPath}${job.upload.replyBytes === undefined ? '' : ` (${formatBytes(job.upload.replyBytes)})`}`],
     ['on complete', job.notify?.onComplete?.join(' ')],
     ['on error', job.notify?.onError?.join(' ')],
     ['notify url', job.notify?.url],
@@ -161,10 +164,11 @@ export function formatJobDetails (job: JobView): string {
   ])
   out += `files (${job.files.length}):\n`
   for (const f of job.files) {
-    out += `  ${f.url}\n    -> ${f.path}\n`
+    // An upload goes the other way: the local file to the server.
+    out += job.type === 'download' ? `  ${f.url}\n    -> ${f.path}\n` : `  ${f.path}\n    -> ${f.url}\n`
     out += `    ${formatProgress({ total: f.bytesTotal, transferred: f.bytesTransferred })}`
     if (f.manifestId !== undefined) out += `, manifest ${f.manifestId}`
-    else out += ', no manifest (not shared with peers)'
+    else if (job.type === 'download') out += ', no manifest (not shared with peers)'
     if (f.sha256 !== undefined) out += `, sha256 ${f.sha256}`
     out += '\n'
   }
@@ -296,6 +300,17 @@ export function formatSummary (path: string, bytes: JobBytes, seconds: number): 
   let line = `${path}: ${formatBytes(size)} in ${seconds.toFixed(1)} s (${formatRate(size / secs)}), ` +
     `from origin ${formatBytes(bytes.fromOrigin)}, peers ${formatBytes(bytes.fromPeers)}`
   if (bytes.fromCache > 0) line += `, cache ${formatBytes(bytes.fromCache)}`
+  return line
+}
+
+/** The summary of a finished upload: `big.log -> http://origin/uploads/…: 256 MiB in 3.1 s (82 MiB/s), sha256 checked by the server[, reply in PATH]`. */
+export function formatUploadSummary (job: JobView, seconds: number): string {
+  const size = Math.max(0, job.bytes.total)
+  const secs = Math.max(seconds, 0.001)
+  const file = job.files[0]
+  let line = `${file?.path ?? job.name} -> ${job.upload?.uploadUrl ?? file?.url ?? ''}: ${formatBytes(size)} in ${seconds.toFixed(1)} s (${formatRate(size / secs)})`
+  if (job.upload?.serverSha256 !== undefined) line += `, sha256 ${job.upload.serverSha256.slice(0, 16)}… matches`
+  if (job.upload?.replyPath !== undefined) line += `, reply (${formatBytes(job.upload.replyBytes ?? 0)}) in ${job.upload.replyPath}`
   return line
 }
 

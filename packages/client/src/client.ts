@@ -151,6 +151,15 @@ export class CanopyClient implements CanopyControl {
     return this.#call<JobView>('POST', '/jobs', req, opts)
   }
 
+  /**
+   * Creates an upload job: the local file `path` (absolute) sent to the tus creation
+   * endpoint `url`, stored there under `options.name` (default: the file's name). With
+   * `options.replyPath` it is an upload-reply job: the server's reply is written there.
+   */
+  createUpload (path: string, url: string, options: Omit<CreateJobRequest, 'files' | 'type' | 'ifNewer'> = {}, opts?: CallOptions): Promise<JobView> {
+    return this.createJob({ ...options, type: options.replyPath === undefined ? 'upload' : 'upload-reply', files: [{ url, path }] }, opts)
+  }
+
   /** The bandwidth policy in force (`GET /v1/policy`). */
   policy (opts?: CallOptions): Promise<PolicyView> {
     return this.#call<PolicyView>('GET', '/policy', undefined, opts)

@@ -34,7 +34,14 @@ export const FINAL_STATES: readonly JobState[] = ['acknowledged', 'cancelled']
 export type JobPriority = 'foreground' | 'high' | 'normal' | 'low'
 export const PRIORITIES: readonly JobPriority[] = ['foreground', 'high', 'normal', 'low']
 
-export type JobType = 'download'
+/**
+ * download: files from origins to local paths. upload: one local file (`files[0].path`)
+ * to a tus 1.0 creation endpoint (`files[0].url`), stored there under the job's name.
+ * upload-reply: an upload whose server reply (the origin's `--on-upload` handler's
+ * output) is downloaded to `replyPath` before the job is transferred.
+ */
+export type JobType = 'download' | 'upload' | 'upload-reply'
+export const JOB_TYPES: readonly JobType[] = ['download', 'upload', 'upload-reply']
 
 export interface JobError {
   /** Stable code, e.g. ERR_HTTP_NOT_FOUND, ERR_DIGEST_MISMATCH, ERR_DISK_FULL, ERR_NETWORK. */
@@ -115,6 +122,19 @@ export interface JobView {
   ifNewer?: boolean
   /** The job's own cap, bytes/s (0: blocked), when it has one. */
   rateLimit?: number
+  /** Upload and upload-reply jobs: where the upload stands on the server. */
+  upload?: JobUploadView
+}
+
+/** What a view shows of an upload: `bytes.transferred` counts the bytes the server holds. */
+export interface JobUploadView {
+  /** The upload's URL on the server, once created (a resumed upload continues there). */
+  uploadUrl?: string
+  /** The server's SHA-256 of the completed upload (checked against the local file's), when the server reports one (canopy origin does; `files[0].sha256` is the file's). */
+  serverSha256?: string
+  /** upload-reply: where the reply is written, and its size once downloaded. */
+  replyPath?: string
+  replyBytes?: number
 }
 
 /** POST /v1/jobs/:id/rate-limit: a cap in bytes/s (0 blocks), or null to remove it. */
@@ -158,8 +178,9 @@ export interface JobNotify {
 }
 
 export interface CreateJobFile {
+  /** download: the file's URL; upload: the tus creation endpoint (e.g. http://origin:8080/uploads/). */
   url: string
-  /** Absolute destination path. */
+  /** download: absolute destination path; upload: absolute path of the local file to send. */
   path: string
   /** Expected whole-file SHA-256 (hex), checked before the file is made visible. */
   sha256?: string
@@ -189,6 +210,11 @@ export interface CreateJobRequest {
    * file is left as it is and reported with `skipped: true`.
    */
   ifNewer?: boolean
+  /**
+   * upload-reply jobs: the absolute path the server's reply is written to (atomically,
+   * at most 16 MiB) when the upload completes; required for them, refused otherwise.
+   */
+  replyPath?: string
 }
 
 /**

@@ -23,10 +23,10 @@ export { formatBytes, parseSize } from './sizes.ts'
 export { formatDuration, parseDuration } from './durations.ts'
 export { silentLogger, withFields } from './logger.ts'
 export type { Logger } from './logger.ts'
-export { AGENT_EVENT_TYPES, API_SOCKET_NAME, API_VERSION, FINAL_STATES, PRIORITIES } from './api.ts'
+export { AGENT_EVENT_TYPES, API_SOCKET_NAME, API_VERSION, FINAL_STATES, JOB_TYPES, PRIORITIES } from './api.ts'
 export type {
   AgentByteTotals, AgentEvent, AgentEventType, AgentStatus, StoreRecovery, BandwidthStatus, PolicyView, WanPathStatus, ApiErrorBody, CacheView, PeersView, PeerStatus, AddFilesRequest, CreateJobFile, CreateJobRequest, JobBytes, JobLimits, JobError, JobFileView,
-  JobHttpOptions, JobHttpView, JobNotify, JobPriority, JobState, JobType, JobView, SetPriorityRequest, SetRateLimitRequest
+  JobHttpOptions, JobHttpView, JobNotify, JobPriority, JobState, JobType, JobUploadView, JobView, SetPriorityRequest, SetRateLimitRequest
 } from './api.ts'
 export type { AbortOptions, AgentControl, Awaitable, CanopyControl, ControlEvents, ControlEventSource } from './control.ts'
 export { decodeMessage, encodeFrameParts, encodeMessage, EXCHANGE_PROTOCOL, ExchangeStatus, MAX_FRAME_BODY, MAX_REQUEST_BODY, MessageType, RESPONSE_HEAD_BYTES } from './wire.ts'

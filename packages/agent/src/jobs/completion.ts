@@ -13,6 +13,7 @@ import type { BlockHasher } from '../transfer/block-hasher.ts'
 import { renamePartialIntoPlace } from '../transfer/partial-file.ts'
 import type { FileRecord } from './job.ts'
 import type { JobEntry, JobTable } from './job-table.ts'
+import { terminateUpload } from './upload.ts'
 
 export interface CompletionComponents {
   table: JobTable
@@ -59,6 +60,8 @@ export class Completion {
 
   /** Removes the partial files of a job that will not complete, and its block marks. */
   async removePartials (entry: JobEntry): Promise<void> {
+    // An upload has no partial file here: its bytes are on the server.
+    if (entry.record.upload !== undefined) return await terminateUpload(entry, this.components.logger)
     for (const file of entry.record.files) {
       if (file.visible === true) continue
       this.components.sharing()?.stopSharingPartial(file.partPath)
@@ -82,7 +85,8 @@ export class Completion {
     if (FINAL_STATES.includes(job.state)) return job.state === 'acknowledged'
     if (!job.files.every(f => f.done)) return false
     for (const file of job.files) {
-      if (file.visible === true) continue
+      // An upload's file stays where it is: completing acknowledges what the server holds.
+      if (file.visible === true || job.upload !== undefined) continue
       try {
         // A crash between the rename and recording it leaves our file in place
         // and no partial file: recognise it by its digest rather than fail.

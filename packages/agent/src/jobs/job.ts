@@ -1,7 +1,9 @@
+import { statSync } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
 import type { CreateJobFile, CreateJobRequest, JobError, JobHttpOptions, JobLimits, JobNotify, JobPriority, JobState, JobType, JobView, PublishedManifest } from '@canopy/core'
-import { blockCount, blockSpan } from '@canopy/core'
+import { CanopyError, blockCount, blockSpan } from '@canopy/core'
 import { httpView } from './http-options.ts'
+import type { LocalFileIdentity } from '../transfer/tus-upload.ts'
 
 /** One file of a job, as persisted. */
 export interface FileRecord {
@@ -89,6 +91,21 @@ export interface JobRecord {
   progressAt?: number
   /** Why the agent cancelled the job by itself (inactivity), shown as its reason. */
   cancelReason?: string
+  /** Upload and upload-reply jobs: the upload's state (see jobs/upload.ts). */
+  upload?: UploadRecord
+}
+
+/** An upload job's own state, as persisted; its one file is { url: tus endpoint, path: local file }. */
+export interface UploadRecord {
+  /** The local file when the job was created: a different size, mtime or inode later is ERR_LOCAL_FILE_CHANGED. */
+  file: LocalFileIdentity
+  /** The upload's URL on the server, persisted before the first byte is sent (resumption). */
+  uploadUrl?: string
+  serverSha256?: string
+  /** upload-reply: where the reply goes, its URL on the server, and its size once downloaded. */
+  replyPath?: string
+  replyUrl?: string
+  replyBytes?: number
 }
 
 /** States in which a job is trying to transfer: the no-progress and maximum-time clocks run only in these. */
@@ -218,7 +235,17 @@ export function toView (job: JobRecord, live: JobLive): JobView {
     ...(live.rate !== undefined ? { rate: live.rate } : {}),
     ...(job.rateLimit !== undefined ? { rateLimit: job.rateLimit } : {}),
     ...(job.http !== undefined ? { http: httpView(job.http) } : {}),
-    ...(job.ifNewer === true ? { ifNewer: true } : {})
+    ...(job.ifNewer === true ? { ifNewer: true } : {}),
+    ...(job.upload !== undefined ? { upload: uploadView(job.upload) } : {})
+  }
+}
+
+function uploadView (u: UploadRecord): NonNullable<JobView['upload']> {
+  return {
+    ...(u.uploadUrl !== undefined ? { uploadUrl: u.uploadUrl } : {}),
+    ...(u.serverSha256 !== undefined ? { serverSha256: u.serverSha256 } : {}),
+    ...(u.replyPath !== undefined ? { replyPath: u.replyPath } : {}),
+    ...(u.replyBytes !== undefined ? { replyBytes: u.replyBytes } : {})
   }
 }
 
@@ -227,13 +254,17 @@ export type { PublishedManifest }
 /** The record of a new job, from a checked request, created at `at` (ms since the epoch). */
 export function newJobRecord (id: string, req: CreateJobRequest, at: number): JobRecord {
   const now = new Date(at).toISOString()
+  const type = req.type ?? 'download'
+  const upload = type === 'download' ? undefined : uploadRecord(req)
   return {
     id,
     name: req.name ?? basename(req.files[0].path),
-    type: 'download',
+    type,
+    ...(upload !== undefined ? { upload } : {}),
     priority: req.priority ?? 'normal',
     state: req.start === false ? 'suspended' : 'queued',
-    files: req.files.map(f => fileRecord(id, f)),
+    // An upload's bytes are counted as a plain download's are (plainBytes: the server's offset), so that recovery restores them.
+    files: req.files.map(f => upload === undefined ? fileRecord(id, f) : { ...fileRecord(id, f), mode: 'plain' as const }),
     autoComplete: req.autoComplete ?? false,
     retryCount: 0,
     createdAt: now,
@@ -246,6 +277,16 @@ export function newJobRecord (id: string, req: CreateJobRequest, at: number): Jo
     ...(req.ifNewer === true ? { ifNewer: true } : {}),
     // Creation is the job's first state change, and notified like the others.
     transitions: 1
+  }
+}
+
+/** An upload's record at creation: the local file's identity now (the API checked that it is a regular file). */
+function uploadRecord (req: CreateJobRequest): UploadRecord {
+  const st = statSync(req.files[0].path, { throwIfNoEntry: false })
+  if (st === undefined) throw new CanopyError('ERR_INVALID_REQUEST', `${req.files[0].path} is gone: give the path of the file to upload`)
+  return {
+    file: { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino, dev: st.dev },
+    ...(req.replyPath !== undefined ? { replyPath: req.replyPath } : {})
   }
 }
 

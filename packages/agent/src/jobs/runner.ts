@@ -31,6 +31,7 @@ import { ACTIVE_STATES, FileProgress } from './job.ts'
 import type { FileRecord } from './job.ts'
 import type { JobEntry, JobTable } from './job-table.ts'
 import type { JobViews } from './views.ts'
+import { sendUpload } from './upload.ts'
 import { headProbe } from '../bandwidth/probe.ts'
 import type { PathLease, WanPaths } from '../bandwidth/wan-paths.ts'
 import type { AgentMetrics } from '../metrics/index.ts'
@@ -90,8 +91,12 @@ export class JobRunner {
     const stoppedByUser = (): boolean => signal.aborted && !(signal.reason instanceof SchedulerYield)
     try {
       await table.setState(entry, 'connecting')
-      for (let i = 0; i < job.files.length; i++) {
-        if (!job.files[i].done) await this.transferFile(entry, i, signal, 0)
+      if (job.upload !== undefined) {
+        if (!job.files[0].done) await this.upload(entry, signal)
+      } else {
+        for (let i = 0; i < job.files.length; i++) {
+          if (!job.files[i].done) await this.transferFile(entry, i, signal, 0)
+        }
       }
       if (stoppedByUser()) throw signal.reason
       job.transferredAt = new Date(now()).toISOString()
@@ -183,10 +188,25 @@ export class JobRunner {
     return { dispatcher, ...(rangeClient !== undefined ? { rangeClient } : {}), close: async () => await dispatcher.close() }
   }
 
-  private async transferFile (entry: JobEntry, index: number, signal: AbortSignal, restarts: number): Promise<void> {
-    const net = await this.networkFor(entry).catch((err: unknown) => {
+  /** Sends an upload job's file on the job's network (jobs/upload.ts). */
+  private async upload (entry: JobEntry, signal: AbortSignal): Promise<void> {
+    const net = await this.jobNetwork(entry)
+    try {
+      const { table, wanPaths, logger } = this.c
+      await sendUpload({ table, wanPaths, logger, dispatcher: net.dispatcher, progress: this.plainProgress(entry, 0), onProgress: () => this.onProgress(entry) }, entry, signal)
+    } finally {
+      await net.close()
+    }
+  }
+
+  private async jobNetwork (entry: JobEntry): Promise<Network & { close: () => Promise<void> }> {
+    return await this.networkFor(entry).catch((err: unknown) => {
       throw new TransferError(JobErrorCode.Internal, `cannot read the job's TLS files: ${(err as Error).message}`, { transient: false })
     })
+  }
+
+  private async transferFile (entry: JobEntry, index: number, signal: AbortSignal, restarts: number): Promise<void> {
+    const net = await this.jobNetwork(entry)
     try {
       await this.transferFileWith(entry, index, signal, restarts, net)
     } finally {
@@ -356,7 +376,8 @@ export class JobRunner {
     const existing = entry.progress[index]
     if (existing !== undefined && !(existing instanceof FileProgress)) return existing
     const bytes = entry.record.files[index].plainBytes ?? 0
-    const progress: PlainProgress = { bytesDone: bytes, fromOrigin: bytes, fromPeers: 0, fromCache: 0 }
+    // An upload's bytes were sent, not received: no source counts them (metrics count received bytes by source).
+    const progress: PlainProgress = { bytesDone: bytes, fromOrigin: entry.record.upload === undefined ? bytes : 0, fromPeers: 0, fromCache: 0 }
     entry.progress[index] = progress
     return progress
   }

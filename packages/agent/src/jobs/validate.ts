@@ -1,7 +1,7 @@
 import { statSync } from 'node:fs'
 import { dirname, isAbsolute, resolve } from 'node:path'
-import { CanopyError, PRIORITIES } from '@canopy/core'
-import type { CatalogCode, CreateJobFile, CreateJobRequest, JobLimits, JobNotify, JobPriority } from '@canopy/core'
+import { CanopyError, JOB_TYPES, PRIORITIES } from '@canopy/core'
+import type { CatalogCode, CreateJobFile, CreateJobRequest, JobLimits, JobNotify, JobPriority, JobType } from '@canopy/core'
 import type { RequestLimits } from '../options.ts'
 import { validateHttpOptions } from './http-options.ts'
 
@@ -35,7 +35,7 @@ function bad (message: string): CanopyError {
 export function validateCreateJob (body: unknown, limits: RequestLimits): CreateJobRequest {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw bad('The request body must be a JSON object')
   const req = body as Record<string, unknown>
-  if (req.type !== undefined && req.type !== 'download') throw bad(`Job type ${JSON.stringify(req.type)} is not supported: use "download"`)
+  if (req.type !== undefined && !JOB_TYPES.includes(req.type as never)) throw bad(`Job type ${JSON.stringify(req.type)} is not supported: use one of ${JOB_TYPES.join(', ')}`)
   if (req.priority !== undefined && !PRIORITIES.includes(req.priority as never)) throw bad(`Priority must be one of ${PRIORITIES.join(', ')}`)
   if (req.name !== undefined && typeof req.name !== 'string') throw bad('name must be a string')
   if (typeof req.name === 'string' && req.name.length > limits.maxNameLength) {
@@ -46,6 +46,8 @@ export function validateCreateJob (body: unknown, limits: RequestLimits): Create
   }
   if (req.rateLimit !== undefined) validateRateLimit(req)
   const files = validateFiles(req.files, limits, [])
+  const type = (req.type ?? 'download') as JobType
+  const replyPath = type === 'download' ? checkNotUpload(req) : validateUpload(req, type, files)
   const notify = req.notify === undefined ? undefined : validateNotify(req.notify)
   const jobLimits = req.limits === undefined ? undefined : validateJobLimits(req.limits)
   const http = req.http === undefined ? undefined : validateHttpOptions(req.http)
@@ -59,8 +61,42 @@ export function validateCreateJob (body: unknown, limits: RequestLimits): Create
     ...(req.priority !== undefined ? { priority: req.priority as CreateJobRequest['priority'] } : {}),
     ...(req.autoComplete !== undefined ? { autoComplete: req.autoComplete as boolean } : {}),
     ...(req.start !== undefined ? { start: req.start as boolean } : {}),
-    ...(typeof req.rateLimit === 'number' ? { rateLimit: req.rateLimit } : {})
+    ...(typeof req.rateLimit === 'number' ? { rateLimit: req.rateLimit } : {}),
+    ...(type !== 'download' ? { type } : {}),
+    ...(replyPath !== undefined ? { replyPath } : {})
   }
+}
+
+/** A download request carries no upload field. */
+function checkNotUpload (req: Record<string, unknown>): undefined {
+  if (req.replyPath !== undefined) throw bad('replyPath is for upload-reply jobs: set type "upload-reply"')
+  return undefined
+}
+
+/**
+ * The upload-specific checks of a request already checked as files: one file, a
+ * regular file to send (its `path`), to a tus endpoint (its `url`); nothing that
+ * only downloads have; the reply's path for upload-reply jobs. Returns the reply's
+ * path, resolved.
+ */
+function validateUpload (req: Record<string, unknown>, type: JobType, files: CreateJobFile[]): string | undefined {
+  if (files.length !== 1) throw bad(`An ${type} job sends one file, not ${files.length}: create one job per file`)
+  if (files[0].sha256 !== undefined || req.ifNewer !== undefined) throw bad(`sha256 and ifNewer are for downloads: an ${type} job checks the server's SHA-256 of what it stored by itself`)
+  const local = statSync(files[0].path, { throwIfNoEntry: false })
+  if (local === undefined || !local.isFile()) throw bad(`${files[0].path} is not a file: give the path of the file to upload`)
+  if (type === 'upload') {
+    if (req.replyPath !== undefined) throw bad('replyPath is for upload-reply jobs: set type "upload-reply"')
+    return undefined
+  }
+  const raw = req.replyPath
+  if (typeof raw !== 'string' || !isAbsolute(raw) || raw.length > JOB_LIMITS.pathLength || raw.includes('\0')) {
+    throw bad('replyPath must be the absolute path where the server\'s reply is written')
+  }
+  const replyPath = resolve(raw)
+  if (replyPath === files[0].path) throw bad('replyPath must not be the file being uploaded')
+  if (statSync(replyPath, { throwIfNoEntry: false })?.isDirectory() === true) throw bad(`${replyPath} is a folder: give the path of the reply file to create`)
+  if (statSync(dirname(replyPath), { throwIfNoEntry: false })?.isDirectory() !== true) throw bad(`The folder ${dirname(replyPath)} does not exist: create it first`)
+  return replyPath
 }
 
 /** Checks the body of POST /v1/jobs/:id/files against the job's current destinations. */
@@ -74,7 +110,8 @@ export function validateAddFiles (body: unknown, limits: RequestLimits, existing
  * (the API server checked them against the job as it was; the agent checks again
  * under the job's lock): the count within the limit and no destination twice.
  */
-export function checkFilesFit (files: readonly CreateJobFile[], limits: Pick<RequestLimits, 'maxFilesPerJob'>, existing: readonly string[]): void {
+export function checkFilesFit (files: readonly CreateJobFile[], limits: Pick<RequestLimits, 'maxFilesPerJob'>, existing: readonly string[], type: JobType = 'download'): void {
+  if (type !== 'download') throw bad(`An ${type} job sends one file: create another job to send another`)
   if (existing.length + files.length > limits.maxFilesPerJob) {
     throw new CanopyError(LimitCode.TooManyFiles,
       `The job has ${existing.length} files; with ${files.length} more it would exceed this agent's ${limits.maxFilesPerJob} (--max-files-per-job): create another job`)

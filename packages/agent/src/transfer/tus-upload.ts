@@ -265,6 +265,8 @@ class UploadSession {
       uploadUrl = await this.create(size)
       offset = 0
     }
+    // Where the upload stands before a byte is sent: a resumed job shows the server's offset at once.
+    this.init.onProgress?.({ uploaded: offset!, size, sent: this.sent })
     let conflicts = 0
     let checksumFailures = 0
     while (done === undefined) {
@@ -532,6 +534,43 @@ export async function fetchUploadReply (components: TusUploadComponents, init: U
       }
       return reply.length
     }
+  } finally {
+    await ownDispatcher?.close()
+  }
+}
+
+export interface TusTerminateInit {
+  /** The upload's URL (`TusUploadResult.uploadUrl`, or the one `onCreated` reported). */
+  uploadUrl: string
+  headers?: Record<string, string>
+  /** Longest wait for the server's answer; default 10 000 ms (a cancel should not hang on a dead server). */
+  timeoutMs?: number
+  signal?: AbortSignal
+}
+
+/**
+ * Ends an unfinished upload on the server (the tus termination extension: DELETE),
+ * so that its bytes are freed now rather than when it expires. An upload the server
+ * no longer knows (404, 410) counts as ended; a server without the extension
+ * answers otherwise and the upload stays until it expires (an error says so).
+ */
+export async function tusTerminate (components: TusUploadComponents, init: TusTerminateInit): Promise<void> {
+  const timeoutMs = init.timeoutMs ?? 10_000
+  const ownDispatcher = components.dispatcher === undefined ? createDispatcher({ connections: 1, timeoutMs }) : undefined
+  const dispatcher = components.dispatcher ?? ownDispatcher!
+  const signal = AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(init.signal !== undefined ? [init.signal] : [])])
+  try {
+    let res: Dispatcher.ResponseData
+    try {
+      res = await request(init.uploadUrl, { dispatcher, method: 'DELETE', headers: { ...init.headers, 'tus-resumable': TUS_VERSION }, signal })
+    } catch (err) {
+      throw classifyError(err, init.uploadUrl, 'network')
+    }
+    if (res.statusCode === 204 || res.statusCode === 200 || res.statusCode === 404 || res.statusCode === 410) {
+      discard(res.body)
+      return
+    }
+    throw await refusalError(res, init.uploadUrl, 'termination')
   } finally {
     await ownDispatcher?.close()
   }

@@ -2,9 +2,10 @@
 import { readFile, stat } from 'node:fs/promises'
 import { basename, dirname, join, sep } from 'node:path'
 import { CanopyError, isCanopyError, parseDuration } from '@canopy/core'
+import type { CanopyClient } from '@canopy/client'
 import type { JobHttpOptions, JobLimits, JobNotify, JobView } from '@canopy/core'
 import { ExitCode, UsageError } from '../errors.ts'
-import { formatSummary } from '../format.ts'
+import { formatSummary, formatUploadSummary } from '../format.ts'
 import { ProgressReporter } from '../progress.ts'
 import { absolute, flag, hasControlChar, inform, interruptible, isQuiet, jobId, out, printJson, priorityOption, rateLimitOption, say, str, withClient } from '../verb.ts'
 import type { Values, Verb } from '../verb.ts'
@@ -130,7 +131,7 @@ export function jobLimitsOptions (values: Values, verb = 'get'): Partial<JobLimi
  * --basic-auth-file. Secrets come from files, not arguments, so that they never
  * show in the process list or the shell's history.
  */
-async function httpOptions (values: Values): Promise<JobHttpOptions | undefined> {
+export async function httpOptions (values: Values): Promise<JobHttpOptions | undefined> {
   const http: JobHttpOptions = {}
   for (const header of (values.header as unknown as string[] | undefined) ?? []) {
     const colon = header.indexOf(':')
@@ -181,6 +182,55 @@ export function nextStep (job: Pick<JobView, 'id' | 'error' | 'http'>): string {
       `Drop it with \`canopy cancel ${job.id}\` and run canopy get again with --bearer-token-file F, --basic-auth-file F or -H 'Authorization: ...'`
   }
   return `canopy: fix the cause and run \`canopy resume ${job.id}\`, or drop the job with \`canopy cancel ${job.id}\``
+}
+
+/**
+ * Waits for a job with a progress bar (on stderr), following its events; prints
+ * the job as JSON with `json`, else a summary when it is acknowledged. Returns the
+ * exit code when the wait is over (interrupted, acknowledged, cancelled), or the
+ * failed job for the caller to explain. Shared by `canopy get` and `canopy put`.
+ */
+export async function waitForJob (client: CanopyClient, created: JobView, started: number, json: boolean, path: string): Promise<number | JobView> {
+  const progress = new ProgressReporter(process.stderr)
+  let job: JobView = created
+  const interrupted = await interruptible(async signal => {
+    // The job's own events (its snapshot first), not polling: each state and at most 2 progress updates a second.
+    const events = await client.watch({ jobId: created.id, signal })
+    try {
+      for await (const event of events) {
+        if (event.type === 'removed') throw new CanopyError('ERR_JOB_NOT_FOUND', `job ${created.id} was removed from the agent`)
+        job = event.job
+        if (!isQuiet()) progress.update(job)
+        if (WAIT_UNTIL.includes(job.state)) return ExitCode.Ok
+      }
+    } catch (err) {
+      progress.clear()
+      if (isCanopyError(err, 'ERR_AGENT_NOT_RUNNING') || isCanopyError(err, 'ERR_EVENTS_ENDED')) {
+        say(`canopy: lost the agent while waiting; job ${created.id} resumes when it starts again`)
+      }
+      throw err
+    } finally {
+      await events.close()
+    }
+    return ExitCode.Ok
+  }, () => {
+    progress.clear()
+    inform(`job ${created.id} continues in the background; follow it with canopy watch ${created.id}`)
+  })
+  if (interrupted !== ExitCode.Ok) return interrupted
+  progress.clear()
+
+  const seconds = (performance.now() - started) / 1000
+  if (json) printJson(job)
+  if (job.state === 'acknowledged') {
+    inform(job.type === 'download' ? formatSummary(job.files[0]?.path ?? path, job.bytes, seconds) : formatUploadSummary(job, seconds))
+    return ExitCode.Ok
+  }
+  if (job.state === 'cancelled') {
+    say(`canopy: job ${job.id} was cancelled`)
+    return ExitCode.JobFailed
+  }
+  return job
 }
 
 export const getVerb: Verb = {
@@ -314,45 +364,9 @@ Examples:
         return ExitCode.Ok
       }
 
-      const progress = new ProgressReporter(process.stderr)
-      let job: JobView = created
-      const interrupted = await interruptible(async signal => {
-        // The job's own events (its snapshot first), not polling: each state and at most 2 progress updates a second.
-        const events = await client.watch({ jobId: created.id, signal })
-        try {
-          for await (const event of events) {
-            if (event.type === 'removed') throw new CanopyError('ERR_JOB_NOT_FOUND', `job ${created.id} was removed from the agent`)
-            job = event.job
-            if (!isQuiet()) progress.update(job)
-            if (WAIT_UNTIL.includes(job.state)) return ExitCode.Ok
-          }
-        } catch (err) {
-          progress.clear()
-          if (isCanopyError(err, 'ERR_AGENT_NOT_RUNNING') || isCanopyError(err, 'ERR_EVENTS_ENDED')) {
-            say(`canopy: lost the agent while waiting; job ${created.id} resumes when it starts again`)
-          }
-          throw err
-        } finally {
-          await events.close()
-        }
-        return ExitCode.Ok
-      }, () => {
-        progress.clear()
-        inform(`job ${created.id} continues in the background; follow it with canopy watch ${created.id}`)
-      })
-      if (interrupted !== ExitCode.Ok) return interrupted
-      progress.clear()
-
-      const seconds = (performance.now() - started) / 1000
-      if (json) printJson(job)
-      if (job.state === 'acknowledged') {
-        inform(formatSummary(job.files[0]?.path ?? path, job.bytes, seconds))
-        return ExitCode.Ok
-      }
-      if (job.state === 'cancelled') {
-        say(`canopy: job ${job.id} was cancelled`)
-        return ExitCode.JobFailed
-      }
+      const waited = await waitForJob(client, created, started, json, path)
+      if (typeof waited === 'number') return waited
+      const job = waited
       const e = job.error
       say(`canopy: job ${job.id} failed: ${e?.code ?? 'ERR_UNKNOWN'}: ${e?.message ?? job.reason ?? 'no reason given'}`)
       say(nextStep(job))
