@@ -1,42 +1,35 @@
 import { EventEmitter } from 'node:events'
 import { join } from 'node:path'
-import { randomUUID } from 'node:crypto'
-import type { Dispatcher } from 'undici'
-import { API_SOCKET_NAME, CanopyError, DEFAULT_BLOCK_SIZE, FINAL_STATES, throwIfAborted } from '@canopy/core'
+import { API_SOCKET_NAME, CanopyError, FINAL_STATES, throwIfAborted } from '@canopy/core'
 import type { AbortOptions, AgentControl, AgentStatus, CacheView, ControlEvents, CreateJobFile, CreateJobRequest, PeersView, PolicyView, JobPriority, JobState, JobView, Logger } from '@canopy/core'
-import { fileRecord, newJobRecord } from './jobs/job.ts'
+import { fileRecord } from './jobs/job.ts'
 import type { JobRecord } from './jobs/job.ts'
 import { JobEntry, JobTable } from './jobs/job-table.ts'
 import { JobViews } from './jobs/views.ts'
 import { Completion } from './jobs/completion.ts'
 import { DeadlineActions } from './jobs/deadlines.ts'
-import { JobRunner, poolOptions } from './jobs/runner.ts'
-import { LimitCode, checkFilesFit } from './jobs/validate.ts'
+import { JobRunner } from './jobs/runner.ts'
+import { TransferServices } from './jobs/transfer-services.ts'
+import { checkFilesFit } from './jobs/validate.ts'
 import { Scheduler } from './scheduler/scheduler.ts'
 import { Notifier } from './notify/notifier.ts'
-import { blocksBuffered, resolveAgentOptions } from './options.ts'
+import { resolveAgentOptions } from './options.ts'
+import { agentStatus } from './status.ts'
 import type { AgentOptions, ResolvedAgentOptions } from './options.ts'
 import { JobStore } from './store/job-store.ts'
 import { prepareStateDir } from './store/state-dir.ts'
 import { loadJobs } from './store/recovery.ts'
-import { createDispatcher } from './transfer/http.ts'
-import { BlockHasher } from './transfer/block-hasher.ts'
-import { BufferPool } from './transfer/buffer-pool.ts'
-import { RangeClient } from './transfer/range-client.ts'
 import { startApiServer } from './api/server.ts'
 import { MAX_EVENT_CLIENTS } from './api/events.ts'
 import type { ApiServer } from './api/server.ts'
 import type { PeerNode } from './peers/node.ts'
 import type { PeerSharing } from './peers/sharing.ts'
-import { WanPaths, bandwidthStatus, policyView } from './bandwidth/wan-paths.ts'
+import { bandwidthStatus, policyView } from './bandwidth/wan-paths.ts'
 import { parsePolicy, writePolicy } from './bandwidth/policy.ts'
 import { createAgentMetrics, startMetricsServer } from './metrics/index.ts'
 import type { AgentMetrics, MetricsServer } from './metrics/index.ts'
 
 export const AGENT_VERSION = '0.1.0'
-
-/** Linux nice value of the hashing threads of background jobs (the lowest priority is 19). */
-const BACKGROUND_NICE = 10
 
 /** How long `stop` lets notifications under way finish before it cuts them off (they are made again at the next start). */
 const NOTIFY_STOP_GRACE_MS = 5_000
@@ -56,16 +49,11 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
   readonly options: ResolvedAgentOptions
   private readonly logger: Logger
   private readonly store: JobStore
-  private readonly dispatcher: Dispatcher
-  private readonly blockHasher: BlockHasher
-  /** Hashing for background jobs at nice BACKGROUND_NICE (started when first needed). */
-  private backgroundHasher?: BlockHasher
-  /** Background jobs' delay controllers and caps, one path per origin host. */
-  private readonly wanPaths: WanPaths
+  /** Connections, hashing threads, buffers and WAN paths every transfer shares. */
+  private readonly transfers: TransferServices
   /** Prometheus metrics (created once the jobs are loaded: their earlier bytes are not counted). */
   metrics!: AgentMetrics
   private metricsServer?: MetricsServer
-  private readonly rangeClient: RangeClient
   private readonly notifier: Notifier
   private readonly table: JobTable
   private readonly views: JobViews
@@ -76,8 +64,6 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
   private api?: ApiServer
   private peer?: PeerNode
   private sharing?: PeerSharing
-  /** Creations under way (validated, not yet in the table): counted against maxJobs. */
-  private creating = 0
   private stopped = false
   private readonly startedAt: string
   private readonly now: () => number
@@ -92,12 +78,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
     const logger = this.logger = options.logger
     this.socketPath = join(options.stateDir, API_SOCKET_NAME)
     const store = this.store = new JobStore(join(options.stateDir, 'db'))
-    const pool = poolOptions(options)
-    this.dispatcher = createDispatcher(pool)
-    const blockHasher = this.blockHasher = new BlockHasher(options.hashThreads)
-    this.rangeClient = new RangeClient({ maxPerOrigin: pool.connections, timeoutMs: pool.timeoutMs })
-    const wanPaths = this.wanPaths = new WanPaths({ logger, clock: now }, { enabled: options.targetDelayMs > 0, targetDelayMs: options.targetDelayMs })
-    wanPaths.setPolicy(parsePolicy(options.bandwidthPolicy ?? {}))
+    const transfers = this.transfers = new TransferServices({ logger, now }, options)
+    const { blockHasher, wanPaths } = transfers
     this.notifier = new Notifier({
       store,
       logger,
@@ -123,13 +105,12 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       logger,
       now,
       blockHasher,
-      backgroundHasher: () => (this.backgroundHasher ??= new BlockHasher(options.hashThreads, { nice: BACKGROUND_NICE })),
+      backgroundHasher: () => transfers.backgroundHasher(),
       wanPaths,
       metrics: () => this.metrics,
-      // As much as one transfer holds at most with the default block size.
-      blockBuffers: new BufferPool(blocksBuffered(options, DEFAULT_BLOCK_SIZE) * DEFAULT_BLOCK_SIZE),
-      dispatcher: this.dispatcher,
-      rangeClient: this.rangeClient,
+      blockBuffers: transfers.blockBuffers,
+      dispatcher: transfers.dispatcher,
+      rangeClient: transfers.rangeClient,
       sharing,
       emit
     }, options)
@@ -160,18 +141,11 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
         agent.table.add(entry)
         await agent.runner.recover(entry)
       }
-      agent.metrics = createAgentMetrics({ events: agent, jobs: () => agent.listJobs(), peers: () => agent.sharing?.peersView(), cache: () => agent.sharing?.cacheView(), wanPaths: () => bandwidthStatus(agent.wanPaths, agent.options.targetDelayMs, agent.now()).paths }, { version: AGENT_VERSION, startedAt: agent.now() })
+      agent.metrics = createAgentMetrics({ events: agent, jobs: () => agent.listJobs(), peers: () => agent.sharing?.peersView(), cache: () => agent.sharing?.cacheView(), wanPaths: () => bandwidthStatus(agent.transfers.wanPaths, agent.options.targetDelayMs, agent.now()).paths }, { version: AGENT_VERSION, startedAt: agent.now() })
       if (resolved.p2p !== undefined) {
         // Loaded only when wanted: libp2p costs ~30 MiB resident.
-        const { startPeerNode, loadOrCreatePeerKey, PeerSharing } = await import('./peers/index.ts')
-        agent.peer = await startPeerNode({
-          privateKey: await loadOrCreatePeerKey(resolved.stateDir),
-          ...resolved.p2p,
-          logger: agent.logger
-        })
-        agent.sharing = new PeerSharing(agent.peer.libp2p, agent.store, resolved.stateDir, agent.blockHasher, agent.logger, resolved.p2p.cacheSize)
-        agent.sharing.metrics = agent.metrics
-        await agent.sharing.start()
+        const { startSharing } = await import('./peers/index.ts')
+        ;({ peer: agent.peer, sharing: agent.sharing } = await startSharing({ store: agent.store, blockHasher: agent.transfers.blockHasher, metrics: agent.metrics, logger: agent.logger }, { stateDir: resolved.stateDir, p2p: resolved.p2p }))
       }
       // Manifests of jobs removed and of cache files evicted since the last start.
       await agent.deadlines.dropUnusedManifests(await agent.store.manifestIds())
@@ -189,7 +163,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       await agent.peer?.stop()
       await agent.notifier.stop(0)
       await agent.store.close()
-      await agent.releaseTransferResources()
+      await agent.transfers.close()
       throw err
     }
     agent.logger.info('agent started', { stateDir: resolved.stateDir, jobs: agent.table.size })
@@ -218,60 +192,36 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
     await this.table.flush()
     await this.notifier.stop(NOTIFY_STOP_GRACE_MS)
     await this.peer?.stop()
-    await this.releaseTransferResources()
+    await this.transfers.close()
     await this.store.close()
     this.logger.info('agent stopped')
-  }
-
-  /** Closes what the constructor opened for transfers: connections and the hashing threads. */
-  private async releaseTransferResources (): Promise<void> {
-    this.rangeClient.close()
-    this.wanPaths.close()
-    await this.dispatcher.close()
-    await this.blockHasher.close()
-    await this.backgroundHasher?.close()
   }
 
   // ---- queries -------------------------------------------------------------
 
   status (_options?: AbortOptions): AgentStatus {
-    const counts = Object.fromEntries(['queued', 'connecting', 'transferring', 'suspended', 'error', 'transient_error',
-      'transferred', 'acknowledged', 'cancelled'].map(s => [s, 0])) as Record<JobState, number>
-    for (const job of this.table.records()) counts[job.state]++
-    const status: AgentStatus = {
+    return agentStatus({
       version: AGENT_VERSION,
       pid: process.pid,
       stateDir: this.options.stateDir,
       startedAt: this.startedAt,
-      jobs: counts,
       notifications: { pending: this.notifier.pending },
-      bandwidth: bandwidthStatus(this.wanPaths, this.options.targetDelayMs, this.now()),
+      bandwidth: bandwidthStatus(this.transfers.wanPaths, this.options.targetDelayMs, this.now()),
       bytes: { ...this.metrics.totals(), since: this.startedAt },
       ...(this.metricsServer !== undefined ? { metricsListen: this.metricsServer.address } : {}),
       ...(this.api?.tcpAddress !== undefined ? { apiTcp: this.api.tcpAddress } : {}),
       ...(this.store.recovery !== undefined ? { storeRecovery: this.store.recovery } : {})
-    }
-    if (this.peer !== undefined) {
-      const { libp2p } = this.peer
-      status.peer = {
-        peerId: libp2p.peerId.toString(),
-        addresses: libp2p.getMultiaddrs().map(ma => ma.toString()),
-        connected: libp2p.getPeers().length,
-        swarmKey: this.options.p2p?.swarmKey !== undefined,
-        mdns: this.options.p2p?.mdns !== false
-      }
-    }
-    return status
+    }, this.table.records(), this.peer, this.options.p2p)
   }
 
   policy (_options?: AbortOptions): PolicyView {
-    return policyView(this.wanPaths, this.now())
+    return policyView(this.transfers.wanPaths, this.now())
   }
 
   /** Replaces the bandwidth policy; one that does not parse is refused (ERR_INVALID_POLICY, naming the key) and the old one stays. Transfers follow it from their next read. */
   setPolicy (body: unknown, _options?: AbortOptions): PolicyView {
     const policy = parsePolicy(body)
-    this.wanPaths.setPolicy(policy)
+    this.transfers.wanPaths.setPolicy(policy)
     this.logger.info('bandwidth policy changed', { policy: JSON.stringify(writePolicy(policy)) })
     return this.policy()
   }
@@ -312,27 +262,12 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
   /** Creates a job from a checked request (the API server validates request bodies: jobs/validate.ts). */
   async createJob (req: CreateJobRequest, options?: AbortOptions): Promise<JobView> {
     throwIfAborted(options?.signal)
-    const live = [...this.table.records()].filter(j => !FINAL_STATES.includes(j.state)).length + this.creating
-    if (live >= this.options.maxJobs) {
-      throw new CanopyError(LimitCode.TooManyJobs,
-        `The agent already holds ${live} unfinished jobs, its limit (--max-jobs ${this.options.maxJobs}): complete or cancel some first`)
-    }
-    const job = newJobRecord(randomUUID(), req, this.now())
-    const id = job.id
-    const entry = new JobEntry(job)
-    this.creating++
-    try {
-      await this.table.persistTransition(entry)
-    } finally {
-      this.creating--
-    }
-    // Visible to the scheduler only once it is durable.
-    this.table.add(entry)
-    this.logger.info('job created', { jobId: id, files: job.files.length, priority: job.priority })
-    this.emit('job:state', this.views.view(entry))
+    const entry = await this.table.create(req, this.options.maxJobs)
+    this.logger.info('job created', { jobId: entry.id, files: entry.record.files.length, priority: entry.record.priority })
     this.scheduler.schedule()
     return this.views.view(entry)
   }
+
 
   async suspend (id: string, options?: AbortOptions): Promise<JobView> {
     return await this.table.withJob(id, options, async (entry) => {
@@ -412,30 +347,32 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
    * waiting one is preempted; the order of waiting jobs follows the new priorities.
    */
   async setPriority (id: string, priority: JobPriority, options?: AbortOptions): Promise<JobView> {
-    return await this.table.withJob(id, options, async (entry) => {
-      const job = entry.record
-      requireNotFinal(job, 'change priority')
-      if (job.priority !== priority) {
-        job.priority = priority
-        job.modifiedAt = new Date(this.now()).toISOString()
-        await this.table.persist(entry)
-        this.logger.info('job priority changed', { jobId: id, priority })
-        this.emit('job:updated', this.views.view(entry))
-      }
-      return this.views.view(entry)
+    return await this.updateSetting(id, options, 'change priority', (job) => {
+      if (job.priority === priority) return undefined
+      job.priority = priority
+      return { priority }
     })
   }
 
   /** Sets (bytes/s; 0 blocks) or removes (null) a job's own cap; a running transfer follows it from its next read. */
   async setRateLimit (id: string, rateLimit: number | null, options?: AbortOptions): Promise<JobView> {
-    return await this.table.withJob(id, options, async (entry) => {
-      const job = entry.record
-      requireNotFinal(job, 'change its rate limit')
+    return await this.updateSetting(id, options, 'change its rate limit', (job) => {
       job.rateLimit = rateLimit ?? undefined
-      job.modifiedAt = new Date(this.now()).toISOString()
-      await this.table.persist(entry)
-      this.logger.info('job rate limit changed', { jobId: id, rateLimit: rateLimit ?? 'none' })
-      this.emit('job:updated', this.views.view(entry))
+      return { rateLimit: rateLimit ?? 'none' }
+    })
+  }
+
+  /** Changes a setting of a job that is not finished (`change` says what it changed, for the log, or undefined: nothing), then records and announces it. */
+  private async updateSetting (id: string, options: AbortOptions | undefined, verb: string, change: (job: JobRecord) => Record<string, unknown> | undefined): Promise<JobView> {
+    return await this.table.withJob(id, options, async (entry) => {
+      requireNotFinal(entry.record, verb)
+      const changed = change(entry.record)
+      if (changed !== undefined) {
+        entry.record.modifiedAt = new Date(this.now()).toISOString()
+        await this.table.persist(entry)
+        this.logger.info('job setting changed', { jobId: id, ...changed })
+        this.emit('job:updated', this.views.view(entry))
+      }
       return this.views.view(entry)
     })
   }

@@ -4,12 +4,14 @@
  * persistence of records (ordered writes, state changes with the notifications they
  * owe). All job state is mutated on the agent's one thread.
  */
-import { CanopyError, throwIfAborted } from '@canopy/core'
-import type { AbortOptions, ControlEvents, JobState, JobView } from '@canopy/core'
+import { randomUUID } from 'node:crypto'
+import { CanopyError, FINAL_STATES, throwIfAborted } from '@canopy/core'
+import type { AbortOptions, ControlEvents, CreateJobRequest, JobState, JobView } from '@canopy/core'
 import type { Notifier } from '../notify/notifier.ts'
 import type { JobStore, NotificationRecord } from '../store/job-store.ts'
 import type { PlainProgress } from '../transfer/plain-transfer.ts'
-import { ACTIVE_STATES } from './job.ts'
+import { ACTIVE_STATES, newJobRecord } from './job.ts'
+import { LimitCode } from './validate.ts'
 import type { FileProgress, JobRecord } from './job.ts'
 
 export type Progress = FileProgress | PlainProgress
@@ -79,6 +81,8 @@ export interface JobTableComponents {
 export class JobTable {
   private readonly entries = new Map<string, JobEntry>()
   private readonly components: JobTableComponents
+  /** Creations under way (checked, not yet in the table): counted against the limit of jobs. */
+  private creating = 0
 
   constructor (components: JobTableComponents) {
     this.components = components
@@ -98,6 +102,28 @@ export class JobTable {
 
   get (id: string): JobEntry | undefined {
     return this.entries.get(id)
+  }
+
+  /**
+   * Makes a job from a checked request: durable first, then in the table (the
+   * scheduler sees it only then), and announced. `maxJobs` bounds the unfinished
+   * jobs, creations under way included (ERR_TOO_MANY_JOBS).
+   */
+  async create (req: CreateJobRequest, maxJobs: number): Promise<JobEntry> {
+    const live = [...this.records()].filter(j => !FINAL_STATES.includes(j.state)).length + this.creating
+    if (live >= maxJobs) {
+      throw new CanopyError(LimitCode.TooManyJobs, `The agent already holds ${live} unfinished jobs, its limit (--max-jobs ${maxJobs}): complete or cancel some first`)
+    }
+    const entry = new JobEntry(newJobRecord(randomUUID(), req, this.components.now()))
+    this.creating++
+    try {
+      await this.persistTransition(entry)
+    } finally {
+      this.creating--
+    }
+    this.add(entry)
+    this.components.emit('job:state', this.components.view(entry))
+    return entry
   }
 
   add (entry: JobEntry): void {

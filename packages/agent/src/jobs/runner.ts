@@ -31,6 +31,7 @@ import { ACTIVE_STATES, FileProgress } from './job.ts'
 import type { FileRecord } from './job.ts'
 import type { JobEntry, JobTable } from './job-table.ts'
 import type { JobViews } from './views.ts'
+import { poolOptions } from './transfer-services.ts'
 import { sendUpload } from './upload.ts'
 import { headProbe } from '../bandwidth/probe.ts'
 import type { PathLease, WanPaths } from '../bandwidth/wan-paths.ts'
@@ -67,11 +68,6 @@ export interface JobRunnerComponents {
   /** The peer sharing, when the agent runs a peer node. */
   sharing: () => PeerSharing | undefined
   emit: <K extends keyof ControlEvents>(event: K, ...args: ControlEvents[K]) => void
-}
-
-/** Connections and timeouts of an HTTP pool: two jobs may fetch from one origin at once. */
-export function poolOptions (options: Pick<ResolvedAgentOptions, 'requestsInFlight' | 'requestTimeoutMs'>): { connections: number, timeoutMs: number } {
-  return { connections: options.requestsInFlight * 2, timeoutMs: options.requestTimeoutMs }
 }
 
 export class JobRunner {

@@ -6,6 +6,11 @@ import {
 } from '@canopy/core'
 import type { ExchangeMessage, Logger, PublishedManifest } from '@canopy/core'
 import { FramedStream } from './framing.ts'
+import { Allowance, Counter, remoteAddress } from './serve-limits.ts'
+import type { ServeLimits } from './serve-limits.ts'
+
+export { Allowance, remoteAddress } from './serve-limits.ts'
+export type { ServeLimits } from './serve-limits.ts'
 import type { PeerLibp2p } from './node.ts'
 
 /**
@@ -27,31 +32,6 @@ const RESPONSE_TIMEOUT_MS = 30_000
  */
 export const HAVE_ANSWER_DEADLINE_MS = 10_000
 export const BLOCK_ANSWER_DEADLINE_MS = RESPONSE_TIMEOUT_MS
-
-/**
- * What one agent spends on serving peers, at most. Every outside input is bounded:
- * a member (anyone with the swarm key, with or without a content key) can open
- * streams, send requests and stop reading; these caps hold what that costs. The
- * figures are what docs/SECURITY.md states.
- */
-export interface ServeLimits {
-  /** Exchange streams served at once per peer id (and per connection). */
-  streamsPerPeer: number
-  /** Exchange streams served at once per remote IP address (peer ids cost nothing to mint). */
-  streamsPerAddress: number
-  /** Exchange streams served at once in all. */
-  streams: number
-  /** Requests of one peer (all its streams) being answered at once. */
-  requestsPerPeer: number
-  /** Bytes of answers (blocks, bitfields) read and not yet handed to the muxer, over all peers. */
-  budgetBytes: number
-  /** Bytes of requests buffered per stream before it is paused (backpressure into yamux). */
-  requestBufferBytes: number
-  /** How long an answer may wait for the peer to read (then its stream is reset). */
-  writeTimeoutMs: number
-  /** How long the next whole request may take to arrive, however its bytes trickle in. */
-  requestTimeoutMs: number
-}
 
 export const DEFAULT_SERVE_LIMITS: ServeLimits = {
   streamsPerPeer: 8,
@@ -105,82 +85,6 @@ function bitfieldOf (content: SharedContent, test: (index: number) => boolean): 
   const bits = new Uint8Array(Math.ceil(count / 8))
   for (let i = 0; i < count; i++) if (test(i)) bits[i >> 3] |= 0x80 >> (i & 7)
   return bits
-}
-
-/** The IP address of a connection's remote end (the text after /ip4/ or /ip6/), or its whole address. */
-export function remoteAddress (connection: Connection): string {
-  const first = connection.remoteAddr.getComponents()[0]
-  return first?.value ?? connection.remoteAddr.toString()
-}
-
-/**
- * A counting semaphore in units (bytes, requests), first come first served. One
- * holder may always take more than the capacity when nothing else is held, so that
- * an answer larger than the budget is slow, never stuck.
- */
-export class Allowance {
-  private used = 0
-  private readonly waiters: Array<{ units: number, grant: () => void }> = []
-  readonly capacity: number
-
-  constructor (capacity: number) {
-    this.capacity = capacity
-  }
-
-  get idle (): boolean {
-    return this.used === 0 && this.waiters.length === 0
-  }
-
-  async take (units: number, signal: AbortSignal): Promise<void> {
-    signal.throwIfAborted()
-    if (this.waiters.length === 0 && (this.used === 0 || this.used + units <= this.capacity)) {
-      this.used += units
-      return
-    }
-    await new Promise<void>((resolve, reject) => {
-      const waiter = {
-        units,
-        grant: () => {
-          signal.removeEventListener('abort', onAbort)
-          resolve()
-        }
-      }
-      const onAbort = (): void => {
-        this.waiters.splice(this.waiters.indexOf(waiter), 1)
-        reject(signal.reason)
-        this.grantWaiting()
-      }
-      signal.addEventListener('abort', onAbort, { once: true })
-      this.waiters.push(waiter)
-    })
-  }
-
-  give (units: number): void {
-    this.used -= units
-    this.grantWaiting()
-  }
-
-  private grantWaiting (): void {
-    while (this.waiters.length > 0 && (this.used === 0 || this.used + this.waiters[0].units <= this.capacity)) {
-      const waiter = this.waiters.shift()!
-      this.used += waiter.units
-      waiter.grant()
-    }
-  }
-}
-
-/** Counts held per key (peer id, address); a key at its cap is refused. */
-class Counter {
-  private readonly counts = new Map<string, number>()
-  count (key: string): number {
-    return this.counts.get(key) ?? 0
-  }
-
-  add (key: string, delta: number): void {
-    const next = this.count(key) + delta
-    if (next === 0) this.counts.delete(key)
-    else this.counts.set(key, next)
-  }
 }
 
 /** A proof that matches no key, compared when a discovery id is unknown (same work either way). */
