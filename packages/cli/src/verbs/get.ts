@@ -96,6 +96,29 @@ function parseSha256 (text: string | undefined, verb = 'get'): string | undefine
 }
 
 /** The flags of a job's own retry and time limits, and the JobLimits field each sets (the least value it takes). */
+/** The options of a job that `get` and `put` share: notifications, HTTP, rate and the retry and time limits. */
+export const JOB_OPTIONS = {
+  priority: { type: 'string' },
+  'rate-limit': { type: 'string' },
+  detach: { type: 'boolean' },
+  json: { type: 'boolean' },
+  'on-complete': { type: 'string' },
+  'on-error': { type: 'string' },
+  'notify-url': { type: 'string' },
+  header: { type: 'string', short: 'H', multiple: true },
+  'bearer-token-file': { type: 'string' },
+  'basic-auth-file': { type: 'string' },
+  proxy: { type: 'string' },
+  'ca-file': { type: 'string' },
+  'cert-file': { type: 'string' },
+  'key-file': { type: 'string' },
+  'retry-timeout': { type: 'string' },
+  'retry-min': { type: 'string' },
+  'retry-max': { type: 'string' },
+  'no-progress-timeout': { type: 'string' },
+  'max-download-time': { type: 'string' }
+} as const
+
 const LIMIT_FLAGS: ReadonlyArray<[string, keyof JobLimits, number]> = [
   ['retry-min', 'retryMinMs', 1],
   ['retry-max', 'retryMaxMs', 1],
@@ -309,25 +332,11 @@ Examples:
 `,
   options: {
     output: { type: 'string', short: 'o' },
-    priority: { type: 'string' },
     sha256: { type: 'string' },
     name: { type: 'string' },
-    detach: { type: 'boolean' },
-    json: { type: 'boolean' },
-    'on-complete': { type: 'string' },
-    'on-error': { type: 'string' },
-    'notify-url': { type: 'string' },
-    header: { type: 'string', short: 'H', multiple: true },
-    'bearer-token-file': { type: 'string' },
-    'basic-auth-file': { type: 'string' },
+    ...JOB_OPTIONS,
     'if-newer': { type: 'boolean' },
-    proxy: { type: 'string' },
-    'ca-file': { type: 'string' },
-    'cert-file': { type: 'string' },
-    'key-file': { type: 'string' },
-    suspended: { type: 'boolean' },
-    'rate-limit': { type: 'string' },
-    ...Object.fromEntries(LIMIT_FLAGS.map(([name]) => [name, { type: 'string' as const }]))
+    suspended: { type: 'boolean' }
   },
   positionals: { min: 1, max: 1, name: '<url>' },
   async run (ctx) {

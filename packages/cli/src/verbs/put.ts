@@ -4,7 +4,7 @@ import { basename, dirname } from 'node:path'
 import { ExitCode, UsageError } from '../errors.ts'
 import { absolute, flag, hasControlChar, out, printJson, priorityOption, rateLimitOption, say, str, withClient } from '../verb.ts'
 import type { Verb } from '../verb.ts'
-import { httpOptions, jobLimitsOptions, nextStep, notifyOptions, parseDownloadUrl, waitForJob } from './get.ts'
+import { httpOptions, JOB_OPTIONS, jobLimitsOptions, nextStep, notifyOptions, parseDownloadUrl, waitForJob } from './get.ts'
 
 /** The local file to send: a regular file (not a folder, not missing). */
 async function localFile (text: string): Promise<string> {
@@ -70,25 +70,7 @@ Examples:
   options: {
     name: { type: 'string' },
     reply: { type: 'string' },
-    priority: { type: 'string' },
-    'rate-limit': { type: 'string' },
-    detach: { type: 'boolean' },
-    json: { type: 'boolean' },
-    'on-complete': { type: 'string' },
-    'on-error': { type: 'string' },
-    'notify-url': { type: 'string' },
-    header: { type: 'string', short: 'H', multiple: true },
-    'bearer-token-file': { type: 'string' },
-    'basic-auth-file': { type: 'string' },
-    proxy: { type: 'string' },
-    'ca-file': { type: 'string' },
-    'cert-file': { type: 'string' },
-    'key-file': { type: 'string' },
-    'retry-min': { type: 'string' },
-    'retry-max': { type: 'string' },
-    'no-progress-timeout': { type: 'string' },
-    'max-download-time': { type: 'string' },
-    'retry-timeout': { type: 'string' }
+    ...JOB_OPTIONS
   },
   positionals: { min: 2, max: 2, name: '<file> <url>' },
   async run (ctx) {
