@@ -159,6 +159,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       if (resolved.metricsListen !== undefined) agent.metricsServer = await startMetricsServer({ metrics: agent.metrics, logger: agent.logger }, { listen: resolved.metricsListen })
     } catch (err) {
       await agent.api?.close()
+      // The metrics listen to the agent's events: made before the failure, they stop too.
+      ;(agent.metrics as AgentMetrics | undefined)?.close()
       // Everything the constructor started goes too (the hashing workers' ports would keep the process alive).
       await agent.peer?.stop()
       await agent.notifier.stop(0)

@@ -24,6 +24,7 @@ import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { CanopyError, throwIfAborted } from '@canopy/core'
 import { renderRunCompose } from './compose.ts'
+import { buildOrDestroy, hostNamed } from './engine.ts'
 import type { LabEngine, LabEngineOptions, LabHost } from './engine.ts'
 import { pidAlive } from './netns.ts'
 import type { Support } from './netns.ts'
@@ -157,19 +158,11 @@ export class ComposeLab implements LabEngine {
       throw new CanopyError('ERR_LAB_BUSY', `a compose lab of process ${running.join(', ')} runs on this Docker engine, and labs share addresses: wait for it, or remove it with \`npm run lab -- clean\``)
     }
     const lab = new ComposeLab(options.workDir, options.wanBitsPerSecond)
-    try {
-      await lab.build(options)
-    } catch (err) {
-      await lab.destroy()
-      throw err
-    }
-    return lab
+    return await buildOrDestroy(lab, async () => await lab.build(options))
   }
 
   host (name: string): LabHost {
-    const host = this.hosts.get(name)
-    if (host === undefined) throw new CanopyError('ERR_LAB_HOST', `the lab has no host "${name}"`)
-    return host
+    return hostNamed(this.hosts, name)
   }
 
   private container (hostName: string): string {

@@ -5,6 +5,7 @@
  * host's network stack and sees the run's work directory at the same path.
  */
 import type { ChildProcess } from 'node:child_process'
+import { CanopyError } from '@canopy/core'
 
 export const ENGINES = ['netns', 'compose'] as const
 export type EngineName = typeof ENGINES[number]
@@ -51,4 +52,22 @@ export interface LabEngine {
   wanCounters: () => Promise<{ towardBranch: number, towardDatacenter: number }>
   /** Stops every process and removes everything the lab made. Idempotent. */
   destroy: () => Promise<void>
+}
+
+/** Returns `lab` once `build` made it; on any failure removes what it made and throws. */
+export async function buildOrDestroy<T extends Pick<LabEngine, 'destroy'>> (lab: T, build: () => Promise<void>): Promise<T> {
+  try {
+    await build()
+  } catch (err) {
+    await lab.destroy()
+    throw err
+  }
+  return lab
+}
+
+/** The host called `name` among a lab's hosts (ERR_LAB_HOST when there is none). */
+export function hostNamed<H> (hosts: ReadonlyMap<string, H>, name: string): H {
+  const host = hosts.get(name)
+  if (host === undefined) throw new CanopyError('ERR_LAB_HOST', `the lab has no host "${name}"`)
+  return host
 }

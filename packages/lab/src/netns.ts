@@ -14,6 +14,7 @@ import { once } from 'node:events'
 import { promisify } from 'node:util'
 import { CanopyError } from '@canopy/core'
 import { ADDRESSES, formatRate, tbfArguments } from './topology.ts'
+import { buildOrDestroy, hostNamed } from './engine.ts'
 
 const execFileAsync = promisify(execFile)
 
@@ -135,19 +136,11 @@ export class NetnsLab {
   static async create (options: NetnsLabOptions): Promise<NetnsLab> {
     await cleanNamespaces()
     const lab = new NetnsLab(options.wanBitsPerSecond)
-    try {
-      await lab.build(options)
-    } catch (err) {
-      await lab.destroy()
-      throw err
-    }
-    return lab
+    return await buildOrDestroy(lab, async () => await lab.build(options))
   }
 
   host (name: string): LabHost {
-    const host = this.hosts.get(name)
-    if (host === undefined) throw new CanopyError('ERR_LAB_HOST', `the lab has no host "${name}"`)
-    return host
+    return hostNamed(this.hosts, name)
   }
 
   private async addHost (name: string, address: string): Promise<LabHost> {
