@@ -3,7 +3,7 @@
 // shared state directory, a full state disk.
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
-import { chmod, chown, lstat, mkdir, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { chmod, chown, lstat, mkdir, readdir, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { Level } from 'level'
@@ -47,6 +47,48 @@ test('a damaged state store is repaired at start, a copy kept, its jobs kept, an
     assert.match(printed.stdout, /state store: +damaged at start: no job lost; repaired, the damaged copy is in /)
   } finally {
     await second.kill()
+  }
+})
+
+test('a truncated store log does not bring a suspended job back transferring: it comes back suspended, with the reason', async (t) => {
+  const { origin } = await originWithFile(t, 32 * MiB, 'f.bin', { rateLimit: 2 * MiB })
+  const stateDir = await tempDir()
+  const out = await tempDir()
+  const first = await startAgentProcess(stateDir, ['--no-p2p'])
+  const job = await first.client.createJob({ files: [{ url: `${origin.url}/f.bin`, path: join(out, 'f.bin') }] })
+  while ((await first.client.getJob(job.id)).bytes.transferred === 0) await new Promise(resolve => setTimeout(resolve, 50))
+  // LevelDB appends each write to its log (a write(2) per record): the log's size now
+  // is where a cut loses the suspend and everything after it, as a crash before the
+  // log reached the disk, a copy of a running store, or a restored backup would.
+  const log = join(stateDir, 'db', (await readdir(join(stateDir, 'db'))).filter(n => n.endsWith('.log')).sort().at(-1)!)
+  const beforeSuspend = (await stat(log)).size
+  await first.client.suspend(job.id)
+  await first.kill()
+  assert.ok((await stat(log)).size > beforeSuspend, 'the suspend was written to the log')
+  await truncate(log, beforeSuspend)
+
+  const second = await startAgentProcess(stateDir, ['--no-p2p'])
+  try {
+    const back = await second.client.getJob(job.id)
+    assert.equal(back.state, 'suspended', `the job came back ${back.state}`)
+    assert.equal(back.error?.code, 'ERR_STATE_STALE')
+    assert.match(back.error.message, /state store lost its last writes/)
+    const status = await second.client.status()
+    assert.ok(status.storeRecovery?.lostWrites !== undefined, 'the status reports the lost writes')
+    assert.deepEqual(status.storeRecovery.staleJobs.map(j => [j.id, j.storedState, j.lastState]), [[job.id, 'transferring', 'suspended']])
+    assert.match(second.stderr(), /the state store lost its last writes/)
+    const printed = await runCli(['status', '--state-dir', stateDir])
+    assert.match(printed.stdout, /state store: +lost its last 1 state change; 1 job suspended/)
+  } finally {
+    await second.kill()
+  }
+  // Reported once: the store and the generation file agree again.
+  const third = await startAgentProcess(stateDir, ['--no-p2p'])
+  try {
+    assert.equal((await third.client.status()).storeRecovery, undefined)
+    assert.equal((await third.client.getJob(job.id)).state, 'suspended')
+  } finally {
+    await third.kill()
   }
 })
 

@@ -18,7 +18,7 @@ import { agentStatus } from './status.ts'
 import type { AgentOptions, ResolvedAgentOptions } from './options.ts'
 import { JobStore } from './store/job-store.ts'
 import { prepareStateDir } from './store/state-dir.ts'
-import { loadJobs } from './store/recovery.ts'
+import { loadJobs, suspendIfStale } from './store/recovery.ts'
 import { startApiServer } from './api/server.ts'
 import { MAX_EVENT_CLIENTS } from './api/events.ts'
 import type { ApiServer } from './api/server.ts'
@@ -139,8 +139,10 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       for (const job of await loadJobs(agent.store, agent.logger)) {
         const entry = new JobEntry(job)
         agent.table.add(entry)
+        await suspendIfStale(entry, agent.table, agent.store)
         await agent.runner.recover(entry)
       }
+      await agent.store.settleGenerations()
       agent.metrics = createAgentMetrics({ events: agent, jobs: () => agent.listJobs(), peers: () => agent.sharing?.peersView(), cache: () => agent.sharing?.cacheView(), wanPaths: () => bandwidthStatus(agent.transfers.wanPaths, agent.options.targetDelayMs, agent.now()).paths }, { version: AGENT_VERSION, startedAt: agent.now() })
       if (resolved.p2p !== undefined) {
         // Loaded only when wanted: libp2p costs ~30 MiB resident.

@@ -217,8 +217,15 @@ export function formatStatus (status: AgentStatus, now = Date.now()): string {
 
 /** What the agent recovered at start from a damaged state store. */
 function storeRecoveryLine (r: StoreRecovery): string {
-  const dropped = r.droppedJobs.length === 0 ? 'no job lost' : `${r.droppedJobs.length} job${r.droppedJobs.length === 1 ? '' : 's'} lost (${r.droppedJobs.join(', ')}), ${r.removedPartials.length} partial file${r.removedPartials.length === 1 ? '' : 's'} removed`
-  return `damaged at start: ${dropped}${r.damagedCopy !== undefined ? `; repaired, the damaged copy is in ${r.damagedCopy}` : ''}`
+  const plural = (n: number, what: string): string => `${n} ${what}${n === 1 ? '' : 's'}`
+  const dropped = r.droppedJobs.length === 0 ? 'no job lost' : `${plural(r.droppedJobs.length, 'job')} lost (${r.droppedJobs.join(', ')}), ${plural(r.removedPartials.length, 'partial file')} removed`
+  const repaired = r.damagedCopy !== undefined ? `; repaired, the damaged copy is in ${r.damagedCopy}` : ''
+  if (r.lostWrites === undefined) return `damaged at start: ${dropped}${repaired}`
+  // Older agents' answers have no staleJobs.
+  const stale = r.staleJobs ?? []
+  const suspended = stale.filter(j => j.state === 'suspended')
+  return `lost its last ${plural(r.lostWrites.expected - r.lostWrites.found, 'state change')}; ${plural(suspended.length, 'job')} suspended` +
+    `${suspended.length > 0 ? ` (${suspended.map(j => j.id).join(', ')}: check them, then resume or cancel)` : ''}; ${dropped}${repaired}`
 }
 
 /** What bandwidth control is in force: yielding (target delay), policy caps, and each WAN path's controller. */

@@ -304,6 +304,25 @@ export interface StoreRecovery {
   droppedJobs: string[]
   /** Partial files of dropped jobs that were removed. */
   removedPartials: string[]
+  /**
+   * When the store lost its last writes (it is behind `<state-dir>/store-generation`:
+   * a cut log, a crash before the disk had them, a restored backup): the generation of
+   * job state changes acknowledged, and the one the store held.
+   */
+  lostWrites?: { expected: number, found: number }
+  /** Jobs whose state may be older than it was, after lost writes: each was suspended (unless finished), with error ERR_STATE_STALE. */
+  staleJobs: StaleJob[]
+}
+
+/** A job that may have come back in an older state than it was in. */
+export interface StaleJob {
+  id: string
+  /** The state the store had for it. */
+  storedState: JobState
+  /** The state its last lost change entered, when the agent knows it ('deleted': its record was removed). */
+  lastState?: JobState | 'deleted'
+  /** The state it is in now: suspended, or a final state left as it was. */
+  state: JobState
 }
 
 export interface BandwidthStatus {

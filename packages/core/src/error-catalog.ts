@@ -68,6 +68,7 @@ export const ERROR_CATALOG = {
   // The state store
   ERR_STATE_CORRUPT: { transient: false },
   ERR_STATE_TOO_NEW: { transient: false },
+  ERR_STATE_STALE: { transient: false },
   // Between peers (logged, and a reason to stop asking a peer; never sent to the control API)
   ERR_PEER_PROTOCOL: { transient: true },
   ERR_PEER_UNKNOWN_CONTENT: { transient: true },

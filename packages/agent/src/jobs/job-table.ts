@@ -211,7 +211,7 @@ export class JobTable {
     const { notifier } = this.components
     const owed = notifier.owe(entry.record, this.components.view(entry))
     try {
-      await this.persist(entry, owed)
+      await this.persist(entry, owed, true)
     } catch (err) {
       notifier.forget(owed)
       throw err
@@ -224,9 +224,9 @@ export class JobTable {
    * and the last one wins. A failed write rejects (the caller's operation fails);
    * the chain itself carries on.
    */
-  async persist (entry: JobEntry, notifications: readonly NotificationRecord[] = []): Promise<void> {
+  async persist (entry: JobEntry, notifications: readonly NotificationRecord[] = [], stateChange = false): Promise<void> {
     const previous = entry.writes ?? Promise.resolve()
-    const next = previous.then(async () => await this.components.store.putJob(entry.record, notifications))
+    const next = previous.then(async () => await this.components.store.putJob(entry.record, notifications, stateChange))
     const settled = next.catch(() => {})
     entry.writes = settled
     try {

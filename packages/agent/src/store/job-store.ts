@@ -1,10 +1,12 @@
-import { dirname } from 'node:path'
+import { dirname, join } from 'node:path'
 import { Level } from 'level'
 import type { JobView, PublishedManifest, StoreRecovery } from '@canopy/core'
 import { CanopyError, codeInCauses } from '@canopy/core'
 import type { BlockProvenance, JobRecord } from '../jobs/job.ts'
 import { repairStore, storeOpenError } from './repair.ts'
 import { upgradeSchema } from './schema.ts'
+import { GenerationWriter, lostWrites, readGenerationFile } from './write-generation.ts'
+import type { LostWrites, RecordedState } from './write-generation.ts'
 
 const SOURCE_CODES: Record<BlockProvenance, string> = { origin: 'o', peer: 'p', cache: 'c' }
 const CODE_SOURCES: Record<string, BlockProvenance> = { o: 'origin', p: 'peer', c: 'cache' }
@@ -14,6 +16,9 @@ const CODE_SOURCES: Record<string, BlockProvenance> = { o: 'origin', p: 'peer', 
  * bound, since each origin (or a hostile one) can mint keys; the oldest goes first.
  */
 export const MAX_KEYS_PER_MANIFEST = 8
+
+/** In sublevel `meta` (beside schema.ts's `schema`): the generation of the last job state change, decimal. */
+const GENERATION_KEY = 'generation'
 
 function blockKey (jobId: string, file: number, block: number): string {
   // Fixed-width numbers keep a job's marks in order under one prefix.
@@ -33,7 +38,10 @@ function blockKey (jobId: string, file: number, block: number): string {
  *   so that peers holding any of them are served;
  * - `notify`: the notification outbox: one record per notification a state change
  *   owes and that is not yet delivered, written in the same batch as the state
- *   change itself (see notify/notifier.ts).
+ *   change itself (see notify/notifier.ts);
+ * - `meta`: also the write generation of the last job state change, written in its
+ *   batch and checked at open against `<state-dir>/store-generation`, so that a store
+ *   that lost its last writes is told from one that did not (write-generation.ts).
  */
 export class JobStore {
   private db!: Level<string, string>
@@ -45,6 +53,7 @@ export class JobStore {
   private keysWritten: Promise<void> = Promise.resolve()
   private cache!: ReturnType<typeof sublevels>['cache']
   private notify!: ReturnType<typeof sublevels>['notify']
+  private meta!: ReturnType<typeof sublevels>['meta']
   /** The batch of block marks that will be written when the current write ends. */
   private nextBatch?: { marks: Array<{ key: string, value: string }>, written: Promise<void> }
   private writing: Promise<void> = Promise.resolve()
@@ -55,6 +64,13 @@ export class JobStore {
   repaired?: string
   /** What the start recovered from a damaged store (see recovery.ts), when it was damaged. */
   recovery?: StoreRecovery
+  /** The job state changes the store lost, found at open (the store is behind the generation file). */
+  lostWrites?: LostWrites
+  /** The generation of the last job state change given to the store. */
+  private generation = 0
+  private generations!: GenerationWriter
+  /** Job state changes are written one at a time, in generation order (the store's generation only grows). */
+  private transitionWrites: Promise<void> = Promise.resolve()
 
   constructor (location: string) {
     this.location = location
@@ -85,10 +101,30 @@ export class JobStore {
     try {
       // What an older agent wrote is migrated; what a newer one wrote is refused.
       await upgradeSchema(this.db, dirname(this.location))
+      const stored = Number(await this.meta.get(GENERATION_KEY) ?? 0)
+      const file = await readGenerationFile(this.generationPath)
+      this.lostWrites = lostWrites(stored, file)
+      this.generation = Math.max(stored, file?.generation ?? 0)
+      this.generations = new GenerationWriter(this.generationPath, { generation: this.generation, recent: file?.recent ?? [] })
     } catch (err) {
       await this.db.close()
       throw err
     }
+  }
+
+  private get generationPath (): string {
+    return join(dirname(this.location), 'store-generation')
+  }
+
+  /**
+   * After a start dealt with lost writes (recovery.ts): the store's generation is
+   * brought up to the file's, so the loss is reported once. Also writes the file when
+   * there was none (a new store, or an agent from before it).
+   */
+  async settleGenerations (): Promise<void> {
+    await this.transitionWrites
+    await this.meta.put(GENERATION_KEY, String(this.generation))
+    await this.generations.write()
   }
 
   async close (): Promise<void> {
@@ -104,14 +140,32 @@ export class JobStore {
    * Writes a job record, and with it, atomically, the notifications its latest state
    * change owes: a crash cannot keep the one without the other.
    */
-  async putJob (job: JobRecord, notifications: readonly NotificationRecord[] = []): Promise<void> {
-    if (notifications.length === 0) {
+  async putJob (job: JobRecord, notifications: readonly NotificationRecord[] = [], stateChange = false): Promise<void> {
+    if (notifications.length === 0 && !stateChange) {
       await this.jobs.put(job.id, job)
       return
     }
     const batch = this.db.batch().put(job.id, job, { sublevel: this.jobs })
     for (const n of notifications) batch.put(notificationKey(n), n, { sublevel: this.notify })
-    await batch.write()
+    if (!stateChange) {
+      await batch.write()
+      return
+    }
+    await this.writeStateChange(job.id, job.state, batch)
+  }
+
+  /**
+   * Writes a job state change with the next generation in its batch, then records it
+   * in the generation file; resolves when both are written. A progress write (no state
+   * change) gets none: losing one costs refetched bytes, never a stale state.
+   */
+  private async writeStateChange (id: string, state: RecordedState, batch: ReturnType<Level<string, string>['batch']>): Promise<void> {
+    const g = ++this.generation
+    batch.put(GENERATION_KEY, String(g), { sublevel: this.meta })
+    const written = this.transitionWrites.then(async () => await batch.write())
+    this.transitionWrites = written.catch(() => {})
+    await written
+    await this.generations.commit({ g, id, state })
   }
 
   async putNotification (record: NotificationRecord): Promise<void> {
@@ -131,7 +185,7 @@ export class JobStore {
   async deleteJob (jobId: string): Promise<void> {
     const batch = this.db.batch().del(jobId, { sublevel: this.jobs })
     for await (const key of this.blocks.keys({ gte: `${jobId}!`, lt: `${jobId}!~` })) batch.del(key, { sublevel: this.blocks })
-    await batch.write()
+    await this.writeStateChange(jobId, 'deleted', batch)
   }
 
   /**
@@ -246,7 +300,8 @@ function sublevels (db: Level<string, string>) {
     manifests: db.sublevel<string, PublishedManifest>('manifests', { valueEncoding: 'json' }),
     manifestKeys: db.sublevel<string, string[]>('manifest-keys', { valueEncoding: 'json' }),
     cache: db.sublevel<string, CacheRecord>('cache', { valueEncoding: 'json' }),
-    notify: db.sublevel<string, NotificationRecord>('notify', { valueEncoding: 'json' })
+    notify: db.sublevel<string, NotificationRecord>('notify', { valueEncoding: 'json' }),
+    meta: db.sublevel<string, string>('meta', { valueEncoding: 'utf8' })
   }
 }
 
