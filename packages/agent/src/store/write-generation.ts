@@ -12,10 +12,10 @@
  * RECENT_TRANSITIONS changes (generation, job id, state), so a start that finds the
  * store behind the file knows which jobs' states may be stale.
  *
- * The file is written after the store: a change is acknowledged only when both are
- * done, so the file never runs behind an acknowledged change, and a crash between the
- * two leaves the file behind the store (nothing reported; that change was never
- * acknowledged). Its rename is not followed by an fsync of the directory: a crash may
+ * The file is written after the store, within one fsync of it (JobStore says why it
+ * is not waited for), so it never says a change was written that the store was not
+ * given: a crash between the two leaves the file behind the store, which is not
+ * reported. Its rename is not followed by an fsync of the directory: a crash may
  * bring back the previous file, which is behind, never ahead (no false alarm).
  */
 import { open, readFile, rename } from 'node:fs/promises'
@@ -87,15 +87,20 @@ export class GenerationWriter {
     this.file = { generation: start.generation, recent: start.recent.slice(-RECENT_TRANSITIONS) }
   }
 
-  /** Records a change the store has written; resolves once the file that says so is on disk. */
+  /** Records a change the store has written; resolves once a file that says so is on disk. */
   async commit (transition: Transition): Promise<void> {
     this.file.generation = Math.max(this.file.generation, transition.g)
     this.file.recent.push(transition)
     if (this.file.recent.length > RECENT_TRANSITIONS) this.file.recent.splice(0, this.file.recent.length - RECENT_TRANSITIONS)
+    await this.write()
+  }
+
+  /** Writes the file as it is now, after the write under way if any (the two would share the temporary file). */
+  async write (): Promise<void> {
     if (this.next === undefined) {
       const next = this.writing.then(async () => {
         this.next = undefined
-        await this.write()
+        await this.replace()
       })
       this.next = next
       this.writing = next.catch(() => {})
@@ -103,8 +108,7 @@ export class GenerationWriter {
     await this.next
   }
 
-  /** Writes the file as it is now (at open: to agree with the store again). */
-  async write (): Promise<void> {
+  private async replace (): Promise<void> {
     const tmp = `${this.path}.tmp`
     const handle = await open(tmp, 'w', 0o600)
     try {
