@@ -1,8 +1,10 @@
 import { readFileSync } from 'node:fs'
 import type { Socket } from 'node:net'
 
-/** Connections from one client address, by default: a branch office behind one NAT address runs several agents. */
-export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 64
+/** The least default cap per client address, whatever the total. */
+const MIN_DEFAULT_PER_ADDRESS = 64
+/** The share of the total cap one client address may take by default (1 / this). */
+const ADDRESS_SHARE = 4
 /** When the file-descriptor limit cannot be read. */
 const FALLBACK_MAX_CONNECTIONS = 1000
 /** Descriptors kept for everything else (listener, manifest cache, scanning, watching). */
@@ -27,6 +29,17 @@ export function defaultMaxConnections (limitsFile = '/proc/self/limits'): number
     // No /proc (not Linux): the fallback below.
   }
   return FALLBACK_MAX_CONNECTIONS
+}
+
+/**
+ * Connections from one client address, by default: a quarter of the total cap, at
+ * least 64. A branch office behind NAT is one address for all its machines, and an
+ * agent opens up to 8 connections to an origin (2 × requestsInFlight), so a fixed 64
+ * refused a branch of more than 8 busy agents; a quarter of the default 1,024 admits
+ * 32 of them, while three other addresses can always get in (issue 13, item 8).
+ */
+export function defaultMaxConnectionsPerAddress (maxConnections: number): number {
+  return Math.max(MIN_DEFAULT_PER_ADDRESS, Math.floor(maxConnections / ADDRESS_SHARE))
 }
 
 export interface ConnectionLimitsInit {

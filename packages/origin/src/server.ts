@@ -9,7 +9,7 @@ import {
   MANIFEST_MEDIA_TYPE, silentLogger, type Logger, type PublishedManifest
 } from '@canopy/core'
 import { BearerTokens, grantToken, type TokenGrant } from './auth.ts'
-import { ConnectionLimits, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, defaultMaxConnections } from './connections.ts'
+import { ConnectionLimits, defaultMaxConnections, defaultMaxConnectionsPerAddress } from './connections.ts'
 import { listDirectory, listingHtml } from './listing.ts'
 import { ErrFileChanged, ManifestStore, READ_FLAGS } from './manifests.ts'
 import { createMetrics, type BodyKind, type OriginMetrics } from './metrics.ts'
@@ -59,7 +59,7 @@ export interface OriginOptions {
    * from 16 to 1,024; 1,000 where the limit cannot be read.
    */
   maxConnections?: number
-  /** Connections from one client address; default 64. */
+  /** Connections from one client address; default a quarter of maxConnections, at least 64 (a branch behind NAT is one address). */
   maxConnectionsPerAddress?: number
   /** Default silentLogger. */
   logger?: Logger
@@ -114,11 +114,12 @@ export async function startOrigin (options: OriginOptions): Promise<Origin> {
   if (!(Number.isSafeInteger(sendTimeoutMs) && sendTimeoutMs > 0)) {
     throw new CanopyError(ErrorCode.InvalidArgument, `sendTimeoutMs must be a positive number of milliseconds, not ${sendTimeoutMs}`)
   }
+  const maxConnections = options.maxConnections ?? defaultMaxConnections()
   let limits: ConnectionLimits
   try {
     limits = new ConnectionLimits({
-      maxConnections: options.maxConnections ?? defaultMaxConnections(),
-      maxConnectionsPerAddress: options.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+      maxConnections,
+      maxConnectionsPerAddress: options.maxConnectionsPerAddress ?? defaultMaxConnectionsPerAddress(maxConnections),
       onRefused: reason => metrics.refused(reason)
     })
   } catch (err) {

@@ -11,7 +11,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { defaultMaxConnections } from '../src/connections.ts'
+import { defaultMaxConnections, defaultMaxConnectionsPerAddress } from '../src/connections.ts'
 import { startOrigin, type OriginOptions } from '../src/index.ts'
 
 const tempDirs: string[] = []
@@ -161,6 +161,35 @@ test('connections beyond the total cap get a 503 and are closed at once', async 
     status = (await get(origin.port, '/a.txt', '127.0.0.20')).status
   }
   assert.equal(status, 200, 'a freed slot is given to the next client')
+})
+
+test('a branch behind NAT (one address) gets a quarter of the total cap by default, not 64', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'canopy-slow-'))
+  tempDirs.push(dir)
+  await mkdir(join(dir, 'root'))
+  await writeFile(join(dir, 'root', 'a.txt'), 'a')
+  // 12 agents at 8 connections each (2 × requestsInFlight), all from one NAT address.
+  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'state'), scan: false, maxConnections: 400 })
+  t.after(() => origin.close())
+  assert.equal(defaultMaxConnectionsPerAddress(400), 100)
+  assert.equal(defaultMaxConnectionsPerAddress(100), 64)
+  const held: Socket[] = []
+  t.after(() => { for (const s of held) s.destroy() })
+  for (let i = 0; i < 96; i++) {
+    const socket = connect({ host: '127.0.0.1', port: origin.port, localAddress: '127.0.0.9' })
+    await once(socket, 'connect')
+    held.push(socket)
+  }
+  await sleep(100)
+  assert.equal((await get(origin.port, '/a.txt', '127.0.0.9')).status, 200, 'the 97th connection from the address is served')
+  for (let i = 0; i < 4; i++) {
+    const socket = connect({ host: '127.0.0.1', port: origin.port, localAddress: '127.0.0.9' })
+    await once(socket, 'connect')
+    held.push(socket)
+  }
+  await sleep(100)
+  assert.equal((await get(origin.port, '/a.txt', '127.0.0.9')).status, 503, 'the 101st is refused')
+  assert.equal((await get(origin.port, '/a.txt', '127.0.0.10')).status, 200, 'another address is served meanwhile')
 })
 
 test('startOrigin refuses nonsensical connection limits', async () => {

@@ -69,6 +69,14 @@ function durationFlag (values: VerbContext['values'], name: string): number | un
   }
 }
 
+/** A connection cap flag: a whole number from 1 to 9999999, or undefined when not given. */
+function connectionsFlag (values: VerbContext['values'], name: string): number | undefined {
+  const text = str(values, name)
+  if (text === undefined) return undefined
+  if (!/^[1-9]\d{0,6}$/.test(text)) throw new UsageError(`--${name} ${text}: must be a whole number from 1 to 9999999`, 'origin')
+  return Number(text)
+}
+
 /** The upload options from the flags, or undefined without --upload-dir. */
 async function uploadOptions (values: VerbContext['values']): Promise<UploadOptions | undefined> {
   const dirFlag = str(values, 'upload-dir')
@@ -139,6 +147,11 @@ Options:
   --rate-limit RATE    cap the total upload rate, bytes per second: 10MiB, 500k
                        (default: no limit)
   --list-directories   answer GET on a directory with a listing (default: off)
+  --max-connections N  connections served at once; more get a 503 (default: half
+                       the open-file limit less 64, from 16 to 1024)
+  --max-connections-per-address N  connections from one client address (default:
+                       a quarter of --max-connections, at least 64); a branch
+                       behind NAT is one address: allow ~8 per agent there
   --upload-dir D       accept tus 1.0 resumable uploads into D (default: off);
                        each appears under its tus "filename" once complete
   --upload-path P      URL path of the tus endpoint (default /uploads/)
@@ -167,6 +180,8 @@ Examples:
     'block-size': { type: 'string' },
     'rate-limit': { type: 'string' },
     'list-directories': { type: 'boolean' },
+    'max-connections': { type: 'string' },
+    'max-connections-per-address': { type: 'string' },
     'upload-dir': { type: 'string' },
     'upload-path': { type: 'string' },
     'upload-max-size': { type: 'string' },
@@ -195,6 +210,8 @@ Examples:
     const logger = createStderrLogger(parseLogLevel(str(ctx.values, 'log-level')), undefined, parseLogFormat(str(ctx.values, 'log-format')))
     const stateDir = originStateDir(ctx)
     const uploads = await uploadOptions(ctx.values)
+    const maxConnections = connectionsFlag(ctx.values, 'max-connections')
+    const maxConnectionsPerAddress = connectionsFlag(ctx.values, 'max-connections-per-address')
 
     if (tokenFile !== undefined && process.platform !== 'win32') {
       const mode = (await stat(absolute(tokenFile))).mode
@@ -210,7 +227,7 @@ Examples:
 
     const stopping = untilSignal('canopy origin')
     const { startOrigin } = await import('@canopy/origin')
-    const origin = await startOrigin({ root, stateDir, host, port, tokens, blockSize, rateLimit, listDirectories: flag(ctx.values, 'list-directories'), uploads, logger })
+    const origin = await startOrigin({ root, stateDir, host, port, tokens, blockSize, rateLimit, listDirectories: flag(ctx.values, 'list-directories'), uploads, logger, maxConnections, maxConnectionsPerAddress })
       .catch((err: unknown) => { stopping.dispose(); throw err })
     logger.notice(`canopy origin: serving ${root} at ${origin.url}`)
     if (origin.uploadUrl !== undefined) logger.notice(`canopy origin: accepting uploads into ${uploads?.dir ?? ''} at ${origin.uploadUrl}`)
