@@ -9,9 +9,16 @@ export interface ContentRange {
   total?: number
 }
 
-/** The parsed header, or undefined when it is absent or not of that form. */
+/**
+ * The parsed header, or undefined when it is absent, not of that form, or impossible:
+ * numbers beyond 2^53 (they would be rounded), first after last, last at or past the
+ * total. It comes from an origin, hostile or not: a caller may take the range as it is.
+ */
 export function parseContentRange (value: string | undefined): ContentRange | undefined {
-  const match = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(value ?? '')
+  const match = /^bytes (\d{1,16})-(\d{1,16})\/(\d{1,16}|\*)$/.exec(value ?? '')
   if (match === null) return undefined
-  return { first: Number(match[1]), last: Number(match[2]), ...(match[3] !== '*' ? { total: Number(match[3]) } : {}) }
+  const [first, last] = [Number(match[1]), Number(match[2])]
+  const total = match[3] === '*' ? undefined : Number(match[3])
+  if (!Number.isSafeInteger(last) || !Number.isSafeInteger(total ?? 0) || first > last || (total !== undefined && last >= total)) return undefined
+  return { first, last, ...(total !== undefined ? { total } : {}) }
 }

@@ -177,7 +177,9 @@ export async function startApiServer (components: ApiServerComponents, init: Api
   const routes = apiRoutes(agent, eventClients, logger, limits)
   /** Answers with [status, JSON body], or undefined when it answered itself (the event stream). */
   const route = async (req: IncomingMessage, res: ServerResponse): Promise<[number, unknown] | undefined> => {
-    const url = new URL(req.url ?? '/', 'http://agent')
+    // The target is a path: joined to the base, not resolved against it ("//host/..." would name another host).
+    const url = URL.parse(`http://agent${req.url?.startsWith('/') === true ? req.url : `/${req.url ?? ''}`}`)
+    if (url === null) throw new CanopyError('ERR_INVALID_REQUEST', `The request target ${JSON.stringify(req.url?.slice(0, 200))} is not a path: ask for /v1/...`)
     if (!url.pathname.startsWith('/v1/')) throw new CanopyError('ERR_NOT_FOUND', `No route ${url.pathname}: the API lives under /v1/`)
     const method = req.method ?? 'GET'
     const parts = url.pathname.split('/').filter(Boolean)

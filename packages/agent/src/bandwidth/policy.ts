@@ -77,6 +77,8 @@ const RATE_UNITS: Record<string, number> = {
 export function parseRate (value: unknown, key: string): number {
   if (typeof value === 'number') {
     if (!Number.isFinite(value) || value < 0) throw new PolicyError(key, `${value} is not a rate: give 0 or more bytes per second`)
+    // Beyond 2^53 a number is rounded: as large as text is allowed, no larger.
+    if (!Number.isSafeInteger(Math.floor(value))) throw new PolicyError(key, `${value} is too large`)
     return Math.floor(value)
   }
   if (typeof value !== 'string') throw new PolicyError(key, 'a rate is a number of bytes/s or text such as "2MiB/s", "512KiB/s" or "20mbit"')
