@@ -185,6 +185,16 @@ async function agentPolicy (sources: Sources): Promise<{ bandwidthPolicy?: unkno
   return { bandwidthPolicy }
 }
 
+/**
+ * What the flags and the config file make of the options that read no other file
+ * (the log, tuning, policy and metrics options), or a UsageError: the config file's
+ * parsing, alone, for tests (the fuzzing in test/fuzz.test.ts).
+ */
+export async function configuredOptions (values: Values, stateDir: string): Promise<Partial<AgentOptions> & Pick<DaemonLogger, 'level' | 'format'>> {
+  const sources = { values, ...await readConfig(values, stateDir) }
+  return { ...logSettings(sources), ...agentTuning(sources), ...await agentPolicy(sources), ...await metricsListenOption(sources) }
+}
+
 /** --api-listen and the token read from --api-token-file (flags, variables or the config file). */
 async function apiListenOptions (sources: Sources): Promise<{ apiListen?: string, apiToken?: string }> {
   const listen = textOption(sources, 'api-listen')
