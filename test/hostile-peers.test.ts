@@ -1,6 +1,6 @@
 // A hostile member (it has the swarm key; in the last attack also the content key)
 // against a real agent process: it opens many exchange streams, sends requests and
-// never reads the answers, and pushes bytes nobody asked for. The agent's memory is
+// never reads the answers, and pushes bytes nobody asked for (1 MiB block answers). The agent's memory is
 // measured from outside (/proc/<pid>/status) while the attack runs, and the agent
 // keeps answering its control API and an honest peer.
 import { test } from 'node:test'
@@ -146,6 +146,27 @@ test('a hostile member cannot grow an agent\'s memory beyond a bound; the agent 
         const have = encodeMessage({ type: MessageType.HaveRequest, discoveryId: randomBytes(32), proof: randomBytes(32) })
         const [stream] = await exchangeStreams(attacker, agent, 1)
         await flood(stream, Buffer.concat(Array.from({ length: 1024 }, () => have)), AbortSignal.timeout(ATTACK_MS))
+      }
+    },
+    {
+      // No content key needed: answers nobody asked for, 1 MiB blocks, pushed on 8
+      // streams at once as fast as the agent's windows let them through; a stream the
+      // agent resets is replaced by a new one. Before the bounds, 2.1 GiB in 5 s.
+      name: 'unsolicited 1 MiB block answers pushed on 8 streams',
+      run: async (attacker) => {
+        const answer = encodeMessage({ type: MessageType.BlockResponse, status: 0, index: 0, data: randomBytes(MiB) })
+        const stop = AbortSignal.timeout(ATTACK_MS)
+        await Promise.all(Array.from({ length: 8 }, async () => {
+          while (!stop.aborted) {
+            const [stream] = await exchangeStreams(attacker, agent, 1).catch(() => [])
+            if (stream === undefined) {
+              await new Promise(resolve => setTimeout(resolve, 50))
+              continue
+            }
+            await flood(stream, answer, stop)
+            stream.abort(new Error('next stream'))
+          }
+        }))
       }
     },
     {

@@ -39,7 +39,7 @@ test('fuzz: agent config files read as bounded options or are refused with a usa
   const dir = await mkdtemp(join(tmpdir(), 'canopy-fuzz-config-'))
   t.after(async () => await rm(dir, { recursive: true, force: true }))
   const file = join(dir, 'config.json')
-  const byField = new Map(named.filter(o => o.field !== undefined).map(o => [o.field!, o]))
+  const byField = new Map<string, (typeof named)[number]>(named.filter(o => o.field !== undefined).map(o => [o.field!, o]))
   let accepted = 0
   await fc.assert(fc.asyncProperty(configs, async text => {
     await writeFile(file, text)
