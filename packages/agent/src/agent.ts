@@ -143,9 +143,11 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       }
       agent.metrics = createAgentMetrics({ events: agent, jobs: () => agent.listJobs(), peers: () => agent.sharing?.peersView(), cache: () => agent.sharing?.cacheView(), wanPaths: () => bandwidthStatus(agent.transfers.wanPaths, agent.options.targetDelayMs, agent.now()).paths }, { version: AGENT_VERSION, startedAt: agent.now() })
       if (resolved.p2p !== undefined) {
-        // Loaded only when wanted: libp2p costs ~30 MiB resident.
+        // Loaded only when wanted: libp2p costs ~30 MiB resident. Serving peers is
+        // background work: its re-verification hashes at the background jobs' low CPU
+        // priority, and what it sends is held to the policy's serving caps.
         const { startSharing } = await import('./peers/index.ts')
-        ;({ peer: agent.peer, sharing: agent.sharing } = await startSharing({ store: agent.store, blockHasher: agent.transfers.blockHasher, metrics: agent.metrics, logger: agent.logger }, { stateDir: resolved.stateDir, p2p: resolved.p2p }))
+        ;({ peer: agent.peer, sharing: agent.sharing } = await startSharing({ store: agent.store, blockHasher: agent.transfers.backgroundHasher(), metrics: agent.metrics, servingGate: agent.transfers.wanPaths.peerServing, logger: agent.logger }, { stateDir: resolved.stateDir, p2p: resolved.p2p }))
       }
       // Manifests of jobs removed and of cache files evicted since the last start.
       await agent.deadlines.dropUnusedManifests(await agent.store.manifestIds())

@@ -4,7 +4,8 @@ import { DEFAULT_POLICY, capsInForce, inWorkHours, writePolicy } from './policy.
 import type { BackgroundPriority, BandwidthPolicy, CapInForce } from './policy.ts'
 import { DelayController } from './delay-controller.ts'
 import type { ControllerSnapshot, DelayControllerInit } from './delay-controller.ts'
-import { ByteWindow, TokenBucket, pace } from './pacer.ts'
+import { ByteWindow, TokenBucket } from './pacer.ts'
+import { PeerServing } from './peer-serving.ts'
 import type { ReadPacer } from './pacer.ts'
 
 /** Times one small request to the origin (see headProbe); rejects when it could not. */
@@ -144,7 +145,7 @@ export class WanPaths {
   private readonly clock: () => number
   private policyNow: BandwidthPolicy = DEFAULT_POLICY
   private readonly capBuckets = new Map<string, TokenBucket>()
-  private peerBucket?: TokenBucket
+  private serving?: PeerServing
 
   constructor (components: WanPathsComponents, init: WanPathsInit = {}) {
     this.logger = components.logger
@@ -253,13 +254,15 @@ export class WanPaths {
   private capBucket (key: 'background' | BackgroundPriority): TokenBucket {
     let bucket = this.capBuckets.get(key)
     if (bucket === undefined) {
-      const rate = (): number => {
-        const caps = capsInForce(this.policyNow, key === 'background' ? 'low' : key, this.clock()).filter(c => c.key === key)
-        return caps[0]?.rate ?? Infinity
-      }
-      this.capBuckets.set(key, bucket = new TokenBucket({ rate, now: this.now }))
+      this.capBuckets.set(key, bucket = new TokenBucket({ rate: () => this.capRate(key), now: this.now }))
     }
     return bucket
+  }
+
+  /** The cap `key` in force now, bytes/s (Infinity: none). */
+  private capRate (key: 'background' | BackgroundPriority): number {
+    const caps = capsInForce(this.policyNow, key === 'background' ? 'low' : key, this.clock()).filter(c => c.key === key)
+    return caps[0]?.rate ?? Infinity
   }
 
   /** "capped by policy at 2 MiB/s (work hours)", "blocked by policy (work hours)", "capped at 1 MiB/s (this job's limit)". */
@@ -276,14 +279,16 @@ export class WanPaths {
   }
 
   /**
-   * The gate of peer serving (BranchCache's cap on peer-caching bandwidth): the
-   * serving side calls it with the bytes it is about to send to a peer, and it
-   * resolves when the policy's `peerServing` cap allows them (at once without a cap).
-   * For peers/sharing.ts, which does not call it yet.
+   * The gate of peer serving (BranchCache's cap on peer-caching bandwidth, and the
+   * WAN caps for serving that is not exempt from them): see peer-serving.ts. The
+   * peer exchange asks it before it offers or sends blocks.
    */
-  async peerServingGate (bytes: number, signal: AbortSignal): Promise<void> {
-    this.peerBucket ??= new TokenBucket({ rate: () => this.policyNow.peerServing ?? Infinity, now: this.now })
-    await pace(this.peerBucket, bytes, signal)
+  get peerServing (): PeerServing {
+    return (this.serving ??= new PeerServing({
+      policy: () => this.policyNow,
+      backgroundCap: { rate: () => this.capRate('background'), bucket: this.capBucket('background') },
+      now: this.now
+    }))
   }
 
   /** Paths nobody has held for PATH_KEEP_MS are forgotten (checked at each new lease). */
