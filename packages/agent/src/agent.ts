@@ -12,6 +12,7 @@ import { JobRunner } from './jobs/runner.ts'
 import { TransferServices } from './jobs/transfer-services.ts'
 import { checkFilesFit } from './jobs/validate.ts'
 import { Scheduler } from './scheduler/scheduler.ts'
+import type { CapsInput } from './scheduler/policy.ts'
 import { Notifier } from './notify/notifier.ts'
 import { resolveAgentOptions } from './options.ts'
 import { agentStatus } from './status.ts'
@@ -95,7 +96,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
     const sharing = (): PeerSharing | undefined => this.sharing
     this.table = new JobTable({ store, notifier: this.notifier, now, view: (e) => this.views.view(e), emit, afterCommand: () => this.scheduler.schedule() })
     const table = this.table
-    this.views = new JobViews({ table, now, limits: options })
+    const caps = (): CapsInput => wanPaths.capsNow()
+    this.views = new JobViews({ table, now, limits: options, caps })
     this.completion = new Completion({ table, store, blockHasher, logger, now, sharing })
     this.runner = new JobRunner({
       table,
@@ -121,7 +123,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       now,
       limits: options,
       run: async (entry, signal) => await this.runner.run(entry, signal),
-      expire: (entry, kind) => this.deadlines.expire(entry, kind)
+      expire: (entry, kind) => this.deadlines.expire(entry, kind),
+      caps
     })
   }
 
@@ -226,6 +229,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
   setPolicy (body: unknown, _options?: AbortOptions): PolicyView {
     const policy = parsePolicy(body)
     this.transfers.wanPaths.setPolicy(policy)
+    // Jobs a cap of 0 held in the queue start now, and jobs it now blocks go back to it.
+    this.scheduler.schedule()
     this.logger.info('bandwidth policy changed', { policy: JSON.stringify(writePolicy(policy)) })
     return this.policy()
   }

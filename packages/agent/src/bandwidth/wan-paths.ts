@@ -1,6 +1,6 @@
 import { formatBytes } from '@canopy/core'
 import type { BandwidthStatus, JobPriority, Logger, PolicyView } from '@canopy/core'
-import { DEFAULT_POLICY, capsInForce, inWorkHours, writePolicy } from './policy.ts'
+import { DEFAULT_POLICY, capsInForce, describeCap, inWorkHours, nextPolicyEdge, writePolicy } from './policy.ts'
 import type { BackgroundPriority, BandwidthPolicy, CapInForce } from './policy.ts'
 import { DelayController } from './delay-controller.ts'
 import type { ControllerSnapshot, DelayControllerInit } from './delay-controller.ts'
@@ -232,6 +232,16 @@ export class WanPaths {
     return capsInForce(this.policyNow, priority, this.clock())
   }
 
+  /** What the scheduler needs of the policy (scheduler/policy.ts CapsInput): the cap of 0 blocking a priority now, and when the caps next change by themselves. */
+  capsNow (): { blocking: (priority: BackgroundPriority) => CapInForce | undefined, changesAt?: number } {
+    const at = this.clock()
+    const changesAt = nextPolicyEdge(this.policyNow, at)
+    return {
+      blocking: (priority) => capsInForce(this.policyNow, priority, at).find(c => c.rate === 0),
+      ...(changesAt !== undefined ? { changesAt } : {})
+    }
+  }
+
   /** Token buckets of the caps: one for all background jobs, one per priority, one per job. */
   private capPacer (priority: () => JobPriority, jobCap: () => number | undefined): ReadPacer {
     const own = new TokenBucket({ rate: () => jobCap() ?? Infinity, now: this.now })
@@ -272,10 +282,7 @@ export class WanPaths {
     if (own !== undefined && (cap === undefined || own < cap.rate)) {
       return own === 0 ? 'blocked: this job\'s rate limit is 0' : `capped at ${formatBytes(own)}/s (this job's rate limit)`
     }
-    if (cap === undefined) return undefined
-    const where = cap.source === 'work hours' ? 'work hours' : 'policy'
-    const what = cap.key === 'background' ? 'background transfers' : `${cap.key}-priority jobs`
-    return cap.rate === 0 ? `blocked by policy: ${what} are capped at 0 (${where})` : `capped by policy at ${formatBytes(cap.rate)}/s (${where})`
+    return cap === undefined ? undefined : describeCap(cap)
   }
 
   /**

@@ -63,12 +63,17 @@ export function aheadOf (job: JobRecord, competition: Competition): string {
   return parts.join(' and ')
 }
 
-/** The plain-language reason of a job's state: why it waits, or what went wrong. `competition` is made when needed. */
-export function reasonFor (job: JobRecord, run: RunView | undefined, now: number, competition: () => Competition): string | undefined {
+/**
+ * The plain-language reason of a job's state: why it waits, or what went wrong.
+ * `competition` is made when needed; `blocked` is what keeps it queued, if anything
+ * (policy.ts blockedReason: a cap of 0).
+ */
+export function reasonFor (job: JobRecord, run: RunView | undefined, now: number, competition: () => Competition, blocked?: string): string | undefined {
   switch (job.state) {
     case 'queued': {
       // Launched, about to connect; a runner that is yielding its slot has a reason.
       if (run?.stopping === false) return undefined
+      if (blocked !== undefined) return blocked
       if (job.waitReason === 'preempted') return 'waiting: preempted by a higher-priority job'
       const ahead = aheadOf(job, competition())
       if (job.waitReason === 'slice') return `waiting: time slice over${ahead === '' ? '' : `; ${ahead}`}`
