@@ -124,7 +124,9 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       limits: options,
       run: async (entry, signal) => await this.runner.run(entry, signal),
       expire: (entry, kind) => this.deadlines.expire(entry, kind),
-      caps
+      caps,
+      // Background work at a low CPU priority: the agent's own threads too, while no foreground job runs.
+      afterTick: (running) => transfers.cpu.set(!running.some(job => job.priority === 'foreground'))
     })
   }
 

@@ -30,6 +30,8 @@ export interface SchedulerComponents {
   expire: (entry: JobEntry, kind: Expiry) => void
   /** The bandwidth policy's caps in force now (a cap of 0 keeps jobs queued); none: nothing blocks. */
   caps?: () => CapsInput
+  /** After each decision, with the jobs running now (e.g. the agent's CPU priority follows them). */
+  afterTick?: (running: JobRecord[]) => void
 }
 
 export class Scheduler {
@@ -87,6 +89,7 @@ export class Scheduler {
     for (const { job, kind } of decided.expire) this.components.expire(table.require(job.id), kind)
     for (const job of decided.launch) this.launch(table.require(job.id), now)
     for (const y of decided.yield) this.yieldSlot(table.require(y.job.id), y.why, y.for)
+    this.components.afterTick?.([...table.values()].filter(e => e.run !== undefined).map(e => e.record))
     clearTimeout(this.wakeTimer)
     if (decided.wakeAt !== undefined) {
       this.wakeTimer = setTimeout(() => this.schedule(), Math.min(MAX_TIMER_MS, decided.wakeAt - now + 5))
