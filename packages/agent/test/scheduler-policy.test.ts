@@ -212,4 +212,8 @@ test('a job whose own rate limit is 0 waits too, whatever its priority; foregrou
   const caps = capsAt(parsePolicy({ background: 0 }), T0)
   assert.deepEqual(ids(plan(input([fgStopped, fg], T0, [], { caps })).launch), [fg.id])
   assert.equal(blockedReason(fgStopped, caps), 'blocked: this job\'s rate limit is 0')
+  // A retry that is due waits for the cap, and says so.
+  const retry = job('low', { state: 'transient_error', retryAt: new Date(T0 - 1).toISOString(), error: { code: 'ERR_HTTP', message: 'origin answered 503' } } as Partial<JobRecord>)
+  assert.deepEqual(plan(input([retry], T0, [], { caps })).launch, [])
+  assert.equal(reasonFor(retry, undefined, T0, () => competition([retry], new Map(), T0), blockedReason(retry, caps)), 'origin answered 503, retry due; blocked by policy: background transfers are capped at 0 (policy)')
 })

@@ -83,7 +83,8 @@ export function reasonFor (job: JobRecord, run: RunView | undefined, now: number
       const message = job.error?.message ?? 'transient error'
       const wait = Date.parse(job.retryAt ?? '') - now
       if (wait > 0) return `${message}, next retry in ${formatDuration(Math.ceil(wait / 1000) * 1000)}`
-      return run !== undefined ? undefined : `${message}, retry due: waiting for a free slot`
+      if (run !== undefined) return undefined
+      return blocked !== undefined ? `${message}, retry due; ${blocked}` : `${message}, retry due: waiting for a free slot`
     }
     case 'error': return job.error?.message
     case 'suspended': return 'suspended: resume it to continue'
