@@ -12,6 +12,7 @@ import { JobRunner } from './jobs/runner.ts'
 import { TransferServices } from './jobs/transfer-services.ts'
 import { checkFilesFit } from './jobs/validate.ts'
 import { Scheduler } from './scheduler/scheduler.ts'
+import type { CapsInput } from './scheduler/policy.ts'
 import { Notifier } from './notify/notifier.ts'
 import { resolveAgentOptions } from './options.ts'
 import { agentStatus } from './status.ts'
@@ -95,7 +96,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
     const sharing = (): PeerSharing | undefined => this.sharing
     this.table = new JobTable({ store, notifier: this.notifier, now, view: (e) => this.views.view(e), emit, afterCommand: () => this.scheduler.schedule() })
     const table = this.table
-    this.views = new JobViews({ table, now, limits: options })
+    const caps = (): CapsInput => wanPaths.capsNow()
+    this.views = new JobViews({ table, now, limits: options, caps })
     this.completion = new Completion({ table, store, blockHasher, logger, now, sharing })
     this.runner = new JobRunner({
       table,
@@ -121,7 +123,10 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       now,
       limits: options,
       run: async (entry, signal) => await this.runner.run(entry, signal),
-      expire: (entry, kind) => this.deadlines.expire(entry, kind)
+      expire: (entry, kind) => this.deadlines.expire(entry, kind),
+      caps,
+      // Background work at a low CPU priority: the agent's own threads too, while no foreground job runs.
+      afterTick: (running) => transfers.cpu.set(!running.some(job => job.priority === 'foreground'))
     })
   }
 
@@ -145,9 +150,11 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       await agent.store.settleGenerations()
       agent.metrics = createAgentMetrics({ events: agent, jobs: () => agent.listJobs(), peers: () => agent.sharing?.peersView(), cache: () => agent.sharing?.cacheView(), wanPaths: () => bandwidthStatus(agent.transfers.wanPaths, agent.options.targetDelayMs, agent.now()).paths }, { version: AGENT_VERSION, startedAt: agent.now() })
       if (resolved.p2p !== undefined) {
-        // Loaded only when wanted: libp2p costs ~30 MiB resident.
+        // Loaded only when wanted: libp2p costs ~30 MiB resident. Serving peers is
+        // background work: its re-verification hashes at the background jobs' low CPU
+        // priority, and what it sends is held to the policy's serving caps.
         const { startSharing } = await import('./peers/index.ts')
-        ;({ peer: agent.peer, sharing: agent.sharing } = await startSharing({ store: agent.store, blockHasher: agent.transfers.blockHasher, metrics: agent.metrics, logger: agent.logger }, { stateDir: resolved.stateDir, p2p: resolved.p2p }))
+        ;({ peer: agent.peer, sharing: agent.sharing } = await startSharing({ store: agent.store, blockHasher: agent.transfers.backgroundHasher(), metrics: agent.metrics, servingGate: agent.transfers.wanPaths.peerServing, logger: agent.logger }, { stateDir: resolved.stateDir, p2p: resolved.p2p }))
       }
       // Manifests of jobs removed and of cache files evicted since the last start.
       await agent.deadlines.dropUnusedManifests(await agent.store.manifestIds())
@@ -226,6 +233,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
   setPolicy (body: unknown, _options?: AbortOptions): PolicyView {
     const policy = parsePolicy(body)
     this.transfers.wanPaths.setPolicy(policy)
+    // Jobs a cap of 0 held in the queue start now, and jobs it now blocks go back to it.
+    this.scheduler.schedule()
     this.logger.info('bandwidth policy changed', { policy: JSON.stringify(writePolicy(policy)) })
     return this.policy()
   }

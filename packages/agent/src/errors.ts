@@ -24,14 +24,14 @@ export const JobErrorCode = {
 
 /**
  * Why the scheduler stopped a running job that did nothing wrong: a higher priority
- * needs its slot, or its time slice ended while an equal waits. The runner puts the
+ * needs its slot, its time slice ended while an equal waits, or a cap of 0 blocks it. The runner puts the
  * job back in the queue (its block marks stay: it resumes from them).
  */
 export class SchedulerYield extends CanopyError {
-  readonly why: 'preempted' | 'slice'
+  readonly why: 'preempted' | 'slice' | 'blocked'
 
-  constructor (why: 'preempted' | 'slice') {
-    super('ERR_YIELD', why === 'preempted' ? 'preempted by a higher-priority job' : 'time slice over')
+  constructor (why: 'preempted' | 'slice' | 'blocked') {
+    super('ERR_YIELD', { preempted: 'preempted by a higher-priority job', slice: 'time slice over', blocked: 'blocked by a cap of 0' }[why])
     this.name = 'SchedulerYield'
     this.why = why
   }

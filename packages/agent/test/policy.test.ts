@@ -95,18 +95,43 @@ test('a WAN path says why a capped job is slower, and a cap of 0 blocks with its
   }
 })
 
-test('the peer-serving gate lets bytes through at once without a cap, and holds them with one', async () => {
-  const paths = new WanPaths({ logger: silentLogger }, {})
+test('the peer-serving gate: no cap lets blocks through; a cap of 0 offers and sends nothing; the queue never waits past its bound', async () => {
+  let now = 0
+  const paths = new WanPaths({ logger: silentLogger, now: () => now }, {})
+  const gate = paths.peerServing
   const signal = new AbortController().signal
-  await paths.peerServingGate(64 * MiB, signal)
+  const lan = '192.168.1.20'
+  assert.equal(gate.open(lan), true)
+  assert.equal(await gate.admit(64 * MiB, lan, signal), true, 'no cap: at once')
   paths.setPolicy(parsePolicy({ peerServing: 0 }))
-  const ac = new AbortController()
-  const held = paths.peerServingGate(1, ac.signal)
-  let passed = false
-  void held.then(() => { passed = true }, () => {})
-  await new Promise(resolve => setTimeout(resolve, 30))
-  assert.equal(passed, false, 'a serving cap of 0 holds every byte')
-  ac.abort(new Error('peer gone'))
-  await assert.rejects(held, /peer gone/)
+  assert.equal(gate.open(lan), false, 'a cap of 0: have answers offer nothing')
+  assert.equal(await gate.admit(1, lan, signal), false, 'a cap of 0: the block is answered Missing, at once')
+
+  // 1 MiB/s: 15 MiB queue 15 s of sending; 6 MiB more would wait 21 s, past the bound.
+  paths.setPolicy(parsePolicy({ peerServing: MiB }))
+  const first = gate.admit(15 * MiB, lan, signal)
+  let sent = false
+  void first.then(() => { sent = true })
+  assert.equal(await gate.admit(6 * MiB, lan, signal), false, 'refused rather than late')
+  assert.equal(gate.open(lan), true, '15 s queued is under the bound')
+  await new Promise(resolve => setTimeout(resolve, 300))
+  assert.equal(sent, false, 'the 15 MiB wait for the cap')
+  now += 15_000
+  assert.equal(await first, true)
+  paths.close()
 })
 
+test('serving LAN peers does not count against the WAN caps by default; with lanPeersExempt false, or for a peer off the LAN, it does', async () => {
+  const paths = new WanPaths({ logger: silentLogger }, {})
+  const gate = paths.peerServing
+  const signal = new AbortController().signal
+  paths.setPolicy(parsePolicy({ background: 0 }))
+  assert.equal(gate.open('10.0.0.7'), true, 'a LAN peer is exempt from the background cap')
+  assert.equal(await gate.admit(MiB, 'fd00::7', signal), true)
+  assert.equal(gate.open('203.0.113.9'), false, 'a peer off the LAN is not')
+  assert.equal(await gate.admit(MiB, '203.0.113.9', signal), false)
+  paths.setPolicy(parsePolicy({ background: 0, lanPeersExempt: false }))
+  assert.equal(gate.open('10.0.0.7'), false, 'not exempt: the background cap of 0 blocks serving too')
+  assert.equal(await gate.admit(MiB, '10.0.0.7', signal), false)
+  paths.close()
+})

@@ -1,5 +1,5 @@
 // Polite transfers on a real agent and origin (loopback): a job's own cap of 0 and a
-// policy cap of 0 leave it blocked with the reason; lifting the cap lets it finish;
+// policy cap of 0 leave it queued (no slot) with the reason; lifting the cap lets it finish;
 // the status shows the policy and the WAN path; a policy that does not parse is
 // refused and the previous one stays; a background job hashes on low-priority threads.
 import { test } from 'node:test'
@@ -33,15 +33,16 @@ async function setUp (t: { after: (fn: () => Promise<void>) => void }): Promise<
   return { dir, url: `${origin.url}/f.bin` }
 }
 
-test('a job whose own rate limit is 0 transfers nothing and says why; removing the limit lets it finish', async (t) => {
+test('a job whose own rate limit is 0 waits in the queue and says why; removing the limit lets it finish', async (t) => {
   const { dir, url } = await setUp(t)
   const agent = await startAgent({ stateDir: join(dir, 'agent') })
   t.after(async () => await agent.stop())
   const job = await agent.createJob({ files: [{ url, path: join(dir, 'out.bin') }], priority: 'foreground', rateLimit: 0, autoComplete: true })
   assert.equal(job.rateLimit, 0)
-  const blocked = await until(agent, job.id, j => j.state === 'transferring' && j.reason !== undefined)
+  const blocked = await until(agent, job.id, j => j.reason !== undefined)
+  assert.equal(blocked.state, 'queued')
   assert.equal(blocked.reason, 'blocked: this job\'s rate limit is 0')
-  assert.equal(blocked.bytes.transferred, 0, 'not one block: a blocked read takes a byte per pause')
+  assert.equal(blocked.bytes.transferred, 0)
   const lifted = await agent.setRateLimit(job.id, null)
   assert.equal(lifted.rateLimit, undefined)
   assert.equal((await until(agent, job.id, j => j.state === 'acknowledged' || j.state === 'error')).state, 'acknowledged')
@@ -49,19 +50,23 @@ test('a job whose own rate limit is 0 transfers nothing and says why; removing t
   assert.throws(() => validateRateLimit({ rateLimit: -1 }), /rateLimit must be/)
 })
 
-test('a policy cap of 0 on low jobs blocks them with the reason, not foreground ones; a bad policy is refused and the old one stays', async (t) => {
+test('a policy cap of 0 on low jobs keeps them queued with the reason, not foreground ones; a bad policy is refused and the old one stays; lifted live, they start', async (t) => {
   const { dir, url } = await setUp(t)
-  const agent = await startAgent({ stateDir: join(dir, 'agent'), bandwidthPolicy: { low: 0 } })
+  const agent = await startAgent({ stateDir: join(dir, 'agent'), bandwidthPolicy: { low: 0 }, maxBackgroundJobs: 1 })
   t.after(async () => await agent.stop())
   const low = await agent.createJob({ files: [{ url, path: join(dir, 'low.bin') }], priority: 'low', autoComplete: true })
   const fg = await agent.createJob({ files: [{ url, path: join(dir, 'fg.bin') }], priority: 'foreground', autoComplete: true })
   assert.equal((await until(agent, fg.id, j => j.state === 'acknowledged' || j.state === 'error')).state, 'acknowledged', 'foreground is never capped by policy')
-  const blocked = await until(agent, low.id, j => j.state === 'transferring' && j.reason !== undefined)
+  const blocked = agent.getJob(low.id)
+  assert.equal(blocked.state, 'queued', 'waiting, not transferring: it holds no slot')
   assert.equal(blocked.reason, 'blocked by policy: low-priority jobs are capped at 0 (policy)')
   assert.equal(blocked.bytes.transferred, 0)
+  // A normal job takes a slot meanwhile (the blocked one holds none, even with one slot).
+  const normal = await agent.createJob({ files: [{ url, path: join(dir, 'normal.bin') }], priority: 'normal', autoComplete: true })
+  assert.equal((await until(agent, normal.id, j => j.state === 'acknowledged' || j.state === 'error')).state, 'acknowledged')
   const status = agent.status()
   assert.deepEqual(status.bandwidth?.policy.policy, { low: 0, lanPeersExempt: true })
-  assert.equal(status.bandwidth?.paths.length, 1)
+  assert.equal(status.bandwidth?.paths.length, 0, 'no transfer holds a WAN path')
   assert.throws(() => agent.setPolicy({ low: 'slow' }), /low: "slow" is not a rate/)
   assert.deepEqual(agent.policy().policy, { low: 0, lanPeersExempt: true }, 'the previous policy stays')
   agent.setPolicy({ low: '64MiB/s' })
@@ -84,8 +89,8 @@ test('the agent refuses to start with a policy that does not parse', async (t) =
 
 test('a background job\'s WAN path shows in the metrics: its controller\'s state, rate and queue delay, by origin host', async (t) => {
   const { dir, url } = await setUp(t)
-  // A cap of 0 holds the job on its path (transferring, leased) while the metrics are read.
-  const agent = await startAgent({ stateDir: join(dir, 'agent'), bandwidthPolicy: { low: 0 } })
+  // A cap of 1 KiB/s holds the job on its path (transferring, leased) while the metrics are read.
+  const agent = await startAgent({ stateDir: join(dir, 'agent'), bandwidthPolicy: { low: 1024 }, maxBackgroundJobs: 1 })
   t.after(async () => await agent.stop())
   const job = await agent.createJob({ files: [{ url, path: join(dir, 'low.bin') }], priority: 'low' })
   await until(agent, job.id, j => j.state === 'transferring' && j.reason !== undefined)

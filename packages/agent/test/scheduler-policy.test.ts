@@ -5,8 +5,10 @@ import assert from 'node:assert/strict'
 import { AGENT_DEFAULTS } from '@canopy/agent'
 import type { JobPriority } from '@canopy/core'
 import type { JobRecord } from '../src/jobs/job.ts'
-import { plan } from '../src/scheduler/policy.ts'
-import type { PlanInput, RunView } from '../src/scheduler/policy.ts'
+import { blockedReason, plan } from '../src/scheduler/policy.ts'
+import type { CapsInput, PlanInput, RunView } from '../src/scheduler/policy.ts'
+import { capsInForce, nextPolicyEdge, parsePolicy } from '../src/bandwidth/policy.ts'
+import type { BandwidthPolicy } from '../src/bandwidth/policy.ts'
 import { competition, reasonFor } from '../src/scheduler/waiting.ts'
 
 const T0 = Date.parse('2026-03-01T00:00:00Z')
@@ -59,7 +61,7 @@ test('preemption: a waiting higher priority stops the weakest running job, once,
   const p = plan(input([a, b, c, high], T0 + 1000, runs))
   assert.deepEqual(p.launch, [])
   // The weakest: the lowest priority, and among equals the one that started last.
-  assert.deepEqual(p.yield.map(y => [y.job.id, y.why, y.for.id]), [[c.id, 'preempted', high.id]])
+  assert.deepEqual(p.yield.map(y => [y.job.id, y.why, y.for?.id]), [[c.id, 'preempted', high.id]])
 
   // While that job stops, its slot counts as being freed: no second victim.
   runs[2][1].stopping = true
@@ -161,4 +163,57 @@ test('waiting reasons: who is ahead, preempted, time slice over, retry countdown
   assert.equal(reasonFor(retry, undefined, T0 + 70_000, () => snapshot), 'connection refused, retry due: waiting for a free slot')
   assert.equal(reason(job('foreground')), 'waiting to start')
   assert.equal(reason(high), undefined)
+})
+
+/** The caps the agent hands the policy (WanPaths.capsNow), from a policy and the time. */
+function capsAt (policy: BandwidthPolicy, at: number): CapsInput {
+  const changesAt = nextPolicyEdge(policy, at)
+  return { blocking: (priority) => capsInForce(policy, priority, at).find(c => c.rate === 0), ...(changesAt !== undefined ? { changesAt } : {}) }
+}
+
+test('a cap of 0 keeps jobs queued, holding no slot, with the reason; they start at the work-hours edge', () => {
+  const policy = parsePolicy({ workHours: { days: 'mon-fri', from: '08:00', to: '17:00', low: 0 } })
+  // Local time: Wednesday 2026-12-02 at 10:00, in the work hours.
+  const wednesday = (hh: number): number => new Date(2026, 11, 2, hh, 0).getTime()
+  // Created just before (older jobs would meet their inactivity deadline first).
+  const low = job('low', {}, wednesday(10) - MIN)
+  const normal = job('normal', {}, wednesday(10) - MIN)
+  const at10 = plan(input([low, normal], wednesday(10), [], { caps: capsAt(policy, wednesday(10)) }))
+  assert.deepEqual(ids(at10.launch), [normal.id], 'the low job waits; the normal one starts, with a slot to spare')
+  assert.equal(at10.wakeAt, wednesday(17), 'the end of the work hours is a time to look again')
+  const reason = reasonFor(low, undefined, wednesday(10), () => competition([low, normal], new Map(), wednesday(10)), blockedReason(low, capsAt(policy, wednesday(10))))
+  assert.equal(reason, 'blocked by policy: low-priority jobs are capped at 0 (work hours)')
+  // At 17:00 the cap is gone: it starts.
+  const fresh = { ...low, modifiedAt: new Date(wednesday(17)).toISOString() }
+  assert.deepEqual(ids(plan(input([fresh], wednesday(17), [], { caps: capsAt(policy, wednesday(17)) })).launch), [low.id])
+  assert.equal(blockedReason(low, capsAt(policy, wednesday(17))), undefined)
+})
+
+test('running jobs a cap of 0 now blocks go back to the queue once, and their slots count as being freed', () => {
+  const a = runningJob('low', T0)
+  const b = runningJob('low', T0 + 10)
+  const waiting = job('low')
+  const runs: Array<[JobRecord, RunView]> = [[a, { startedAt: T0, stopping: false }], [b, { startedAt: T0 + 10, stopping: false }]]
+  const blocked = capsAt(parsePolicy({ background: 0 }), T0)
+  const p = plan(input([a, b, waiting], T0 + 10 * MIN, runs, { caps: blocked }))
+  assert.deepEqual(p.yield.map(y => [y.job.id, y.why, y.for]), [[a.id, 'blocked', undefined], [b.id, 'blocked', undefined]])
+  assert.deepEqual(p.launch, [], 'nothing launches while the cap is 0, and no time slice is handed on')
+  // While they stop, they are not asked again.
+  runs[0][1].stopping = true
+  runs[1][1].stopping = true
+  assert.deepEqual(plan(input([a, b, waiting], T0 + 10 * MIN + 1, runs, { caps: blocked })).yield, [])
+  // Without caps (the policy changed live), the three run again, two at a time.
+  assert.deepEqual(plan(input([{ ...a, state: 'queued' }, { ...b, state: 'queued' }, waiting], T0 + 11 * MIN, [], { caps: capsAt(parsePolicy({}), T0) })).launch.length, 2)
+})
+
+test('a job whose own rate limit is 0 waits too, whatever its priority; foreground jobs are never capped by policy', () => {
+  const fgStopped = job('foreground', { rateLimit: 0 })
+  const fg = job('foreground')
+  const caps = capsAt(parsePolicy({ background: 0 }), T0)
+  assert.deepEqual(ids(plan(input([fgStopped, fg], T0, [], { caps })).launch), [fg.id])
+  assert.equal(blockedReason(fgStopped, caps), 'blocked: this job\'s rate limit is 0')
+  // A retry that is due waits for the cap, and says so.
+  const retry = job('low', { state: 'transient_error', retryAt: new Date(T0 - 1).toISOString(), error: { code: 'ERR_HTTP', message: 'origin answered 503' } } as Partial<JobRecord>)
+  assert.deepEqual(plan(input([retry], T0, [], { caps })).launch, [])
+  assert.equal(reasonFor(retry, undefined, T0, () => competition([retry], new Map(), T0), blockedReason(retry, caps)), 'origin answered 503, retry due; blocked by policy: background transfers are capped at 0 (policy)')
 })

@@ -238,7 +238,7 @@ function bandwidthFields (status: AgentStatus): Array<[string, string]> {
   const caps = ['background', 'high', 'normal', 'low'].filter(k => p[k] !== undefined).map(k => `${k} ${cap(p[k])}`)
   const w = p.workHours as Record<string, unknown> | undefined
   const work = w === undefined ? '' : `; work hours ${String(w.days)} ${String(w.from)}-${String(w.to)}: ${['background', 'high', 'normal', 'low'].filter(k => w[k] !== undefined).map(k => `${k} ${cap(w[k])}`).join(', ')}${b.policy.workHoursNow ? ' (in force now)' : ''}`
-  rows.push(['policy', `${caps.length === 0 ? 'no caps' : caps.join(', ')}${work}${p.peerServing !== undefined ? `; serving peers ${cap(p.peerServing)}` : ''}`])
+  rows.push(['policy', `${caps.length === 0 ? 'no caps' : caps.join(', ')}${work}${p.peerServing !== undefined ? `; serving peers ${cap(p.peerServing)}` : ''}${p.lanPeersExempt === false ? '; LAN peers count against the WAN caps' : ''}`])
   for (const path of b.paths) {
     rows.push([`wan ${path.host}`, `${path.transfers} background transfer${path.transfers === 1 ? '' : 's'}, ${formatBytes(path.rate)}/s allowed, ${path.state}${path.queueDelayMs !== undefined ? `, queue delay ${Math.round(path.queueDelayMs)} ms` : ''}`])
   }

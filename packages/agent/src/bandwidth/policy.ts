@@ -16,7 +16,7 @@
  *     "lanPeersExempt": true
  *   }
  */
-import { CanopyError } from '@canopy/core'
+import { CanopyError, formatBytes } from '@canopy/core'
 import type { JobPriority } from '@canopy/core'
 
 export type BackgroundPriority = Exclude<JobPriority, 'foreground'>
@@ -224,4 +224,32 @@ export function capsInForce (policy: BandwidthPolicy, priority: JobPriority, at:
     else if (policy[key] !== undefined) caps.push({ rate: policy[key], source: 'policy', key })
   }
   return caps.sort((a, b) => a.rate - b.rate)
+}
+
+/** "capped by policy at 2.0 MiB/s (work hours)", "blocked by policy: low-priority jobs are capped at 0 (work hours)". */
+export function describeCap (cap: CapInForce): string {
+  const where = cap.source === 'work hours' ? 'work hours' : 'policy'
+  const what = cap.key === 'background' ? 'background transfers' : `${cap.key}-priority jobs`
+  return cap.rate === 0 ? `blocked by policy: ${what} are capped at 0 (${where})` : `capped by policy at ${formatBytes(cap.rate)}/s (${where})`
+}
+
+/**
+ * When the caps in force next change by themselves (ms since the epoch): the next
+ * start or end of the work hours after `at` (local time; a day the window does not
+ * apply to gives a time at which nothing changes, which costs one look). Undefined
+ * without work hours.
+ */
+export function nextPolicyEdge (policy: BandwidthPolicy, at: number): number | undefined {
+  const w = policy.workHours
+  if (w === undefined) return undefined
+  let next = Infinity
+  for (let day = 0; day <= 7; day++) {
+    for (const minutes of [w.from, w.to]) {
+      const d = new Date(at)
+      d.setDate(d.getDate() + day)
+      d.setHours(Math.floor(minutes / 60), minutes % 60, 0, 0)
+      if (d.getTime() > at && d.getTime() < next) next = d.getTime()
+    }
+  }
+  return Number.isFinite(next) ? next : undefined
 }

@@ -1,10 +1,11 @@
 import { formatBytes } from '@canopy/core'
 import type { BandwidthStatus, JobPriority, Logger, PolicyView } from '@canopy/core'
-import { DEFAULT_POLICY, capsInForce, inWorkHours, writePolicy } from './policy.ts'
+import { DEFAULT_POLICY, capsInForce, describeCap, inWorkHours, nextPolicyEdge, writePolicy } from './policy.ts'
 import type { BackgroundPriority, BandwidthPolicy, CapInForce } from './policy.ts'
 import { DelayController } from './delay-controller.ts'
 import type { ControllerSnapshot, DelayControllerInit } from './delay-controller.ts'
-import { ByteWindow, TokenBucket, pace } from './pacer.ts'
+import { ByteWindow, TokenBucket } from './pacer.ts'
+import { PeerServing } from './peer-serving.ts'
 import type { ReadPacer } from './pacer.ts'
 
 /** Times one small request to the origin (see headProbe); rejects when it could not. */
@@ -144,7 +145,7 @@ export class WanPaths {
   private readonly clock: () => number
   private policyNow: BandwidthPolicy = DEFAULT_POLICY
   private readonly capBuckets = new Map<string, TokenBucket>()
-  private peerBucket?: TokenBucket
+  private serving?: PeerServing
 
   constructor (components: WanPathsComponents, init: WanPathsInit = {}) {
     this.logger = components.logger
@@ -231,6 +232,16 @@ export class WanPaths {
     return capsInForce(this.policyNow, priority, this.clock())
   }
 
+  /** What the scheduler needs of the policy (scheduler/policy.ts CapsInput): the cap of 0 blocking a priority now, and when the caps next change by themselves. */
+  capsNow (): { blocking: (priority: BackgroundPriority) => CapInForce | undefined, changesAt?: number } {
+    const at = this.clock()
+    const changesAt = nextPolicyEdge(this.policyNow, at)
+    return {
+      blocking: (priority) => capsInForce(this.policyNow, priority, at).find(c => c.rate === 0),
+      ...(changesAt !== undefined ? { changesAt } : {})
+    }
+  }
+
   /** Token buckets of the caps: one for all background jobs, one per priority, one per job. */
   private capPacer (priority: () => JobPriority, jobCap: () => number | undefined): ReadPacer {
     const own = new TokenBucket({ rate: () => jobCap() ?? Infinity, now: this.now })
@@ -253,13 +264,15 @@ export class WanPaths {
   private capBucket (key: 'background' | BackgroundPriority): TokenBucket {
     let bucket = this.capBuckets.get(key)
     if (bucket === undefined) {
-      const rate = (): number => {
-        const caps = capsInForce(this.policyNow, key === 'background' ? 'low' : key, this.clock()).filter(c => c.key === key)
-        return caps[0]?.rate ?? Infinity
-      }
-      this.capBuckets.set(key, bucket = new TokenBucket({ rate, now: this.now }))
+      this.capBuckets.set(key, bucket = new TokenBucket({ rate: () => this.capRate(key), now: this.now }))
     }
     return bucket
+  }
+
+  /** The cap `key` in force now, bytes/s (Infinity: none). */
+  private capRate (key: 'background' | BackgroundPriority): number {
+    const caps = capsInForce(this.policyNow, key === 'background' ? 'low' : key, this.clock()).filter(c => c.key === key)
+    return caps[0]?.rate ?? Infinity
   }
 
   /** "capped by policy at 2 MiB/s (work hours)", "blocked by policy (work hours)", "capped at 1 MiB/s (this job's limit)". */
@@ -269,21 +282,20 @@ export class WanPaths {
     if (own !== undefined && (cap === undefined || own < cap.rate)) {
       return own === 0 ? 'blocked: this job\'s rate limit is 0' : `capped at ${formatBytes(own)}/s (this job's rate limit)`
     }
-    if (cap === undefined) return undefined
-    const where = cap.source === 'work hours' ? 'work hours' : 'policy'
-    const what = cap.key === 'background' ? 'background transfers' : `${cap.key}-priority jobs`
-    return cap.rate === 0 ? `blocked by policy: ${what} are capped at 0 (${where})` : `capped by policy at ${formatBytes(cap.rate)}/s (${where})`
+    return cap === undefined ? undefined : describeCap(cap)
   }
 
   /**
-   * The gate of peer serving (BranchCache's cap on peer-caching bandwidth): the
-   * serving side calls it with the bytes it is about to send to a peer, and it
-   * resolves when the policy's `peerServing` cap allows them (at once without a cap).
-   * For peers/sharing.ts, which does not call it yet.
+   * The gate of peer serving (BranchCache's cap on peer-caching bandwidth, and the
+   * WAN caps for serving that is not exempt from them): see peer-serving.ts. The
+   * peer exchange asks it before it offers or sends blocks.
    */
-  async peerServingGate (bytes: number, signal: AbortSignal): Promise<void> {
-    this.peerBucket ??= new TokenBucket({ rate: () => this.policyNow.peerServing ?? Infinity, now: this.now })
-    await pace(this.peerBucket, bytes, signal)
+  get peerServing (): PeerServing {
+    return (this.serving ??= new PeerServing({
+      policy: () => this.policyNow,
+      backgroundCap: { rate: () => this.capRate('background'), bucket: this.capBucket('background') },
+      now: this.now
+    }))
   }
 
   /** Paths nobody has held for PATH_KEEP_MS are forgotten (checked at each new lease). */

@@ -82,7 +82,7 @@ export interface JobRecord {
    */
   queuedAt?: number
   /** Why a queued job waits, when it was running before: stopped for a higher priority, or its time slice ended. */
-  waitReason?: 'preempted' | 'slice'
+  waitReason?: 'preempted' | 'slice' | 'blocked'
   /** When the job last entered connecting, transferring or transient_error (while it stays in them). */
   activeSince?: number
   /** Time spent in those states before activeSince, for the maximum download time. */

@@ -2,6 +2,7 @@ import type { Dispatcher } from 'undici'
 import { DEFAULT_BLOCK_SIZE } from '@canopy/core'
 import type { Logger } from '@canopy/core'
 import { WanPaths } from '../bandwidth/wan-paths.ts'
+import { CpuPriority } from '../bandwidth/cpu-priority.ts'
 import { parsePolicy } from '../bandwidth/policy.ts'
 import { blocksBuffered } from '../options.ts'
 import type { ResolvedAgentOptions } from '../options.ts'
@@ -30,6 +31,8 @@ export class TransferServices {
   readonly blockHasher: BlockHasher
   readonly blockBuffers: BufferPool
   readonly wanPaths: WanPaths
+  /** The agent's own threads at BACKGROUND_NICE while no foreground job runs. */
+  readonly cpu: CpuPriority
   private background?: BlockHasher
   private readonly hashThreads: number
 
@@ -43,6 +46,7 @@ export class TransferServices {
     this.blockBuffers = new BufferPool(blocksBuffered(options, DEFAULT_BLOCK_SIZE) * DEFAULT_BLOCK_SIZE)
     this.wanPaths = new WanPaths({ logger: components.logger, clock: components.now }, { enabled: options.targetDelayMs > 0, targetDelayMs: options.targetDelayMs })
     this.wanPaths.setPolicy(parsePolicy(options.bandwidthPolicy ?? {}))
+    this.cpu = new CpuPriority(components, { backgroundNice: BACKGROUND_NICE })
   }
 
   /** Hashing for background jobs, at nice BACKGROUND_NICE, so that it does not slow what the user runs. */
@@ -52,6 +56,7 @@ export class TransferServices {
 
   /** Closes connections, paths and hashing threads (their ports would keep the process alive). */
   async close (): Promise<void> {
+    this.cpu.set(false)
     this.rangeClient.close()
     this.wanPaths.close()
     await this.dispatcher.close()

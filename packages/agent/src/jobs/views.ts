@@ -3,8 +3,8 @@
  * force and the plain-language reason of their state.
  */
 import type { JobView } from '@canopy/core'
-import { limitsOf } from '../scheduler/policy.ts'
-import type { RunView, SchedulerLimits } from '../scheduler/policy.ts'
+import { blockedReason, limitsOf } from '../scheduler/policy.ts'
+import type { CapsInput, RunView, SchedulerLimits } from '../scheduler/policy.ts'
 import { competition, reasonFor } from '../scheduler/waiting.ts'
 import type { Competition } from '../scheduler/waiting.ts'
 import { toView } from './job.ts'
@@ -14,6 +14,8 @@ export interface JobViewsComponents {
   table: JobTable
   now: () => number
   limits: SchedulerLimits
+  /** The bandwidth policy's caps in force now: a job a cap of 0 blocks says so. */
+  caps?: () => CapsInput
 }
 
 export class JobViews {
@@ -40,7 +42,7 @@ export class JobViews {
       return p
     })
     const rate = this.rateOf(entry)
-    const reason = job.state === 'transferring' ? entry.lease?.why() : reasonFor(job, entry.run, this.components.now(), () => snapshot ?? this.competition())
+    const reason = job.state === 'transferring' ? entry.lease?.why() : reasonFor(job, entry.run, this.components.now(), () => snapshot ?? this.competition(), blockedReason(job, this.components.caps?.()))
     return toView(job, { progress, reason, limits: limitsOf(job, this.components.limits), ...(rate !== undefined ? { rate } : {}) })
   }
 

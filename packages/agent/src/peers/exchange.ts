@@ -70,6 +70,13 @@ export interface BlockSource {
   lookup: (discoveryId: Uint8Array) => SharedContent | undefined
   /** Whether to serve this connection at all (false for a banned peer id or address). */
   admits?: (connection: Connection) => boolean
+  /** The bandwidth policy's hold on serving (bandwidth/peer-serving.ts); none: serve at full speed. */
+  servingGate?: {
+    /** Whether to offer blocks to the peer at this IP address now (false: have answers offer none). */
+    open: (address: string) => boolean
+    /** Waits until a block of `bytes` may be sent; false: answer "Missing". */
+    admit: (bytes: number, address: string, signal: AbortSignal) => Promise<boolean>
+  }
 }
 
 function peerBytes (peer: PeerId): Uint8Array {
@@ -181,17 +188,22 @@ class ExchangeServer {
         : encodeFrameParts({ type: MessageType.BlockResponse, status: ExchangeStatus.Unknown, index: request.index, data: new Uint8Array(0) })
     }
     const count = content.manifest.blocks.length
+    const gate = this.source.servingGate
     if (request.type === MessageType.HaveRequest) {
       const bytes = 2 * Math.ceil(count / 8)
       await this.budget.take(bytes, signal)
       holding(bytes)
-      return encodeFrameParts({ type: MessageType.HaveResponse, status: ExchangeStatus.Ok, blockCount: count, bitfield: bitfieldOf(content, content.has), fetching: bitfieldOf(content, content.fetching ?? (() => false)) })
+      // Serving blocked by policy: offer nothing (a claim then answered "Missing" counts against us).
+      const offering = gate?.open(remoteAddress(connection)) !== false
+      const none = (): boolean => false
+      return encodeFrameParts({ type: MessageType.HaveResponse, status: ExchangeStatus.Ok, blockCount: count, bitfield: bitfieldOf(content, offering ? content.has : none), fetching: bitfieldOf(content, offering ? content.fetching ?? none : none) })
     }
     const { index } = request
-    if (index >= count || !content.has(index)) {
+    const bytes = index < count ? blockSpan(index, content.manifest.size, content.manifest.blockSize).length : 0
+    // The serving caps, before the block holds any budget.
+    if (index >= count || !content.has(index) || (gate !== undefined && !await gate.admit(bytes, remoteAddress(connection), signal))) {
       return encodeFrameParts({ type: MessageType.BlockResponse, status: ExchangeStatus.Missing, index, data: new Uint8Array(0) })
     }
-    const bytes = blockSpan(index, content.manifest.size, content.manifest.blockSize).length
     await this.budget.take(bytes, signal)
     holding(bytes)
     try {

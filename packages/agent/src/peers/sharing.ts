@@ -70,6 +70,8 @@ export class PeerSharing implements BlockSource, PeerSessions {
   private readonly serveLimits?: Partial<ServeLimits>
   /** Counts bytes served, lookups, evictions and bans (set by the agent). */
   metrics?: SharingMetrics
+  /** The bandwidth policy's hold on serving (set by the agent). */
+  servingGate?: BlockSource['servingGate']
 
   constructor (libp2p: PeerLibp2p, store: JobStore, stateDir: string, blockHasher: BlockHasher, logger: Logger, quotaBytes?: number, serveLimits?: Partial<ServeLimits>) {
     this.quotaBytes = quotaBytes ?? 0

@@ -9,6 +9,8 @@ import type { JobLimits, JobPriority } from '@canopy/core'
 import { ACTIVE_STATES } from '../jobs/job.ts'
 import type { JobRecord } from '../jobs/job.ts'
 import type { ResolvedAgentOptions } from '../options.ts'
+import { describeCap } from '../bandwidth/policy.ts'
+import type { BackgroundPriority, CapInForce } from '../bandwidth/policy.ts'
 
 const PRIORITY_RANK: Record<JobPriority, number> = { foreground: 0, high: 1, normal: 2, low: 3 }
 
@@ -16,7 +18,27 @@ const PRIORITY_RANK: Record<JobPriority, number> = { foreground: 0, high: 1, nor
 export type Expiry = 'no-progress' | 'max-time' | 'inactive' | 'retention'
 
 /** Why the scheduler stops a running job that did nothing wrong. */
-export type YieldReason = 'preempted' | 'slice'
+export type YieldReason = 'preempted' | 'slice' | 'blocked'
+
+/** The bandwidth policy's caps in force, as the scheduler needs them (bandwidth/policy.ts; WanPaths.capsFor). */
+export interface CapsInput {
+  /** The cap of 0 that blocks background jobs of `priority` now, if any. */
+  blocking: (priority: BackgroundPriority) => CapInForce | undefined
+  /** When the caps in force next change by themselves (a work-hours edge, on the `now` clock); undefined: never. */
+  changesAt?: number
+}
+
+/**
+ * Why `job` may not transfer now, in plain words; undefined when it may. A cap of 0
+ * (the policy's for its priority or for all background jobs, or the job's own rate
+ * limit) blocks it: it waits in the queue, holding no slot, until the cap is lifted.
+ */
+export function blockedReason (job: Pick<JobRecord, 'priority' | 'rateLimit'>, caps: CapsInput | undefined): string | undefined {
+  if (job.rateLimit === 0) return 'blocked: this job\'s rate limit is 0'
+  if (job.priority === 'foreground' || caps === undefined) return undefined
+  const cap = caps.blocking(job.priority)
+  return cap === undefined ? undefined : describeCap(cap)
+}
 
 /** The agent options the policy reads. */
 export type SchedulerLimits = Pick<ResolvedAgentOptions, 'maxBackgroundJobs' | 'timeSliceMs' | 'retentionMs' | 'inactiveJobTimeoutMs' |
@@ -40,6 +62,8 @@ export interface PlanInput {
   held: ReadonlyMap<string, number>
   now: number
   limits: SchedulerLimits
+  /** The policy's caps in force now; none: nothing blocks. */
+  caps?: CapsInput
 }
 
 export interface Plan {
@@ -47,8 +71,8 @@ export interface Plan {
   expire: Array<{ job: JobRecord, kind: Expiry }>
   /** Jobs to start, in queue order. */
   launch: JobRecord[]
-  /** Running jobs to stop for a waiting one; they go back to the queue. */
-  yield: Array<{ job: JobRecord, why: YieldReason, for: JobRecord }>
+  /** Running jobs to stop for a waiting one (or because a cap of 0 blocks them: no `for`); they go back to the queue. */
+  yield: Array<{ job: JobRecord, why: YieldReason, for?: JobRecord }>
   /** When something will next be due (a deadline, a retry, a time slice's end); undefined: nothing. */
   wakeAt?: number
 }
@@ -104,6 +128,9 @@ export function deadlineOf (job: JobRecord, running: boolean, o: SchedulerLimits
  *    preempts the weakest running job; an equal (or higher) one takes the slot of
  *    a job whose time slice is over (see makeRoom);
  * 4. when the next thing will be due, the clocks of the jobs launched now included.
+ * Jobs a cap of 0 blocks (blockedReason) are neither launched nor counted as
+ * waiting for a slot; running ones yield theirs. The next work-hours edge is a
+ * time to look again.
  */
 export function plan (input: PlanInput): Plan {
   const { running, held, now, limits } = input
@@ -124,8 +151,17 @@ export function plan (input: PlanInput): Plan {
     }
   }
 
-  const ready = jobs.filter(j => !running.has(j.id) && !locked.has(j.id) && isReady(j, now)).sort(byQueue)
+  const blocked = (job: JobRecord): boolean => blockedReason(job, input.caps) !== undefined
+  const ready = jobs.filter(j => !running.has(j.id) && !locked.has(j.id) && isReady(j, now) && !blocked(j)).sort(byQueue)
+  // Runs a cap of 0 now blocks go back to the queue (their slots count as being freed).
+  const unblock: Plan['yield'] = []
+  for (const [id, run] of running) {
+    const job = byId.get(id)
+    if (job !== undefined && !run.stopping && !locked.has(id) && ['connecting', 'transferring'].includes(job.state) && blocked(job)) unblock.push({ job, why: 'blocked' })
+  }
+  const stopped = new Set(unblock.map(y => y.job.id))
   const background = [...running].filter(([id]) => byId.get(id)?.priority !== 'foreground')
+    .map(([id, run]): [string, RunView] => [id, stopped.has(id) ? { ...run, stopping: true } : run])
   let busy = background.length
   const launch: JobRecord[] = []
   const waiting: JobRecord[] = []
@@ -138,7 +174,8 @@ export function plan (input: PlanInput): Plan {
       waiting.push(job)
     }
   }
-  const yields = waiting.length > 0 ? makeRoom(waiting, background, byId, now, limits.timeSliceMs, wakeAt) : []
+  const yields = [...unblock, ...waiting.length > 0 ? makeRoom(waiting, background, byId, now, limits.timeSliceMs, wakeAt) : []]
+  if (input.caps?.changesAt !== undefined) wakeAt(input.caps.changesAt)
 
   // A launched job's clocks start now (it enters connecting): its deadlines count too.
   const launched = new Set(launch.map(j => j.id))

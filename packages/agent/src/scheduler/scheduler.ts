@@ -11,7 +11,7 @@ import type { JobRecord } from '../jobs/job.ts'
 import type { JobEntry, JobTable } from '../jobs/job-table.ts'
 import { runs } from '../jobs/views.ts'
 import { plan } from './policy.ts'
-import type { Expiry, SchedulerLimits, YieldReason } from './policy.ts'
+import type { CapsInput, Expiry, SchedulerLimits, YieldReason } from './policy.ts'
 
 /**
  * Longest sleep of the scheduler's timer: deadlines can be days away (beyond what
@@ -28,6 +28,10 @@ export interface SchedulerComponents {
   run: (entry: JobEntry, signal: AbortSignal) => Promise<void>
   /** Acts on a passed deadline; must take the job's lock before it returns (JobTable.withJob). */
   expire: (entry: JobEntry, kind: Expiry) => void
+  /** The bandwidth policy's caps in force now (a cap of 0 keeps jobs queued); none: nothing blocks. */
+  caps?: () => CapsInput
+  /** After each decision, with the jobs running now (e.g. the agent's CPU priority follows them). */
+  afterTick?: (running: JobRecord[]) => void
 }
 
 export class Scheduler {
@@ -81,20 +85,21 @@ export class Scheduler {
       if (entry.lock !== undefined) locked.add(entry.id)
       if (entry.expiryHeldUntil > 0) held.set(entry.id, entry.expiryHeldUntil)
     }
-    const decided = plan({ jobs: table.records(), running: runs(table), locked, held, now, limits })
+    const decided = plan({ jobs: table.records(), running: runs(table), locked, held, now, limits, ...(this.components.caps !== undefined ? { caps: this.components.caps() } : {}) })
     for (const { job, kind } of decided.expire) this.components.expire(table.require(job.id), kind)
     for (const job of decided.launch) this.launch(table.require(job.id), now)
     for (const y of decided.yield) this.yieldSlot(table.require(y.job.id), y.why, y.for)
+    this.components.afterTick?.([...table.values()].filter(e => e.run !== undefined).map(e => e.record))
     clearTimeout(this.wakeTimer)
     if (decided.wakeAt !== undefined) {
       this.wakeTimer = setTimeout(() => this.schedule(), Math.min(MAX_TIMER_MS, decided.wakeAt - now + 5))
     }
   }
 
-  private yieldSlot (entry: JobEntry, why: YieldReason, to: JobRecord): void {
+  private yieldSlot (entry: JobEntry, why: YieldReason, to: JobRecord | undefined): void {
     const job = entry.record
-    this.components.logger.info(why === 'preempted' ? 'job preempted by a higher-priority job' : 'time slice over; job yields its slot',
-      { jobId: job.id, priority: job.priority, for: to.id, forPriority: to.priority })
+    const message = { preempted: 'job preempted by a higher-priority job', slice: 'time slice over; job yields its slot', blocked: 'job blocked by a cap of 0; back to the queue' }[why]
+    this.components.logger.info(message, { jobId: job.id, priority: job.priority, ...(to !== undefined ? { for: to.id, forPriority: to.priority } : {}) })
     const run = entry.run!
     run.stopping = true
     run.controller.abort(new SchedulerYield(why))

@@ -63,12 +63,17 @@ export function aheadOf (job: JobRecord, competition: Competition): string {
   return parts.join(' and ')
 }
 
-/** The plain-language reason of a job's state: why it waits, or what went wrong. `competition` is made when needed. */
-export function reasonFor (job: JobRecord, run: RunView | undefined, now: number, competition: () => Competition): string | undefined {
+/**
+ * The plain-language reason of a job's state: why it waits, or what went wrong.
+ * `competition` is made when needed; `blocked` is what keeps it queued, if anything
+ * (policy.ts blockedReason: a cap of 0).
+ */
+export function reasonFor (job: JobRecord, run: RunView | undefined, now: number, competition: () => Competition, blocked?: string): string | undefined {
   switch (job.state) {
     case 'queued': {
       // Launched, about to connect; a runner that is yielding its slot has a reason.
       if (run?.stopping === false) return undefined
+      if (blocked !== undefined) return blocked
       if (job.waitReason === 'preempted') return 'waiting: preempted by a higher-priority job'
       const ahead = aheadOf(job, competition())
       if (job.waitReason === 'slice') return `waiting: time slice over${ahead === '' ? '' : `; ${ahead}`}`
@@ -78,7 +83,8 @@ export function reasonFor (job: JobRecord, run: RunView | undefined, now: number
       const message = job.error?.message ?? 'transient error'
       const wait = Date.parse(job.retryAt ?? '') - now
       if (wait > 0) return `${message}, next retry in ${formatDuration(Math.ceil(wait / 1000) * 1000)}`
-      return run !== undefined ? undefined : `${message}, retry due: waiting for a free slot`
+      if (run !== undefined) return undefined
+      return blocked !== undefined ? `${message}, retry due; ${blocked}` : `${message}, retry due: waiting for a free slot`
     }
     case 'error': return job.error?.message
     case 'suspended': return 'suspended: resume it to continue'
