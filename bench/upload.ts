@@ -1,17 +1,19 @@
-// Benchmark: the agent's tus client (packages/agent/src/transfer/tus-upload.ts) uploading to
-// `canopy origin --upload-dir` versus `curl -T` sending the same file to the same origin as one
-// tus PATCH (the origin has no plain PUT: a single PATCH is the same server path without the
-// client's fragments, checksums and SHA-256), on loopback, interleaved rounds. The tus client
-// runs in a process of its own (this file with the argument `client`), so its CPU time and peak
-// RSS are its own. Prints one JSON document. Run by hand: `npm run bench:upload` (see README).
+// Benchmark: uploads to `canopy origin --upload-dir` versus `curl -T` sending the same file to
+// the same origin as one tus PATCH (the origin has no plain PUT: a single PATCH is the same
+// server path without the client's fragments, checksums and SHA-256), on loopback, interleaved
+// rounds: curl, then an upload job of a running `canopy agent` (what `canopy put` does: its CPU
+// time and its RSS sampled during the upload), then the agent's tus client alone in a process of
+// its own (this file with the argument `client`), with and without per-fragment checksums.
+// Prints one JSON document. Run by hand: `npm run bench:upload` (see README).
 //
 // Env: BENCH_SIZES (default "256MiB,1GiB"), BENCH_ROUNDS (default 3), BENCH_FRAGMENT (default the
 // client's, 8MiB), BENCH_PIN=1 (origin on CPU 0, the clients on CPU 1, with taskset).
 import { execFile, spawn } from 'node:child_process'
-import { mkdir, rm } from 'node:fs/promises'
+import { mkdir, readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
+import { CanopyClient } from '@canopy/client'
 import { parseSize } from '@canopy/core'
 import { tusUpload } from '../packages/agent/src/transfer/tus-upload.ts'
 import { writeRandomFile } from '../scripts/lib/processes.ts'
@@ -86,13 +88,38 @@ if (process.argv[2] === 'client') {
       child.once('exit', code => reject(new Error(`the origin exited (${code}): ${text}`)))
     })
     const originPid = child.pid!
+    const agentState = join(dir, 'agent')
+    const agentPid = (await processes.agent(agentState, [], CLIENT_CPUS)).pid!
+    const agent = new CanopyClient({ stateDir: agentState })
+    const rssMiB = async (): Promise<number> => {
+      const match = /VmRSS:\s+(\d+) kB/.exec(await readFile(`/proc/${agentPid}/status`, 'utf8'))
+      return Math.round(Number(match?.[1] ?? 0) / 1024)
+    }
+    const agentIdleRssMiB = await rssMiB()
+    /** One upload job through the agent: its rate, the agent's CPU seconds, and its RSS every 250 ms meanwhile. */
+    const runAgent = async (path: string, name: string, size: number): Promise<{ MiBps: number, cpuSeconds: number, rss: number[] }> => {
+      const rss: number[] = []
+      const cpu0 = await processCpu(agentPid)
+      const t0 = performance.now()
+      const job = await agent.createUpload(path, endpoint, { name, priority: 'foreground', autoComplete: true })
+      const sampler = setInterval(() => { rssMiB().then(r => rss.push(r), () => {}) }, 250)
+      try {
+        const done = await agent.waitForJob(job.id, { intervalMs: 50, until: ['acknowledged', 'error', 'cancelled'] })
+        if (done.state !== 'acknowledged') throw new Error(`the upload job ended ${done.state}: ${JSON.stringify(done.error)}`)
+      } finally {
+        clearInterval(sampler)
+      }
+      const seconds = (performance.now() - t0) / 1000
+      return { MiBps: size / MiB / seconds, cpuSeconds: await processCpu(agentPid) - cpu0, rss }
+    }
     const run = promisify(execFile)
     const results = []
     for (const size of SIZES) {
       const file = join(dir, `f-${size}.bin`)
       await writeRandomFile(file, size)
-      const rates = { curl: [] as number[], tus: [] as number[], tusNoChecksum: [] as number[] }
-      const cpu = { curl: 0, tus: 0, tusNoChecksum: 0, originCurl: 0, originTus: 0, originTusNoChecksum: 0 }
+      const rates = { curl: [] as number[], agent: [] as number[], tus: [] as number[], tusNoChecksum: [] as number[] }
+      const cpu = { curl: 0, agent: 0, tus: 0, tusNoChecksum: 0, originCurl: 0, originAgent: 0, originTus: 0, originTusNoChecksum: 0 }
+      const agentRss: number[] = []
       let rssPeakKiB = 0
       for (let round = 0; round < ROUNDS; round++) {
         // curl: create the upload (no bytes), then send the whole file in one PATCH.
@@ -110,6 +137,15 @@ if (process.argv[2] === 'client') {
         cpu.originCurl += await processCpu(originPid) - originBefore
         cpu.curl += childCpu(stdout)
         await rm(join(uploads, name))
+
+        const agentName = `agent-${size}-${round}.bin`
+        const originBeforeAgent = await processCpu(originPid)
+        const viaAgent = await runAgent(file, agentName, size)
+        cpu.originAgent += await processCpu(originPid) - originBeforeAgent
+        rates.agent.push(viaAgent.MiBps)
+        cpu.agent += viaAgent.cpuSeconds
+        agentRss.push(...viaAgent.rss)
+        await rm(join(uploads, agentName))
 
         for (const checksum of [true, false]) {
           const key = checksum ? 'tus' : 'tusNoChecksum'
@@ -129,23 +165,31 @@ if (process.argv[2] === 'client') {
         sizeBytes: size,
         rounds: ROUNDS,
         curlMiBps: rates.curl.map(Math.round),
+        agentMiBps: rates.agent.map(Math.round),
         tusMiBps: rates.tus.map(Math.round),
         tusNoChecksumMiBps: rates.tusNoChecksum.map(Math.round),
+        ratioAgent: Number((median(rates.agent) / median(rates.curl)).toFixed(2)),
         ratio: Number((median(rates.tus) / median(rates.curl)).toFixed(2)),
         ratioNoChecksum: Number((median(rates.tusNoChecksum) / median(rates.curl)).toFixed(2)),
         tusClientRssPeakMiB: Math.round(rssPeakKiB / 1024),
+        // The agent daemon's RSS before any upload, and sampled every 250 ms during its uploads of this size.
+        agentRssMiB: { idle: agentIdleRssMiB, min: Math.min(...agentRss), median: median(agentRss), max: Math.max(...agentRss), samples: agentRss.length },
         cpuSecondsPerGiB: {
+          // The whole agent process during its upload job (API calls, job bookkeeping and the tus client).
+          agent: perGiB(cpu.agent, size),
           // The tus client process during the upload (start-up excluded): reading, SHA-256 of the
           // file and of each fragment (checksum on), HTTP.
           tusClient: perGiB(cpu.tus, size),
           tusClientNoChecksum: perGiB(cpu.tusNoChecksum, size),
           curl: perGiB(cpu.curl, size),
+          originDuringAgent: perGiB(cpu.originAgent, size),
           originDuringTus: perGiB(cpu.originTus, size),
           originDuringTusNoChecksum: perGiB(cpu.originTusNoChecksum, size),
           originDuringCurl: perGiB(cpu.originCurl, size)
         }
       })
     }
+    await agent.close()
     return { pinned: PIN ? { origin: ORIGIN_CPUS, clients: CLIENT_CPUS } : false, results }
   })
 }

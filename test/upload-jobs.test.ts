@@ -1,48 +1,13 @@
 // Upload and upload-reply jobs with real processes: an agent process (the CLI's
 // `canopy put`, or its client) sending to a real origin with a tus upload endpoint.
 import { test } from 'node:test'
-import type { TestContext } from 'node:test'
 import assert from 'node:assert/strict'
-import { appendFile, mkdir, readdir, readFile } from 'node:fs/promises'
+import { appendFile, readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { STAGING_DIR, startOrigin } from '@canopy/origin'
-import type { Origin, UploadOptions } from '@canopy/origin'
 import type { JobView } from '@canopy/core'
-import type { CanopyClient } from '@canopy/client'
-import { FINISHED, fileSha256, randomFile, runCli, startAgentProcess, tempDir } from './helpers.ts'
-
-const MiB = 1024 * 1024
-/** The agent's tus fragment (DEFAULT_FRAGMENT_SIZE): at most this much is sent again after an interruption. */
-const FRAGMENT = 8 * MiB
-
-interface Fixture { dir: string, origin: Origin, uploadDir: string, endpoint: string }
-
-async function uploadOrigin (t: TestContext, uploads: Partial<UploadOptions> = {}): Promise<Fixture> {
-  const dir = await tempDir('canopy-upload-')
-  const uploadDir = join(dir, 'incoming')
-  await mkdir(join(dir, 'root'))
-  await mkdir(uploadDir)
-  const origin = await startOrigin({ root: join(dir, 'root'), stateDir: join(dir, 'origin'), scan: false, uploads: { minFreeBytes: 0, ...uploads, dir: uploadDir } })
-  t.after(async () => await origin.close())
-  await origin.ready
-  return { dir, origin, uploadDir, endpoint: origin.uploadUrl! }
-}
-
-/** Upload bytes the origin stored, from its Prometheus counter. */
-async function bytesReceived (origin: Origin): Promise<number> {
-  const text = await (await fetch(`${origin.url}/metrics`)).text()
-  const line = text.split('\n').find(l => l.startsWith('canopy_origin_upload_bytes_received_total '))
-  return line === undefined ? 0 : Number(line.split(' ').at(-1))
-}
-
-/** Polls the job until `done` holds of it. */
-async function until (client: CanopyClient, id: string, done: (job: JobView) => boolean): Promise<JobView> {
-  for (;;) {
-    const job = await client.getJob(id)
-    if (done(job)) return job
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-}
+import { FINISHED, fileSha256, randomFile, runCli, startAgentProcess } from './helpers.ts'
+import { bytesReceived, FRAGMENT, MiB, until, uploadOrigin } from './upload-helpers.ts'
 
 test('canopy put sends 256 MiB: the file appears whole under its name on the origin, the server\'s SHA-256 matches', async (t) => {
   const { dir, uploadDir, endpoint } = await uploadOrigin(t)

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
-import { createReadStream } from 'node:fs'
+import { createReadStream, truncateSync } from 'node:fs'
 import { appendFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -217,6 +217,26 @@ test('the local file changed mid-upload: a non-transient error with a plain reas
   assert.equal(err.transient, false)
   assert.match(err.message, /changed while it was being uploaded \(its size went from \d+ to \d+ bytes\)/)
   await assert.rejects(stat(join(dirs.uploadDir, 'log.txt')), { code: 'ENOENT' })
+
+  // Cut short while a fragment is sent and the next one is read ahead: the same error
+  // (not a network error, no unhandled rejection from the read ahead).
+  const cut = join(dirs.dir, 'cut.log')
+  await randomFile(cut, 24 * MiB)
+  let truncated = false
+  const cutErr = await tusUpload({}, {
+    endpoint: origin.uploadUrl,
+    path: cut,
+    fragmentSize: 16 * MiB,
+    onProgress: p => {
+      if (!truncated && p.uploaded > 2 * MiB) {
+        truncated = true
+        truncateSync(cut, 3 * MiB)
+      }
+    }
+  }).then(() => assert.fail('a truncated file must not upload'), (e: unknown) => e)
+  assert.ok(cutErr instanceof TransferError, String(cutErr))
+  assert.equal(cutErr.code, TusErrorCode.LocalFileChanged)
+  assert.match(cutErr.message, /changed while it was being uploaded \((its size went from|it became shorter)/)
 
   // The job remembered the file as it was; at resumption it is another file.
   const before = await stat(path)

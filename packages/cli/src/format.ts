@@ -152,6 +152,7 @@ export function formatJobDetails (job: JobView): string {
     ['retry at', when(job.retryAt)],
     ['limits', formatLimits(job.limits)],
     ['upload url', job.upload?.uploadUrl],
+    ['sent', job.upload === undefined ? undefined : formatBytes(job.upload.sentBytes)],
     ['server sha256', job.upload?.serverSha256],
     ['reply', job.upload?.replyPath === undefined ? undefined : `${job.upload.replyPath}${job.upload.replyBytes === undefined ? '' : ` (${formatBytes(job.upload.replyBytes)})`}`],
     ['on complete', job.notify?.onComplete?.join(' ')],

@@ -132,6 +132,11 @@ export interface JobUploadView {
   uploadUrl?: string
   /** The server's SHA-256 of the completed upload (checked against the local file's), when the server reports one (canopy origin does; `files[0].sha256` is the file's). */
   serverSha256?: string
+  /**
+   * Bytes sent to the server, those sent again after an interruption included (≥ the
+   * bytes it holds when some were sent twice); counted in canopy_agent_upload_sent_bytes_total.
+   */
+  sentBytes: number
   /** upload-reply: where the reply is written, and its size once downloaded. */
   replyPath?: string
   replyBytes?: number

@@ -3,7 +3,7 @@ import { createHash, type Hash } from 'node:crypto'
 import { createReadStream, createWriteStream } from 'node:fs'
 import { link, open, readdir, readFile, rename, rm, stat, truncate, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { Transform } from 'node:stream'
+import { PassThrough, Transform, type Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { FileStore } from '@tus/file-store'
 import { ERRORS, Upload } from '@tus/server'
@@ -22,6 +22,8 @@ export const CHECKSUM_ALGORITHMS = ['sha1', 'sha256'] as const
 /** What the request being handled asked for, carried to `write` (the tus server does not pass the request to the store). */
 export interface RequestScope {
   checksum?: { algorithm: string, expected: Buffer }
+  /** A PATCH's request, whose body the store reads itself (see uploads.ts, readPatchBodiesDirectly). */
+  body?: Readable
 }
 
 export const requestScope = new AsyncLocalStorage<RequestScope>()
@@ -156,7 +158,32 @@ export class UploadStore extends FileStore {
     await super.remove(id)
   }
 
-  override async write (readable: NodeJS.ReadableStream, id: string, offset: number): Promise<number> {
+  /**
+   * Stores a PATCH body read straight from the Node request (no web streams between):
+   * at most `limit` bytes (more is ERR_SIZE_EXCEEDED). A client that goes away keeps
+   * the bytes that arrived, as @tus/server's own path does.
+   */
+  async writeFromRequest (request: Readable, id: string, offset: number, limit: number): Promise<number> {
+    // The proxy ends when the request does, or when the client goes away mid-body
+    // (the request only closes then); so the write completes with what arrived.
+    const proxy = new PassThrough({ highWaterMark: WRITE_CHUNK })
+    const end = (): void => {
+      request.unpipe(proxy)
+      if (!proxy.destroyed && !proxy.writableEnded) proxy.end()
+    }
+    request.once('close', end)
+    request.once('error', end)
+    request.pipe(proxy)
+    try {
+      return await this.write(proxy, id, offset, limit)
+    } finally {
+      request.off('close', end)
+      request.off('error', end)
+      request.unpipe(proxy)
+    }
+  }
+
+  override async write (readable: NodeJS.ReadableStream, id: string, offset: number, limit = Number.MAX_SAFE_INTEGER): Promise<number> {
     if (await this.completed(id) !== undefined) {
       // A replayed final PATCH (its answer was lost): nothing more to store.
       for await (const chunk of readable) if ((chunk as Buffer).length > 0) throw ERRORS.ERR_SIZE_EXCEEDED
@@ -171,6 +198,11 @@ export class UploadStore extends FileStore {
     const tap = new Transform({
       transform (chunk: Buffer, _encoding, callback) {
         received += chunk.length
+        if (received > limit) {
+          // Carries the tus refusal (413), which the catch below passes on as it is.
+          callback(Object.assign(new Error(ERRORS.ERR_SIZE_EXCEEDED.body), ERRORS.ERR_SIZE_EXCEEDED))
+          return
+        }
         fragmentHash?.update(chunk)
         wholeHash?.update(chunk)
         onBytes(chunk.length)

@@ -102,6 +102,8 @@ export interface UploadRecord {
   /** The upload's URL on the server, persisted before the first byte is sent (resumption). */
   uploadUrl?: string
   serverSha256?: string
+  /** Bytes sent to the server by every attempt, those sent again after an interruption included (saved about once a second). */
+  sentBytes?: number
   /** upload-reply: where the reply goes, its URL on the server, and its size once downloaded. */
   replyPath?: string
   replyUrl?: string
@@ -244,6 +246,7 @@ function uploadView (u: UploadRecord): NonNullable<JobView['upload']> {
   return {
     ...(u.uploadUrl !== undefined ? { uploadUrl: u.uploadUrl } : {}),
     ...(u.serverSha256 !== undefined ? { serverSha256: u.serverSha256 } : {}),
+    sentBytes: u.sentBytes ?? 0,
     ...(u.replyPath !== undefined ? { replyPath: u.replyPath } : {}),
     ...(u.replyBytes !== undefined ? { replyBytes: u.replyBytes } : {})
   }

@@ -53,6 +53,7 @@ export async function sendUpload (components: UploadComponents, entry: JobEntry,
     entry.lease = lease
     try {
       if (job.state !== 'transferring') await table.setState(entry, 'transferring')
+      const sentBefore = upload.sentBytes ?? 0
       logger.info(upload.uploadUrl === undefined ? 'upload starting' : 'upload resuming', { url: upload.uploadUrl ?? file.url, bytes: file.plainBytes ?? 0 })
       const result = await tusUpload({ dispatcher, logger }, {
         endpoint: file.url,
@@ -69,6 +70,7 @@ export async function sendUpload (components: UploadComponents, entry: JobEntry,
         onProgress: (p) => {
           file.size = p.size
           progress.bytesDone = file.plainBytes = p.uploaded
+          upload.sentBytes = sentBefore + p.sent
           components.onProgress()
         },
         beforeSend: async (bytes, s) => { await pace(lease.pacer, bytes, s) }

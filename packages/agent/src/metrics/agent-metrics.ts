@@ -66,7 +66,7 @@ export interface AgentMetrics extends SharingMetrics {
   close: () => void
 }
 
-interface Seen { priority: JobPriority, origin: number, peer: number, hosted_cache: number }
+interface Seen { priority: JobPriority, origin: number, peer: number, hosted_cache: number, sent: number }
 
 /**
  * The agent's Prometheus metrics, in a registry of its own (several agents share a
@@ -85,6 +85,13 @@ export function createAgentMetrics (components: AgentMetricsComponents, init: Ag
     name: 'canopy_agent_received_bytes_total',
     help: 'Verified bytes received by download jobs, by source (origin, peer, hosted_cache) and job priority',
     labelNames: ['source', 'priority'] as const,
+    registers: [registry]
+  })
+  // Uploads send rather than receive: a counter of their own, so that received bytes stay what the agent fetched.
+  const uploadSent = new Counter({
+    name: 'canopy_agent_upload_sent_bytes_total',
+    help: 'Bytes upload jobs sent to their servers (tus PATCH bodies), bytes sent again after an interruption included, by job priority',
+    labelNames: ['priority'] as const,
     registers: [registry]
   })
   const served = new Counter({
@@ -225,6 +232,7 @@ export function createAgentMetrics (components: AgentMetricsComponents, init: Ag
     verification.inc({ source }, 0)
     for (const priority of PRIORITIES) received.inc({ source, priority }, 0)
   }
+  for (const priority of PRIORITIES) uploadSent.inc({ priority }, 0)
   for (const result of ['hit', 'miss']) lookups.inc({ result }, 0)
   bans.inc({ reason: 'bad_blocks' }, 0)
   served.inc(0)
@@ -232,7 +240,7 @@ export function createAgentMetrics (components: AgentMetricsComponents, init: Ag
   evictedBytes.inc(0)
 
   function current (job: JobView): Seen {
-    return { priority: job.priority, origin: job.bytes.fromOrigin, peer: job.bytes.fromPeers, hosted_cache: job.bytes.fromCache }
+    return { priority: job.priority, origin: job.bytes.fromOrigin, peer: job.bytes.fromPeers, hosted_cache: job.bytes.fromCache, sent: job.upload?.sentBytes ?? 0 }
   }
   /** Adds what the job received since it was last seen. */
   function count (job: JobView): void {
@@ -242,9 +250,11 @@ export function createAgentMetrics (components: AgentMetricsComponents, init: Ag
     if (before === undefined) {
       // A job created since the start: all its bytes are new.
       for (const source of SOURCES) add(source, job.priority, now[source])
+      if (now.sent > 0) uploadSent.inc({ priority: job.priority }, now.sent)
       return
     }
     for (const source of SOURCES) add(source, job.priority, now[source] - before[source])
+    if (now.sent > before.sent) uploadSent.inc({ priority: job.priority }, now.sent - before.sent)
   }
   function add (source: ByteSource, priority: JobPriority, bytes: number): void {
     if (!(bytes > 0)) return

@@ -110,6 +110,8 @@ export const DEFAULT_FRAGMENT_SIZE = 8 * 1024 * 1024
 export const DEFAULT_TIMEOUT_MS = 120_000
 /** Pieces written to the socket: the granularity of pacing and progress. */
 const PIECE_SIZE = 256 * 1024
+/** Reads of the part of the file a resumed upload hashes before sending. */
+const HASH_READ_SIZE = 4 * 1024 * 1024
 /** Fragments refused in a row for their checksum before giving up. */
 const MAX_CHECKSUM_FAILURES = 3
 /** Offset conflicts (409) in a row before giving up: another client is writing the same upload. */
@@ -223,7 +225,10 @@ class UploadSession {
   private hashed = 0
   private sent = 0
   private created = 0
-  private buffer: Buffer | undefined
+  /** Fragment buffers: two taking turns (one sent, the next read ahead); `turn` holds the fragment in flight. */
+  private readonly buffers: Buffer[] = []
+  private turn = 0
+  private ahead: { offset: number, length: number, index: number, read: Promise<boolean> } | undefined
 
   constructor (dispatcher: Dispatcher, logger: Logger, init: TusUploadInit, file: FileHandle, fragmentSize: number, signal: AbortSignal) {
     this.dispatcher = dispatcher
@@ -386,7 +391,7 @@ class UploadSession {
       this.hash = createHash('sha256')
       this.hashed = 0
     }
-    const buffer = this.fragmentBuffer()
+    const buffer = Buffer.allocUnsafe(Math.min(HASH_READ_SIZE, Math.max(1, upTo - this.hashed)))
     while (this.hashed < upTo) {
       const length = Math.min(buffer.length, upTo - this.hashed)
       await this.readExactly(buffer, length, this.hashed)
@@ -395,9 +400,33 @@ class UploadSession {
     }
   }
 
-  private fragmentBuffer (): Buffer {
-    this.buffer ??= Buffer.allocUnsafe(this.fragmentSize)
-    return this.buffer
+  /**
+   * The fragment at `offset`: read ahead while the previous one was sent, or read now.
+   * Two buffers take turns; a buffer is reused only once the PATCH that sent it has
+   * been answered (the server had every byte of it) or has failed.
+   */
+  private async fragmentAt (offset: number, length: number): Promise<Buffer> {
+    const ahead = this.ahead
+    this.ahead = undefined
+    if (ahead !== undefined && await ahead.read && ahead.offset === offset && ahead.length === length) {
+      this.turn = ahead.index
+      return this.bufferAt(ahead.index).subarray(0, length)
+    }
+    const fragment = this.bufferAt(this.turn).subarray(0, length)
+    await this.readExactly(fragment, length, offset)
+    return fragment
+  }
+
+  /** Reads the next fragment into the other buffer while this one is sent; a failed read is met again when the fragment is read for real. */
+  private readAhead (offset: number, length: number): void {
+    const index = 1 - this.turn
+    const read = this.readExactly(this.bufferAt(index).subarray(0, length), length, offset).then(() => true, () => false)
+    this.ahead = { offset, length, index, read }
+  }
+
+  private bufferAt (index: number): Buffer {
+    this.buffers[index] ??= Buffer.allocUnsafe(this.fragmentSize)
+    return this.buffers[index]
   }
 
   private async readExactly (buffer: Buffer, length: number, position: number): Promise<void> {
@@ -417,8 +446,9 @@ class UploadSession {
     await this.checkLocal()
     await this.hashUpTo(offset)
     const length = Math.min(this.fragmentSize, size - offset)
-    const fragment = this.fragmentBuffer().subarray(0, length)
-    await this.readExactly(fragment, length, offset)
+    const fragment = await this.fragmentAt(offset, length)
+    // The next fragment is read from the disk while this one is sent.
+    if (offset + length < size) this.readAhead(offset + length, Math.min(this.fragmentSize, size - offset - length))
     const headers: Record<string, string> = {
       ...this.headers,
       'upload-offset': String(offset),
