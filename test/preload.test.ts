@@ -3,7 +3,7 @@
 // origin, keeps the content across a SIGKILL, and says why when it cannot cache.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { readdir } from 'node:fs/promises'
+import { readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { CacheView, JobView } from '@canopy/core'
 import {
@@ -132,4 +132,38 @@ test('preload requests: no destination, and an agent with a peer node', async (t
   const usage = await runCli(['preload', 'ftp://example.com/x', '--state-dir', agent.stateDir])
   assert.equal(usage.code, 2)
   assert.match(usage.stderr, /ftp URLs are not supported: canopy preload downloads http and https URLs/)
+})
+
+test('canopy preload --detach, then suspend, resume and cancel like any job; canopy job shows where each file went', async (t) => {
+  const { dir, origin } = await originWithFile(t, 8 * MiB, 'f.bin', { rateLimit: MiB })
+  await writeFile(join(dir, 'root', 'small.bin'), Buffer.alloc(100 * 1024, 7))
+  const agent = await startAgentProcess(join(dir, 'a'))
+  t.after(async () => await agent.kill())
+  const cli = async (...args: string[]): Promise<string> => {
+    const run = await runCli([...args, '--state-dir', agent.stateDir])
+    assert.equal(run.code, 0, run.stderr)
+    return run.stdout
+  }
+
+  const id = (await cli('preload', `${origin.url}/f.bin`, '--detach', '--priority', 'normal', '--name', 'warm f')).trim()
+  assert.match(id, /^[0-9a-f-]{36}$/)
+  for (let i = 0; i < 200 && (await agent.client.getJob(id)).bytes.transferred === 0; i++) await new Promise(resolve => setTimeout(resolve, 50))
+  assert.match(await cli('suspend', id), /suspended/)
+  await cli('resume', id)
+  assert.ok(['queued', 'connecting', 'transferring'].includes((await agent.client.getJob(id)).state))
+  await cli('cancel', id)
+  const cancelled = await agent.client.getJob(id)
+  assert.equal(cancelled.state, 'cancelled')
+  assert.equal(cancelled.name, 'warm f')
+  assert.deepEqual(await readdir(join(agent.stateDir, 'preload')), [], 'the cancelled job\'s staging directory is gone')
+  assert.equal((await agent.client.cache()).entries.length, 0)
+
+  const small = (await cli('preload', `${origin.url}/small.bin`, `${origin.url}/small.bin?again`, '--detach')).trim()
+  const done = await agent.client.waitForJob(small, { intervalMs: 50, until: FINISHED })
+  assert.equal(done.state, 'acknowledged', JSON.stringify(done.error))
+  assert.equal(done.name, 'preload small.bin and 1 more')
+  const shown = await cli('job', small)
+  assert.match(shown, /small\.bin\n {4}-> the peer cache\n/)
+  assert.match(shown, /small\.bin\?again\n {4}-> the peer cache \(held already\)\n/)
+  assert.match(shown, /^sources: +origin 100 KiB, peers 0 B/m)
 })

@@ -2,9 +2,10 @@
  * Preload jobs: files fetched into the peer cache with no destination (an overnight
  * warm-up of a branch). Each file is staged in `<state-dir>/preload/<job id>/` like
  * a download's partial file, transferred the usual way (peers first, the origin for
- * the rest, every block verified), then hard-linked into the cache when the job
- * completes, and the staging directory removed. Content the cache already holds is
- * not fetched again.
+ * the rest, every block verified), then hard-linked into the cache as soon as it is
+ * complete (the next file of the job, or a peer, finds it there at once), and the
+ * staging directory removed when the job completes or is cancelled. Content the
+ * cache already holds is not fetched again.
  */
 import { mkdir, rm } from 'node:fs/promises'
 import { dirname } from 'node:path'
@@ -40,11 +41,12 @@ export async function preparePreload (file: FileRecord, manifest: PublishedManif
 }
 
 /**
- * Completing a preload file: a verified file with a manifest goes into the cache (a
- * hard link; the error says why when the cache cannot take it), one without a
- * manifest cannot be shared and is noted so; then its staging file goes.
+ * A preload file just transferred: a verified file with a manifest goes into the
+ * cache (a hard link; the error says why when the cache cannot take it), one without
+ * a manifest cannot be shared and is noted so. Its staging file stays until the
+ * record says so (the caller removes it then): a crash in between admits it again.
  */
-export async function cachePreloaded (file: FileRecord, manifest: PublishedManifest | undefined, sharing: PeerSharing | undefined): Promise<void> {
+export async function admitPreloaded (file: FileRecord, manifest: PublishedManifest | undefined, sharing: PeerSharing | undefined): Promise<void> {
   if (manifest === undefined) {
     Object.assign(file, { cached: false, notCachedReason: NO_MANIFEST })
   } else {
@@ -57,7 +59,7 @@ export async function cachePreloaded (file: FileRecord, manifest: PublishedManif
       file.cached = true
     }
   }
-  await rm(file.partPath, { force: true })
+  file.visible = true
 }
 
 /** The agent was restarted without its peer node (--no-p2p): it has no cache. */
