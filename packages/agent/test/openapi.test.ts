@@ -114,6 +114,16 @@ test('docs/openapi.json documents exactly the routes the agent serves, and the a
   assert.equal((await call('GET', '/v1/status', '/v1/status')).status, 200, 'the status with a policy in force')
   assert.equal(((await call('GET', '/v1/policy', '/v1/policy')).body as unknown as { policy: { low: number } }).policy.low, 2 * 1024 * 1024, 'a refused policy leaves the previous one')
   assert.equal((await call('GET', '/v1/peers', '/v1/peers')).status, 200)
+  // A preload job: no destination, into the cache (the content is held already: nothing to fetch).
+  assert.equal((await call('POST', '/v1/jobs', '/v1/jobs', { type: 'preload', files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'x.bin') }] })).status, 400, 'a preload job has no destination')
+  const preload = await call('POST', '/v1/jobs', '/v1/jobs', { type: 'preload', files: [{ url: `${origin.url}/f.bin` }], autoComplete: true })
+  assert.equal(preload.status, 201)
+  let preloaded = preload.body
+  while (!['acknowledged', 'error'].includes(preloaded.state)) {
+    await new Promise(resolve => setTimeout(resolve, 20))
+    preloaded = (await call('GET', `/v1/jobs/${preload.body.id}`, '/v1/jobs/{id}')).body
+  }
+  assert.equal(preloaded.state, 'acknowledged', JSON.stringify(preloaded))
   assert.equal((await call('GET', '/v1/cache', '/v1/cache')).body.entries.length, 1, 'the completed file is kept for peers')
   assert.equal((await call('POST', '/v1/cache/clear', '/v1/cache/clear')).body.entries.length, 0)
   assert.equal((await call('GET', `/v1/events?job=nope`, '/v1/events')).status, 404)
