@@ -3,7 +3,7 @@
 // origin, keeps the content across a SIGKILL, and says why when it cannot cache.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { readdir, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { CacheView, JobView } from '@canopy/core'
 import {
@@ -89,7 +89,11 @@ test('canopy preload warms an agent: canopy cache lists it, a peer takes it with
 
 test('preload of a 404 stops in error with the reason; of content larger than the cache, before fetching a byte', async (t) => {
   const { dir, origin } = await originWithFile(t, 4 * MiB)
+  // The staging files of a job the agent no longer has (a damaged store dropped it) are swept at start.
+  await mkdir(join(dir, 'a', 'preload', '0f0e6d3c-stray'), { recursive: true })
+  await writeFile(join(dir, 'a', 'preload', '0f0e6d3c-stray', '.0.0f0e6d3c.canopy-part'), 'partial')
   const agent = await startAgentProcess(join(dir, 'a'), ['--cache-size', '2MiB'])
+  assert.deepEqual(await readdir(join(dir, 'a', 'preload')), [])
   t.after(async () => await agent.kill())
 
   const missing = await runCli(['preload', `${origin.url}/nope.bin`, '--state-dir', agent.stateDir])

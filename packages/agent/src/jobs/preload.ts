@@ -7,8 +7,8 @@
  * staging directory removed when the job completes or is cancelled. Content the
  * cache already holds is not fetched again.
  */
-import { mkdir, rm } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { mkdir, readdir, rm } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
 import type { PublishedManifest } from '@canopy/core'
 import { JobErrorCode, TransferError } from '../errors.ts'
 import type { PeerSharing } from '../peers/sharing.ts'
@@ -65,6 +65,17 @@ export async function admitPreloaded (file: FileRecord, manifest: PublishedManif
 /** The agent was restarted without its peer node (--no-p2p): it has no cache. */
 function noCache (file: FileRecord): TransferError {
   return new TransferError(JobErrorCode.CacheFull, 'This agent runs no peer node now (--no-p2p): it has no cache to preload into. Restart it with its peer node, then resume', { transient: false, url: file.url })
+}
+
+/**
+ * Removes the staging directories of jobs the agent no longer has (dropped with a
+ * damaged state store, or removed by hand): nothing else would. Returns their names.
+ */
+export async function sweepStaging (preloadDir: string, jobIds: ReadonlySet<string>): Promise<string[]> {
+  const names = await readdir(preloadDir).catch(() => [])
+  const stray = names.filter(name => !jobIds.has(name))
+  for (const name of stray) await rm(join(preloadDir, name), { recursive: true, force: true })
+  return stray
 }
 
 /** Removes a preload job's staging directory (once it completed or was cancelled). */
