@@ -97,13 +97,18 @@ test('docs/openapi.json documents exactly the routes the agent serves, and the a
   // An upload job, and its views while it runs and once acknowledged.
   const uploadFile = { url: origin.uploadUrl!, path: join(dir, 'root', 'f.bin') }
   assert.equal((await call('POST', '/v1/jobs', '/v1/jobs', { type: 'upload-reply', files: [uploadFile] })).status, 400, 'an upload-reply job needs its replyPath')
+  /** Follows a job created with autoComplete (each view checked against the document) until it is acknowledged or in error. */
+  const finished = async (created: { body: Answer }): Promise<Answer> => {
+    let seen = created.body
+    while (!['acknowledged', 'error'].includes(seen.state)) {
+      await new Promise(resolve => setTimeout(resolve, 20))
+      seen = (await call('GET', `/v1/jobs/${created.body.id}`, '/v1/jobs/{id}')).body
+    }
+    return seen
+  }
   const upload = await call('POST', '/v1/jobs', '/v1/jobs', { type: 'upload', name: 'up.bin', files: [uploadFile], autoComplete: true })
   assert.equal(upload.status, 201)
-  let uploaded = upload.body
-  while (!['acknowledged', 'error'].includes(uploaded.state)) {
-    await new Promise(resolve => setTimeout(resolve, 20))
-    uploaded = (await call('GET', `/v1/jobs/${upload.body.id}`, '/v1/jobs/{id}')).body
-  }
+  const uploaded = await finished(upload)
   assert.equal(uploaded.state, 'acknowledged', JSON.stringify(uploaded))
 
   assert.equal((await call('GET', '/v1/policy', '/v1/policy')).status, 200)
@@ -118,11 +123,7 @@ test('docs/openapi.json documents exactly the routes the agent serves, and the a
   assert.equal((await call('POST', '/v1/jobs', '/v1/jobs', { type: 'preload', files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'x.bin') }] })).status, 400, 'a preload job has no destination')
   const preload = await call('POST', '/v1/jobs', '/v1/jobs', { type: 'preload', files: [{ url: `${origin.url}/f.bin` }], autoComplete: true })
   assert.equal(preload.status, 201)
-  let preloaded = preload.body
-  while (!['acknowledged', 'error'].includes(preloaded.state)) {
-    await new Promise(resolve => setTimeout(resolve, 20))
-    preloaded = (await call('GET', `/v1/jobs/${preload.body.id}`, '/v1/jobs/{id}')).body
-  }
+  const preloaded = await finished(preload)
   assert.equal(preloaded.state, 'acknowledged', JSON.stringify(preloaded))
   assert.equal((await call('GET', '/v1/cache', '/v1/cache')).body.entries.length, 1, 'the completed file is kept for peers')
   assert.equal((await call('POST', '/v1/cache/clear', '/v1/cache/clear')).body.entries.length, 0)

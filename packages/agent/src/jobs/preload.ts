@@ -30,10 +30,11 @@ export async function preparePreload (file: FileRecord, manifest: PublishedManif
   if (sharing === undefined) throw noCache(file)
   await mkdir(dirname(file.path), { recursive: true, mode: 0o700 })
   if (manifest === undefined) return false
-  if (manifest.size > sharing.quota) {
-    throw new TransferError(JobErrorCode.CacheFull, `Cannot preload ${urlFileName(file.url)}: ${tooLarge(manifest.size, sharing.quota)}`, { transient: false, url: file.url })
+  const { quotaBytes } = sharing.cacheView()
+  if (manifest.size > quotaBytes) {
+    throw new TransferError(JobErrorCode.CacheFull, `Cannot preload ${urlFileName(file.url)}: ${tooLarge(manifest.size, quotaBytes)}`, { transient: false, url: file.url })
   }
-  if (!await sharing.holds(manifest.id)) return false
+  if (!await sharing.holdsIntact(manifest.id)) return false
   const admitted = await sharing.admit(manifest, file.partPath, urlFileName(file.url), file.url)
   if (!admitted.cached) return false
   Object.assign(file, { done: true, skipped: true, visible: true, cached: true, bytesByPeer: undefined })

@@ -190,17 +190,6 @@ export class PeerSharing implements BlockSource, PeerSessions {
     return { cached: true }
   }
 
-  /** The cache quota in bytes. */
-  get quota (): number {
-    return this.quotaBytes
-  }
-
-  /** Whether the cache holds this content, complete and unchanged (a preload of it has nothing to fetch). */
-  async holds (manifestId: string): Promise<boolean> {
-    const record = this.cachedRecords().find(r => r.manifestId === manifestId)
-    return record !== undefined && await this.unchanged(record)
-  }
-
   /** The files in the cache, each once (an entry per content key shares one record). */
   private cachedRecords (): CacheRecord[] {
     const records = new Map<string, CacheRecord>()
@@ -253,6 +242,12 @@ export class PeerSharing implements BlockSource, PeerSessions {
   async clearCache (): Promise<CacheView> {
     for (const record of this.cachedRecords()) await this.forget(record)
     return this.cacheView()
+  }
+
+  /** Whether the cache holds this content, complete and unchanged on disk (a preload of it has nothing to fetch). */
+  async holdsIntact (manifestId: string): Promise<boolean> {
+    const record = this.cachedRecords().find(r => r.manifestId === manifestId)
+    return record !== undefined && await this.unchanged(record)
   }
 
   /** Connected peers and bans (GET /v1/peers). */

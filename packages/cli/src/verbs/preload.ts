@@ -1,8 +1,7 @@
 /** `canopy preload`: fetch URLs into the agent's peer cache, with no destination file. */
-import { ExitCode } from '../errors.ts'
-import { flag, out, printJson, priorityOption, rateLimitOption, say, str, withClient } from '../verb.ts'
+import { flag, priorityOption, rateLimitOption, str, withClient } from '../verb.ts'
 import type { Verb } from '../verb.ts'
-import { JOB_OPTIONS, httpOptions, jobLimitsOptions, nextStep, notifyOptions, parseDownloadUrl, waitForJob } from './get.ts'
+import { JOB_OPTIONS, detachOrWait, httpOptions, jobLimitsOptions, notifyOptions, parseDownloadUrl } from './get.ts'
 
 
 export const preloadVerb: Verb = {
@@ -72,17 +71,7 @@ Examples:
         ...(http !== undefined ? { http } : {}),
         ...(typeof rateLimit === 'number' ? { rateLimit } : {})
       })
-      if (flag(ctx.values, 'detach')) {
-        if (json) printJson(created)
-        else out(`${created.id}\n`)
-        return ExitCode.Ok
-      }
-      const waited = await waitForJob(client, created, started, json, created.name)
-      if (typeof waited === 'number') return waited
-      const e = waited.error
-      say(`canopy: preload ${waited.id} failed: ${e?.code ?? 'ERR_UNKNOWN'}: ${e?.message ?? waited.reason ?? 'no reason given'}`)
-      say(nextStep(waited))
-      return ExitCode.JobFailed
+      return await detachOrWait(client, created, { detach: flag(ctx.values, 'detach'), json, started, path: created.name, noun: 'preload' })
     })
   }
 }
