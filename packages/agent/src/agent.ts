@@ -11,6 +11,7 @@ import { DeadlineActions } from './jobs/deadlines.ts'
 import { JobRunner } from './jobs/runner.ts'
 import { TransferServices } from './jobs/transfer-services.ts'
 import { checkFilesFit } from './jobs/validate.ts'
+import { sweepStaging } from './jobs/preload.ts'
 import { Scheduler } from './scheduler/scheduler.ts'
 import type { CapsInput } from './scheduler/policy.ts'
 import { Notifier } from './notify/notifier.ts'
@@ -94,7 +95,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
     })
     const emit = <K extends keyof ControlEvents>(event: K, ...args: ControlEvents[K]): void => { this.emit(event, ...args as never) }
     const sharing = (): PeerSharing | undefined => this.sharing
-    this.table = new JobTable({ store, notifier: this.notifier, now, view: (e) => this.views.view(e), emit, afterCommand: () => this.scheduler.schedule() })
+    this.table = new JobTable({ store, notifier: this.notifier, now, view: (e) => this.views.view(e), emit, afterCommand: () => this.scheduler.schedule(), preloadDir: join(options.stateDir, 'preload') })
     const table = this.table
     const caps = (): CapsInput => wanPaths.capsNow()
     this.views = new JobViews({ table, now, limits: options, caps })
@@ -158,6 +159,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       }
       // Manifests of jobs removed and of cache files evicted since the last start.
       await agent.deadlines.dropUnusedManifests(await agent.store.manifestIds())
+      const stray = await sweepStaging(join(resolved.stateDir, 'preload'), new Set([...agent.table.values()].map(e => e.id)))
+      if (stray.length > 0) agent.logger.info('removed the staging files of preload jobs the agent no longer has', { jobs: stray.join(' ') })
       if (resolved.apiListen !== undefined && (resolved.apiToken ?? '') === '') {
         throw new CanopyError('ERR_INVALID_ARGUMENT', 'The TCP listener of the control API needs a bearer token (--api-token-file): it is never open without one')
       }
@@ -275,6 +278,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
   /** Creates a job from a checked request (the API server validates request bodies: jobs/validate.ts). */
   async createJob (req: CreateJobRequest, options?: AbortOptions): Promise<JobView> {
     throwIfAborted(options?.signal)
+    // A preload job fills the peer cache: without a peer node there is none.
+    if (req.type === 'preload') this.requireSharing()
     const entry = await this.table.create(req, this.options.maxJobs)
     this.logger.info('job created', { jobId: entry.id, files: entry.record.files.length, priority: entry.record.priority })
     this.scheduler.schedule()
@@ -343,7 +348,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       // A completion that failed half-way put some files in place: the rest of the job must follow them, not grow.
       if (job.files.some(f => f.visible === true)) throw new CanopyError('ERR_INVALID_STATE', 'Some files of this job are already in place: complete it, or create another job')
       checkFilesFit(files, this.options, job.files.map(f => f.path), job.type)
-      job.files.push(...files.map(f => fileRecord(job.id, f)))
+      job.files.push(...files.map(f => fileRecord(job.id, { ...f, path: f.path! })))
       entry.progress.push(...files.map(() => undefined))
       job.modifiedAt = new Date(this.now()).toISOString()
       await this.table.persist(entry)

@@ -119,7 +119,7 @@ const validJobs = fc.record({
 }, { requiredKeys: ['files'] })
 const jobBodies = fc.oneof(junk, validJobs, fc.record({
   name: fc.oneof(fc.string({ maxLength: 30 }), junk),
-  type: fc.oneof(fc.constant('download'), junk),
+  type: fc.oneof(fc.constantFrom('download', 'preload'), junk),
   priority: fc.oneof(fc.constantFrom(...PRIORITIES), junk),
   files: fc.oneof(fc.array(fileEntry, { maxLength: 7 }), junk),
   autoComplete: fc.oneof(fc.boolean(), junk),
@@ -133,7 +133,8 @@ function checkJob (job: NonNullable<ReturnType<typeof validateCreateJob>>): void
   assert.ok(job.files.length >= 1 && job.files.length <= LIMITS.maxFilesPerJob)
   for (const f of job.files) {
     assert.match(f.url, /^https?:\/\//)
-    assert.ok(f.path.startsWith('/') && !f.path.includes('\0'))
+    if (job.type === 'preload') assert.equal(f.path, undefined, 'a preload job has no destination')
+    else assert.ok(f.path !== undefined && f.path.startsWith('/') && !f.path.includes('\0'))
   }
   if (job.priority !== undefined) assert.ok(PRIORITIES.includes(job.priority))
   for (const [key, value] of Object.entries(job.limits ?? {})) {

@@ -140,7 +140,7 @@ export function formatJobDetails (job: JobView): string {
     ...(job.rateLimit !== undefined ? [['rate limit', job.rateLimit === 0 ? '0 (blocked)' : `${formatBytes(job.rateLimit)}/s`] as [string, string]] : []),
     ['state', formatState(job)],
     ['progress', `${formatProgress(b)}, files ${job.filesTransferred}/${job.filesTotal}`],
-    ['sources', job.type !== 'download' ? undefined : `origin ${formatBytes(b.fromOrigin)}, peers ${formatBytes(b.fromPeers)}, cache ${formatBytes(b.fromCache)}`],
+    ['sources', job.type !== 'download' && job.type !== 'preload' ? undefined : `origin ${formatBytes(b.fromOrigin)}, peers ${formatBytes(b.fromPeers)}, cache ${formatBytes(b.fromCache)}`],
     // Largest first; peer ids are long, so the first 12 and last 6 characters.
     ['by peer', b.byPeer === undefined
       ? undefined
@@ -165,15 +165,21 @@ export function formatJobDetails (job: JobView): string {
   ])
   out += `files (${job.files.length}):\n`
   for (const f of job.files) {
-    // An upload goes the other way: the local file to the server.
-    out += job.type === 'download' ? `  ${f.url}\n    -> ${f.path}\n` : `  ${f.path}\n    -> ${f.url}\n`
+    // An upload goes the other way: the local file to the server; a preload into the peer cache.
+    out += job.type === 'download' ? `  ${f.url}\n    -> ${f.path}\n` : job.type === 'preload' ? `  ${f.url}\n    -> ${preloadOutcome(f)}\n` : `  ${f.path}\n    -> ${f.url}\n`
     out += `    ${formatProgress({ total: f.bytesTotal, transferred: f.bytesTransferred })}`
     if (f.manifestId !== undefined) out += `, manifest ${f.manifestId}`
-    else if (job.type === 'download') out += ', no manifest (not shared with peers)'
+    else if (job.type === 'download' || job.type === 'preload') out += ', no manifest (not shared with peers)'
     if (f.sha256 !== undefined) out += `, sha256 ${f.sha256}`
     out += '\n'
   }
   return out
+}
+
+/** Where a preload job's file stands: "the peer cache", "the peer cache (held already)", "not cached: <why>". */
+function preloadOutcome (f: JobView['files'][number]): string {
+  if (f.cached === false) return `not cached: ${f.notCachedReason ?? 'no reason given'}`
+  return f.skipped === true ? 'the peer cache (held already)' : 'the peer cache'
 }
 
 /** A job's retry and time limits, in words ("retry 2 s to 10 min, no progress 14 d, max time none"); undefined from an agent that sends none. */
@@ -309,6 +315,24 @@ export function formatSummary (path: string, bytes: JobBytes, seconds: number): 
     `from origin ${formatBytes(bytes.fromOrigin)}, peers ${formatBytes(bytes.fromPeers)}`
   if (bytes.fromCache > 0) line += `, cache ${formatBytes(bytes.fromCache)}`
   return line
+}
+
+/**
+ * The summary of a finished preload job: what it put in the cache, with the bytes
+ * by source, then a line per file the cache already held or could not keep:
+ * `preloaded 2 files (1.2 GiB) into the cache in 61.0 s (20 MiB/s), from origin 1.2 GiB, peers 0 B`.
+ */
+export function formatPreloadSummary (job: JobView, seconds: number): string {
+  const size = Math.max(0, job.bytes.total)
+  const secs = Math.max(seconds, 0.001)
+  const cached = job.files.filter(f => f.cached === true).length
+  const lines = [`preloaded ${cached} of ${job.files.length} file${job.files.length === 1 ? '' : 's'} (${formatBytes(size)}) into the cache in ${seconds.toFixed(1)} s ` +
+    `(${formatRate(job.bytes.transferred / secs)}), from origin ${formatBytes(job.bytes.fromOrigin)}, peers ${formatBytes(job.bytes.fromPeers)}`]
+  for (const f of job.files) {
+    if (f.skipped === true) lines.push(`  ${f.url}: already in the cache`)
+    else if (f.cached === false) lines.push(`  ${f.url}: not cached: ${f.notCachedReason ?? 'no reason given'}`)
+  }
+  return lines.join('\n')
 }
 
 /** The summary of a finished upload: `big.log -> http://origin/uploads/…: 256 MiB in 3.1 s (82 MiB/s), sha256 checked by the server[, reply in PATH]`. */

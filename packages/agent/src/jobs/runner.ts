@@ -33,6 +33,7 @@ import type { JobEntry, JobTable } from './job-table.ts'
 import type { JobViews } from './views.ts'
 import { poolOptions } from './transfer-services.ts'
 import { sendUpload } from './upload.ts'
+import { admitPreloaded, preparePreload } from './preload.ts'
 import { headProbe } from '../bandwidth/probe.ts'
 import type { PathLease, WanPaths } from '../bandwidth/wan-paths.ts'
 import type { AgentMetrics } from '../metrics/index.ts'
@@ -233,6 +234,14 @@ export class JobRunner {
       }
       await table.persist(entry)
     }
+    if (job.type === 'preload') {
+      const manifest = file.manifestId === undefined ? undefined : await store.getManifest(file.manifestId)
+      if (await preparePreload(file, manifest, this.c.sharing())) {
+        logger.info('preload: the cache already holds this content', { jobId: job.id, url: file.url })
+        await table.persist(entry)
+        return
+      }
+    }
     if (job.ifNewer === true && await this.upToDate(file, net.dispatcher, headers, signal)) {
       logger.info('skipped: the destination is up to date', { jobId: job.id, path: file.path })
       this.c.sharing()?.stopSharingPartial(file.partPath)
@@ -253,8 +262,12 @@ export class JobRunner {
       lease.release()
       if (entry.lease === lease) entry.lease = undefined
     }
+    // A preload file goes into the cache now, not when the job completes: the job's
+    // next files and the branch's peers find it there at once.
+    if (job.type === 'preload') await admitPreloaded(file, file.manifestId === undefined ? undefined : await store.getManifest(file.manifestId), this.c.sharing())
     file.done = true
     await table.persist(entry)
+    if (job.type === 'preload') await rm(file.partPath, { force: true })
   }
 
   /** Moves the bytes of one file (plain or in verified blocks), through the job's lease of its WAN path. */
