@@ -358,7 +358,7 @@ export interface WanPathStatus {
 export interface AgentByteTotals {
   fromOrigin: number
   fromPeers: number
-  /** From a hosted cache (reserved: 0 until hosted caches exist). */
+  /** From the branch's hosted caches. */
   fromCache: number
   servedToPeers: number
   /** ISO 8601 time the counting began (the agent's start). */
