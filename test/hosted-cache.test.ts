@@ -7,14 +7,15 @@ import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { readFile } from 'node:fs/promises'
 import { request } from 'undici'
-import { decodeManifest, discoveryId, DISCOVERY_LABEL, EXCHANGE_PROTOCOL, generateSecret, MANIFEST_MEDIA_TYPE, silentLogger } from '@canopy/core'
+import { decodeManifest, discoveryId, DISCOVERY_LABEL, EXCHANGE_PROTOCOL, generateSecret, MANIFEST_MEDIA_TYPE, manifestId, silentLogger } from '@canopy/core'
 import type { JobView, PublishedManifest } from '@canopy/core'
-import { decodeOffer, ExchangeSession, loadOrCreatePeerKey, parseSwarmKey, sendOffer, serveExchange, startPeerNode } from '@canopy/agent/peers'
+import { decodeOffer, ExchangeSession, HOSTED_CACHE_PROTOCOL, loadOrCreatePeerKey, parseSwarmKey, sendOffer, serveExchange, startPeerNode } from '@canopy/agent/peers'
 import type { PeerNode } from '@canopy/agent/peers'
+import type { Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import {
-  FINISHED, fileSha256, loopbackAddress, originContentBytes, originWithFile, startAgentProcess, swarmKeyFile, waitConnected
+  FINISHED, fileSha256, loopbackAddress, originContentBytes, originWithFile, startAgentProcess, swarmKeyFile, tempDir, waitConnected
 } from './helpers.ts'
 import type { AgentProcess } from './helpers.ts'
 
@@ -61,9 +62,9 @@ test('laptops: A fetches from the origin and offers; the hosted cache pulls and 
   assert.equal(first.state, 'acknowledged', JSON.stringify(first.error))
   assert.equal(first.bytes.fromOrigin, size)
   assert.deepEqual(first.files[0].hostedCache, { state: 'not-held' })
-  const manifestId = first.files[0].manifestId!
-  assert.ok(await waitHeld(hosted, manifestId), `the hosted cache did not pull the offered content\n${hosted.stderr().slice(-3000)}`)
-  const held = (await hosted.client.cache()).entries.find(e => e.manifestId === manifestId)!
+  const heldId = first.files[0].manifestId!
+  assert.ok(await waitHeld(hosted, heldId), `the hosted cache did not pull the offered content\n${hosted.stderr().slice(-3000)}`)
+  const held = (await hosted.client.cache()).entries.find(e => e.manifestId === heldId)!
   assert.equal(held.size, size)
   assert.equal(held.name, 'a.bin')
   // The default quota of the role: min(1 TiB, half the disk), beyond an agent's min(10 GiB, 10%).
@@ -80,7 +81,7 @@ test('laptops: A fetches from the origin and offers; the hosted cache pulls and 
   await hosted.kill('SIGKILL')
   const restarted = await startAgentProcess(hosted.stateDir, [...keyArgs, '--hosted-cache'])
   t.after(async () => await restarted.kill())
-  assert.ok((await restarted.client.cache()).entries.some(e => e.manifestId === manifestId), 'the hosted cache lost its content in the restart')
+  assert.ok((await restarted.client.cache()).entries.some(e => e.manifestId === heldId), 'the hosted cache lost its content in the restart')
 
   const originBefore = await originContentBytes(origin.url)
   const b = await startAgentProcess(join(dir, 'b'), [...keyArgs, '--hosted-cache-addr', await loopbackAddress(restarted)])
@@ -108,6 +109,9 @@ test('laptops: A fetches from the origin and offers; the hosted cache pulls and 
   await assert.rejects(guessing.have(), { code: 'ERR_PEER_UNKNOWN_CONTENT' })
   await assert.rejects(guessing.block(0), { code: 'ERR_PEER_UNKNOWN_CONTENT' })
   // With the key (as a member that got it from the origin), the same member is served.
+  // A member that holds the key cannot make the cache hold other content under it.
+  const other = { ...manifest, blocks: [...manifest.blocks].reverse() }
+  assert.equal(await sendOffer(member.libp2p, cachePeer, { ...other, id: manifestId(other) }, 'other.bin', url), 'refused')
   const entitled = await ExchangeSession.open(member.libp2p, cachePeer, discoveryId(realKey, DISCOVERY_LABEL), realKey)
   assert.equal((await entitled.block(0))?.length, manifest.blockSize)
   await entitled.close()
@@ -141,9 +145,10 @@ test('a member that offers content and serves corrupted blocks: nothing reaches 
   }, silentLogger)
   await liar.libp2p.dial(cacheAddress)
 
-  // An honest agent that uses the hosted cache, connected before the ban (all of them
-  // share 127.0.0.1 here: a new peer id from a banned address is refused).
-  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', keyFile, '--hosted-cache-addr', cacheAddress.toString()])
+  // An honest agent, connected before the ban (all of them share 127.0.0.1 here: a new
+  // peer id from a banned address is refused). An ordinary static peer, not configured
+  // as a hosted cache: it recognises one by its announcement (identify), as with mDNS.
+  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', keyFile, '--peer', cacheAddress.toString()])
   t.after(async () => await b.kill())
   assert.equal(await waitConnected(b, 1), 1)
 
@@ -187,6 +192,56 @@ test('a configured hosted cache that is down: the job completes from the origin 
   assert.equal(await fileSha256(join(dir, 'a.bin')), sha256)
   assert.deepEqual(done.files[0].hostedCache, { state: 'unreachable', unreachable: [down] })
 })
+
+test('a hosted cache reads few offers at once and none larger than its bound', async (t) => {
+  const dir = await tempDir()
+  const keyFile = await swarmKeyFile(dir)
+  const hosted = await startAgentProcess(join(dir, 'hosted'), ['--swarm-key', keyFile, '--hosted-cache'])
+  t.after(async () => await hosted.kill())
+  const cacheAddress = multiaddr(await loopbackAddress(hosted))
+  const reply = async (stream: Stream): Promise<string> => {
+    const framed = new FramedStreamReader(stream)
+    return await framed.next()
+  }
+  // An offer frame beyond 4 KiB: the stream is ended, no reply.
+  const big = await memberNode(t, dir, 'big', keyFile)
+  const stream = await big.libp2p.dialProtocol(cacheAddress, HOSTED_CACHE_PROTOCOL)
+  const body = Buffer.alloc(8192, 0x20)
+  const head = Buffer.alloc(4)
+  head.writeUInt32BE(body.length)
+  stream.send(Buffer.concat([head, body]))
+  assert.equal(await reply(stream), 'ended')
+  // Members that open offer streams and send nothing hold at most 4 of them; more are told "busy".
+  const idle: Stream[] = []
+  for (const name of ['m1', 'm2', 'm3']) {
+    const node = await memberNode(t, dir, name, keyFile)
+    for (let i = 0; i < 2; i++) idle.push(await node.libp2p.dialProtocol(cacheAddress, HOSTED_CACHE_PROTOCOL))
+  }
+  const answers = await Promise.all(idle.map(async s => await Promise.race([reply(s), new Promise<string>(resolve => setTimeout(() => resolve('waiting'), 3000))])))
+  assert.deepEqual(answers.filter(a => a === 'busy').length, 2, answers.join(' '))
+  assert.deepEqual(answers.filter(a => a === 'waiting').length, 4, answers.join(' '))
+  for (const s of idle) s.abort(new Error('done'))
+})
+
+/** Reads one length-prefixed JSON reply's status from a raw stream, or 'ended'. */
+class FramedStreamReader {
+  private readonly stream: Stream
+  constructor (stream: Stream) { this.stream = stream }
+  async next (): Promise<string> {
+    let buffered = Buffer.alloc(0)
+    return await new Promise<string>(resolve => {
+      this.stream.addEventListener('message', (event) => {
+        const data = event.data
+        buffered = Buffer.concat([buffered, ...(data instanceof Uint8Array ? [data] : [...data].map(p => p.subarray()))])
+        if (buffered.length >= 4 && buffered.length >= 4 + buffered.readUInt32BE(0)) {
+          resolve((JSON.parse(buffered.subarray(4, 4 + buffered.readUInt32BE(0)).toString()) as { status: string }).status)
+        }
+      })
+      this.stream.addEventListener('close', () => resolve('ended'))
+      this.stream.addEventListener('remoteCloseWrite', () => resolve('ended'))
+    })
+  }
+}
 
 test('offers are decoded strictly and within bounds', () => {
   const good = { manifestId: 'bagaaierabcdefghijklmnopqrstuvwxyz234567abcdefghijklmnop', key: Buffer.alloc(32, 1).toString('base64'), name: 'f.bin', url: 'http://o/f.bin' }

@@ -185,6 +185,11 @@ export class PeerSharing implements BlockSource, PeerSessions {
     return this.cachedRecords().some(r => r.manifestId === manifestId)
   }
 
+  /** The manifest id shared under this content key (base64) now, if any. */
+  manifestUnder (key: string): string | undefined {
+    return this.entries.get(discoveryId(Buffer.from(key, 'base64'), DISCOVERY_LABEL).toString('hex'))?.manifest.id
+  }
+
   /** Bytes the cache may hold. */
   get quota (): number {
     return this.quotaBytes
