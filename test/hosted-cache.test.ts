@@ -57,6 +57,9 @@ test('laptops: A fetches from the origin and offers; the hosted cache pulls and 
   const a = await startAgentProcess(join(dir, 'a'), [...keyArgs, '--hosted-cache-addr', await loopbackAddress(hosted)])
   t.after(async () => await a.kill())
   assert.equal(await waitConnected(a, 1), 1)
+  assert.equal((await hosted.client.status()).peer?.hostedCache, true)
+  assert.equal((await a.client.status()).peer?.hostedCache, undefined)
+  assert.deepEqual((await a.client.peers()).peers.map(p => p.hostedCache), [true])
 
   const first = await fetchWith(a, url, join(dir, 'a.bin'))
   assert.equal(first.state, 'acknowledged', JSON.stringify(first.error))

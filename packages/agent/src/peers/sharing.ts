@@ -246,7 +246,8 @@ export class PeerSharing implements BlockSource, PeerSessions {
           peerId: id,
           addresses: this.libp2p.getConnections(peer).map(c => c.remoteAddr.toString()),
           bytesFromPeer: this.fromPeer.get(id) ?? 0,
-          bytesToPeer: this.toPeer.get(id) ?? 0
+          bytesToPeer: this.toPeer.get(id) ?? 0,
+          ...(this.isHostedCache(peer) ? { hostedCache: true as const } : {})
         }
       }),
       bans: this.bans().map(b => ({ peerId: b.peer, until: b.until }))
