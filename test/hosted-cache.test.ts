@@ -46,7 +46,7 @@ async function memberNode (t: TestContext, dir: string, name: string, keyFile: s
   return node
 }
 
-test('laptops: A fetches from the origin and offers; the hosted cache pulls and keeps it across a SIGKILL; B gets it from the hosted cache after A left', async (t) => {
+test('laptops: A fetches from the origin and offers; the hosted cache pulls and keeps it across a SIGKILL; B asks it before A; C gets it from the hosted cache after A left', async (t) => {
   const size = 12 * MiB + 4321
   const { dir, origin, sha256 } = await originWithFile(t, size)
   const url = `${origin.url}/f.bin`
@@ -78,7 +78,6 @@ test('laptops: A fetches from the origin and offers; the hosted cache pulls and 
   // A offers again (a second download): held content is a cheap no-op.
   const again = await fetchWith(a, url, join(dir, 'a2.bin'))
   assert.equal(again.state, 'acknowledged')
-  await a.kill()
 
   // The hosted cache is killed and restarted on its state directory: it still has the content.
   await hosted.kill('SIGKILL')
@@ -86,15 +85,27 @@ test('laptops: A fetches from the origin and offers; the hosted cache pulls and 
   t.after(async () => await restarted.kill())
   assert.ok((await restarted.client.cache()).entries.some(e => e.manifestId === heldId), 'the hosted cache lost its content in the restart')
 
-  const originBefore = await originContentBytes(origin.url)
-  const b = await startAgentProcess(join(dir, 'b'), [...keyArgs, '--hosted-cache-addr', await loopbackAddress(restarted)])
+  // B has A and the hosted cache as peers, both holding the content: the hosted cache is asked first.
+  const b = await startAgentProcess(join(dir, 'b'), [...keyArgs, '--hosted-cache-addr', await loopbackAddress(restarted), '--peer', await loopbackAddress(a)])
   t.after(async () => await b.kill())
-  assert.equal(await waitConnected(b, 1), 1)
-  const second = await fetchWith(b, url, join(dir, 'b.bin'))
+  assert.equal(await waitConnected(b, 2), 2)
+  const preferred = await fetchWith(b, url, join(dir, 'b.bin'))
+  assert.equal(preferred.state, 'acknowledged', JSON.stringify(preferred.error))
+  assert.equal(preferred.bytes.fromCache, size, JSON.stringify(preferred.bytes))
+  assert.equal(preferred.bytes.fromPeers, 0)
+
+  // A (and B) leave: C still gets the content from the hosted cache, not from the origin.
+  await a.kill()
+  await b.kill()
+  const originBefore = await originContentBytes(origin.url)
+  const c = await startAgentProcess(join(dir, 'c'), [...keyArgs, '--hosted-cache-addr', await loopbackAddress(restarted)])
+  t.after(async () => await c.kill())
+  assert.equal(await waitConnected(c, 1), 1)
+  const second = await fetchWith(c, url, join(dir, 'c.bin'))
   assert.equal(second.state, 'acknowledged', JSON.stringify(second.error))
-  assert.equal(await fileSha256(join(dir, 'b.bin')), sha256)
+  assert.equal(await fileSha256(join(dir, 'c.bin')), sha256)
   const fromOrigin = await originContentBytes(origin.url) - originBefore
-  t.diagnostic(`B: ${second.bytes.fromCache} bytes from the hosted cache, ${second.bytes.fromOrigin} (origin counted ${fromOrigin}) from the origin, of ${size}`)
+  t.diagnostic(`C: ${second.bytes.fromCache} bytes from the hosted cache, ${second.bytes.fromOrigin} (origin counted ${fromOrigin}) from the origin, of ${size}`)
   assert.ok(fromOrigin <= 0.01 * size, `the origin sent ${fromOrigin} of ${size}`)
   assert.ok(second.bytes.fromCache >= 0.99 * size, `only ${second.bytes.fromCache} of ${size} from the hosted cache`)
   assert.equal(second.bytes.fromPeers, 0)
