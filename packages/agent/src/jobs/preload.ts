@@ -58,6 +58,8 @@ export async function admitPreloaded (file: FileRecord, manifest: PublishedManif
       Object.assign(file, { cached: false, notCachedReason: admitted.reason })
     } else {
       file.cached = true
+      // The branch's hosted caches pull it from here (in the background, never awaited).
+      sharing.hostedCaches?.offer(manifest, urlFileName(file.url), file.url)
     }
   }
   file.visible = true

@@ -12,6 +12,7 @@ import { ExchangeSession, remoteAddress, serveExchange } from './exchange.ts'
 import type { BlockSource, ServeLimits, SharedContent } from './exchange.ts'
 import type { PeerLibp2p } from './node.ts'
 import type { SharingMetrics } from '../metrics/agent-metrics.ts'
+import type { HostedCaches } from './offer.ts'
 
 /** Bad blocks from one peer before it is banned. */
 const BAN_AFTER = 3
@@ -75,6 +76,8 @@ export class PeerSharing implements BlockSource, PeerSessions {
   metrics?: SharingMetrics
   /** The bandwidth policy's hold on serving (set by the agent). */
   servingGate?: BlockSource['servingGate']
+  /** The branch's hosted caches (offer.ts): asked first, offered completed files (set by startSharing). */
+  hostedCaches?: HostedCaches
 
   constructor (libp2p: PeerLibp2p, store: JobStore, stateDir: string, blockHasher: BlockHasher, logger: Logger, quotaBytes?: number, serveLimits?: Partial<ServeLimits>) {
     this.quotaBytes = quotaBytes ?? 0
@@ -192,6 +195,26 @@ export class PeerSharing implements BlockSource, PeerSessions {
     return { cached: true }
   }
 
+  /** Whether the cache holds the file of this manifest id (under any key). */
+  holds (manifestId: string): boolean {
+    return this.cachedRecords().some(r => r.manifestId === manifestId)
+  }
+
+  /** The manifest id shared under this content key (base64) now, if any. */
+  manifestUnder (key: string): string | undefined {
+    return this.entries.get(discoveryId(Buffer.from(key, 'base64'), DISCOVERY_LABEL).toString('hex'))?.manifest.id
+  }
+
+  /** Bytes the cache may hold. */
+  get quota (): number {
+    return this.quotaBytes
+  }
+
+  /** Whether `peer` is one of the branch's hosted caches (its blocks count as the job's fromCache). */
+  isHostedCache (peer: PeerId): boolean {
+    return this.hostedCaches?.isHostedCache(peer) === true
+  }
+
   /** The files in the cache, each once (an entry per content key shares one record). */
   private cachedRecords (): CacheRecord[] {
     const records = new Map<string, CacheRecord>()
@@ -261,7 +284,8 @@ export class PeerSharing implements BlockSource, PeerSessions {
           peerId: id,
           addresses: this.libp2p.getConnections(peer).map(c => c.remoteAddr.toString()),
           bytesFromPeer: this.fromPeer.get(id) ?? 0,
-          bytesToPeer: this.toPeer.get(id) ?? 0
+          bytesToPeer: this.toPeer.get(id) ?? 0,
+          ...(this.isHostedCache(peer) ? { hostedCache: true as const } : {})
         }
       }),
       bans: this.bans().map(b => ({ peerId: b.peer, until: b.until }))
@@ -309,7 +333,9 @@ export class PeerSharing implements BlockSource, PeerSessions {
   }
 
   async open (id: Uint8Array, key: Uint8Array, signal: AbortSignal): Promise<ExchangeSession[]> {
+    // Hosted caches first: their sessions open, answer and are asked before the others'.
     const peers = this.libp2p.getPeers().filter(p => this.libp2p.getConnections(p).every(c => this.admits(c)))
+      .sort((a, b) => Number(this.isHostedCache(b)) - Number(this.isHostedCache(a)))
     const sessions = await Promise.all(peers.map(async peer => {
       // A timeout for opening only: the signal given to the dial stays with the
       // stream, and a plain AbortSignal.timeout would reset a healthy session later.
