@@ -124,7 +124,7 @@ export class JobStore {
   async settleGenerations (): Promise<void> {
     await this.transitionWrites
     await this.meta.put(GENERATION_KEY, String(this.generation))
-    await this.generations?.write()
+    await this.generations?.write(true)
   }
 
   async close (): Promise<void> {
