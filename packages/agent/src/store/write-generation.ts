@@ -17,8 +17,8 @@
  * given: a crash between the two leaves the file behind the store, which is not
  * reported. It is created at start and then overwritten in place, at a fixed size,
  * with a checksum: a write to a temporary name and a rename would create a directory
- * entry at every change, after the change was acknowledged (a `rm -r` of a stopped
- * job's state directory raced with it), and a torn write reads as no file (nothing
+ * entry at every change, after the change was acknowledged (a test's `rm -r` of a
+ * running agent's state directory raced with it), and a torn write reads as no file (nothing
  * is told then, nothing falsely reported).
  */
 import { createHash } from 'node:crypto'
