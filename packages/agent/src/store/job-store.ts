@@ -124,7 +124,7 @@ export class JobStore {
   async settleGenerations (): Promise<void> {
     await this.transitionWrites
     await this.meta.put(GENERATION_KEY, String(this.generation))
-    await this.generations?.write()
+    await this.generations?.write(true)
   }
 
   async close (): Promise<void> {
@@ -163,8 +163,8 @@ export class JobStore {
    * (no state change) gets none: losing one costs refetched bytes, never a stale state.
    *
    * The file's write is not waited for: waiting for its fsync made job creation 5×
-   * slower (bench:jobs, 500 jobs: create p50 1.4 → 7.2 ms, all done 37 → 55 s; not
-   * waiting: see docs/SECURITY.md, "The state store"). What LevelDB's log loses at a
+   * slower (`BENCH_JOBS=500 npm run bench:jobs`: create p50 1.4 → 7.2 ms, all done
+   * 37 → 55 s; not waiting, 1.6 ms and 29 s: docs/SECURITY.md, "The state store"). What LevelDB's log loses at a
    * power cut is the last several seconds the kernel had not written back; the file
    * follows each change within one fsync (milliseconds), so only a change that close
    * to the cut can be lost unnoticed. close() waits for it.

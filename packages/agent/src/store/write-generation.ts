@@ -8,24 +8,32 @@
  * again). So every job state change gets a number, the store's write generation,
  * written in the same batch as the job's record (`meta!generation`), and, once that
  * batch is written, in a small file beside the store that is fsynced and replaced
- * atomically (`<state-dir>/store-generation`). The file also keeps the last
+ * whole (`<state-dir>/store-generation`). The file also keeps the last
  * RECENT_TRANSITIONS changes (generation, job id, state), so a start that finds the
  * store behind the file knows which jobs' states may be stale.
  *
  * The file is written after the store, within one fsync of it (JobStore says why it
  * is not waited for), so it never says a change was written that the store was not
  * given: a crash between the two leaves the file behind the store, which is not
- * reported. Its rename is not followed by an fsync of the directory: a crash may
- * bring back the previous file, which is behind, never ahead (no false alarm).
+ * reported. It is created at start and then overwritten in place, at a fixed size,
+ * with a checksum: a write to a temporary name and a rename would create a directory
+ * entry at every change, after the change was acknowledged (a test's `rm -r` of a
+ * running agent's state directory raced with it), and a torn write reads as no file (nothing
+ * is told then, nothing falsely reported).
  */
-import { open, readFile, rename } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { open, readFile } from 'node:fs/promises'
 import type { JobState } from '@canopy/core'
 
 /** Changes the file names, so a lost range up to this long names its jobs (a larger loss suspends every unfinished job). */
 export const RECENT_TRANSITIONS = 256
 
-/** The generation file's size bound: RECENT_TRANSITIONS entries of about 60 bytes; larger is refused, unread. */
-const MAX_FILE_BYTES = 64 * 1024
+/**
+ * The generation file's size, always: RECENT_TRANSITIONS changes of about 70 bytes
+ * (a job id is 36), the checksum and padding. The oldest changes give way if they do
+ * not fit; a larger file is refused, unread.
+ */
+export const GENERATION_FILE_BYTES = 32 * 1024
 
 export type RecordedState = JobState | 'deleted'
 
@@ -51,14 +59,30 @@ export interface LostWrites {
 /** Reads the generation file; undefined when there is none or it does not parse (then it only cannot help). */
 export async function readGenerationFile (path: string): Promise<GenerationFile | undefined> {
   const text = await readFile(path, 'utf8').catch(() => undefined)
-  if (text === undefined || text.length > MAX_FILE_BYTES) return undefined
+  if (text === undefined || text.length > GENERATION_FILE_BYTES) return undefined
+  // The JSON, a newline, its SHA-256 in hex, a newline, padding.
+  const [json, sum] = text.split('\n', 2)
+  if (sum === undefined || sha256(json) !== sum) return undefined
   try {
-    const parsed = JSON.parse(text) as Partial<GenerationFile>
+    const parsed = JSON.parse(json) as Partial<GenerationFile>
     if (!Number.isSafeInteger(parsed.generation) || !Array.isArray(parsed.recent)) return undefined
     const recent = parsed.recent.filter((t): t is Transition => typeof t === 'object' && t !== null && Number.isSafeInteger(t.g) && typeof t.id === 'string' && typeof t.state === 'string')
     return { generation: parsed.generation!, recent }
   } catch {
     return undefined
+  }
+}
+
+function sha256 (text: string): string {
+  return createHash('sha256').update(text).digest('hex')
+}
+
+/** The file's content at its fixed size, the oldest changes dropped if they do not fit. */
+export function encodeGenerationFile (file: GenerationFile): Buffer {
+  for (let drop = 0; ; drop = Math.max(1, drop * 2)) {
+    const json = JSON.stringify({ generation: file.generation, recent: file.recent.slice(drop) })
+    const text = `${json}\n${sha256(json)}\n`
+    if (Buffer.byteLength(text) <= GENERATION_FILE_BYTES) return Buffer.concat([Buffer.from(text), Buffer.alloc(GENERATION_FILE_BYTES - Buffer.byteLength(text), ' ')])
   }
 }
 
@@ -95,12 +119,17 @@ export class GenerationWriter {
     await this.write()
   }
 
-  /** Writes the file as it is now, after the write under way if any (the two would share the temporary file). */
-  async write (): Promise<void> {
+  /** Writes the file as it is now, after the write under way if any; only `create` (at start) makes a missing file. */
+  async write (create = false): Promise<void> {
+    if (create) {
+      await this.writing
+      await this.overwrite('w')
+      return
+    }
     if (this.next === undefined) {
       const next = this.writing.then(async () => {
         this.next = undefined
-        await this.replace()
+        await this.overwrite('r+')
       })
       this.next = next
       this.writing = next.catch(() => {})
@@ -108,15 +137,14 @@ export class GenerationWriter {
     await this.next
   }
 
-  private async replace (): Promise<void> {
-    const tmp = `${this.path}.tmp`
-    const handle = await open(tmp, 'w', 0o600)
+  private async overwrite (flags: 'w' | 'r+'): Promise<void> {
+    const content = encodeGenerationFile(this.file)
+    const handle = await open(this.path, flags, 0o600)
     try {
-      await handle.writeFile(JSON.stringify(this.file))
+      await handle.write(content, 0, content.length, 0)
       await handle.sync()
     } finally {
       await handle.close()
     }
-    await rename(tmp, this.path)
   }
 }
