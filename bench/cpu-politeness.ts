@@ -115,6 +115,8 @@ try {
       programOpsPerSecond: speed,
       jobMiBPerSecond: Math.round((view.bytes.transferred - before.bytes) / 1048576 / seconds),
       jobState: view.state,
+      // Why a background job runs slower than the link (the delay controller's view).
+      jobReason: view.reason,
       agentCores: cpuDelta(before.agent, await threadCpu('self'), seconds),
       originCores: Math.round(Object.values(cpuDelta(before.origin, await threadCpu(pid), seconds)).reduce((a, b) => a + b, 0) * 100) / 100
     }
