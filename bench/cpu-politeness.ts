@@ -13,8 +13,9 @@
 // /proc/self/task), and the origin's.
 //   npm run bench:cpu
 // The JSON gives the load average too: on a machine busy with other work at nice 0,
-// a nice-19 origin gets almost no CPU and the download stalls, and the figure says
-// nothing; BENCH_ORIGIN_NICE=0 then shows the agent's costs at a real rate (the
+// a nice-19 origin gets almost no CPU, the delay controller takes its slow answers
+// for a queue on the path and yields, the download crawls, and the figure says
+// nothing (each round gives the job's rate and reason); BENCH_ORIGIN_NICE=0 then shows the agent's costs at a real rate (the
 // origin then competes with the program, so the ratio is a lower bound).
 // Env: BENCH_SECONDS (10), BENCH_ROUNDS (4), BENCH_FILE_SIZE (4GiB; must outlast one
 // round), BENCH_ORIGIN_NICE (19).
