@@ -4,14 +4,14 @@ import { API_SOCKET_NAME, CanopyError, FINAL_STATES, throwIfAborted } from '@can
 import type { AbortOptions, AgentControl, AgentStatus, CacheView, ControlEvents, CreateJobFile, CreateJobRequest, PeersView, PolicyView, JobPriority, JobState, JobView, Logger } from '@canopy/core'
 import { fileRecord } from './jobs/job.ts'
 import type { JobRecord } from './jobs/job.ts'
-import { JobEntry, JobTable } from './jobs/job-table.ts'
+import { JobTable } from './jobs/job-table.ts'
 import { JobViews } from './jobs/views.ts'
 import { Completion } from './jobs/completion.ts'
 import { DeadlineActions } from './jobs/deadlines.ts'
 import { JobRunner } from './jobs/runner.ts'
 import { TransferServices } from './jobs/transfer-services.ts'
 import { checkFilesFit } from './jobs/validate.ts'
-import { sweepStaging } from './jobs/preload.ts'
+import { completeLeftovers, restoreJobs } from './jobs/restore.ts'
 import { Scheduler } from './scheduler/scheduler.ts'
 import type { CapsInput } from './scheduler/policy.ts'
 import { Notifier } from './notify/notifier.ts'
@@ -20,7 +20,6 @@ import { agentStatus } from './status.ts'
 import type { AgentOptions, ResolvedAgentOptions } from './options.ts'
 import { JobStore } from './store/job-store.ts'
 import { prepareStateDir } from './store/state-dir.ts'
-import { loadJobs, suspendIfStale } from './store/recovery.ts'
 import { startApiServer } from './api/server.ts'
 import { MAX_EVENT_CLIENTS } from './api/events.ts'
 import type { ApiServer } from './api/server.ts'
@@ -142,13 +141,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       await agent.store.open()
       // The outbox first: recovery may record state changes of its own.
       await agent.notifier.load()
-      for (const job of await loadJobs(agent.store, agent.logger)) {
-        const entry = new JobEntry(job)
-        agent.table.add(entry)
-        await suspendIfStale(entry, agent.table, agent.store)
-        await agent.runner.recover(entry)
-      }
-      await agent.store.settleGenerations()
+      await restoreJobs({ store: agent.store, table: agent.table, runner: agent.runner, logger: agent.logger }, { preloadDir: join(resolved.stateDir, 'preload') })
       agent.metrics = createAgentMetrics({ events: agent, jobs: () => agent.listJobs(), peers: () => agent.sharing?.peersView(), cache: () => agent.sharing?.cacheView(), wanPaths: () => bandwidthStatus(agent.transfers.wanPaths, agent.options.targetDelayMs, agent.now()).paths }, { version: AGENT_VERSION, startedAt: agent.now() })
       if (resolved.p2p !== undefined) {
         // Loaded only when wanted: libp2p costs ~30 MiB resident. Serving peers is
@@ -159,8 +152,6 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       }
       // Manifests of jobs removed and of cache files evicted since the last start.
       await agent.deadlines.dropUnusedManifests(await agent.store.manifestIds())
-      const stray = await sweepStaging(join(resolved.stateDir, 'preload'), new Set([...agent.table.values()].map(e => e.id)))
-      if (stray.length > 0) agent.logger.info('removed the staging files of preload jobs the agent no longer has', { jobs: stray.join(' ') })
       if (resolved.apiListen !== undefined && (resolved.apiToken ?? '') === '') {
         throw new CanopyError('ERR_INVALID_ARGUMENT', 'The TCP listener of the control API needs a bearer token (--api-token-file): it is never open without one')
       }
@@ -181,15 +172,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       throw err
     }
     agent.logger.info('agent started', { stateDir: resolved.stateDir, jobs: agent.table.size })
-    // Jobs that were transferred but not yet completed when the agent went down.
-    for (const entry of agent.table.values()) {
-      const job = entry.record
-      if (job.state === 'transferred' && job.autoComplete) {
-        await agent.table.withJob(job.id, undefined, async () => {
-          if (job.state === 'transferred') await agent.completion.completeJob(entry)
-        }).catch((err: unknown) => agent.logger.error('could not complete a job at start', { jobId: job.id, err: String(err) }))
-      }
-    }
+    await completeLeftovers(agent.table, agent.completion, agent.logger)
     agent.scheduler.schedule()
     return agent
   }

@@ -16,7 +16,7 @@ import { parsePolicy, PolicyError, startAgent, parseMetricsListen } from '../src
 import { parseClock, parseDays, parseRate, writePolicy } from '../src/bandwidth/policy.ts'
 import { parseListen } from '../src/api/server.ts'
 import { parseSwarmKey, generateSwarmKey } from '../src/peers/swarm-key.ts'
-import { parseReprDigest } from '../src/transfer/tus-upload.ts'
+import { parseReprDigest } from '../src/transfer/tus-protocol.ts'
 
 const SEED = 13
 const RUNS = { seed: SEED, numRuns: 300 }

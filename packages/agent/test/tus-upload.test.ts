@@ -14,7 +14,8 @@ import { promisify } from 'node:util'
 import { FileStore } from '@tus/file-store'
 import { Server as TusServer } from '@tus/server'
 import { TransferError } from '../src/errors.ts'
-import { DEFAULT_FRAGMENT_SIZE, TusErrorCode, tusUpload, type TusProgress, type TusUploadInit, type TusUploadResult } from '../src/transfer/tus-upload.ts'
+import { TusErrorCode } from '../src/transfer/tus-protocol.ts'
+import { DEFAULT_FRAGMENT_SIZE, tusUpload, type TusProgress, type TusUploadInit, type TusUploadResult } from '../src/transfer/tus-upload.ts'
 import { fetchUploadReply } from '../src/transfer/tus-reply.ts'
 
 const CLI = fileURLToPath(new URL('../../cli/bin/canopy.js', import.meta.url))

@@ -8,7 +8,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { request, type Dispatcher } from 'undici'
 import { JobErrorCode, TransferError, classifyError } from '../errors.ts'
 import { createDispatcher, discard, readBounded } from './http.ts'
-import { DEFAULT_TIMEOUT_MS, header, reasonOf, refusalError, TUS_VERSION, TusErrorCode } from './tus-upload.ts'
+import { DEFAULT_TIMEOUT_MS } from './tus-upload.ts'
+import { header, reasonOf, refusalError, TUS_VERSION, TusErrorCode } from './tus-protocol.ts'
 import type { TusUploadComponents } from './tus-upload.ts'
 
 export interface UploadReplyInit {
