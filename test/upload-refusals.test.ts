@@ -196,7 +196,7 @@ test('a full disk on the origin mid-upload: the job reports it (transient), no p
   assert.equal(await counter(`http://${metricsListen}/metrics`, 'canopy_agent_upload_sent_bytes_total'), done.upload!.sentBytes)
 })
 
-test('a per-job rate limit applies to what an upload sends: --rate-limit 0 holds it with the reason, raising it lets it finish', async (t) => {
+test('a per-job rate limit applies to what an upload sends: --rate-limit 0 keeps it queued with the reason, raising it lets it finish', async (t) => {
   const { dir, uploadDir, endpoint } = await uploadOrigin(t)
   const { sha256 } = await randomFile(join(dir, 'f.bin'), 6 * MiB)
   const agent = await startAgentProcess(join(dir, 'agent'))
@@ -204,7 +204,9 @@ test('a per-job rate limit applies to what an upload sends: --rate-limit 0 holds
   const put = await runCli(['put', join(dir, 'f.bin'), endpoint, '--rate-limit', '0', '--detach', '--state-dir', agent.stateDir])
   assert.equal(put.code, 0, put.stderr)
   const id = put.stdout.trim()
-  const held = await until(agent.client, id, j => (j.state === 'transferring' && j.reason !== undefined) || FINISHED.includes(j.state))
+  // Held in the queue (holding no slot), not transferring at 0 B/s.
+  const held = await until(agent.client, id, j => (j.state === 'queued' && j.reason !== undefined) || FINISHED.includes(j.state))
+  assert.equal(held.state, 'queued')
   assert.equal(held.rateLimit, 0)
   assert.equal(held.reason, 'blocked: this job\'s rate limit is 0')
   assert.equal(held.upload?.sentBytes, 0)
