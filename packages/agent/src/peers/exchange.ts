@@ -6,7 +6,7 @@ import {
 } from '@canopy/core'
 import type { ExchangeMessage, Logger, PublishedManifest } from '@canopy/core'
 import { FramedStream } from './framing.ts'
-import { Allowance, Counter, remoteAddress } from './serve-limits.ts'
+import { Allowance, Counter, RateCounter, remoteAddress } from './serve-limits.ts'
 import type { ServeLimits } from './serve-limits.ts'
 
 export { Allowance, remoteAddress } from './serve-limits.ts'
@@ -35,6 +35,7 @@ export const BLOCK_ANSWER_DEADLINE_MS = RESPONSE_TIMEOUT_MS
 
 export const DEFAULT_SERVE_LIMITS: ServeLimits = {
   streamsPerPeer: 8,
+  streamOpensPerSecond: 32,
   streamsPerAddress: 32,
   streams: 128,
   requestsPerPeer: 16,
@@ -136,6 +137,7 @@ class ExchangeServer {
   private readonly budget: Allowance
   private readonly requests = new Map<string, Allowance>()
   private readonly streamsByPeer = new Counter()
+  private readonly opensByPeer = new RateCounter()
   private readonly streamsByAddress = new Counter()
   private streams = 0
 
@@ -151,7 +153,13 @@ class ExchangeServer {
     const peer = connection.remotePeer.toString()
     const address = remoteAddress(connection)
     let refusal: string | undefined
+    const opens = this.opensByPeer.hit(peer)
     if (this.source.admits?.(connection) === false) refusal = 'banned'
+    else if (opens > this.limits.streamOpensPerSecond) {
+      refusal = 'too many streams opened in one second'
+      // One strike per second over the rate (not one per stream refused).
+      if (opens === this.limits.streamOpensPerSecond + 1) this.source.penalize?.(connection.remotePeer, `opened more than ${this.limits.streamOpensPerSecond} exchange streams in one second`)
+    }
     else if (this.streamsByPeer.count(peer) >= this.limits.streamsPerPeer) refusal = 'too many streams from this peer'
     else if (this.streamsByAddress.count(address) >= this.limits.streamsPerAddress) refusal = 'too many streams from this address'
     else if (this.streams >= this.limits.streams) refusal = 'too many streams in all'
