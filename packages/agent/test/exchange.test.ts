@@ -10,6 +10,7 @@ import type { PublishedManifest } from '@canopy/core'
 import { ExchangeSession, generateSwarmKey, loadOrCreatePeerKey, parseSwarmKey, serveExchange, startPeerNode } from '@canopy/agent/peers'
 import type { PeerNode, SharedContent } from '@canopy/agent/peers'
 import type { Stream } from '@libp2p/interface'
+import { RateCounter } from '../src/peers/serve-limits.ts'
 
 const BS = 64 * 1024
 const swarmKey = parseSwarmKey(generateSwarmKey())
@@ -116,10 +117,14 @@ test('an empty frame is a protocol error that resets the stream, on either side'
   await member.close()
 })
 
-test('a malformed or oversized request closes that stream; the server keeps serving others', async (t) => {
+test('a malformed or oversized request closes that stream and is a strike against the peer; the server keeps serving others', async (t) => {
   const [server, client] = [await node(t), await node(t)]
   const c = await content()
-  await serveExchange(server.libp2p, { lookup: (id) => Buffer.compare(id, c.id) === 0 ? c.shared : undefined }, silentLogger)
+  const strikes: string[] = []
+  await serveExchange(server.libp2p, {
+    lookup: (id) => Buffer.compare(id, c.id) === 0 ? c.shared : undefined,
+    penalize: (peer) => strikes.push(peer.toString())
+  }, silentLogger)
   await client.libp2p.dial(server.libp2p.getMultiaddrs()[0])
   for (const garbage of [
     Buffer.from([0, 0, 0, 2, 99, 1]), // unknown type
@@ -141,6 +146,21 @@ test('a malformed or oversized request closes that stream; the server keeps serv
   const session = await ExchangeSession.open(client.libp2p, server.libp2p.peerId, c.id, c.key)
   assert.equal((await session.have()).have.length, 1)
   await session.close()
+  // One strike per bad frame (sharing.ts bans at three); none for the good session.
+  assert.deepEqual(strikes, Array(3).fill(client.libp2p.peerId.toString()))
+})
+
+test('stream opens are counted per peer in one-second windows; stale windows are swept', () => {
+  const opens = new RateCounter(2)
+  assert.deepEqual([0, 10, 999].map(now => opens.hit('a', now)), [1, 2, 3])
+  assert.equal(opens.hit('a', 1000), 1, 'a new second starts a new count')
+  assert.equal(opens.hit('b', 1001), 1)
+  // A third key finds the map at its sweep size: a's and b's windows are not over yet.
+  assert.equal(opens.hit('c', 1500), 1)
+  assert.equal((opens as unknown as { windows: Map<string, unknown> }).windows.size, 3)
+  // At 2600 every window is over: the next new key sweeps them all.
+  assert.equal(opens.hit('d', 2600), 1)
+  assert.deepEqual([...(opens as unknown as { windows: Map<string, unknown> }).windows.keys()], ['d'])
 })
 
 /** Resolves when the stream closes (reset or not), with its final status. */

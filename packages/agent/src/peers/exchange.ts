@@ -6,7 +6,7 @@ import {
 } from '@canopy/core'
 import type { ExchangeMessage, Logger, PublishedManifest } from '@canopy/core'
 import { FramedStream } from './framing.ts'
-import { Allowance, Counter, remoteAddress } from './serve-limits.ts'
+import { Allowance, Counter, RateCounter, remoteAddress } from './serve-limits.ts'
 import type { ServeLimits } from './serve-limits.ts'
 
 export { Allowance, remoteAddress } from './serve-limits.ts'
@@ -35,6 +35,7 @@ export const BLOCK_ANSWER_DEADLINE_MS = RESPONSE_TIMEOUT_MS
 
 export const DEFAULT_SERVE_LIMITS: ServeLimits = {
   streamsPerPeer: 8,
+  streamOpensPerSecond: 32,
   streamsPerAddress: 32,
   streams: 128,
   requestsPerPeer: 16,
@@ -70,6 +71,11 @@ export interface BlockSource {
   lookup: (discoveryId: Uint8Array) => SharedContent | undefined
   /** Whether to serve this connection at all (false for a banned peer id or address). */
   admits?: (connection: Connection) => boolean
+  /**
+   * A strike against a peer that broke the protocol on a serving stream (a frame that
+   * is not a request); repeated strikes ban it (sharing.ts), which closes its connections.
+   */
+  penalize?: (peer: PeerId, reason: string) => void
   /** The bandwidth policy's hold on serving (bandwidth/peer-serving.ts); none: serve at full speed. */
   servingGate?: {
     /** Whether to offer blocks to the peer at this IP address now (false: have answers offer none). */
@@ -115,6 +121,8 @@ export async function serveExchange (libp2p: PeerLibp2p, source: BlockSource, lo
   })
 }
 
+type ServedRequest = Extract<ExchangeMessage, { discoveryId: Uint8Array }>
+
 interface Answer {
   parts: Promise<Uint8Array[]>
   /** Returns what the answer held (budget, the peer's request slot); once. */
@@ -129,6 +137,7 @@ class ExchangeServer {
   private readonly budget: Allowance
   private readonly requests = new Map<string, Allowance>()
   private readonly streamsByPeer = new Counter()
+  private readonly opensByPeer = new RateCounter()
   private readonly streamsByAddress = new Counter()
   private streams = 0
 
@@ -144,7 +153,13 @@ class ExchangeServer {
     const peer = connection.remotePeer.toString()
     const address = remoteAddress(connection)
     let refusal: string | undefined
+    const opens = this.opensByPeer.hit(peer)
     if (this.source.admits?.(connection) === false) refusal = 'banned'
+    else if (opens > this.limits.streamOpensPerSecond) {
+      refusal = 'too many streams opened in one second'
+      // One strike per second over the rate (not one per stream refused).
+      if (opens === this.limits.streamOpensPerSecond + 1) this.source.penalize?.(connection.remotePeer, `opened more than ${this.limits.streamOpensPerSecond} exchange streams in one second`)
+    }
     else if (this.streamsByPeer.count(peer) >= this.limits.streamsPerPeer) refusal = 'too many streams from this peer'
     else if (this.streamsByAddress.count(address) >= this.limits.streamsPerAddress) refusal = 'too many streams from this address'
     else if (this.streams >= this.limits.streams) refusal = 'too many streams in all'
@@ -172,11 +187,7 @@ class ExchangeServer {
   }
 
   /** The answer to one request: the parts of its frame, and what it holds until sent. */
-  private async answer (body: Uint8Array, connection: Connection, asker: Uint8Array, signal: AbortSignal, holding: (units: number) => void): Promise<Uint8Array[]> {
-    const request = decodeMessage(body)
-    if (request.type !== MessageType.HaveRequest && request.type !== MessageType.BlockRequest) {
-      throw new CanopyError('ERR_PROTOCOL', 'a response where a request belongs')
-    }
+  private async answer (request: ServedRequest, connection: Connection, asker: Uint8Array, signal: AbortSignal, holding: (units: number) => void): Promise<Uint8Array[]> {
     const content = this.source.lookup(request.discoveryId)
     // Not an oracle: a proof is checked (the same work) whether or not the content is
     // held, and a wrong proof is answered like unknown content. Only a member that
@@ -217,6 +228,33 @@ class ExchangeServer {
     }
   }
 
+  /**
+   * The next request of a serving stream, or undefined at its clean end. A frame
+   * that is not a request (too long, empty, malformed, an answer nobody asked for)
+   * fails the stream at once, at its length header for an oversized one, and is a
+   * strike against the peer: a member that pushes 1 MiB answers on stream after
+   * stream otherwise makes the agent decrypt and drop each new stream's first window
+   * (256 KiB) at ~450 streams/s, ~140 MiB/s of garbage that took its RSS +185..+335 MiB
+   * (test/hostile-peers.test.ts, with CANOPY_DEBUG-style memoryUsage() logging:
+   * arrayBuffers swung 60..200 MiB while heapUsed stayed ~45 MiB).
+   */
+  private async readRequest (framed: FramedStream, connection: Connection): Promise<ServedRequest | undefined> {
+    let request: ServedRequest
+    try {
+      const body = await framed.read(MAX_REQUEST_BODY, SERVER_IDLE_MS, this.limits.requestTimeoutMs)
+      if (body === undefined) return undefined
+      const message = decodeMessage(body)
+      if (message.type !== MessageType.HaveRequest && message.type !== MessageType.BlockRequest) {
+        throw new CanopyError('ERR_PROTOCOL', 'a response where a request belongs')
+      }
+      request = message
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ERR_PROTOCOL') this.source.penalize?.(connection.remotePeer, `broke the exchange protocol: ${(err as Error).message}`)
+      throw err
+    }
+    return request
+  }
+
   private async serveStream (stream: Stream, connection: Connection, requests: Allowance): Promise<void> {
     const framed = new FramedStream(stream, { maxBuffered: this.limits.requestBufferBytes, writeTimeoutMs: this.limits.writeTimeoutMs })
     const asker = peerBytes(connection.remotePeer)
@@ -251,8 +289,8 @@ class ExchangeServer {
         for (;;) {
           while (answers.length >= SERVER_PIPELINE && !readingDone) await new Promise<void>(resolve => { wakeReader = resolve })
           if (readingDone) return
-          const body = await framed.read(MAX_REQUEST_BODY, SERVER_IDLE_MS, this.limits.requestTimeoutMs)
-          if (body === undefined) return
+          const request = await this.readRequest(framed, connection)
+          if (request === undefined) return
           // The peer's requests in flight, over all its streams: past the cap, this
           // stream reads no more (and, its buffer full, is paused).
           await requests.take(1, ending.signal)
@@ -264,7 +302,7 @@ class ExchangeServer {
             requests.give(1)
             if (held > 0) this.budget.give(held)
           }
-          const parts = this.answer(body, connection, asker, ending.signal, (units) => { held += units })
+          const parts = this.answer(request, connection, asker, ending.signal, (units) => { held += units })
           parts.catch(() => {}) // awaited by the writer, in order
           answers.push({ parts, release })
           wakeWriter?.()

@@ -15,6 +15,15 @@ import type { Connection } from '@libp2p/interface'
 export interface ServeLimits {
   /** Exchange streams served at once per peer id (and per connection). */
   streamsPerPeer: number
+  /**
+   * Exchange streams one peer id may open per second. Past it the stream is refused
+   * and the peer gets a strike (sharing.ts bans after three): each new stream brings
+   * its first yamux window (256 KiB) before anything can refuse it, so a peer that
+   * opens and drops streams fast makes the agent decrypt and discard what it pushes
+   * (~450 streams/s, +185..+335 MiB RSS in test/hostile-peers.test.ts before strikes).
+   * An honest peer opens one stream per content it fetches from us.
+   */
+  streamOpensPerSecond: number
   /** Exchange streams served at once per remote IP address (peer ids cost nothing to mint). */
   streamsPerAddress: number
   /** Exchange streams served at once in all. */
@@ -104,5 +113,35 @@ export class Counter {
     const next = this.count(key) + delta
     if (next === 0) this.counts.delete(key)
     else this.counts.set(key, next)
+  }
+}
+
+/**
+ * Events per key in the current one-second window (stream opens per peer id): a
+ * fixed window, so a burst straddling two windows may reach twice the rate, once.
+ * Keys whose window is over are swept when the map grows, so it stays as small as
+ * the keys seen in the last second (plus `sweepAt`).
+ */
+export class RateCounter {
+  private readonly windows = new Map<string, { start: number, count: number }>()
+  private readonly sweepAt: number
+
+  constructor (sweepAt = 1024) {
+    this.sweepAt = sweepAt
+  }
+
+  /** Counts one event for `key` now; returns the count in its current window (1 for the first). */
+  hit (key: string, now = performance.now()): number {
+    let window = this.windows.get(key)
+    if (window === undefined || now - window.start >= 1000) {
+      if (window === undefined && this.windows.size >= this.sweepAt) this.sweep(now)
+      window = { start: now, count: 0 }
+      this.windows.set(key, window)
+    }
+    return ++window.count
+  }
+
+  private sweep (now: number): void {
+    for (const [key, window] of this.windows) if (now - window.start >= 1000) this.windows.delete(key)
   }
 }
