@@ -93,7 +93,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
     })
     const emit = <K extends keyof ControlEvents>(event: K, ...args: ControlEvents[K]): void => { this.emit(event, ...args as never) }
     const sharing = (): PeerSharing | undefined => this.sharing
-    this.table = new JobTable({ store, notifier: this.notifier, now, view: (e) => this.views.view(e), emit, afterCommand: () => this.scheduler.schedule() })
+    this.table = new JobTable({ store, notifier: this.notifier, now, view: (e) => this.views.view(e), emit, afterCommand: () => this.scheduler.schedule(), preloadDir: join(options.stateDir, 'preload') })
     const table = this.table
     this.views = new JobViews({ table, now, limits: options })
     this.completion = new Completion({ table, store, blockHasher, logger, now, sharing })
@@ -264,6 +264,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
   /** Creates a job from a checked request (the API server validates request bodies: jobs/validate.ts). */
   async createJob (req: CreateJobRequest, options?: AbortOptions): Promise<JobView> {
     throwIfAborted(options?.signal)
+    // A preload job fills the peer cache: without a peer node there is none.
+    if (req.type === 'preload') this.requireSharing()
     const entry = await this.table.create(req, this.options.maxJobs)
     this.logger.info('job created', { jobId: entry.id, files: entry.record.files.length, priority: entry.record.priority })
     this.scheduler.schedule()
@@ -332,7 +334,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       // A completion that failed half-way put some files in place: the rest of the job must follow them, not grow.
       if (job.files.some(f => f.visible === true)) throw new CanopyError('ERR_INVALID_STATE', 'Some files of this job are already in place: complete it, or create another job')
       checkFilesFit(files, this.options, job.files.map(f => f.path), job.type)
-      job.files.push(...files.map(f => fileRecord(job.id, f)))
+      job.files.push(...files.map(f => fileRecord(job.id, { ...f, path: f.path! })))
       entry.progress.push(...files.map(() => undefined))
       job.modifiedAt = new Date(this.now()).toISOString()
       await this.table.persist(entry)

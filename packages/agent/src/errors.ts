@@ -19,7 +19,9 @@ export const JobErrorCode = {
   /** No progress for the job's no-progress timeout (set by the scheduler, not by a transfer). */
   NoProgress: 'ERR_NO_PROGRESS',
   /** The job's maximum download time ran out (set by the scheduler). */
-  MaxTime: 'ERR_MAX_TIME'
+  MaxTime: 'ERR_MAX_TIME',
+  /** A preload job's content does not fit the peer cache (larger than its quota, or it is full of files peers are reading). */
+  CacheFull: 'ERR_CACHE_FULL'
 } as const satisfies Record<string, CatalogCode>
 
 /**

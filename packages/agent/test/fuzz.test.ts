@@ -133,7 +133,8 @@ function checkJob (job: NonNullable<ReturnType<typeof validateCreateJob>>): void
   assert.ok(job.files.length >= 1 && job.files.length <= LIMITS.maxFilesPerJob)
   for (const f of job.files) {
     assert.match(f.url, /^https?:\/\//)
-    assert.ok(f.path.startsWith('/') && !f.path.includes('\0'))
+    if (job.type === 'preload') assert.equal(f.path, undefined, 'a preload job has no destination')
+    else assert.ok(f.path !== undefined && f.path.startsWith('/') && !f.path.includes('\0'))
   }
   if (job.priority !== undefined) assert.ok(PRIORITIES.includes(job.priority))
   for (const [key, value] of Object.entries(job.limits ?? {})) {

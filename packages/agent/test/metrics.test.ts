@@ -56,7 +56,7 @@ test('bytes are counted from job events and scrapes, once, by source and priorit
 
 test('the hooks count served bytes, peer requests, evictions, bans and verification failures', async () => {
   const events = new EventEmitter<AgentEvents>()
-  const metrics = createAgentMetrics({ events, jobs: () => [], peers: () => ({ peers: [], bans: [{ peerId: 'p', until: '' }] }), cache: () => ({ usedBytes: 7, quotaBytes: 9, entries: [] }) }, { version: 't', startedAt: 0 })
+  const metrics = createAgentMetrics({ events, jobs: () => [], peers: () => ({ peers: [], bans: [{ peerId: 'p', until: '' }] }), cache: () => ({ usedBytes: 7, quotaBytes: 9, hits: 0, misses: 0, bytesServed: 0, entries: [] }) }, { version: 't', startedAt: 0 })
   metrics.servedToPeer(100)
   metrics.servedToPeer(28)
   metrics.contentLookup(true)
@@ -76,5 +76,7 @@ test('the hooks count served bytes, peer requests, evictions, bans and verificat
   assert.equal(await value(metrics, 'canopy_agent_peers_banned'), 1)
   assert.equal(await value(metrics, 'canopy_agent_cache_size_bytes'), 7)
   assert.equal(metrics.totals().servedToPeers, 128)
+  // GET /v1/cache shows the same numbers as the counters.
+  assert.deepEqual(metrics.peerCounts(), { hits: 1, misses: 2, bytesServed: 128 })
   metrics.close()
 })

@@ -30,7 +30,7 @@ async function node (t: TestContext, dir: string): Promise<PeerNode> {
 }
 
 /** An agent's sharing side: a peer node, its store and cache in `dir`. */
-async function sharingAgent (t: TestContext, dir: string): Promise<{ node: PeerNode, store: JobStore, sharing: PeerSharing }> {
+async function sharingAgent (t: TestContext, dir: string, quota = 1024 ** 3): Promise<{ node: PeerNode, store: JobStore, sharing: PeerSharing }> {
   const store = new JobStore(join(dir, 'db'))
   await store.open()
   const hasher = new BlockHasher(1)
@@ -39,15 +39,15 @@ async function sharingAgent (t: TestContext, dir: string): Promise<{ node: PeerN
     await hasher.close()
     await store.close()
   })
-  const sharing = new PeerSharing(n.libp2p, store, dir, hasher, silentLogger, 1024 ** 3)
+  const sharing = new PeerSharing(n.libp2p, store, dir, hasher, silentLogger, quota)
   await sharing.start()
   return { node: n, store, sharing }
 }
 
 /** One file's bytes and manifest, published by two origins: one key each. */
-async function content (dir: string): Promise<{ bytes: Buffer, path: string, byA: PublishedManifest, byB: PublishedManifest }> {
+async function content (dir: string, name = 'file.bin'): Promise<{ bytes: Buffer, path: string, byA: PublishedManifest, byB: PublishedManifest }> {
   const bytes = randomBytes(3 * BS + 100)
-  const path = join(dir, 'file.bin')
+  const path = join(dir, name)
   await writeFile(path, bytes)
   const manifest = await createManifest([bytes], { blockSize: BS })
   const keyed = (secret: number): PublishedManifest => ({ ...manifest, key: contentKey(Buffer.alloc(32, secret), manifest.id).toString('base64') })
@@ -148,4 +148,66 @@ test('a banned peer is neither served nor asked, and a fresh peer id from its ad
   const sessions = await server.sharing.open(discoveryId(key, DISCOVERY_LABEL), key, AbortSignal.timeout(10_000))
   t.after(async () => { for (const s of sessions) await s.close() })
   assert.deepEqual(sessions.map(s => s.peer.toString()), [honest.libp2p.peerId.toString()])
+})
+
+/** Three different files of one size (content() each), the cache's view of which are held. */
+async function threeFiles (dir: string): Promise<Array<Awaited<ReturnType<typeof content>>>> {
+  return await Promise.all(['one.bin', 'two.bin', 'three.bin'].map(async name => await content(dir, name)))
+}
+const held = (sharing: PeerSharing): string[] => sharing.cacheView().entries.map(e => e.name ?? '').sort()
+
+test('the cache evicts the least recently used file, and remembers its last use across a restart', async (t) => {
+  const dir = await tempDir(t)
+  const [one, two, three] = await threeFiles(dir)
+  const size = one.bytes.length
+  const client = await node(t, join(dir, 'client'))
+  const first = await sharingAgent(t, join(dir, 'server'), 2 * size)
+  for (const c of [one, two]) {
+    await first.store.putManifest(c.byA)
+    assert.deepEqual(await first.sharing.admit(c.byA, c.path, undefined, 'http://origin.test/' + c.path), { cached: true })
+  }
+  // A peer reads one.bin: two.bin is now the least recently used. Its last use is
+  // saved when the file closes (2 s after the last read).
+  await fetchBlock0(client, first.node, one.byA)
+  for (let i = 0; i < 100 && (await first.store.cacheRecords()).every(r => r.usedAt === undefined); i++) await new Promise(resolve => setTimeout(resolve, 100))
+  await first.node.stop()
+  await first.store.close()
+
+  const store = new JobStore(join(dir, 'server', 'db'))
+  await store.open()
+  const hasher = new BlockHasher(1)
+  t.after(async () => {
+    await hasher.close()
+    await store.close()
+  })
+  const again = await node(t, join(dir, 'server'))
+  const sharing = new PeerSharing(again.libp2p, store, join(dir, 'server'), hasher, silentLogger, 2 * size)
+  await sharing.start()
+  assert.deepEqual(held(sharing), ['one.bin', 'two.bin'])
+  assert.equal(sharing.cacheView().entries.find(e => e.name === 'one.bin')?.source, 'http://origin.test/' + one.path)
+  await store.putManifest(three.byA)
+  assert.deepEqual(await sharing.admit(three.byA, three.path), { cached: true })
+  assert.deepEqual(held(sharing), ['one.bin', 'three.bin'], 'two.bin, the least recently used, was evicted')
+})
+
+test('the cache never evicts a file peers are reading: a new file that needs its room is refused with the reason', async (t) => {
+  const dir = await tempDir(t)
+  const [one, two] = await threeFiles(dir)
+  const client = await node(t, join(dir, 'client'))
+  const server = await sharingAgent(t, join(dir, 'server'), one.bytes.length + 10)
+  await server.store.putManifest(one.byA)
+  await server.sharing.admit(one.byA, one.path)
+  // The read leaves one.bin open for the peer's next blocks: it is in use.
+  await fetchBlock0(client, server.node, one.byA)
+  await server.store.putManifest(two.byA)
+  const refused = await server.sharing.admit(two.byA, two.path)
+  assert.equal(refused.cached, false)
+  assert.match(refused.cached ? '' : refused.reason, /peers are reading now/)
+  assert.deepEqual(held(server.sharing), ['one.bin'])
+  // Larger than the whole quota: refused, saying so.
+  const big = await createManifest([randomBytes(2 * one.bytes.length)], { blockSize: BS })
+  const bigPath = join(dir, 'big.bin')
+  await writeFile(bigPath, randomBytes(2 * one.bytes.length))
+  const tooBig = await server.sharing.admit({ ...big, key: one.byA.key }, bigPath)
+  assert.match(tooBig.cached ? '' : tooBig.reason, /more than the whole cache quota/)
 })

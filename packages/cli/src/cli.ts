@@ -8,6 +8,7 @@ import type { Values, Verb } from './verb.ts'
 import { agentVerb } from './verbs/agent.ts'
 import { addVerb, getVerb } from './verbs/get.ts'
 import { putVerb } from './verbs/put.ts'
+import { preloadVerb } from './verbs/preload.ts'
 import { cancelVerb, completeVerb, jobsVerb, jobVerb, resumeVerb, setVerb, statusVerb, suspendVerb } from './verbs/jobs.ts'
 import { watchVerb } from './verbs/watch.ts'
 import { originVerb } from './verbs/origin.ts'
@@ -21,7 +22,7 @@ import { dashboardVerb } from './verbs/dashboard.ts'
 
 export const VERBS: readonly Verb[] = [
   getVerb, addVerb, putVerb, jobsVerb, jobVerb, watchVerb, suspendVerb, resumeVerb, cancelVerb, completeVerb, setVerb, statusVerb,
-  peersVerb, cacheVerb, policyVerb, dashboardVerb, agentVerb, originVerb, publishVerb, keygenVerb, versionVerb, completionVerb(() => VERBS)
+  peersVerb, preloadVerb, cacheVerb, policyVerb, dashboardVerb, agentVerb, originVerb, publishVerb, keygenVerb, versionVerb, completionVerb(() => VERBS)
 ]
 
 export const EXIT_CODES_HELP = `Exit codes:

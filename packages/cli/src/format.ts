@@ -303,6 +303,24 @@ export function formatSummary (path: string, bytes: JobBytes, seconds: number): 
   return line
 }
 
+/**
+ * The summary of a finished preload job: what it put in the cache, with the bytes
+ * by source, then a line per file the cache already held or could not keep:
+ * `preloaded 2 files (1.2 GiB) into the cache in 61.0 s (20 MiB/s), from origin 1.2 GiB, peers 0 B`.
+ */
+export function formatPreloadSummary (job: JobView, seconds: number): string {
+  const size = Math.max(0, job.bytes.total)
+  const secs = Math.max(seconds, 0.001)
+  const cached = job.files.filter(f => f.cached === true).length
+  const lines = [`preloaded ${cached} of ${job.files.length} file${job.files.length === 1 ? '' : 's'} (${formatBytes(size)}) into the cache in ${seconds.toFixed(1)} s ` +
+    `(${formatRate(job.bytes.transferred / secs)}), from origin ${formatBytes(job.bytes.fromOrigin)}, peers ${formatBytes(job.bytes.fromPeers)}`]
+  for (const f of job.files) {
+    if (f.skipped === true) lines.push(`  ${f.url}: already in the cache`)
+    else if (f.cached === false) lines.push(`  ${f.url}: not cached: ${f.notCachedReason ?? 'no reason given'}`)
+  }
+  return lines.join('\n')
+}
+
 /** The summary of a finished upload: `big.log -> http://origin/uploads/…: 256 MiB in 3.1 s (82 MiB/s), sha256 checked by the server[, reply in PATH]`. */
 export function formatUploadSummary (job: JobView, seconds: number): string {
   const size = Math.max(0, job.bytes.total)

@@ -39,9 +39,11 @@ export const PRIORITIES: readonly JobPriority[] = ['foreground', 'high', 'normal
  * to a tus 1.0 creation endpoint (`files[0].url`), stored there under the job's name.
  * upload-reply: an upload whose server reply (the origin's `--on-upload` handler's
  * output) is downloaded to `replyPath` before the job is transferred.
+ * preload: files from origins into the agent's peer cache, with no destination file
+ * (an overnight warm-up of a branch); its files have no `path` in the request.
  */
-export type JobType = 'download' | 'upload' | 'upload-reply'
-export const JOB_TYPES: readonly JobType[] = ['download', 'upload', 'upload-reply']
+export type JobType = 'download' | 'upload' | 'upload-reply' | 'preload'
+export const JOB_TYPES: readonly JobType[] = ['download', 'upload', 'upload-reply', 'preload']
 
 export interface JobError {
   /** Stable code, e.g. ERR_HTTP_NOT_FOUND, ERR_DIGEST_MISMATCH, ERR_DISK_FULL, ERR_NETWORK. */
@@ -69,8 +71,16 @@ export interface JobFileView {
   sha256?: string
   /** Verified bytes from each peer (peer id -> bytes), when some came from peers. */
   bytesByPeer?: Record<string, number>
-  /** True when the destination was already current and the file was not transferred (ifNewer). */
+  /** True when the destination was already current and the file was not transferred (ifNewer); preload: the cache already held it. */
   skipped?: boolean
+  /**
+   * Preload jobs, once the file is finished: whether it is in the peer cache. False
+   * when it could not be kept for peers (`notCachedReason` says why, e.g. the origin
+   * published no manifest for it): it was downloaded, verified as far as it could be,
+   * and removed.
+   */
+  cached?: boolean
+  notCachedReason?: string
 }
 
 export interface JobBytes {
@@ -180,8 +190,12 @@ export interface JobNotify {
 export interface CreateJobFile {
   /** download: the file's URL; upload: the tus creation endpoint (e.g. http://origin:8080/uploads/). */
   url: string
-  /** download: absolute destination path; upload: absolute path of the local file to send. */
-  path: string
+  /**
+   * download: absolute destination path; upload: absolute path of the local file to
+   * send; preload: none (the agent stages the file in its state directory and keeps
+   * it in its peer cache). Required except for preload jobs.
+   */
+  path?: string
   /** Expected whole-file SHA-256 (hex), checked before the file is made visible. */
   sha256?: string
 }
@@ -372,8 +386,30 @@ export interface CacheView {
   usedBytes: number
   /** The quota; least recently used files go first when a new one does not fit. */
   quotaBytes: number
-  /** name: the completed file's name when it was cached (absent for files cached by older agents). */
-  entries: Array<{ manifestId: string, name?: string, size: number, addedAt: string, usedAt: string }>
+  /** Peers' requests for content this agent held (a cached or partial file) since it started. */
+  hits: number
+  /** Peers' requests for content it did not hold, since it started. */
+  misses: number
+  /** Verified block bytes sent to peers since it started (cached and partial files). */
+  bytesServed: number
+  entries: CacheEntryView[]
+}
+
+/** One file kept for peers. */
+export interface CacheEntryView {
+  manifestId: string
+  /** The file's name when it was cached (absent for files cached by older agents). */
+  name?: string
+  size: number
+  /**
+   * Where it came from: the URL it was downloaded or preloaded from, or
+   * "offered by <peer id>" for content a hosted cache pulled from an agent that offered
+   * it (absent for files cached by older agents).
+   */
+  source?: string
+  addedAt: string
+  /** When a peer last read it (else when it was added): the least recently used go first. */
+  usedAt: string
 }
 
 export interface ApiErrorBody {

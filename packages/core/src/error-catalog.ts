@@ -58,6 +58,7 @@ export const ERROR_CATALOG = {
   ERR_DISK_FULL: { status: 507, transient: false },
   ERR_NO_PROGRESS: { transient: false },
   ERR_MAX_TIME: { transient: false },
+  ERR_CACHE_FULL: { status: 507, transient: false },
   // Uploads (the agent's tus client)
   ERR_LOCAL_FILE_CHANGED: { transient: false },
   ERR_UPLOAD_TOO_LARGE: { transient: false },

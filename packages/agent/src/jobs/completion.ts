@@ -14,6 +14,7 @@ import { renamePartialIntoPlace } from '../transfer/partial-file.ts'
 import type { FileRecord } from './job.ts'
 import type { JobEntry, JobTable } from './job-table.ts'
 import { terminateUpload } from './upload.ts'
+import { cachePreloaded, removeStaging } from './preload.ts'
 
 export interface CompletionComponents {
   table: JobTable
@@ -67,6 +68,7 @@ export class Completion {
       this.components.sharing()?.stopSharingPartial(file.partPath)
       await rm(file.partPath, { force: true })
     }
+    await removeStaging(entry.record)
     await this.components.store.clearBlocks(entry.id)
   }
 
@@ -76,7 +78,7 @@ export class Completion {
     if (sharing === undefined || file.manifestId === undefined) return
     const manifest = await this.components.store.getManifest(file.manifestId)
     if (manifest === undefined) return
-    await sharing.admit(manifest, path, basename(file.path)).catch((err: unknown) => this.components.logger.warn('could not keep a completed file for peers', { jobId, path, err: String(err) }))
+    await sharing.admit(manifest, path, basename(file.path), file.url).catch((err: unknown) => this.components.logger.warn('could not keep a completed file for peers', { jobId, path, err: String(err) }))
   }
 
   private async renameIntoPlace (entry: JobEntry): Promise<boolean> {
@@ -88,6 +90,14 @@ export class Completion {
       // An upload's file stays where it is: completing acknowledges what the server holds.
       if (file.visible === true || job.upload !== undefined) continue
       try {
+        if (job.type === 'preload') {
+          // No destination: into the peer cache (jobs/preload.ts).
+          const manifest = file.manifestId === undefined ? undefined : await store.getManifest(file.manifestId)
+          await cachePreloaded(file, manifest, this.components.sharing())
+          file.visible = true
+          await table.persist(entry)
+          continue
+        }
         // A crash between the rename and recording it leaves our file in place
         // and no partial file: recognise it by its digest rather than fail.
         if (!await alreadyInPlace(blockHasher, file)) {
@@ -105,7 +115,7 @@ export class Completion {
           code: missing ? JobErrorCode.Destination : failure.code,
           message: missing
             ? `The downloaded data for ${file.path} is gone (was ${file.partPath} deleted?): cancel the job and download again`
-            : `Could not put ${file.path} in place: ${failure.message}`,
+            : job.type === 'preload' ? failure.message : `Could not put ${file.path} in place: ${failure.message}`,
           transient: false,
           at: new Date(now()).toISOString(),
           url: file.url
@@ -122,6 +132,7 @@ export class Completion {
       file.bytesBySource ??= { origin: p?.fromOrigin ?? 0, peers: p?.fromPeers ?? 0, cache: p?.fromCache ?? 0 }
     })
     await store.clearBlocks(job.id)
+    await removeStaging(job)
     job.error = undefined
     job.completedAt = new Date(now()).toISOString()
     await table.setState(entry, 'acknowledged')

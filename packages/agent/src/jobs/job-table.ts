@@ -76,6 +76,8 @@ export interface JobTableComponents {
   emit: <K extends keyof ControlEvents>(event: K, ...args: ControlEvents[K]) => void
   /** Called after every command on a job (the scheduler looks again). */
   afterCommand: () => void
+  /** Where preload jobs stage their files (`<state-dir>/preload`). */
+  preloadDir: string
 }
 
 export class JobTable {
@@ -114,7 +116,7 @@ export class JobTable {
     if (live >= maxJobs) {
       throw new CanopyError(LimitCode.TooManyJobs, `The agent already holds ${live} unfinished jobs, its limit (--max-jobs ${maxJobs}): complete or cancel some first`)
     }
-    const entry = new JobEntry(newJobRecord(randomUUID(), req, this.components.now()))
+    const entry = new JobEntry(newJobRecord(randomUUID(), req, this.components.now(), this.components.preloadDir))
     this.creating++
     try {
       await this.persistTransition(entry)

@@ -38,8 +38,11 @@ export interface FileRecord {
   /** Verified whole-file SHA-256 (hex), set when the file is complete. */
   sha256?: string
   done: boolean
-  /** The destination was already current (ifNewer): not transferred, left as it was. */
+  /** The destination was already current (ifNewer): not transferred, left as it was. Preload: the cache already held it. */
   skipped?: boolean
+  /** Preload jobs, once the file is finished: whether it went into the peer cache, and if not why (see jobs/preload.ts). */
+  cached?: boolean
+  notCachedReason?: string
 }
 
 /** A job as persisted in the job store. Progress by block lives beside it (see JobStore). */
@@ -209,7 +212,9 @@ export function toView (job: JobRecord, live: JobLive): JobView {
       ...(f.manifestId !== undefined ? { manifestId: f.manifestId } : {}),
       ...(f.sha256 !== undefined ? { sha256: f.sha256 } : {}),
       ...(f.bytesByPeer !== undefined ? { bytesByPeer: { ...f.bytesByPeer } } : {}),
-      ...(f.skipped === true ? { skipped: true } : {})
+      ...(f.skipped === true ? { skipped: true } : {}),
+      ...(f.cached !== undefined ? { cached: f.cached } : {}),
+      ...(f.notCachedReason !== undefined ? { notCachedReason: f.notCachedReason } : {})
     }
   })
   return {
@@ -251,20 +256,26 @@ function uploadView (u: UploadRecord): NonNullable<JobView['upload']> {
 
 export type { PublishedManifest }
 
-/** The record of a new job, from a checked request, created at `at` (ms since the epoch). */
-export function newJobRecord (id: string, req: CreateJobRequest, at: number): JobRecord {
+/**
+ * The record of a new job, from a checked request, created at `at` (ms since the
+ * epoch). A preload job's files are staged in `<preloadDir>/<job id>/` (see
+ * jobs/preload.ts).
+ */
+export function newJobRecord (id: string, req: CreateJobRequest, at: number, preloadDir = ''): JobRecord {
   const now = new Date(at).toISOString()
   const type = req.type ?? 'download'
-  const upload = type === 'download' ? undefined : uploadRecord(req)
+  const upload = type === 'download' || type === 'preload' ? undefined : uploadRecord(req)
+  // Checked requests: every file but a preload job's has its path.
+  const files = req.files.map((f, i) => ({ ...f, path: type === 'preload' ? join(preloadDir, id, String(i)) : f.path! }))
   return {
     id,
-    name: req.name ?? basename(req.files[0].path),
+    name: req.name ?? (type === 'preload' ? preloadName(req.files.map(f => f.url)) : basename(files[0].path)),
     type,
     ...(upload !== undefined ? { upload } : {}),
     priority: req.priority ?? 'normal',
     state: req.start === false ? 'suspended' : 'queued',
     // An upload's bytes are counted as a plain download's are (plainBytes: the server's offset), so that recovery restores them.
-    files: req.files.map(f => upload === undefined ? fileRecord(id, f) : { ...fileRecord(id, f), mode: 'plain' as const }),
+    files: files.map(f => upload === undefined ? fileRecord(id, f) : { ...fileRecord(id, f), mode: 'plain' as const }),
     autoComplete: req.autoComplete ?? false,
     retryCount: 0,
     createdAt: now,
@@ -282,7 +293,7 @@ export function newJobRecord (id: string, req: CreateJobRequest, at: number): Jo
 
 /** An upload's record at creation: the local file's identity now (the API checked that it is a regular file). */
 function uploadRecord (req: CreateJobRequest): UploadRecord {
-  const st = statSync(req.files[0].path, { throwIfNoEntry: false })
+  const st = statSync(req.files[0].path!, { throwIfNoEntry: false })
   if (st === undefined) throw new CanopyError('ERR_INVALID_REQUEST', `${req.files[0].path} is gone: give the path of the file to upload`)
   return {
     file: { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino, dev: st.dev },
@@ -291,7 +302,7 @@ function uploadRecord (req: CreateJobRequest): UploadRecord {
 }
 
 /** The record of a new file of job `id`; its partial file lies next to the destination, so that completing is a rename within one filesystem. */
-export function fileRecord (id: string, f: CreateJobFile): FileRecord {
+export function fileRecord (id: string, f: CreateJobFile & { path: string }): FileRecord {
   return {
     url: f.url,
     path: f.path,
@@ -300,4 +311,24 @@ export function fileRecord (id: string, f: CreateJobFile): FileRecord {
     size: -1,
     done: false
   }
+}
+
+/** The file name a URL names (its last path segment, decoded), or its host when it names none. */
+export function urlFileName (url: string): string {
+  const parsed = new URL(url)
+  const segment = parsed.pathname.slice(parsed.pathname.lastIndexOf('/') + 1)
+  let name: string
+  try {
+    name = decodeURIComponent(segment)
+  } catch {
+    name = segment
+  }
+  // A name for people: no path separators nor control characters, and not too long.
+  name = [...name].map(c => c === '/' || c === '\\' || c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f ? '_' : c).join('').slice(0, 255)
+  return name === '' || name === '.' || name === '..' ? parsed.host : name
+}
+
+/** A preload job's default name: "preload app.iso", "preload app.iso and 2 more". */
+function preloadName (urls: readonly string[]): string {
+  return `preload ${urlFileName(urls[0])}${urls.length > 1 ? ` and ${urls.length - 1} more` : ''}`
 }

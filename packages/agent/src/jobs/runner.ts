@@ -33,6 +33,7 @@ import type { JobEntry, JobTable } from './job-table.ts'
 import type { JobViews } from './views.ts'
 import { poolOptions } from './transfer-services.ts'
 import { sendUpload } from './upload.ts'
+import { preparePreload } from './preload.ts'
 import { headProbe } from '../bandwidth/probe.ts'
 import type { PathLease, WanPaths } from '../bandwidth/wan-paths.ts'
 import type { AgentMetrics } from '../metrics/index.ts'
@@ -232,6 +233,14 @@ export class JobRunner {
         file.mode = 'plain'
       }
       await table.persist(entry)
+    }
+    if (job.type === 'preload') {
+      const manifest = file.manifestId === undefined ? undefined : await store.getManifest(file.manifestId)
+      if (await preparePreload(file, manifest, this.c.sharing())) {
+        logger.info('preload: the cache already holds this content', { jobId: job.id, url: file.url })
+        await table.persist(entry)
+        return
+      }
     }
     if (job.ifNewer === true && await this.upToDate(file, net.dispatcher, headers, signal)) {
       logger.info('skipped: the destination is up to date', { jobId: job.id, path: file.path })

@@ -45,9 +45,9 @@ export function validateCreateJob (body: unknown, limits: RequestLimits): Create
     if (req[flag] !== undefined && typeof req[flag] !== 'boolean') throw bad(`${flag} must be true or false`)
   }
   if (req.rateLimit !== undefined) validateRateLimit(req)
-  const files = validateFiles(req.files, limits, [])
   const type = (req.type ?? 'download') as JobType
-  const replyPath = type === 'download' ? checkNotUpload(req) : validateUpload(req, type, files)
+  const files = validateFiles(req.files, limits, [], type === 'preload')
+  const replyPath = type === 'download' ? checkNotUpload(req) : type === 'preload' ? checkPreload(req) : validateUpload(req, type, files)
   const notify = req.notify === undefined ? undefined : validateNotify(req.notify)
   const jobLimits = req.limits === undefined ? undefined : validateJobLimits(req.limits)
   const http = req.http === undefined ? undefined : validateHttpOptions(req.http)
@@ -67,6 +67,12 @@ export function validateCreateJob (body: unknown, limits: RequestLimits): Create
   }
 }
 
+/** A preload request carries neither an upload field nor ifNewer (it has no destination to compare). */
+function checkPreload (req: Record<string, unknown>): undefined {
+  if (req.ifNewer !== undefined) throw bad('ifNewer is for downloads: a preload job has no destination (content the cache already holds is not fetched again)')
+  return checkNotUpload(req)
+}
+
 /** A download request carries no upload field. */
 function checkNotUpload (req: Record<string, unknown>): undefined {
   if (req.replyPath !== undefined) throw bad('replyPath is for upload-reply jobs: set type "upload-reply"')
@@ -82,8 +88,9 @@ function checkNotUpload (req: Record<string, unknown>): undefined {
 function validateUpload (req: Record<string, unknown>, type: JobType, files: CreateJobFile[]): string | undefined {
   if (files.length !== 1) throw bad(`An ${type} job sends one file, not ${files.length}: create one job per file`)
   if (files[0].sha256 !== undefined || req.ifNewer !== undefined) throw bad(`sha256 and ifNewer are for downloads: an ${type} job checks the server's SHA-256 of what it stored by itself`)
-  const local = statSync(files[0].path, { throwIfNoEntry: false })
-  if (local === undefined || !local.isFile()) throw bad(`${files[0].path} is not a file: give the path of the file to upload`)
+  const localPath = files[0].path!
+  const local = statSync(localPath, { throwIfNoEntry: false })
+  if (local === undefined || !local.isFile()) throw bad(`${localPath} is not a file: give the path of the file to upload`)
   if (type === 'upload') {
     if (req.replyPath !== undefined) throw bad('replyPath is for upload-reply jobs: set type "upload-reply"')
     return undefined
@@ -93,7 +100,7 @@ function validateUpload (req: Record<string, unknown>, type: JobType, files: Cre
     throw bad('replyPath must be the absolute path where the server\'s reply is written')
   }
   const replyPath = resolve(raw)
-  if (replyPath === files[0].path) throw bad('replyPath must not be the file being uploaded')
+  if (replyPath === localPath) throw bad('replyPath must not be the file being uploaded')
   if (statSync(replyPath, { throwIfNoEntry: false })?.isDirectory() === true) throw bad(`${replyPath} is a folder: give the path of the reply file to create`)
   if (statSync(dirname(replyPath), { throwIfNoEntry: false })?.isDirectory() !== true) throw bad(`The folder ${dirname(replyPath)} does not exist: create it first`)
   return replyPath
@@ -111,6 +118,7 @@ export function validateAddFiles (body: unknown, limits: RequestLimits, existing
  * under the job's lock): the count within the limit and no destination twice.
  */
 export function checkFilesFit (files: readonly CreateJobFile[], limits: Pick<RequestLimits, 'maxFilesPerJob'>, existing: readonly string[], type: JobType = 'download'): void {
+  if (type === 'preload') throw bad('A preload job\'s URLs are given when it is created: preload the others with another job')
   if (type !== 'download') throw bad(`An ${type} job sends one file: create another job to send another`)
   if (existing.length + files.length > limits.maxFilesPerJob) {
     throw new CanopyError(LimitCode.TooManyFiles,
@@ -118,17 +126,19 @@ export function checkFilesFit (files: readonly CreateJobFile[], limits: Pick<Req
   }
   const seen = new Set<string>(existing)
   files.forEach((f, i) => {
-    if (seen.has(f.path)) throw bad(`files[${i}].path ${f.path} appears twice in the job`)
-    seen.add(f.path)
+    const path = f.path!
+    if (seen.has(path)) throw bad(`files[${i}].path ${path} appears twice in the job`)
+    seen.add(path)
   })
 }
 
 /**
  * Checks a list of files to add to a job that already has `existing` destinations
  * (none for a new job): the count within the limit, each URL and path, and no
- * destination twice.
+ * destination twice. A preload job's files have no path (`preload`): the agent
+ * stages them itself.
  */
-function validateFiles (value: unknown, limits: RequestLimits, existing: readonly string[]): CreateJobFile[] {
+function validateFiles (value: unknown, limits: RequestLimits, existing: readonly string[], preload = false): CreateJobFile[] {
   if (!Array.isArray(value) || value.length === 0) throw bad('files must be a non-empty array of { url, path }')
   if (existing.length + value.length > limits.maxFilesPerJob) {
     throw new CanopyError(LimitCode.TooManyFiles, existing.length === 0
@@ -150,6 +160,11 @@ function validateFiles (value: unknown, limits: RequestLimits, existing: readonl
       throw bad(`files[${i}].url "${url.slice(0, 200)}" is not a valid URL`)
     }
     if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw bad(`files[${i}].url must be http or https, not ${parsed.protocol}`)
+    const digest = validateSha256(sha256, i)
+    if (preload) {
+      if (rawPath !== undefined) throw bad(`files[${i}].path: a preload job has no destination (the file goes into the agent's peer cache); leave path out`)
+      return { url: parsed.toString(), ...digest }
+    }
     if (typeof rawPath !== 'string' || !isAbsolute(rawPath) || rawPath.length > JOB_LIMITS.pathLength || rawPath.includes('\0')) {
       throw bad(`files[${i}].path must be an absolute path`)
     }
@@ -165,11 +180,15 @@ function validateFiles (value: unknown, limits: RequestLimits, existing: readonl
       throw bad(`The folder ${dirname(path)} does not exist: create it first`)
     }
     if (!dir.isDirectory()) throw bad(`${dirname(path)} is not a folder`)
-    if (sha256 !== undefined && (typeof sha256 !== 'string' || !/^[0-9a-fA-F]{64}$/.test(sha256))) {
-      throw bad(`files[${i}].sha256 must be 64 hex digits`)
-    }
-    return { url: parsed.toString(), path, ...(typeof sha256 === 'string' ? { sha256: sha256.toLowerCase() } : {}) }
+    return { url: parsed.toString(), path, ...digest }
   })
+}
+
+/** Checks a file's expected SHA-256: 64 hex digits, or none. */
+function validateSha256 (sha256: unknown, i: number): { sha256?: string } {
+  if (sha256 === undefined) return {}
+  if (typeof sha256 !== 'string' || !/^[0-9a-fA-F]{64}$/.test(sha256)) throw bad(`files[${i}].sha256 must be 64 hex digits`)
+  return { sha256: sha256.toLowerCase() }
 }
 
 /** The least each limit may be: delays and timeouts at least 1 ms; a maximum download time of 0 means none. */

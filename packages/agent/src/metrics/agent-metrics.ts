@@ -53,6 +53,12 @@ export interface SharingMetrics {
   /** A cached file was dropped to make room (least recently used). */
   cacheEvicted: (bytes: number) => void
   peerBanned: (reason: BanReason) => void
+  /**
+   * What servedToPeer and contentLookup counted since the start (the numbers of
+   * canopy_agent_peer_served_bytes_total and canopy_agent_peer_requests_total), for
+   * GET /v1/cache.
+   */
+  peerCounts: () => { hits: number, misses: number, bytesServed: number }
 }
 
 export interface AgentMetrics extends SharingMetrics {
@@ -263,13 +269,19 @@ export function createAgentMetrics (components: AgentMetricsComponents, init: Ag
   components.events.on('job:removed', onRemoved)
 
   let servedTotal = 0
+  const requests = { hits: 0, misses: 0 }
   return {
     registry,
     servedToPeer: bytes => {
       served.inc(bytes)
       servedTotal += bytes
     },
-    contentLookup: hit => lookups.inc({ result: hit ? 'hit' : 'miss' }),
+    contentLookup: hit => {
+      lookups.inc({ result: hit ? 'hit' : 'miss' })
+      if (hit) requests.hits++
+      else requests.misses++
+    },
+    peerCounts: () => ({ ...requests, bytesServed: servedTotal }),
     cacheEvicted: bytes => {
       evictions.inc()
       evictedBytes.inc(bytes)

@@ -2,7 +2,7 @@ import { link, mkdir, open, rm, stat, statfs } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import type { Connection, PeerId } from '@libp2p/interface'
-import { blockDigest, blockSpan, digestsEqual, discoveryId, DISCOVERY_LABEL } from '@canopy/core'
+import { blockDigest, blockSpan, digestsEqual, discoveryId, DISCOVERY_LABEL, formatBytes } from '@canopy/core'
 import type { CacheView, Logger, PeersView, PublishedManifest } from '@canopy/core'
 import type { FileProgress } from '../jobs/job.ts'
 import type { CacheRecord, JobStore } from '../store/job-store.ts'
@@ -37,6 +37,9 @@ interface Entry {
   file?: Promise<FileHandle>
   closer?: NodeJS.Timeout
 }
+
+/** What became of a file offered to the cache: kept, or not and why (in words for people). */
+export type AdmitResult = { cached: true } | { cached: false, reason: string }
 
 /**
  * The agent's side of peer caching: which content it can serve (by discovery id),
@@ -95,6 +98,7 @@ export class PeerSharing implements BlockSource, PeerSessions {
         await this.forget(record)
         continue
       }
+      if (record.usedAt !== undefined) this.usedAt.set(record.manifestId, Date.parse(record.usedAt))
       await this.addCached(manifest, record)
     }
     // Bans apply both ways: a banned peer's connections (and new peer ids from a
@@ -142,23 +146,31 @@ export class PeerSharing implements BlockSource, PeerSessions {
     }
   }
 
-  /** Keeps a completed, verified file for peers (a hard link into the cache); `name` is the file's name for people. */
-  async admit (manifest: PublishedManifest, path: string, name = basename(path)): Promise<void> {
-    if (manifest.key === undefined) return
+  /**
+   * Keeps a completed, verified file for peers (a hard link into the cache); `name`
+   * is the file's name for people, `source` where it came from (its URL, or "offered
+   * by <peer id>"). Says whether it was kept, and if not why: a download carries on
+   * without it, a preload job fails with the reason.
+   */
+  async admit (manifest: PublishedManifest, path: string, name = basename(path), source?: string): Promise<AdmitResult> {
+    if (manifest.key === undefined) return notCached('the origin gave no content key with its manifest (an origin without a secret): peers could not be allowed to read it')
     // The same content already cached (fetched before from another origin, under
     // another key): the file stays, and is now also offered under this key.
     const cached = this.cachedRecords().find(r => r.manifestId === manifest.id)
     if (cached !== undefined && await this.unchanged(cached)) {
       await this.addCached(manifest, cached)
-      return
+      return { cached: true }
     }
     const cachePath = join(this.cacheDir, manifest.id)
     const size = (await stat(path)).size
     if (size > this.quotaBytes) {
       this.logger.info('completed file larger than the cache quota; not cached', { path, size, quota: this.quotaBytes })
-      return
+      return notCached(tooLarge(size, this.quotaBytes))
     }
-    await this.evictFor(size, manifest.id)
+    if (!await this.evictFor(size, manifest.id)) {
+      this.logger.info('the cache is full of files peers are reading now; not cached', { path, size, quota: this.quotaBytes })
+      return notCached(`the cache (quota ${formatBytes(this.quotaBytes)}) is full of files peers are reading now, which are never evicted: try again later, or raise --cache-size`)
+    }
     try {
       await rm(cachePath, { force: true })
       await link(path, cachePath)
@@ -169,12 +181,24 @@ export class PeerSharing implements BlockSource, PeerSessions {
       const entry = this.entries.get(hexId(manifest))
       if (entry !== undefined) this.release(entry)
       this.entries.delete(hexId(manifest))
-      return
+      return notCached(`could not link it into the cache (${(err as Error).message}): the cache lives on the state directory's filesystem`)
     }
     const s = await stat(cachePath)
-    const record: CacheRecord = { manifestId: manifest.id, path: cachePath, size: s.size, mtimeMs: s.mtimeMs, ino: s.ino, addedAt: new Date().toISOString(), name }
+    const record: CacheRecord = { manifestId: manifest.id, path: cachePath, size: s.size, mtimeMs: s.mtimeMs, ino: s.ino, addedAt: new Date().toISOString(), name, ...(source !== undefined ? { source } : {}) }
     await this.store.putCacheRecord(record)
     await this.addCached(manifest, record)
+    return { cached: true }
+  }
+
+  /** The cache quota in bytes. */
+  get quota (): number {
+    return this.quotaBytes
+  }
+
+  /** Whether the cache holds this content, complete and unchanged (a preload of it has nothing to fetch). */
+  async holds (manifestId: string): Promise<boolean> {
+    const record = this.cachedRecords().find(r => r.manifestId === manifestId)
+    return record !== undefined && await this.unchanged(record)
   }
 
   /** The files in the cache, each once (an entry per content key shares one record). */
@@ -184,18 +208,27 @@ export class PeerSharing implements BlockSource, PeerSessions {
     return [...records.values()]
   }
 
-  /** Drops least recently used files until `incoming` more bytes fit in the quota. */
-  private async evictFor (incoming: number, keep: string): Promise<void> {
+  /**
+   * Drops least recently used files until `incoming` more bytes fit in the quota.
+   * Files peers are reading now (open: read in the last IDLE_CLOSE_MS) are never
+   * dropped, since their transfers need them; false when the rest cannot make room
+   * (nothing is dropped then).
+   */
+  private async evictFor (incoming: number, keep: string): Promise<boolean> {
     const cached = this.cachedRecords().filter(r => r.manifestId !== keep)
     let used = cached.reduce((sum, r) => sum + r.size, 0)
-    cached.sort((a, b) => (this.usedAt.get(a.manifestId) ?? Date.parse(a.addedAt)) - (this.usedAt.get(b.manifestId) ?? Date.parse(b.addedAt)))
-    for (const record of cached) {
+    const inUse = new Set([...this.entries.values()].filter(e => e.cache !== undefined && e.file !== undefined).map(e => e.cache!.manifestId))
+    const evictable = cached.filter(r => !inUse.has(r.manifestId))
+      .sort((a, b) => (this.usedAt.get(a.manifestId) ?? Date.parse(a.addedAt)) - (this.usedAt.get(b.manifestId) ?? Date.parse(b.addedAt)))
+    if (used - evictable.reduce((sum, r) => sum + r.size, 0) + incoming > this.quotaBytes) return false
+    for (const record of evictable) {
       if (used + incoming <= this.quotaBytes) break
       this.logger.info('evicting a cached file (least recently used)', { manifestId: record.manifestId, size: record.size })
       await this.forget(record)
       this.metrics?.cacheEvicted(record.size)
       used -= record.size
     }
+    return true
   }
 
   /** What the cache holds (GET /v1/cache). */
@@ -204,7 +237,15 @@ export class PeerSharing implements BlockSource, PeerSessions {
     return {
       usedBytes: entries.reduce((sum, r) => sum + r.size, 0),
       quotaBytes: this.quotaBytes,
-      entries: entries.map(r => ({ manifestId: r.manifestId, ...(r.name !== undefined ? { name: r.name } : {}), size: r.size, addedAt: r.addedAt, usedAt: new Date(this.usedAt.get(r.manifestId) ?? Date.parse(r.addedAt)).toISOString() }))
+      ...this.metrics?.peerCounts() ?? { hits: 0, misses: 0, bytesServed: 0 },
+      entries: entries.map(r => ({
+        manifestId: r.manifestId,
+        ...(r.name !== undefined ? { name: r.name } : {}),
+        size: r.size,
+        ...(r.source !== undefined ? { source: r.source } : {}),
+        addedAt: r.addedAt,
+        usedAt: new Date(this.usedAt.get(r.manifestId) ?? Date.parse(r.addedAt)).toISOString()
+      }))
     }
   }
 
@@ -366,12 +407,20 @@ export class PeerSharing implements BlockSource, PeerSessions {
     return await file
   }
 
-  /** Closes the entry's file (after any read under way: FileHandle.close waits for it). */
+  /**
+   * Closes the entry's file (after any read under way: FileHandle.close waits for it).
+   * A cached file's last use is saved then, once per spell of reads.
+   */
   private release (entry: Entry): void {
     clearTimeout(entry.closer)
     const file = entry.file
     entry.file = undefined
     file?.then(async handle => await handle.close()).catch(() => {})
+    const record = entry.cache
+    const usedAt = record === undefined ? undefined : this.usedAt.get(record.manifestId)
+    if (record === undefined || file === undefined || usedAt === undefined || this.entries.get(hexId(entry.manifest)) !== entry) return
+    record.usedAt = new Date(usedAt).toISOString()
+    this.store.putCacheRecord(record).catch((err: unknown) => this.logger.debug('could not save when a cached file was last used', { manifestId: record.manifestId, err: String(err) }))
   }
 
   private async read (entry: Entry, index: number): Promise<Uint8Array> {
@@ -406,6 +455,15 @@ export class PeerSharing implements BlockSource, PeerSessions {
     await this.store.deleteCacheRecord(record.manifestId)
     await rm(record.path, { force: true })
   }
+}
+
+function notCached (reason: string): AdmitResult {
+  return { cached: false, reason }
+}
+
+/** Why a file larger than the quota is not cached, with what to do. */
+export function tooLarge (size: number, quota: number): string {
+  return `it is ${formatBytes(size)}, more than the whole cache quota (${formatBytes(quota)}): raise --cache-size, then resume`
 }
 
 function hexId (manifest: PublishedManifest): string {

@@ -260,6 +260,10 @@ export interface CacheRecord {
   addedAt: string
   /** The completed file's name (not its path), for people; records from before it lack it. */
   name?: string
+  /** Where it came from (its URL, or "offered by <peer id>"); records from before it lack it. */
+  source?: string
+  /** When peers last read it (saved when its file closes, so that least-recently-used survives a restart). */
+  usedAt?: string
 }
 
 export type NotificationChannel = 'url' | 'onComplete' | 'onError'

@@ -5,7 +5,7 @@ import { CanopyError, isCanopyError, parseDuration } from '@canopy/core'
 import type { CanopyClient } from '@canopy/client'
 import type { JobHttpOptions, JobLimits, JobNotify, JobView } from '@canopy/core'
 import { ExitCode, UsageError } from '../errors.ts'
-import { formatSummary, formatUploadSummary } from '../format.ts'
+import { formatPreloadSummary, formatSummary, formatUploadSummary } from '../format.ts'
 import { ProgressReporter } from '../progress.ts'
 import { absolute, flag, hasControlChar, inform, interruptible, isQuiet, jobId, out, printJson, priorityOption, rateLimitOption, say, str, withClient } from '../verb.ts'
 import type { Values, Verb } from '../verb.ts'
@@ -246,7 +246,9 @@ export async function waitForJob (client: CanopyClient, created: JobView, starte
   const seconds = (performance.now() - started) / 1000
   if (json) printJson(job)
   if (job.state === 'acknowledged') {
-    inform(job.type === 'download' ? formatSummary(job.files[0]?.path ?? path, job.bytes, seconds) : formatUploadSummary(job, seconds))
+    inform(job.type === 'download'
+      ? formatSummary(job.files[0]?.path ?? path, job.bytes, seconds)
+      : job.type === 'preload' ? formatPreloadSummary(job, seconds) : formatUploadSummary(job, seconds))
     return ExitCode.Ok
   }
   if (job.state === 'cancelled') {

@@ -41,8 +41,13 @@ export const cacheVerb: Verb = {
   help: `Usage: canopy cache [clear] [--json]
 
 Shows the completed files the agent keeps for its peers (hard links under
-<state-dir>/cache), their use of the quota, and for each its name, size, when it
-was last served (times in ISO 8601, UTC) and its manifest id.
+<state-dir>/cache), their use of the quota, and for each its name, size, where it
+came from (the URL it was downloaded or preloaded from, or "offered by <peer>" for
+content a hosted cache pulled), when it was last used and when it was added
+(times in ISO 8601, UTC); then peers' requests since the agent started: hits (for
+content it held), misses, and the bytes it served them. The least recently used
+file goes first when a new one does not fit the quota (never one peers are reading
+at that moment). Fill it with \`canopy preload URL...\`.
 \`canopy cache clear\` empties it and lists what it removed; files being
 downloaded stay shared.
 
@@ -71,12 +76,14 @@ Examples:
       out(removed.length === 0 ? 'the cache was empty: nothing removed\n' : formatTable(['REMOVED', 'SIZE', 'MANIFEST'], removed.map(e => [e.name ?? '(unnamed)', formatBytes(e.size), e.manifestId])))
       out(`freed ${formatBytes(removed.reduce((n, e) => n + e.size, 0))}; ${formatBytes(view.usedBytes)} of ${formatBytes(view.quotaBytes)} used\n`)
     } else {
-      out(`${formatBytes(view.usedBytes)} of ${formatBytes(view.quotaBytes)} used, ${view.entries.length} file${view.entries.length === 1 ? '' : 's'}\n`)
+      out(`${formatBytes(view.usedBytes)} of ${formatBytes(view.quotaBytes)} used, ${view.entries.length} file${view.entries.length === 1 ? '' : 's'}; ` +
+        `peers' requests: ${view.hits} hit${view.hits === 1 ? '' : 's'}, ${view.misses} miss${view.misses === 1 ? '' : 'es'}, ${formatBytes(view.bytesServed)} served\n`)
       if (view.entries.length > 0) {
         // Most recently used first: the ones least likely to be evicted next.
         const rows = [...view.entries].sort((x, y) => y.usedAt.localeCompare(x.usedAt))
-          .map(e => [e.name ?? '(unnamed)', formatBytes(e.size), when(e.usedAt) ?? '', when(e.addedAt) ?? '', e.manifestId])
-        out(formatTable(['NAME', 'SIZE', 'LAST USED', 'ADDED', 'MANIFEST'], rows))
+          .map(e => [e.name ?? '(unnamed)', formatBytes(e.size), when(e.usedAt) ?? '', when(e.addedAt) ?? '', e.source ?? '(unknown)'])
+        // The source last: a URL is long, and the last column is not padded.
+        out(formatTable(['NAME', 'SIZE', 'LAST USED', 'ADDED', 'SOURCE'], rows))
       }
     }
     return ExitCode.Ok
