@@ -120,8 +120,16 @@ export interface P2pOptions {
   peers?: string[]
   /** The organisation's swarm key (32 bytes); without it a loud warning. */
   swarmKey?: Uint8Array
-  /** Bytes of completed files kept for peers. Default min(10 GiB, 10% of the state directory's disk). */
+  /** Bytes of completed files kept for peers. Default min(10 GiB, 10% of the state directory's disk); with hostedCache min(1 TiB, 50%). */
   cacheSize?: number
+  /**
+   * Run as the branch's hosted cache: an always-on agent that takes the content
+   * members offer, pulls and verifies it from peers (never from an origin), and
+   * serves it like any peer. Default false.
+   */
+  hostedCache?: boolean
+  /** Hosted caches to use (multiaddrs on LAN addresses): dialled and kept connected like static peers, asked first, offered completed files. */
+  hostedCacheAddrs?: string[]
 }
 
 const DAY_MS = 86_400_000
@@ -253,6 +261,8 @@ export const AGENT_OPTION_TABLE: readonly AgentOptionSpec[] = [
   { name: 'peer', p2pField: 'peers', kind: 'list', arg: 'MULTIADDR', section: 'peers', env: 'CANOPY_PEERS', help: 'a static peer, e.g. /ip4/192.168.1.20/tcp/7373 (repeatable; CANOPY_PEERS and the config file take a list)' },
   { name: 'swarm-key', p2pField: 'swarmKey', kind: 'text', arg: 'FILE', section: 'peers', help: 'accept only peers holding this key (canopy keygen)' },
   { name: 'cache-size', p2pField: 'cacheSize', kind: 'size', min: 1, arg: 'SIZE', section: 'peers', defaultText: 'min(10 GiB, 10% of the state directory\'s disk)', help: 'bytes of completed files kept for peers' },
+  { name: 'hosted-cache', p2pField: 'hostedCache', kind: 'switch', section: 'peers', envOn: '1', help: 'run as the branch\'s hosted cache: keep what members offer (pulled from peers and verified, never from an origin) and serve it to members that prove the content key; the cache quota becomes min(1 TiB, 50% of the disk) unless --cache-size is given (CANOPY_HOSTED_CACHE=1)' },
+  { name: 'hosted-cache-addr', p2pField: 'hostedCacheAddrs', kind: 'list', arg: 'MULTIADDR', section: 'peers', env: 'CANOPY_HOSTED_CACHE_ADDRS', help: 'a hosted cache to use: kept connected, asked first, offered what this agent fetched from the origin (repeatable; CANOPY_HOSTED_CACHE_ADDRS and the config file take a list)' },
   { name: 'no-p2p', kind: 'switch', section: 'peers', env: 'CANOPY_P2P', envOn: '0', help: 'run no peer node' }
 ]
 

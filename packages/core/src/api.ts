@@ -81,6 +81,22 @@ export interface JobFileView {
    */
   cached?: boolean
   notCachedReason?: string
+  /** How the branch's hosted cache took part, when the agent knows one (configured or announced); its bytes are the job's fromCache. */
+  hostedCache?: HostedCacheUse
+}
+
+/**
+ * A file's use of the branch's hosted caches (`--hosted-cache-addr`, or one that
+ * announced itself on the LAN). `served`: blocks came from one; `not-held`: one was
+ * connected and asked first, but it did not hold the content (not offered yet,
+ * evicted, larger than its quota): the file came from peers and the origin;
+ * `unreachable`: a configured hosted cache was not connected when the transfer
+ * began (it is down, or not reachable): the file fell back to peers and the origin.
+ */
+export interface HostedCacheUse {
+  state: 'served' | 'not-held' | 'unreachable'
+  /** With `unreachable`: the configured addresses that were not connected. */
+  unreachable?: string[]
 }
 
 export interface JobBytes {
@@ -89,10 +105,11 @@ export interface JobBytes {
   transferred: number
   fromOrigin: number
   fromPeers: number
+  /** Verified bytes from the branch's hosted caches (not counted in fromPeers). */
   fromCache: number
   /**
-   * fromPeers in detail: verified bytes from each peer (peer id -> bytes), when some
-   * came from peers. Saved about once a second: after an agent crash the detail may
+   * fromPeers and fromCache in detail: verified bytes from each peer, hosted caches
+   * included (peer id -> bytes), when some came from peers. Saved about once a second: after an agent crash the detail may
    * be short of fromPeers by the last second's blocks.
    */
   byPeer?: Record<string, number>
@@ -355,7 +372,7 @@ export interface WanPathStatus {
 export interface AgentByteTotals {
   fromOrigin: number
   fromPeers: number
-  /** From a hosted cache (reserved: 0 until hosted caches exist). */
+  /** From the branch's hosted caches. */
   fromCache: number
   servedToPeers: number
   /** ISO 8601 time the counting began (the agent's start). */

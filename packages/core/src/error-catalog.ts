@@ -74,6 +74,8 @@ export const ERROR_CATALOG = {
   ERR_PEER_UNKNOWN_CONTENT: { transient: true },
   ERR_PEER_DENIED: { transient: true },
   ERR_PEER_REFUSED: { transient: true },
+  /** An offer to a hosted cache out of bounds, or whose manifest does not match its id (logged by the hosted cache; the offerer hears "refused"). */
+  ERR_OFFER_INVALID: { transient: false },
   ERR_INVALID_PEER: { transient: false },
   ERR_INVALID_PEER_KEY: { transient: false },
   ERR_INVALID_SWARM_KEY: { transient: false },

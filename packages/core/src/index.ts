@@ -25,7 +25,7 @@ export { silentLogger, withFields } from './logger.ts'
 export type { Logger } from './logger.ts'
 export { AGENT_EVENT_TYPES, API_SOCKET_NAME, API_VERSION, FINAL_STATES, JOB_TYPES, PRIORITIES } from './api.ts'
 export type {
-  AgentByteTotals, AgentEvent, AgentEventType, AgentStatus, StoreRecovery, BandwidthStatus, PolicyView, WanPathStatus, ApiErrorBody, CacheEntryView, CacheView, PeersView, PeerStatus, AddFilesRequest, CreateJobFile, CreateJobRequest, JobBytes, JobLimits, JobError, JobFileView,
+  AgentByteTotals, AgentEvent, AgentEventType, AgentStatus, StoreRecovery, BandwidthStatus, PolicyView, WanPathStatus, ApiErrorBody, CacheEntryView, CacheView, PeersView, PeerStatus, AddFilesRequest, CreateJobFile, CreateJobRequest, JobBytes, JobLimits, JobError, JobFileView, HostedCacheUse,
   JobHttpOptions, JobHttpView, JobNotify, JobPriority, JobState, JobType, JobUploadView, JobView, SetPriorityRequest, SetRateLimitRequest
 } from './api.ts'
 export type { AbortOptions, AgentControl, Awaitable, CanopyControl, ControlEvents, ControlEventSource } from './control.ts'

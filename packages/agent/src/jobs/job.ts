@@ -1,6 +1,6 @@
 import { statSync } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
-import type { CreateJobFile, CreateJobRequest, JobError, JobHttpOptions, JobLimits, JobNotify, JobPriority, JobState, JobType, JobView, PublishedManifest } from '@canopy/core'
+import type { CreateJobFile, CreateJobRequest, HostedCacheUse, JobError, JobHttpOptions, JobLimits, JobNotify, JobPriority, JobState, JobType, JobView, PublishedManifest } from '@canopy/core'
 import { CanopyError, blockCount, blockSpan } from '@canopy/core'
 import { httpView } from './http-options.ts'
 import type { LocalFileIdentity } from '../transfer/tus-upload.ts'
@@ -35,6 +35,8 @@ export interface FileRecord {
    * (which fromPeers is counted from) by the last second of progress.
    */
   bytesByPeer?: Record<string, number>
+  /** How the branch's hosted caches took part in its transfer (set when the agent knows one). */
+  hostedCache?: HostedCacheUse
   /** Verified whole-file SHA-256 (hex), set when the file is complete. */
   sha256?: string
   done: boolean
@@ -214,7 +216,8 @@ export function toView (job: JobRecord, live: JobLive): JobView {
       ...(f.bytesByPeer !== undefined ? { bytesByPeer: { ...f.bytesByPeer } } : {}),
       ...(f.skipped === true ? { skipped: true } : {}),
       ...(f.cached !== undefined ? { cached: f.cached } : {}),
-      ...(f.notCachedReason !== undefined ? { notCachedReason: f.notCachedReason } : {})
+      ...(f.notCachedReason !== undefined ? { notCachedReason: f.notCachedReason } : {}),
+      ...(f.hostedCache !== undefined ? { hostedCache: { ...f.hostedCache } } : {})
     }
   })
   return {

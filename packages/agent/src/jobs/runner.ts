@@ -410,11 +410,19 @@ export class JobRunner {
 /** The agent's peer sessions for one file's transfer, also counting each peer's bytes in the file's record. */
 function peerSessions (sharing: PeerSharing, file: FileRecord): PeerSessions {
   return {
-    open: async (id, key, signal) => await sharing.open(id, key, signal),
+    open: async (id, key, signal) => {
+      const sessions = await sharing.open(id, key, signal)
+      // The hosted cache's part: asked first, or unreachable (then peers and the origin serve).
+      const use = sharing.hostedCaches?.use(sessions.map(s => s.peer))
+      if (use !== undefined && file.hostedCache?.state !== 'served') file.hostedCache = use
+      return sessions
+    },
     penalize: (peer, reason) => sharing.penalize(peer, reason),
     self: () => sharing.self(),
+    isHostedCache: (peer) => sharing.isHostedCache(peer),
     received: (peer, bytes) => {
       sharing.received(peer, bytes)
+      if (sharing.isHostedCache(peer)) file.hostedCache = { state: 'served' }
       const byPeer = file.bytesByPeer ??= {}
       byPeer[peer.toString()] = (byPeer[peer.toString()] ?? 0) + bytes
     }

@@ -11,3 +11,6 @@ export { ExchangeSession, PeerExchangeError, serveExchange } from './exchange.ts
 export type { BlockSource, SharedContent } from './exchange.ts'
 export { PeerSharing } from './sharing.ts'
 export { startSharing } from './start.ts'
+export { decodeOffer, HostedCaches, HOSTED_CACHE_PROTOCOL, OfferError, sendOffer } from './offer.ts'
+export type { Offer, OfferReply } from './offer.ts'
+export { HostedCache, hostedCacheQuota } from './hosted-cache.ts'

@@ -12,6 +12,7 @@ import { ExchangeSession, remoteAddress, serveExchange } from './exchange.ts'
 import type { BlockSource, ServeLimits, SharedContent } from './exchange.ts'
 import type { PeerLibp2p } from './node.ts'
 import type { SharingMetrics } from '../metrics/agent-metrics.ts'
+import type { HostedCaches } from './offer.ts'
 
 /** Bad blocks from one peer before it is banned. */
 const BAN_AFTER = 3
@@ -73,6 +74,8 @@ export class PeerSharing implements BlockSource, PeerSessions {
   private readonly serveLimits?: Partial<ServeLimits>
   /** Counts bytes served, lookups, evictions and bans (set by the agent). */
   metrics?: SharingMetrics
+  /** The branch's hosted caches (offer.ts): asked first, offered completed files (set by startSharing). */
+  hostedCaches?: HostedCaches
 
   constructor (libp2p: PeerLibp2p, store: JobStore, stateDir: string, blockHasher: BlockHasher, logger: Logger, quotaBytes?: number, serveLimits?: Partial<ServeLimits>) {
     this.quotaBytes = quotaBytes ?? 0
@@ -201,6 +204,11 @@ export class PeerSharing implements BlockSource, PeerSessions {
     return record !== undefined && await this.unchanged(record)
   }
 
+  /** Whether `peer` is one of the branch's hosted caches (its blocks count as the job's fromCache). */
+  isHostedCache (peer: PeerId): boolean {
+    return this.hostedCaches?.isHostedCache(peer) === true
+  }
+
   /** The files in the cache, each once (an entry per content key shares one record). */
   private cachedRecords (): CacheRecord[] {
     const records = new Map<string, CacheRecord>()
@@ -312,7 +320,9 @@ export class PeerSharing implements BlockSource, PeerSessions {
   }
 
   async open (id: Uint8Array, key: Uint8Array, signal: AbortSignal): Promise<ExchangeSession[]> {
+    // Hosted caches first: their sessions open, answer and are asked before the others'.
     const peers = this.libp2p.getPeers().filter(p => this.libp2p.getConnections(p).every(c => this.admits(c)))
+      .sort((a, b) => Number(this.isHostedCache(b)) - Number(this.isHostedCache(a)))
     const sessions = await Promise.all(peers.map(async peer => {
       // A timeout for opening only: the signal given to the dial stays with the
       // stream, and a plain AbortSignal.timeout would reset a healthy session later.

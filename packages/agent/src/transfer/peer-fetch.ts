@@ -68,6 +68,8 @@ interface Offer {
   unfulfilled: number
   /** Its have answer under way, if any (a refresh does not wait for it past ANSWERS_WAIT_MS). */
   asking?: Promise<void>
+  /** The peer is a hosted cache of the branch: its blocks are the job's fromCache. */
+  hostedCache: boolean
 }
 
 
@@ -110,7 +112,7 @@ export async function exchangeWithPeers (o: PeerExchangeContext, expected: Uint8
   if (sessions.length === 0) return undefined
   picker.spreadOut()
   const count = expected.length
-  const offers: Offer[] = sessions.map(session => ({ session, have: new Uint8Array(0), fetching: new Uint8Array(0), bad: 0, alive: true, interested: false, cursor: 0, haveCount: 0, progressAt: Date.now(), refused: new Uint8Array(Math.ceil(count / 8)), unfulfilled: 0 }))
+  const offers: Offer[] = sessions.map(session => ({ session, have: new Uint8Array(0), fetching: new Uint8Array(0), bad: 0, alive: true, interested: false, cursor: 0, haveCount: 0, progressAt: Date.now(), refused: new Uint8Array(Math.ceil(count / 8)), unfulfilled: 0, hostedCache: o.peers?.isHostedCache?.(session.peer) === true }))
   const stalled = (f: Offer): boolean => Date.now() - f.progressAt > STALL_MS
   // Share the origin work: the agents that fetch this content (this one and every
   // peer that answers for it) sort their peer ids, and chunk c falls to agent
@@ -202,7 +204,7 @@ export async function exchangeWithPeers (o: PeerExchangeContext, expected: Uint8
   const processing = new Set<Promise<void>>()
   const accept = async (offer: Offer, index: number, received: Buffer): Promise<void> => {
     try {
-      const { ok, bytes } = await sink.verifyAndStore(index, received, 'peer')
+      const { ok, bytes } = await sink.verifyAndStore(index, received, offer.hostedCache ? 'cache' : 'peer')
       o.buffers.give(bytes)
       if (!ok) {
         offer.bad++

@@ -9,6 +9,8 @@ export interface PeerSessions {
   penalize: (peer: PeerId, reason: string) => void
   /** This agent's own peer id. */
   self: () => PeerId
+  /** Whether `peer` is a hosted cache of the branch: its blocks are marked 'cache' (the job's fromCache). */
+  isHostedCache?: (peer: PeerId) => boolean
   /** Counts verified bytes received from `peer`. */
   received: (peer: PeerId, bytes: number) => void
 }

@@ -234,12 +234,20 @@ async function p2pOptions (sources: Sources): Promise<P2pOptions | undefined> {
   } catch (err) {
     throw new UsageError(`--peer: ${(err as Error).message}`, 'agent')
   }
+  const hostedCacheAddrs = (textOption(sources, 'hosted-cache-addr') ?? '').split(',').map(p => p.trim()).filter(Boolean)
+  try {
+    parsePeerAddresses(hostedCacheAddrs)
+  } catch (err) {
+    throw new UsageError(`--hosted-cache-addr: ${(err as Error).message}`, 'agent')
+  }
   const cacheSize = numberOf(sources, 'cache-size')
   return {
     ...(cacheSize !== undefined ? { cacheSize } : {}),
     listen: [`/${isIP(host) === 6 ? 'ip6' : 'ip4'}/${host}/tcp/${port}`],
     mdns: !switchOn(sources, 'no-mdns'),
     peers,
+    ...(switchOn(sources, 'hosted-cache') ? { hostedCache: true } : {}),
+    ...(hostedCacheAddrs.length > 0 ? { hostedCacheAddrs } : {}),
     ...(swarmKey !== undefined ? { swarmKey } : {})
   }
 }
