@@ -47,8 +47,8 @@ export function fromHostedCache (bytes: JobBytes | undefined, hostedPeerId: stri
 function hostedCacheUse (agents: LabAgent[]): Record<string, string> {
   const use: Record<string, string> = {}
   for (const a of agents) {
-    const state = (a.last?.files[0] as { hostedCache?: { state?: unknown } } | undefined)?.hostedCache?.state
-    if (typeof state === 'string') use[a.host.name] = state
+    const state = a.last?.files[0]?.hostedCache?.state
+    if (state !== undefined) use[a.host.name] = state
   }
   return use
 }
