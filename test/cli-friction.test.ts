@@ -80,7 +80,7 @@ test('remote admin with --url and --token-file; errors name the client\'s flag o
   assert.match(await page.text(), /<title>Canopy agent<\/title>/)
 })
 
-test('the cache lists names, sizes and last use; cache clear lists what it removed; short ids name the minimum', async (t) => {
+test('the cache lists names, sizes, last use and source; cache clear lists what it removed; short ids name the minimum', async (t) => {
   const size = 2 * 1024 * 1024 + 5
   const { dir, origin } = await originWithFile(t, size, 'tools-1.2.bin')
   const agent = await startAgentProcess(join(dir, 'agent'))
@@ -90,8 +90,8 @@ test('the cache lists names, sizes and last use; cache clear lists what it remov
 
   const cache = await runCli(['cache', '--state-dir', agent.stateDir])
   assert.equal(cache.code, 0, cache.stderr)
-  assert.match(cache.stdout, /^NAME +SIZE +LAST USED +ADDED +MANIFEST$/m)
-  assert.match(cache.stdout, /^mine\.bin +2\.0 MiB +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ +bag\w+$/m)
+  assert.match(cache.stdout, /^NAME +SIZE +LAST USED +ADDED +SOURCE$/m)
+  assert.match(cache.stdout, new RegExp(`^mine\\.bin +2\\.0 MiB +\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\dZ +\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\dZ +${origin.url}/tools-1\\.2\\.bin$`, 'm'))
   const cleared = await runCli(['cache', 'clear', '--state-dir', agent.stateDir])
   assert.equal(cleared.code, 0, cleared.stderr)
   assert.match(cleared.stdout, /^mine\.bin +2\.0 MiB +bag\w+$/m)

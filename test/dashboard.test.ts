@@ -107,6 +107,8 @@ test('the dashboard on the TCP listener shows jobs live with their sources, stat
   const peerA = (await a.client.status()).peer!.peerId
   await page.waitForSelector(`tr[data-peer="${peerA}"]`)
   await page.waitForFunction(() => (document.getElementById('cache-summary')?.textContent ?? '').includes('1 file'))
+  assert.match(await page.locator('#cache-summary').textContent() ?? '', /peers' requests: \d+ hit\(s\), \d+ miss\(es\), .* served$/)
+  assert.match(await page.locator('#cache tbody td.mono').first().textContent() ?? '', /^http:\/\/127\.0\.0\.1:\d+\//, 'the cached file\'s source')
   // The chart has a line per source.
   assert.equal(await page.locator('#chart path[data-source]').count(), 3)
 

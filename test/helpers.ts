@@ -5,6 +5,8 @@ import type { ChildProcess } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { once } from 'node:events'
+import { createServer as createHttpServer } from 'node:http'
 import { createServer } from 'node:net'
 import type { AddressInfo, Socket } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -162,6 +164,21 @@ export async function originWithFile (t: { after: (fn: () => Promise<void>) => v
   t.after(async () => await origin.close())
   await origin.ready
   return { dir, origin, sha256 }
+}
+
+/** A server without manifests (a plain transfer): `bytes` (3 MiB of random bytes by default) at /f.bin, 404 elsewhere; returns its base URL. */
+export async function plainServer (t: { after: (fn: () => void) => void }, bytes: Buffer = randomBytes(3 * 1024 * 1024)): Promise<string> {
+  const server = createHttpServer((req, res) => {
+    if (req.url !== '/f.bin') {
+      res.writeHead(404).end()
+      return
+    }
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bytes.length }).end(bytes)
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.after(() => { server.closeAllConnections(); server.close() })
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
 }
 
 /** Writes a new swarm key (made by `canopy keygen`) into `dir`; returns its path. */

@@ -1,30 +1,10 @@
 // A symbolic link planted at a job's partial-file name cannot redirect the agent's
 // writes outside the destination folder, nor be renamed into place (issue 13, item 10).
-import { test, type TestContext } from 'node:test'
+import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { randomBytes } from 'node:crypto'
-import { once } from 'node:events'
 import { lstat, mkdir, readFile, symlink, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import { originWithFile, startAgentProcess, tempDir } from './helpers.ts'
-
-/** A server without manifests (a plain transfer): the bytes at /f.bin, 404 elsewhere. */
-async function plainServer (t: TestContext): Promise<string> {
-  const bytes = randomBytes(3 * 1024 * 1024)
-  const server = createServer((req, res) => {
-    if (req.url !== '/f.bin') {
-      res.writeHead(404).end()
-      return
-    }
-    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bytes.length }).end(bytes)
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  t.after(() => { server.closeAllConnections(); server.close() })
-  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
-}
+import { originWithFile, plainServer, startAgentProcess, tempDir } from './helpers.ts'
 
 for (const mode of ['blocks', 'plain'] as const) {
   test(`a symlink at the partial's name fails the job and leaves its target alone (${mode} transfer)`, async t => {

@@ -11,6 +11,7 @@ import { DeadlineActions } from './jobs/deadlines.ts'
 import { JobRunner } from './jobs/runner.ts'
 import { TransferServices } from './jobs/transfer-services.ts'
 import { checkFilesFit } from './jobs/validate.ts'
+import { sweepStaging } from './jobs/preload.ts'
 import { Scheduler } from './scheduler/scheduler.ts'
 import { Notifier } from './notify/notifier.ts'
 import { resolveAgentOptions } from './options.ts'
@@ -149,6 +150,8 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       }
       // Manifests of jobs removed and of cache files evicted since the last start.
       await agent.deadlines.dropUnusedManifests(await agent.store.manifestIds())
+      const stray = await sweepStaging(join(resolved.stateDir, 'preload'), new Set([...agent.table.values()].map(e => e.id)))
+      if (stray.length > 0) agent.logger.info('removed the staging files of preload jobs the agent no longer has', { jobs: stray.join(' ') })
       if (resolved.apiListen !== undefined && (resolved.apiToken ?? '') === '') {
         throw new CanopyError('ERR_INVALID_ARGUMENT', 'The TCP listener of the control API needs a bearer token (--api-token-file): it is never open without one')
       }

@@ -119,7 +119,7 @@ const validJobs = fc.record({
 }, { requiredKeys: ['files'] })
 const jobBodies = fc.oneof(junk, validJobs, fc.record({
   name: fc.oneof(fc.string({ maxLength: 30 }), junk),
-  type: fc.oneof(fc.constant('download'), junk),
+  type: fc.oneof(fc.constantFrom('download', 'preload'), junk),
   priority: fc.oneof(fc.constantFrom(...PRIORITIES), junk),
   files: fc.oneof(fc.array(fileEntry, { maxLength: 7 }), junk),
   autoComplete: fc.oneof(fc.boolean(), junk),

@@ -97,13 +97,18 @@ test('docs/openapi.json documents exactly the routes the agent serves, and the a
   // An upload job, and its views while it runs and once acknowledged.
   const uploadFile = { url: origin.uploadUrl!, path: join(dir, 'root', 'f.bin') }
   assert.equal((await call('POST', '/v1/jobs', '/v1/jobs', { type: 'upload-reply', files: [uploadFile] })).status, 400, 'an upload-reply job needs its replyPath')
+  /** Follows a job created with autoComplete (each view checked against the document) until it is acknowledged or in error. */
+  const finished = async (created: { body: Answer }): Promise<Answer> => {
+    let seen = created.body
+    while (!['acknowledged', 'error'].includes(seen.state)) {
+      await new Promise(resolve => setTimeout(resolve, 20))
+      seen = (await call('GET', `/v1/jobs/${created.body.id}`, '/v1/jobs/{id}')).body
+    }
+    return seen
+  }
   const upload = await call('POST', '/v1/jobs', '/v1/jobs', { type: 'upload', name: 'up.bin', files: [uploadFile], autoComplete: true })
   assert.equal(upload.status, 201)
-  let uploaded = upload.body
-  while (!['acknowledged', 'error'].includes(uploaded.state)) {
-    await new Promise(resolve => setTimeout(resolve, 20))
-    uploaded = (await call('GET', `/v1/jobs/${upload.body.id}`, '/v1/jobs/{id}')).body
-  }
+  const uploaded = await finished(upload)
   assert.equal(uploaded.state, 'acknowledged', JSON.stringify(uploaded))
 
   assert.equal((await call('GET', '/v1/policy', '/v1/policy')).status, 200)
@@ -114,6 +119,12 @@ test('docs/openapi.json documents exactly the routes the agent serves, and the a
   assert.equal((await call('GET', '/v1/status', '/v1/status')).status, 200, 'the status with a policy in force')
   assert.equal(((await call('GET', '/v1/policy', '/v1/policy')).body as unknown as { policy: { low: number } }).policy.low, 2 * 1024 * 1024, 'a refused policy leaves the previous one')
   assert.equal((await call('GET', '/v1/peers', '/v1/peers')).status, 200)
+  // A preload job: no destination, into the cache (the content is held already: nothing to fetch).
+  assert.equal((await call('POST', '/v1/jobs', '/v1/jobs', { type: 'preload', files: [{ url: `${origin.url}/f.bin`, path: join(dir, 'x.bin') }] })).status, 400, 'a preload job has no destination')
+  const preload = await call('POST', '/v1/jobs', '/v1/jobs', { type: 'preload', files: [{ url: `${origin.url}/f.bin` }], autoComplete: true })
+  assert.equal(preload.status, 201)
+  const preloaded = await finished(preload)
+  assert.equal(preloaded.state, 'acknowledged', JSON.stringify(preloaded))
   assert.equal((await call('GET', '/v1/cache', '/v1/cache')).body.entries.length, 1, 'the completed file is kept for peers')
   assert.equal((await call('POST', '/v1/cache/clear', '/v1/cache/clear')).body.entries.length, 0)
   assert.equal((await call('GET', `/v1/events?job=nope`, '/v1/events')).status, 404)

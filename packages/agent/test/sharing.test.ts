@@ -173,16 +173,7 @@ test('the cache evicts the least recently used file, and remembers its last use 
   await first.node.stop()
   await first.store.close()
 
-  const store = new JobStore(join(dir, 'server', 'db'))
-  await store.open()
-  const hasher = new BlockHasher(1)
-  t.after(async () => {
-    await hasher.close()
-    await store.close()
-  })
-  const again = await node(t, join(dir, 'server'))
-  const sharing = new PeerSharing(again.libp2p, store, join(dir, 'server'), hasher, silentLogger, 2 * size)
-  await sharing.start()
+  const { store, sharing } = await sharingAgent(t, join(dir, 'server'), 2 * size)
   assert.deepEqual(held(sharing), ['one.bin', 'two.bin'])
   assert.equal(sharing.cacheView().entries.find(e => e.name === 'one.bin')?.source, 'http://origin.test/' + one.path)
   await store.putManifest(three.byA)

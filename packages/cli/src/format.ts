@@ -140,7 +140,7 @@ export function formatJobDetails (job: JobView): string {
     ...(job.rateLimit !== undefined ? [['rate limit', job.rateLimit === 0 ? '0 (blocked)' : `${formatBytes(job.rateLimit)}/s`] as [string, string]] : []),
     ['state', formatState(job)],
     ['progress', `${formatProgress(b)}, files ${job.filesTransferred}/${job.filesTotal}`],
-    ['sources', job.type !== 'download' ? undefined : `origin ${formatBytes(b.fromOrigin)}, peers ${formatBytes(b.fromPeers)}, cache ${formatBytes(b.fromCache)}`],
+    ['sources', job.type !== 'download' && job.type !== 'preload' ? undefined : `origin ${formatBytes(b.fromOrigin)}, peers ${formatBytes(b.fromPeers)}, cache ${formatBytes(b.fromCache)}`],
     // Largest first; peer ids are long, so the first 12 and last 6 characters.
     ['by peer', b.byPeer === undefined
       ? undefined
@@ -164,15 +164,21 @@ export function formatJobDetails (job: JobView): string {
   ])
   out += `files (${job.files.length}):\n`
   for (const f of job.files) {
-    // An upload goes the other way: the local file to the server.
-    out += job.type === 'download' ? `  ${f.url}\n    -> ${f.path}\n` : `  ${f.path}\n    -> ${f.url}\n`
+    // An upload goes the other way: the local file to the server; a preload into the peer cache.
+    out += job.type === 'download' ? `  ${f.url}\n    -> ${f.path}\n` : job.type === 'preload' ? `  ${f.url}\n    -> ${preloadOutcome(f)}\n` : `  ${f.path}\n    -> ${f.url}\n`
     out += `    ${formatProgress({ total: f.bytesTotal, transferred: f.bytesTransferred })}`
     if (f.manifestId !== undefined) out += `, manifest ${f.manifestId}`
-    else if (job.type === 'download') out += ', no manifest (not shared with peers)'
+    else if (job.type === 'download' || job.type === 'preload') out += ', no manifest (not shared with peers)'
     if (f.sha256 !== undefined) out += `, sha256 ${f.sha256}`
     out += '\n'
   }
   return out
+}
+
+/** Where a preload job's file stands: "the peer cache", "the peer cache (held already)", "not cached: <why>". */
+function preloadOutcome (f: JobView['files'][number]): string {
+  if (f.cached === false) return `not cached: ${f.notCachedReason ?? 'no reason given'}`
+  return f.skipped === true ? 'the peer cache (held already)' : 'the peer cache'
 }
 
 /** A job's retry and time limits, in words ("retry 2 s to 10 min, no progress 14 d, max time none"); undefined from an agent that sends none. */

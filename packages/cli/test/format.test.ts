@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import type { JobView } from '@canopy/core'
-import { formatDuration, formatJobDetails, formatJobsTable, formatProgressLine, formatState, formatSummary, formatTable, truncate, truncateWords } from '../src/format.ts'
+import { formatDuration, formatJobDetails, formatJobsTable, formatPreloadSummary, formatProgressLine, formatState, formatSummary, formatTable, truncate, truncateWords } from '../src/format.ts'
 import { ProgressReporter } from '../src/progress.ts'
 
 const bytes = (total: number, transferred: number): JobView['bytes'] =>
@@ -47,6 +47,18 @@ test('the progress line shows bar, percent, bytes, rate, ETA and fits the termin
 test('the summary line', () => {
   assert.equal(formatSummary('/tmp/a', { total: 2097152, transferred: 2097152, fromOrigin: 1048576, fromPeers: 1048576, fromCache: 0 }, 2),
     '/tmp/a: 2.0 MiB in 2.0 s (1.0 MiB/s), from origin 1.0 MiB, peers 1.0 MiB')
+})
+
+test('the summary of a preload: what went into the cache, and each file it held already or could not keep', () => {
+  const file = (url: string, more: Partial<JobView['files'][number]>): JobView['files'][number] => ({ url, path: '/s', bytesTotal: 1048576, bytesTransferred: 1048576, ...more })
+  const job = {
+    bytes: { total: 3145728, transferred: 3145728, fromOrigin: 1048576, fromPeers: 2097152, fromCache: 0 },
+    files: [file('http://o/a.iso', { cached: true }), file('http://o/b.iso', { cached: true, skipped: true }), file('http://o/c.iso', { cached: false, notCachedReason: 'the origin published no manifest for it' })]
+  } as JobView
+  assert.equal(formatPreloadSummary(job, 2),
+    'preloaded 2 of 3 files (3.0 MiB) into the cache in 2.0 s (1.5 MiB/s), from origin 1.0 MiB, peers 2.0 MiB\n' +
+    '  http://o/b.iso: already in the cache\n' +
+    '  http://o/c.iso: not cached: the origin published no manifest for it')
 })
 
 test('the reporter redraws at most 4 times a second on a terminal, and notes retries elsewhere', () => {

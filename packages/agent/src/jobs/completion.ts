@@ -14,7 +14,7 @@ import { renamePartialIntoPlace } from '../transfer/partial-file.ts'
 import type { FileRecord } from './job.ts'
 import type { JobEntry, JobTable } from './job-table.ts'
 import { terminateUpload } from './upload.ts'
-import { cachePreloaded, removeStaging } from './preload.ts'
+import { admitPreloaded, removeStaging } from './preload.ts'
 
 export interface CompletionComponents {
   table: JobTable
@@ -93,10 +93,9 @@ export class Completion {
       if (file.visible === true || job.upload !== undefined) continue
       try {
         if (job.type === 'preload') {
-          // No destination: into the peer cache (jobs/preload.ts).
+          // No destination: into the peer cache (jobs/preload.ts; the runner did it, unless it stopped in between).
           const manifest = file.manifestId === undefined ? undefined : await store.getManifest(file.manifestId)
-          await cachePreloaded(file, manifest, this.components.sharing())
-          file.visible = true
+          await admitPreloaded(file, manifest, this.components.sharing())
           await table.persist(entry)
           continue
         }

@@ -275,7 +275,10 @@ export function newJobRecord (id: string, req: CreateJobRequest, at: number, pre
     name: req.name ?? (type === 'preload' ? preloadName(req.files.map(f => f.url)) : basename(files[0].path)),
     type,
     ...(upload !== undefined ? { upload } : {}),
-    priority: req.priority ?? 'normal',
+    // A preload is speculative (nobody waits for it yet): at low it yields the slots to
+    // every job somebody asked for and, as a background job, uses only the WAN bandwidth
+    // nobody else is using, so an overnight warm-up never competes with the branch's work.
+    priority: req.priority ?? (type === 'preload' ? 'low' : 'normal'),
     state: req.start === false ? 'suspended' : 'queued',
     // An upload's bytes are counted as a plain download's are (plainBytes: the server's offset), so that recovery restores them.
     files: files.map(f => upload === undefined ? fileRecord(id, f) : { ...fileRecord(id, f), mode: 'plain' as const }),

@@ -2,12 +2,13 @@
  * Preload jobs: files fetched into the peer cache with no destination (an overnight
  * warm-up of a branch). Each file is staged in `<state-dir>/preload/<job id>/` like
  * a download's partial file, transferred the usual way (peers first, the origin for
- * the rest, every block verified), then hard-linked into the cache when the job
- * completes, and the staging directory removed. Content the cache already holds is
- * not fetched again.
+ * the rest, every block verified), then hard-linked into the cache as soon as it is
+ * complete (the next file of the job, or a peer, finds it there at once), and the
+ * staging directory removed when the job completes or is cancelled. Content the
+ * cache already holds is not fetched again.
  */
-import { mkdir, rm } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { mkdir, readdir, rm } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
 import type { PublishedManifest } from '@canopy/core'
 import { JobErrorCode, TransferError } from '../errors.ts'
 import type { PeerSharing } from '../peers/sharing.ts'
@@ -29,10 +30,11 @@ export async function preparePreload (file: FileRecord, manifest: PublishedManif
   if (sharing === undefined) throw noCache(file)
   await mkdir(dirname(file.path), { recursive: true, mode: 0o700 })
   if (manifest === undefined) return false
-  if (manifest.size > sharing.quota) {
-    throw new TransferError(JobErrorCode.CacheFull, `Cannot preload ${urlFileName(file.url)}: ${tooLarge(manifest.size, sharing.quota)}`, { transient: false, url: file.url })
+  const { quotaBytes } = sharing.cacheView()
+  if (manifest.size > quotaBytes) {
+    throw new TransferError(JobErrorCode.CacheFull, `Cannot preload ${urlFileName(file.url)}: ${tooLarge(manifest.size, quotaBytes)}`, { transient: false, url: file.url })
   }
-  if (!await sharing.holds(manifest.id)) return false
+  if (!await sharing.holdsIntact(manifest.id)) return false
   const admitted = await sharing.admit(manifest, file.partPath, urlFileName(file.url), file.url)
   if (!admitted.cached) return false
   Object.assign(file, { done: true, skipped: true, visible: true, cached: true, bytesByPeer: undefined })
@@ -40,11 +42,12 @@ export async function preparePreload (file: FileRecord, manifest: PublishedManif
 }
 
 /**
- * Completing a preload file: a verified file with a manifest goes into the cache (a
- * hard link; the error says why when the cache cannot take it), one without a
- * manifest cannot be shared and is noted so; then its staging file goes.
+ * A preload file just transferred: a verified file with a manifest goes into the
+ * cache (a hard link; the error says why when the cache cannot take it), one without
+ * a manifest cannot be shared and is noted so. Its staging file stays until the
+ * record says so (the caller removes it then): a crash in between admits it again.
  */
-export async function cachePreloaded (file: FileRecord, manifest: PublishedManifest | undefined, sharing: PeerSharing | undefined): Promise<void> {
+export async function admitPreloaded (file: FileRecord, manifest: PublishedManifest | undefined, sharing: PeerSharing | undefined): Promise<void> {
   if (manifest === undefined) {
     Object.assign(file, { cached: false, notCachedReason: NO_MANIFEST })
   } else {
@@ -57,12 +60,23 @@ export async function cachePreloaded (file: FileRecord, manifest: PublishedManif
       file.cached = true
     }
   }
-  await rm(file.partPath, { force: true })
+  file.visible = true
 }
 
 /** The agent was restarted without its peer node (--no-p2p): it has no cache. */
 function noCache (file: FileRecord): TransferError {
   return new TransferError(JobErrorCode.CacheFull, 'This agent runs no peer node now (--no-p2p): it has no cache to preload into. Restart it with its peer node, then resume', { transient: false, url: file.url })
+}
+
+/**
+ * Removes the staging directories of jobs the agent no longer has (dropped with a
+ * damaged state store, or removed by hand): nothing else would. Returns their names.
+ */
+export async function sweepStaging (preloadDir: string, jobIds: ReadonlySet<string>): Promise<string[]> {
+  const names = await readdir(preloadDir).catch(() => [])
+  const stray = names.filter(name => !jobIds.has(name))
+  for (const name of stray) await rm(join(preloadDir, name), { recursive: true, force: true })
+  return stray
 }
 
 /** Removes a preload job's staging directory (once it completed or was cancelled). */

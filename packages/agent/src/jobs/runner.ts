@@ -33,7 +33,7 @@ import type { JobEntry, JobTable } from './job-table.ts'
 import type { JobViews } from './views.ts'
 import { poolOptions } from './transfer-services.ts'
 import { sendUpload } from './upload.ts'
-import { preparePreload } from './preload.ts'
+import { admitPreloaded, preparePreload } from './preload.ts'
 import { headProbe } from '../bandwidth/probe.ts'
 import type { PathLease, WanPaths } from '../bandwidth/wan-paths.ts'
 import type { AgentMetrics } from '../metrics/index.ts'
@@ -262,8 +262,12 @@ export class JobRunner {
       lease.release()
       if (entry.lease === lease) entry.lease = undefined
     }
+    // A preload file goes into the cache now, not when the job completes: the job's
+    // next files and the branch's peers find it there at once.
+    if (job.type === 'preload') await admitPreloaded(file, file.manifestId === undefined ? undefined : await store.getManifest(file.manifestId), this.c.sharing())
     file.done = true
     await table.persist(entry)
+    if (job.type === 'preload') await rm(file.partPath, { force: true })
   }
 
   /** Moves the bytes of one file (plain or in verified blocks), through the job's lease of its WAN path. */

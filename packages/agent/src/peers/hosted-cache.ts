@@ -118,7 +118,7 @@ export class HostedCache {
       const body = await framed.read(MAX_OFFER_BYTES, OFFER_TIMEOUT_MS, OFFER_TIMEOUT_MS)
       if (body === undefined) return
       const offer = decodeOffer(body)
-      if (await this.c.sharing.holds(offer.manifestId) || this.queued.has(offer.manifestId)) {
+      if (this.c.sharing.holds(offer.manifestId) || this.queued.has(offer.manifestId)) {
         await reply('held')
         return
       }
@@ -142,7 +142,7 @@ export class HostedCache {
         await reply('full')
         return
       }
-      if (await this.c.sharing.holds(offer.manifestId) || this.queued.has(offer.manifestId)) {
+      if (this.c.sharing.holds(offer.manifestId) || this.queued.has(offer.manifestId)) {
         await reply('held')
         return
       }
@@ -202,7 +202,7 @@ export class HostedCache {
       // The cache holds a hard link of it (or nothing, if it could not be admitted).
       await rm(path, { force: true })
     }
-    logger.info('hosted cache pulled offered content from peers', { manifestId: manifest.id, name: offer.name, size: manifest.size, ms: Date.now() - started, held: await sharing.holds(manifest.id) })
+    logger.info('hosted cache pulled offered content from peers', { manifestId: manifest.id, name: offer.name, size: manifest.size, ms: Date.now() - started, held: sharing.holds(manifest.id) })
   }
 }
 

@@ -193,15 +193,14 @@ export class PeerSharing implements BlockSource, PeerSessions {
     return { cached: true }
   }
 
-  /** The cache quota in bytes. */
-  get quota (): number {
-    return this.quotaBytes
+  /** Whether the cache holds the file of this manifest id (under any key). */
+  holds (manifestId: string): boolean {
+    return this.cachedRecords().some(r => r.manifestId === manifestId)
   }
 
-  /** Whether the cache holds this content, complete and unchanged (a preload of it has nothing to fetch). */
-  async holds (manifestId: string): Promise<boolean> {
-    const record = this.cachedRecords().find(r => r.manifestId === manifestId)
-    return record !== undefined && await this.unchanged(record)
+  /** Bytes the cache may hold. */
+  get quota (): number {
+    return this.quotaBytes
   }
 
   /** Whether `peer` is one of the branch's hosted caches (its blocks count as the job's fromCache). */
@@ -261,6 +260,12 @@ export class PeerSharing implements BlockSource, PeerSessions {
   async clearCache (): Promise<CacheView> {
     for (const record of this.cachedRecords()) await this.forget(record)
     return this.cacheView()
+  }
+
+  /** Whether the cache holds this content, complete and unchanged on disk (a preload of it has nothing to fetch). */
+  async holdsIntact (manifestId: string): Promise<boolean> {
+    const record = this.cachedRecords().find(r => r.manifestId === manifestId)
+    return record !== undefined && await this.unchanged(record)
   }
 
   /** Connected peers and bans (GET /v1/peers). */

@@ -258,6 +258,25 @@ export async function waitForJob (client: CanopyClient, created: JobView, starte
   return job
 }
 
+/**
+ * What `get`, `put` and `preload` do once their job is created: with `detach`, print
+ * its id (the job with --json) and return; else wait for it (waitForJob) and explain
+ * a failure ("canopy: <noun> <id> failed: CODE: message", then what to do).
+ */
+export async function detachOrWait (client: CanopyClient, created: JobView, options: { detach: boolean, json: boolean, started: number, path: string, noun: string }): Promise<number> {
+  if (options.detach) {
+    if (options.json) printJson(created)
+    else out(`${created.id}\n`)
+    return ExitCode.Ok
+  }
+  const waited = await waitForJob(client, created, options.started, options.json, options.path)
+  if (typeof waited === 'number') return waited
+  const e = waited.error
+  say(`canopy: ${options.noun} ${waited.id} failed: ${e?.code ?? 'ERR_UNKNOWN'}: ${e?.message ?? waited.reason ?? 'no reason given'}`)
+  say(nextStep(waited))
+  return ExitCode.JobFailed
+}
+
 export const getVerb: Verb = {
   name: 'get',
   summary: 'download a URL through the agent, block-verified and resumable',
@@ -369,19 +388,7 @@ Examples:
         ...(flag(ctx.values, 'if-newer') ? { ifNewer: true } : {}),
         ...(typeof rateLimit === 'number' ? { rateLimit } : {})
       })
-      if (flag(ctx.values, 'detach') || suspended) {
-        if (json) printJson(created)
-        else out(`${created.id}\n`)
-        return ExitCode.Ok
-      }
-
-      const waited = await waitForJob(client, created, started, json, path)
-      if (typeof waited === 'number') return waited
-      const job = waited
-      const e = job.error
-      say(`canopy: job ${job.id} failed: ${e?.code ?? 'ERR_UNKNOWN'}: ${e?.message ?? job.reason ?? 'no reason given'}`)
-      say(nextStep(job))
-      return ExitCode.JobFailed
+      return await detachOrWait(client, created, { detach: flag(ctx.values, 'detach') || suspended, json, started, path, noun: 'job' })
     })
   }
 }

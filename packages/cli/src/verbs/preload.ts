@@ -1,17 +1,8 @@
 /** `canopy preload`: fetch URLs into the agent's peer cache, with no destination file. */
-import type { JobPriority } from '@canopy/core'
-import { ExitCode } from '../errors.ts'
-import { flag, out, printJson, priorityOption, rateLimitOption, say, str, withClient } from '../verb.ts'
+import { flag, priorityOption, rateLimitOption, str, withClient } from '../verb.ts'
 import type { Verb } from '../verb.ts'
-import { JOB_OPTIONS, httpOptions, jobLimitsOptions, nextStep, notifyOptions, parseDownloadUrl, waitForJob } from './get.ts'
+import { JOB_OPTIONS, detachOrWait, httpOptions, jobLimitsOptions, notifyOptions, parseDownloadUrl } from './get.ts'
 
-/**
- * A preload is speculative: nobody waits for it yet. At `low` it yields the agent's
- * slots to every job somebody asked for (BITS serves higher priorities first) and,
- * like every background job, uses only the WAN bandwidth nobody else is using, so an
- * overnight warm-up never competes with the branch's own work.
- */
-export const PRELOAD_PRIORITY: JobPriority = 'low'
 
 export const preloadVerb: Verb = {
   name: 'preload',
@@ -59,7 +50,8 @@ Examples:
   positionals: { min: 1, max: Infinity, name: '<url>...' },
   async run (ctx) {
     const urls = ctx.positionals.map(text => parseDownloadUrl(text, 'preload').href)
-    const priority = priorityOption(ctx.values, 'preload') ?? PRELOAD_PRIORITY
+    // Left out: the agent's default for preload jobs, low (see newJobRecord).
+    const priority = priorityOption(ctx.values, 'preload')
     const rateLimit = rateLimitOption(ctx.values, 'preload')
     const notify = notifyOptions(ctx.values)
     const limits = jobLimitsOptions(ctx.values, 'preload')
@@ -71,7 +63,7 @@ Examples:
       const created = await client.createJob({
         ...(name !== undefined ? { name } : {}),
         type: 'preload',
-        priority,
+        ...(priority !== undefined ? { priority } : {}),
         files: urls.map(url => ({ url })),
         autoComplete: true,
         ...(notify !== undefined ? { notify } : {}),
@@ -79,17 +71,7 @@ Examples:
         ...(http !== undefined ? { http } : {}),
         ...(typeof rateLimit === 'number' ? { rateLimit } : {})
       })
-      if (flag(ctx.values, 'detach')) {
-        if (json) printJson(created)
-        else out(`${created.id}\n`)
-        return ExitCode.Ok
-      }
-      const waited = await waitForJob(client, created, started, json, created.name)
-      if (typeof waited === 'number') return waited
-      const e = waited.error
-      say(`canopy: preload ${waited.id} failed: ${e?.code ?? 'ERR_UNKNOWN'}: ${e?.message ?? waited.reason ?? 'no reason given'}`)
-      say(nextStep(waited))
-      return ExitCode.JobFailed
+      return await detachOrWait(client, created, { detach: flag(ctx.values, 'detach'), json, started, path: created.name, noun: 'preload' })
     })
   }
 }

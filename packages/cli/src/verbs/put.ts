@@ -1,10 +1,10 @@
 /** `canopy put`: upload a file through the agent to a tus server (`canopy origin --upload-dir`). */
 import { stat } from 'node:fs/promises'
 import { basename, dirname } from 'node:path'
-import { ExitCode, UsageError } from '../errors.ts'
-import { absolute, flag, hasControlChar, out, printJson, priorityOption, rateLimitOption, say, str, withClient } from '../verb.ts'
+import { UsageError } from '../errors.ts'
+import { absolute, flag, hasControlChar, priorityOption, rateLimitOption, str, withClient } from '../verb.ts'
 import type { Verb } from '../verb.ts'
-import { httpOptions, JOB_OPTIONS, jobLimitsOptions, nextStep, notifyOptions, parseDownloadUrl, waitForJob } from './get.ts'
+import { detachOrWait, httpOptions, JOB_OPTIONS, jobLimitsOptions, notifyOptions, parseDownloadUrl } from './get.ts'
 
 /** The local file to send: a regular file (not a folder, not missing). */
 async function localFile (text: string): Promise<string> {
@@ -100,17 +100,7 @@ Examples:
         ...(http !== undefined ? { http } : {}),
         ...(typeof rateLimit === 'number' ? { rateLimit } : {})
       })
-      if (flag(ctx.values, 'detach')) {
-        if (json) printJson(created)
-        else out(`${created.id}\n`)
-        return ExitCode.Ok
-      }
-      const waited = await waitForJob(client, created, started, json, path)
-      if (typeof waited === 'number') return waited
-      const e = waited.error
-      say(`canopy: upload ${waited.id} failed: ${e?.code ?? 'ERR_UNKNOWN'}: ${e?.message ?? waited.reason ?? 'no reason given'}`)
-      say(nextStep(waited))
-      return ExitCode.JobFailed
+      return await detachOrWait(client, created, { detach: flag(ctx.values, 'detach'), json, started, path, noun: 'upload' })
     })
   }
 }

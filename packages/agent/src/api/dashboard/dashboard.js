@@ -174,12 +174,14 @@ function renderPeers (view) {
 }
 
 function renderCache (view) {
-  $('cache-summary').textContent = `${bytes(view.usedBytes)} of ${bytes(view.quotaBytes)} used, ${view.entries.length} file(s)`
+  $('cache-summary').textContent = `${bytes(view.usedBytes)} of ${bytes(view.quotaBytes)} used, ${view.entries.length} file(s); ` +
+    `peers' requests: ${view.hits} hit(s), ${view.misses} miss(es), ${bytes(view.bytesServed)} served`
   $('cache').tBodies[0].replaceChildren(...view.entries.map(e => el('tr', {},
     el('td', {}, e.name ?? '(unnamed)'),
     el('td', { class: 'num' }, bytes(e.size)),
     el('td', {}, e.usedAt),
     el('td', {}, e.addedAt),
+    el('td', { class: 'mono' }, e.source ?? ''),
     el('td', { class: 'mono', title: e.manifestId }, `${e.manifestId.slice(0, 16)}…`))))
 }
 
