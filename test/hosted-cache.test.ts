@@ -7,14 +7,15 @@ import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { readFile } from 'node:fs/promises'
 import { request } from 'undici'
-import { decodeManifest, discoveryId, DISCOVERY_LABEL, EXCHANGE_PROTOCOL, generateSecret, MANIFEST_MEDIA_TYPE, silentLogger } from '@canopy/core'
+import { decodeManifest, discoveryId, DISCOVERY_LABEL, EXCHANGE_PROTOCOL, generateSecret, MANIFEST_MEDIA_TYPE, manifestId, silentLogger } from '@canopy/core'
 import type { JobView, PublishedManifest } from '@canopy/core'
-import { decodeOffer, ExchangeSession, loadOrCreatePeerKey, parseSwarmKey, sendOffer, serveExchange, startPeerNode } from '@canopy/agent/peers'
+import { decodeOffer, ExchangeSession, HOSTED_CACHE_PROTOCOL, loadOrCreatePeerKey, parseSwarmKey, sendOffer, serveExchange, startPeerNode } from '@canopy/agent/peers'
 import type { PeerNode } from '@canopy/agent/peers'
+import type { Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import {
-  FINISHED, fileSha256, loopbackAddress, originContentBytes, originWithFile, startAgentProcess, swarmKeyFile, waitConnected
+  FINISHED, fileSha256, loopbackAddress, originContentBytes, originWithFile, startAgentProcess, swarmKeyFile, tempDir, waitConnected
 } from './helpers.ts'
 import type { AgentProcess } from './helpers.ts'
 
@@ -45,7 +46,7 @@ async function memberNode (t: TestContext, dir: string, name: string, keyFile: s
   return node
 }
 
-test('laptops: A fetches from the origin and offers; the hosted cache pulls and keeps it across a SIGKILL; B gets it from the hosted cache after A left', async (t) => {
+test('laptops: A fetches from the origin and offers; the hosted cache pulls and keeps it across a SIGKILL; B asks it before A; C gets it from the hosted cache after A left', async (t) => {
   const size = 12 * MiB + 4321
   const { dir, origin, sha256 } = await originWithFile(t, size)
   const url = `${origin.url}/f.bin`
@@ -56,14 +57,17 @@ test('laptops: A fetches from the origin and offers; the hosted cache pulls and 
   const a = await startAgentProcess(join(dir, 'a'), [...keyArgs, '--hosted-cache-addr', await loopbackAddress(hosted)])
   t.after(async () => await a.kill())
   assert.equal(await waitConnected(a, 1), 1)
+  assert.equal((await hosted.client.status()).peer?.hostedCache, true)
+  assert.equal((await a.client.status()).peer?.hostedCache, undefined)
+  assert.deepEqual((await a.client.peers()).peers.map(p => p.hostedCache), [true])
 
   const first = await fetchWith(a, url, join(dir, 'a.bin'))
   assert.equal(first.state, 'acknowledged', JSON.stringify(first.error))
   assert.equal(first.bytes.fromOrigin, size)
   assert.deepEqual(first.files[0].hostedCache, { state: 'not-held' })
-  const manifestId = first.files[0].manifestId!
-  assert.ok(await waitHeld(hosted, manifestId), `the hosted cache did not pull the offered content\n${hosted.stderr().slice(-3000)}`)
-  const held = (await hosted.client.cache()).entries.find(e => e.manifestId === manifestId)!
+  const heldId = first.files[0].manifestId!
+  assert.ok(await waitHeld(hosted, heldId), `the hosted cache did not pull the offered content\n${hosted.stderr().slice(-3000)}`)
+  const held = (await hosted.client.cache()).entries.find(e => e.manifestId === heldId)!
   assert.equal(held.size, size)
   assert.equal(held.name, 'a.bin')
   // The default quota of the role: min(1 TiB, half the disk), beyond an agent's min(10 GiB, 10%).
@@ -74,23 +78,34 @@ test('laptops: A fetches from the origin and offers; the hosted cache pulls and 
   // A offers again (a second download): held content is a cheap no-op.
   const again = await fetchWith(a, url, join(dir, 'a2.bin'))
   assert.equal(again.state, 'acknowledged')
-  await a.kill()
 
   // The hosted cache is killed and restarted on its state directory: it still has the content.
   await hosted.kill('SIGKILL')
   const restarted = await startAgentProcess(hosted.stateDir, [...keyArgs, '--hosted-cache'])
   t.after(async () => await restarted.kill())
-  assert.ok((await restarted.client.cache()).entries.some(e => e.manifestId === manifestId), 'the hosted cache lost its content in the restart')
+  assert.ok((await restarted.client.cache()).entries.some(e => e.manifestId === heldId), 'the hosted cache lost its content in the restart')
 
-  const originBefore = await originContentBytes(origin.url)
-  const b = await startAgentProcess(join(dir, 'b'), [...keyArgs, '--hosted-cache-addr', await loopbackAddress(restarted)])
+  // B has A and the hosted cache as peers, both holding the content: the hosted cache is asked first.
+  const b = await startAgentProcess(join(dir, 'b'), [...keyArgs, '--hosted-cache-addr', await loopbackAddress(restarted), '--peer', await loopbackAddress(a)])
   t.after(async () => await b.kill())
-  assert.equal(await waitConnected(b, 1), 1)
-  const second = await fetchWith(b, url, join(dir, 'b.bin'))
+  assert.equal(await waitConnected(b, 2), 2)
+  const preferred = await fetchWith(b, url, join(dir, 'b.bin'))
+  assert.equal(preferred.state, 'acknowledged', JSON.stringify(preferred.error))
+  assert.equal(preferred.bytes.fromCache, size, JSON.stringify(preferred.bytes))
+  assert.equal(preferred.bytes.fromPeers, 0)
+
+  // A (and B) leave: C still gets the content from the hosted cache, not from the origin.
+  await a.kill()
+  await b.kill()
+  const originBefore = await originContentBytes(origin.url)
+  const c = await startAgentProcess(join(dir, 'c'), [...keyArgs, '--hosted-cache-addr', await loopbackAddress(restarted)])
+  t.after(async () => await c.kill())
+  assert.equal(await waitConnected(c, 1), 1)
+  const second = await fetchWith(c, url, join(dir, 'c.bin'))
   assert.equal(second.state, 'acknowledged', JSON.stringify(second.error))
-  assert.equal(await fileSha256(join(dir, 'b.bin')), sha256)
+  assert.equal(await fileSha256(join(dir, 'c.bin')), sha256)
   const fromOrigin = await originContentBytes(origin.url) - originBefore
-  t.diagnostic(`B: ${second.bytes.fromCache} bytes from the hosted cache, ${second.bytes.fromOrigin} (origin counted ${fromOrigin}) from the origin, of ${size}`)
+  t.diagnostic(`C: ${second.bytes.fromCache} bytes from the hosted cache, ${second.bytes.fromOrigin} (origin counted ${fromOrigin}) from the origin, of ${size}`)
   assert.ok(fromOrigin <= 0.01 * size, `the origin sent ${fromOrigin} of ${size}`)
   assert.ok(second.bytes.fromCache >= 0.99 * size, `only ${second.bytes.fromCache} of ${size} from the hosted cache`)
   assert.equal(second.bytes.fromPeers, 0)
@@ -108,6 +123,9 @@ test('laptops: A fetches from the origin and offers; the hosted cache pulls and 
   await assert.rejects(guessing.have(), { code: 'ERR_PEER_UNKNOWN_CONTENT' })
   await assert.rejects(guessing.block(0), { code: 'ERR_PEER_UNKNOWN_CONTENT' })
   // With the key (as a member that got it from the origin), the same member is served.
+  // A member that holds the key cannot make the cache hold other content under it.
+  const other = { ...manifest, blocks: [...manifest.blocks].reverse() }
+  assert.equal(await sendOffer(member.libp2p, cachePeer, { ...other, id: manifestId(other) }, 'other.bin', url), 'refused')
   const entitled = await ExchangeSession.open(member.libp2p, cachePeer, discoveryId(realKey, DISCOVERY_LABEL), realKey)
   assert.equal((await entitled.block(0))?.length, manifest.blockSize)
   await entitled.close()
@@ -141,9 +159,10 @@ test('a member that offers content and serves corrupted blocks: nothing reaches 
   }, silentLogger)
   await liar.libp2p.dial(cacheAddress)
 
-  // An honest agent that uses the hosted cache, connected before the ban (all of them
-  // share 127.0.0.1 here: a new peer id from a banned address is refused).
-  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', keyFile, '--hosted-cache-addr', cacheAddress.toString()])
+  // An honest agent, connected before the ban (all of them share 127.0.0.1 here: a new
+  // peer id from a banned address is refused). An ordinary static peer, not configured
+  // as a hosted cache: it recognises one by its announcement (identify), as with mDNS.
+  const b = await startAgentProcess(join(dir, 'b'), ['--swarm-key', keyFile, '--peer', cacheAddress.toString()])
   t.after(async () => await b.kill())
   assert.equal(await waitConnected(b, 1), 1)
 
@@ -171,8 +190,9 @@ test('a member that offers content and serves corrupted blocks: nothing reaches 
   assert.equal(done.bytes.fromCache, 0)
   assert.equal(await fileSha256(join(dir, 'b.bin')), sha256)
   assert.deepEqual(done.files[0].hostedCache, { state: 'not-held' })
-  // B offered what it fetched: the hosted cache now holds the right content, from B.
-  assert.ok(await waitHeld(hosted, manifest.id), hosted.stderr().slice(-3000))
+  // B asked it first (above: not-held) but offers only to configured hosted caches: an
+  // offer hands over the content key, and any member could announce the protocol.
+  assert.match(b.stderr(), /content not offered to hosted caches that only announced themselves/)
 })
 
 test('a configured hosted cache that is down: the job completes from the origin and says the hosted cache was unreachable', async (t) => {
@@ -187,6 +207,56 @@ test('a configured hosted cache that is down: the job completes from the origin 
   assert.equal(await fileSha256(join(dir, 'a.bin')), sha256)
   assert.deepEqual(done.files[0].hostedCache, { state: 'unreachable', unreachable: [down] })
 })
+
+test('a hosted cache reads few offers at once and none larger than its bound', async (t) => {
+  const dir = await tempDir()
+  const keyFile = await swarmKeyFile(dir)
+  const hosted = await startAgentProcess(join(dir, 'hosted'), ['--swarm-key', keyFile, '--hosted-cache'])
+  t.after(async () => await hosted.kill())
+  const cacheAddress = multiaddr(await loopbackAddress(hosted))
+  const reply = async (stream: Stream): Promise<string> => {
+    const framed = new FramedStreamReader(stream)
+    return await framed.next()
+  }
+  // An offer frame beyond 4 KiB: the stream is ended, no reply.
+  const big = await memberNode(t, dir, 'big', keyFile)
+  const stream = await big.libp2p.dialProtocol(cacheAddress, HOSTED_CACHE_PROTOCOL)
+  const body = Buffer.alloc(8192, 0x20)
+  const head = Buffer.alloc(4)
+  head.writeUInt32BE(body.length)
+  stream.send(Buffer.concat([head, body]))
+  assert.equal(await reply(stream), 'ended')
+  // Members that open offer streams and send nothing hold at most 4 of them; more are told "busy".
+  const idle: Stream[] = []
+  for (const name of ['m1', 'm2', 'm3']) {
+    const node = await memberNode(t, dir, name, keyFile)
+    for (let i = 0; i < 2; i++) idle.push(await node.libp2p.dialProtocol(cacheAddress, HOSTED_CACHE_PROTOCOL))
+  }
+  const answers = await Promise.all(idle.map(async s => await Promise.race([reply(s), new Promise<string>(resolve => setTimeout(() => resolve('waiting'), 3000))])))
+  assert.deepEqual(answers.filter(a => a === 'busy').length, 2, answers.join(' '))
+  assert.deepEqual(answers.filter(a => a === 'waiting').length, 4, answers.join(' '))
+  for (const s of idle) s.abort(new Error('done'))
+})
+
+/** Reads one length-prefixed JSON reply's status from a raw stream, or 'ended'. */
+class FramedStreamReader {
+  private readonly stream: Stream
+  constructor (stream: Stream) { this.stream = stream }
+  async next (): Promise<string> {
+    let buffered = Buffer.alloc(0)
+    return await new Promise<string>(resolve => {
+      this.stream.addEventListener('message', (event) => {
+        const data = event.data
+        buffered = Buffer.concat([buffered, ...(data instanceof Uint8Array ? [data] : [...data].map(p => p.subarray()))])
+        if (buffered.length >= 4 && buffered.length >= 4 + buffered.readUInt32BE(0)) {
+          resolve((JSON.parse(buffered.subarray(4, 4 + buffered.readUInt32BE(0)).toString()) as { status: string }).status)
+        }
+      })
+      this.stream.addEventListener('close', () => resolve('ended'))
+      this.stream.addEventListener('remoteCloseWrite', () => resolve('ended'))
+    })
+  }
+}
 
 test('offers are decoded strictly and within bounds', () => {
   const good = { manifestId: 'bagaaierabcdefghijklmnopqrstuvwxyz234567abcdefghijklmnop', key: Buffer.alloc(32, 1).toString('base64'), name: 'f.bin', url: 'http://o/f.bin' }

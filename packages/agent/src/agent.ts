@@ -146,7 +146,7 @@ export class CanopyAgent extends EventEmitter<ControlEvents> implements AgentCon
       if (resolved.p2p !== undefined) {
         // Loaded only when wanted: libp2p costs ~30 MiB resident.
         const { startSharing } = await import('./peers/index.ts')
-        ;({ peer: agent.peer, sharing: agent.sharing } = await startSharing({ store: agent.store, blockHasher: agent.transfers.blockHasher, metrics: agent.metrics, logger: agent.logger }, { stateDir: resolved.stateDir, p2p: resolved.p2p }))
+        ;({ peer: agent.peer, sharing: agent.sharing } = await startSharing({ store: agent.store, blockHasher: agent.transfers.blockHasher, backgroundHasher: () => agent.transfers.backgroundHasher(), metrics: agent.metrics, logger: agent.logger }, { stateDir: resolved.stateDir, p2p: resolved.p2p }))
       }
       // Manifests of jobs removed and of cache files evicted since the last start.
       await agent.deadlines.dropUnusedManifests(await agent.store.manifestIds())

@@ -17,7 +17,8 @@ export function agentStatus (own: Omit<AgentStatus, 'jobs' | 'peer'>, records: I
       addresses: libp2p.getMultiaddrs().map(ma => ma.toString()),
       connected: libp2p.getPeers().length,
       swarmKey: p2p?.swarmKey !== undefined,
-      mdns: p2p?.mdns !== false
+      mdns: p2p?.mdns !== false,
+      ...(p2p?.hostedCache === true ? { hostedCache: true as const } : {})
     }
   }
   return status

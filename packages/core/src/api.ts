@@ -389,11 +389,14 @@ export interface PeerStatus {
   /** Whether peers must hold the same swarm key (false: keyless, open to any keyless agent). */
   swarmKey: boolean
   mdns: boolean
+  /** True when this agent runs as the branch's hosted cache (--hosted-cache). */
+  hostedCache?: true
 }
 
 /** GET /v1/peers */
 export interface PeersView {
-  peers: Array<{ peerId: string, addresses: string[], bytesFromPeer: number, bytesToPeer: number }>
+  /** `hostedCache`: the peer is a hosted cache of the branch (configured, or announced by identify). */
+  peers: Array<{ peerId: string, addresses: string[], bytesFromPeer: number, bytesToPeer: number, hostedCache?: true }>
   bans: Array<{ peerId: string, until: string }>
 }
 

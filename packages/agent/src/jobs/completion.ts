@@ -79,8 +79,9 @@ export class Completion {
     const manifest = await this.components.store.getManifest(file.manifestId)
     if (manifest === undefined) return
     await sharing.admit(manifest, path, basename(file.path), file.url).catch((err: unknown) => this.components.logger.warn('could not keep a completed file for peers', { jobId, path, err: String(err) }))
-    // In the background (never awaited): the branch's hosted caches pull it from here.
-    sharing.hostedCaches?.offer(manifest, basename(file.path), file.url)
+    // In the background (never awaited): the branch's hosted caches pull it from here,
+    // so only what this agent keeps for peers is offered.
+    if (sharing.holds(manifest.id)) sharing.hostedCaches?.offer(manifest, basename(file.path), file.url)
   }
 
   private async renameIntoPlace (entry: JobEntry): Promise<boolean> {

@@ -122,6 +122,10 @@ export class HostedCache {
         await reply('held')
         return
       }
+      // A key already naming other content here: taking the offer would replace what
+      // members get under that key (the cache cannot tell which manifest the key is for).
+      const under = this.c.sharing.manifestUnder(offer.key)
+      if (under !== undefined && under !== offer.manifestId) throw new OfferError(`the offered key already names other content here (${under})`)
       if (this.pending.length >= MAX_PENDING_OFFERS) {
         await reply('busy')
         return

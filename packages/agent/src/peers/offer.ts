@@ -59,6 +59,10 @@ export class OfferError extends CanopyError {
   }
 }
 
+function peerIdOf (ma: Multiaddr): string | undefined {
+  return ma.getComponents().find(c => c.name === 'p2p')?.value
+}
+
 export function encodeJson (value: unknown): Uint8Array {
   const body = Buffer.from(JSON.stringify(value))
   const frame = Buffer.allocUnsafe(4 + body.length)
@@ -145,15 +149,19 @@ export interface HostedCachesInit {
 /**
  * An agent's view of the branch's hosted caches: the configured ones (by address or
  * peer id) and any connected peer whose identify lists HOSTED_CACHE_PROTOCOL (so one
- * found by mDNS counts too). Transfers ask them first (PeerSharing.open), blocks
- * from them count as the job's fromCache, and completed files are offered to them.
+ * found by mDNS counts too). Transfers ask them all first (PeerSharing.open), and
+ * blocks from them count as the job's fromCache. Completed files are offered to the
+ * configured ones only: an offer hands over the content key, and any member could
+ * announce the protocol to collect the keys of content it may not read.
  */
 export class HostedCaches {
   private readonly libp2p: PeerLibp2p
   private readonly logger: Logger
   private readonly addresses: Multiaddr[]
-  /** Peer ids known to be hosted caches (announced by identify, or configured with /p2p/). */
-  private readonly known = new Set<string>()
+  /** Peer ids of configured hosted caches (given with /p2p/, or connected at a configured address). */
+  private readonly trusted = new Set<string>()
+  /** Peer ids that announced the protocol (identify). */
+  private readonly announced = new Set<string>()
   private inFlight = 0
   private readonly waiting: Array<() => Promise<void>> = []
 
@@ -162,43 +170,43 @@ export class HostedCaches {
     this.logger = components.logger
     this.addresses = init.addresses
     for (const ma of init.addresses) {
-      const id = ma.getComponents().find(c => c.name === 'p2p')?.value
-      if (id !== undefined) this.known.add(id)
+      const id = peerIdOf(ma)
+      if (id !== undefined) this.trusted.add(id)
     }
     this.libp2p.addEventListener('peer:identify', (event) => {
       const { peerId, protocols } = event.detail
-      if (protocols.includes(HOSTED_CACHE_PROTOCOL) && !this.known.has(peerId.toString())) {
-        this.known.add(peerId.toString())
-        this.logger.info('hosted cache found', { peer: peerId.toString() })
+      if (protocols.includes(HOSTED_CACHE_PROTOCOL) && !this.announced.has(peerId.toString())) {
+        this.announced.add(peerId.toString())
+        this.logger.info('hosted cache found', { peer: peerId.toString(), configured: this.trusted.has(peerId.toString()) })
       }
     })
-    this.libp2p.addEventListener('connection:open', (event) => {
-      if (this.configured(event.detail)) this.known.add(event.detail.remotePeer.toString())
-    })
+    this.libp2p.addEventListener('connection:open', (event) => this.trustIfConfigured(event.detail))
+    // Connections opened before this listened (the static dials start with the node).
+    for (const connection of this.libp2p.getConnections()) this.trustIfConfigured(connection)
   }
 
-  /** Whether a connection goes to a configured address (one without a peer id matches any peer there). */
-  private configured (connection: Connection): boolean {
-    const remote = connection.remoteAddr.toString()
-    return this.addresses.some(ma => remote.startsWith(ma.decapsulateCode(421).toString()))
+  /** A connection to a configured address without a peer id: whoever answers there is that hosted cache. */
+  private trustIfConfigured (connection: Connection): void {
+    const at = connection.remoteAddr.decapsulateCode(421).toString()
+    if (this.addresses.some(ma => peerIdOf(ma) === undefined && ma.decapsulateCode(421).toString() === at)) this.trusted.add(connection.remotePeer.toString())
   }
 
   isHostedCache (peer: PeerId): boolean {
-    return this.known.has(peer.toString())
+    return this.trusted.has(peer.toString()) || this.announced.has(peer.toString())
   }
 
-  /** Connected hosted caches. */
+  /** Configured hosted caches that are connected: the ones offered content. */
   connected (): PeerId[] {
-    return this.libp2p.getPeers().filter(p => this.isHostedCache(p))
+    return this.libp2p.getPeers().filter(p => this.trusted.has(p.toString()))
   }
 
   /** Configured addresses with no open connection (the hosted cache is down, or not reachable). */
   unreachable (): string[] {
     const connections = this.libp2p.getConnections()
     return this.addresses.filter(ma => {
-      const id = ma.getComponents().find(c => c.name === 'p2p')?.value
+      const id = peerIdOf(ma)
       const at = ma.decapsulateCode(421).toString()
-      return !connections.some(c => (id !== undefined ? c.remotePeer.toString() === id : false) || c.remoteAddr.toString().startsWith(at))
+      return !connections.some(c => id !== undefined ? c.remotePeer.toString() === id : c.remoteAddr.decapsulateCode(421).toString() === at)
     }).map(ma => ma.toString())
   }
 
@@ -222,6 +230,10 @@ export class HostedCaches {
    */
   offer (manifest: PublishedManifest, name: string, url: string): void {
     if (manifest.key === undefined) return
+    const unconfigured = this.libp2p.getPeers().filter(p => this.announced.has(p.toString()) && !this.trusted.has(p.toString()))
+    if (unconfigured.length > 0) {
+      this.logger.info('content not offered to hosted caches that only announced themselves (an offer gives the content key: configure them with --hosted-cache-addr)', { peers: unconfigured.map(String).join(','), manifestId: manifest.id })
+    }
     for (const peer of this.connected()) {
       if (this.waiting.length >= OFFERS_WAITING) {
         this.logger.info('offer to a hosted cache dropped: too many waiting', { peer: peer.toString(), manifestId: manifest.id })

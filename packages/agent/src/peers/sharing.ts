@@ -198,6 +198,11 @@ export class PeerSharing implements BlockSource, PeerSessions {
     return this.cachedRecords().some(r => r.manifestId === manifestId)
   }
 
+  /** The manifest id shared under this content key (base64) now, if any. */
+  manifestUnder (key: string): string | undefined {
+    return this.entries.get(discoveryId(Buffer.from(key, 'base64'), DISCOVERY_LABEL).toString('hex'))?.manifest.id
+  }
+
   /** Bytes the cache may hold. */
   get quota (): number {
     return this.quotaBytes
@@ -277,7 +282,8 @@ export class PeerSharing implements BlockSource, PeerSessions {
           peerId: id,
           addresses: this.libp2p.getConnections(peer).map(c => c.remoteAddr.toString()),
           bytesFromPeer: this.fromPeer.get(id) ?? 0,
-          bytesToPeer: this.toPeer.get(id) ?? 0
+          bytesToPeer: this.toPeer.get(id) ?? 0,
+          ...(this.isHostedCache(peer) ? { hostedCache: true as const } : {})
         }
       }),
       bans: this.bans().map(b => ({ peerId: b.peer, until: b.until }))

@@ -14,7 +14,7 @@ import { HostedCache, hostedCacheQuota } from './hosted-cache.ts'
  * The agent's peer node with its persistent identity, and the sharing of blocks on it
  * (started); with `hostedCache`, the hosted-cache role too (stopped with the node).
  */
-export async function startSharing (components: { store: JobStore, blockHasher: BlockHasher, metrics: SharingMetrics, logger: Logger },
+export async function startSharing (components: { store: JobStore, blockHasher: BlockHasher, backgroundHasher?: () => BlockHasher, metrics: SharingMetrics, logger: Logger },
   init: { stateDir: string, p2p: P2pOptions }): Promise<{ peer: PeerNode, sharing: PeerSharing }> {
   const { store, blockHasher, metrics, logger } = components
   const { hostedCache: role = false, hostedCacheAddrs = [], ...nodeOptions } = init.p2p
@@ -35,7 +35,8 @@ export async function startSharing (components: { store: JobStore, blockHasher: 
     sharing.hostedCaches = new HostedCaches({ libp2p: node.libp2p, logger }, { addresses: parsePeerAddresses(hostedCacheAddrs) })
     await sharing.start()
     if (role) {
-      hosted = new HostedCache({ libp2p: node.libp2p, sharing, store, blockHasher, logger }, { stateDir: init.stateDir })
+      // Pulls are background work: their blocks are verified on the low-priority hashing threads.
+      hosted = new HostedCache({ libp2p: node.libp2p, sharing, store, blockHasher: components.backgroundHasher?.() ?? blockHasher, logger }, { stateDir: init.stateDir })
       await hosted.start()
       logger.info('hosted cache role on', { quota: sharing.quota })
     }

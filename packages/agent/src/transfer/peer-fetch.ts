@@ -222,9 +222,14 @@ export async function exchangeWithPeers (o: PeerExchangeContext, expected: Uint8
     }
   }
 
+  // Hosted caches are asked first: a block one of them has (and still serves) is not
+  // asked of other peers, whose machines are someone's desktop (BranchCache's order).
+  // One that fails, is too slow or lies is dropped, and the other peers take over.
+  const hostedHas = (i: number): boolean => offers.some(f => f.hostedCache && f.alive && hasBit(f.have, i))
   const askLoop = async (offer: Offer): Promise<void> => {
+    const mayAsk = (i: number): boolean => hasBit(offer.have, i) && (offer.hostedCache || !hostedHas(i))
     while (!finished() && !failed && offer.alive) {
-      while (offer.cursor < order.length && (o.progress.has(order[offer.cursor]) || inFlight.has(order[offer.cursor]) || !hasBit(offer.have, order[offer.cursor]))) offer.cursor++
+      while (offer.cursor < order.length && (o.progress.has(order[offer.cursor]) || inFlight.has(order[offer.cursor]) || !mayAsk(order[offer.cursor]))) offer.cursor++
       if (offer.cursor >= order.length) {
         // Nothing from this peer now: look again after the next refresh.
         await new Promise(resolve => setTimeout(resolve, REFRESH_MS))

@@ -28,7 +28,7 @@ Examples:
     if (flag(ctx.values, 'json')) printJson(view)
     else {
       if (view.peers.length === 0) out('no connected peers\n')
-      for (const p of view.peers) out(`${p.peerId}  from ${formatBytes(p.bytesFromPeer)}  to ${formatBytes(p.bytesToPeer)}  ${p.addresses.join(' ')}\n`)
+      for (const p of view.peers) out(`${p.peerId}${p.hostedCache === true ? ' (hosted cache)' : ''}  from ${formatBytes(p.bytesFromPeer)}  to ${formatBytes(p.bytesToPeer)}  ${p.addresses.join(' ')}\n`)
       for (const b of view.bans) out(`banned ${b.peerId} until ${when(b.until)}\n`)
     }
     return ExitCode.Ok
