@@ -284,7 +284,7 @@ export class LabRun {
   }
 
   /** Waits until `agent` is connected to the peer `peerId` (found by mDNS or dialled). */
-  async waitPeer (agent: LabAgent, peerId: string, timeoutMs = 60_000): Promise<void> {
+  async waitPeer (agent: LabAgent, peerId: string, timeoutMs = 120_000): Promise<void> {
     const deadline = Date.now() + timeoutMs
     for (;;) {
       throwIfAborted(this.signal)

@@ -9,7 +9,7 @@
  */
 import type { JobBytes } from '@canopy/core'
 import type { LabAgent, LabRun } from './harness.ts'
-import { SEQUENTIAL_BOUND, checkFiles, originBound, ratio, startAgents, waitMesh } from './scenario-kit.ts'
+import { SEQUENTIAL_BOUND, checkFiles, originBound, ratio, startAgents } from './scenario-kit.ts'
 import type { ScenarioSpec } from './scenario-kit.ts'
 
 /** The LAN host of the hosted cache (an extra host: 10.250.2.201). */
@@ -104,8 +104,10 @@ const hostedPreload: ScenarioSpec = {
     const preloaded = run.figures.preloadSeconds !== undefined
     const beforeDownload = await run.counters()
     run.figures.preloadOriginRatio = seconds((beforeDownload.originBytes - beforePreload.originBytes) / run.size)
-    // Every agent sees the other agents and the hosted cache.
-    await waitMesh(run, agents, n)
+    // Every agent is connected to the hosted cache (what the verdict is about). Not the
+    // whole mDNS mesh of nine: on two loaded cores (load average 27) one agent still saw
+    // 7 of 8 peers after 60 s, and the agents find each other while they download.
+    await waitHostedCache(run, agents, hosted)
     await Promise.all(agents.map(async a => await run.startJob(a)))
     await run.waitDone(agents)
     const afterDownload = await run.counters()
@@ -128,6 +130,12 @@ const hostedPreload: ScenarioSpec = {
       ...(downloadOrigin < PRELOADED_BOUND * run.size ? [] : [`while the agents downloaded, the origin sent ${downloadOrigin} bytes (${ratio(downloadOrigin, run.size)} the content), not 0.00 ×`])
     ]
   }
+}
+
+/** Waits until each of `agents` is connected to the hosted cache. */
+async function waitHostedCache (run: LabRun, agents: LabAgent[], hosted: LabAgent): Promise<void> {
+  await Promise.all(agents.map(async a => await run.waitPeer(a, hosted.peerId)))
+  run.mark('lan', 'every agent is connected to the hosted cache')
 }
 
 /**
@@ -157,12 +165,12 @@ const laptops: ScenarioSpec = {
   async run (run, n) {
     const hosted = await run.startHostedCache(HOSTED)
     const [a] = await startAgents(run, 1, 1, run.hostedCacheArgs(hosted))
-    await run.waitPeer(a, hosted.peerId)
+    await waitHostedCache(run, [a], hosted)
     const { pulled, originBytes: originA } = await fetchAndWaitForPull(run, a, hosted)
     await run.leave(a)
     const afterA = await run.counters()
     const later = await startAgents(run, 2, n, run.hostedCacheArgs(hosted))
-    await Promise.all(later.map(async agent => await run.waitPeer(agent, hosted.peerId)))
+    await waitHostedCache(run, later, hosted)
     for (const agent of later) {
       await run.startJob(agent)
       await run.waitDone([agent])
@@ -196,7 +204,7 @@ const hostedRestart: ScenarioSpec = {
   async run (run) {
     let hosted = await run.startHostedCache(HOSTED)
     const [first] = await startAgents(run, 1, 1, run.hostedCacheArgs(hosted))
-    await run.waitPeer(first, hosted.peerId)
+    await waitHostedCache(run, [first], hosted)
     const { pulled, originBytes: originFirst } = await fetchAndWaitForPull(run, first, hosted)
     // Agent 1 leaves so that only the hosted cache can serve the second fetch.
     await run.leave(first)
@@ -204,7 +212,7 @@ const hostedRestart: ScenarioSpec = {
     const keptAfterRestart = await run.cachesContent(hosted).catch(() => false)
     run.figures.listedAfterRestart = keptAfterRestart
     const [second] = await startAgents(run, 2, 2, run.hostedCacheArgs(hosted))
-    await run.waitPeer(second, hosted.peerId)
+    await waitHostedCache(run, [second], hosted)
     const before = await run.counters()
     await run.startJob(second)
     await run.waitDone([second])
