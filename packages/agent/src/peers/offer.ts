@@ -59,6 +59,14 @@ export class OfferError extends CanopyError {
   }
 }
 
+/** Peer ids remembered as hosted caches, at most (the oldest are forgotten first): new ids cost a peer nothing. */
+const MAX_REMEMBERED = 1024
+
+function remember (set: Set<string>, id: string): void {
+  set.add(id)
+  if (set.size > MAX_REMEMBERED) set.delete(set.values().next().value!)
+}
+
 function peerIdOf (ma: Multiaddr): string | undefined {
   return ma.getComponents().find(c => c.name === 'p2p')?.value
 }
@@ -176,7 +184,7 @@ export class HostedCaches {
     this.libp2p.addEventListener('peer:identify', (event) => {
       const { peerId, protocols } = event.detail
       if (protocols.includes(HOSTED_CACHE_PROTOCOL) && !this.announced.has(peerId.toString())) {
-        this.announced.add(peerId.toString())
+        remember(this.announced, peerId.toString())
         this.logger.info('hosted cache found', { peer: peerId.toString(), configured: this.trusted.has(peerId.toString()) })
       }
     })
@@ -188,7 +196,7 @@ export class HostedCaches {
   /** A connection to a configured address without a peer id: whoever answers there is that hosted cache. */
   private trustIfConfigured (connection: Connection): void {
     const at = connection.remoteAddr.decapsulateCode(421).toString()
-    if (this.addresses.some(ma => peerIdOf(ma) === undefined && ma.decapsulateCode(421).toString() === at)) this.trusted.add(connection.remotePeer.toString())
+    if (this.addresses.some(ma => peerIdOf(ma) === undefined && ma.decapsulateCode(421).toString() === at)) remember(this.trusted, connection.remotePeer.toString())
   }
 
   isHostedCache (peer: PeerId): boolean {
