@@ -15,7 +15,7 @@ const USAGE = `Usage: npm run lab -- <scenario> [options]
        npm run lab -- compose    print docker-compose.yml (built from the same topology)
 
 Scenarios:
-${SCENARIOS.map(s => `  ${s.padEnd(13)} ${SCENARIO_SPECS[s].summary}`).join('\n')}
+${SCENARIOS.map(s => `  ${s.padEnd(15)} ${SCENARIO_SPECS[s].summary}`).join('\n')}
 
 Options:
   --engine E     netns (network namespaces, the default) or compose (Docker

@@ -1,6 +1,6 @@
 /**
  * The lab's picture: one panel per agent, bytes received over time, stacked by
- * source (origin below, peers above), with the scenario's events (jobs starting,
+ * source (origin below, peers above, a hosted cache on top), with the scenario's events (jobs starting,
  * an agent leaving) as ticks. Plain SVG, no dependencies; opens in any browser.
  */
 import type { LabReport } from './report.ts'
@@ -11,7 +11,7 @@ const RIGHT = 20
 const PANEL = 90
 const GAP = 22
 const TOP = 56
-const COLORS = { origin: '#d9822b', peers: '#2b8a3e', axis: '#555', event: '#888' }
+const COLORS = { origin: '#d9822b', peers: '#2b8a3e', cache: '#1971c2', axis: '#555', event: '#888' }
 
 function escape (text: string): string {
   return text.replace(/[&<>"]/g, c => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!)
@@ -30,6 +30,7 @@ export function renderChart (report: LabReport): string {
   parts.push(`<text x="10" y="34" fill="${report.pass ? COLORS.peers : '#c00'}">${escape(verdict)}</text>`)
   parts.push(`<rect x="${LEFT}" y="40" width="10" height="10" fill="${COLORS.origin}"/><text x="${LEFT + 14}" y="49">from the origin (over the WAN)</text>`)
   parts.push(`<rect x="${LEFT + 200}" y="40" width="10" height="10" fill="${COLORS.peers}"/><text x="${LEFT + 214}" y="49">from peers (on the LAN)</text>`)
+  parts.push(`<rect x="${LEFT + 360}" y="40" width="10" height="10" fill="${COLORS.cache}"/><text x="${LEFT + 374}" y="49">from the hosted cache (on the LAN)</text>`)
 
   report.hosts.forEach((host, i) => {
     const top = TOP + i * (PANEL + GAP) + GAP
@@ -40,10 +41,12 @@ export function renderChart (report: LabReport): string {
     if (host.samples.length > 0) {
       const s = host.samples
       const originLine = s.map(p => `${x(p.t).toFixed(1)},${y(p.fromOrigin).toFixed(1)}`)
-      const totalLine = s.map(p => `${x(p.t).toFixed(1)},${y(p.fromOrigin + p.fromPeers).toFixed(1)}`)
+      const peersLine = s.map(p => `${x(p.t).toFixed(1)},${y(p.fromOrigin + p.fromPeers).toFixed(1)}`)
+      const totalLine = s.map(p => `${x(p.t).toFixed(1)},${y(p.fromOrigin + p.fromPeers + p.fromCache).toFixed(1)}`)
       const base = `${x(s.at(-1)!.t).toFixed(1)},${y(0)} ${x(s[0].t).toFixed(1)},${y(0)}`
       parts.push(`<polygon points="${originLine.join(' ')} ${base}" fill="${COLORS.origin}"/>`)
-      parts.push(`<polygon points="${totalLine.join(' ')} ${[...originLine].reverse().join(' ')}" fill="${COLORS.peers}"/>`)
+      parts.push(`<polygon points="${peersLine.join(' ')} ${[...originLine].reverse().join(' ')}" fill="${COLORS.peers}"/>`)
+      parts.push(`<polygon points="${totalLine.join(' ')} ${[...peersLine].reverse().join(' ')}" fill="${COLORS.cache}"/>`)
     }
     for (const event of report.timeline.filter(e => e.host === host.host && e.what !== 'agent started')) {
       parts.push(`<line x1="${x(event.t).toFixed(1)}" x2="${x(event.t).toFixed(1)}" y1="${top}" y2="${top + PANEL}" stroke="${COLORS.event}" stroke-dasharray="3,2"/>`)

@@ -19,7 +19,7 @@ import { CanopyError, throwIfAborted } from '@canopy/core'
 import type { JobState, JobView } from '@canopy/core'
 import type { LabEngine, LabHost } from './engine.ts'
 import type { BackgroundReport } from './background-report.ts'
-import { ADDRESSES, CONTENT_PATH, MiB, ORIGIN_PORT } from './topology.ts'
+import { ADDRESSES, CONTENT_PATH, MiB, ORIGIN_PORT, PEER_PORT } from './topology.ts'
 
 export const CLI = fileURLToPath(new URL('../../cli/bin/canopy.js', import.meta.url))
 const LIAR = fileURLToPath(new URL('../bin/liar.ts', import.meta.url))
@@ -32,6 +32,8 @@ export interface Sample {
   t: number
   fromOrigin: number
   fromPeers: number
+  /** From a hosted cache (JobBytes.fromCache). */
+  fromCache: number
 }
 
 export interface LabAgent {
@@ -52,7 +54,16 @@ export interface LabAgent {
   samples: Sample[]
   /** Stopped on purpose by the scenario. */
   left?: boolean
+  /** The arguments it was started with after its state dir and key (for a restart). */
+  extraArgs: string[]
+  /** Started with `--hosted-cache`: its job (a preload) has no destination file. */
+  hostedCache?: boolean
+  /** Times it was started (a restart adds one; its log is logs/<host>.<n>.log after the first). */
+  starts: number
 }
+
+/** A scenario's measurement in the report: a number, a text, a flag, or numbers by host. */
+export type Figure = number | string | boolean | null | Record<string, number | string>
 
 export interface TimelineEvent {
   t: number
@@ -63,6 +74,8 @@ export interface TimelineEvent {
 export interface Counters {
   /** Body bytes the origin says it sent (content and manifests). */
   originBytes: number
+  /** Of those, the content's (without manifests). */
+  originContentBytes: number
   /** Bytes the WAN link carried toward the branch (LabEngine.wanCounters). */
   wanBytes: number
 }
@@ -85,6 +98,8 @@ export class LabRun {
   swarmKeyFile = ''
   /** The `background` scenario's own report. */
   background?: BackgroundReport
+  /** A scenario's own measurements (phases, times), reported as they are. */
+  readonly figures: Record<string, Figure> = {}
   private readonly t0 = performance.now()
   private readonly log: (line: string) => void
   private sampling?: Promise<void>
@@ -162,25 +177,120 @@ export class LabRun {
     const host = this.lab.host(hostName)
     const stateDir = join(this.workDir, 'agents', hostName)
     const args = [process.execPath, CLI, 'agent', '--state-dir', stateDir, ...(member ? ['--swarm-key', this.swarmKeyFile] : []), ...extraArgs]
-    const child = this.lab.spawn(hostName, args, join(this.workDir, 'logs', `${hostName}.log`))
+    const starts = (this.agents.get(hostName)?.starts ?? 0) + 1
+    const logFile = join(this.workDir, 'logs', starts === 1 ? `${hostName}.log` : `${hostName}.${starts}.log`)
+    const child = this.lab.spawn(hostName, args, logFile)
     const client = new CanopyClient({ stateDir })
     for (let tries = 0; ; tries++) {
       throwIfAborted(this.signal)
       try {
         const status = await client.status()
-        const agent: LabAgent = { host, stateDir, outPath: join(this.workDir, 'out', `${hostName}.bin`), client, child, peerId: status.peer?.peerId ?? '', member, samples: [] }
+        const agent: LabAgent = {
+          host, stateDir, outPath: join(this.workDir, 'out', `${hostName}.bin`), client, child, peerId: status.peer?.peerId ?? '', member, samples: [], extraArgs, starts,
+          ...(extraArgs.includes('--hosted-cache') ? { hostedCache: true } : {})
+        }
         this.agents.set(hostName, agent)
-        this.mark(hostName, member ? 'agent started' : 'agent started without the organisation key')
+        this.mark(hostName, !member ? 'agent started without the organisation key' : starts > 1 ? 'agent restarted' : agent.hostedCache === true ? 'hosted cache started' : 'agent started')
         return agent
       } catch (err) {
         // 60 s: on two cores at a load average of 16-28, four agents starting at once
         // took from 20 s to over 30 s to answer (namespaces and containers alike).
         if (tries > 600 || child.exitCode !== null) {
           await client.close()
-          throw new CanopyError('ERR_LAB_PROCESS', `the agent on ${hostName} did not start: ${(err as Error).message} (log: ${join(this.workDir, 'logs', `${hostName}.log`)})`)
+          throw new CanopyError('ERR_LAB_PROCESS', `the agent on ${hostName} did not start: ${(err as Error).message} (log: ${logFile})`)
         }
         await sleep(100)
       }
+    }
+  }
+
+  /** Starts `canopy agent --hosted-cache` (the branch's always-on cache) on a LAN host. */
+  async startHostedCache (hostName: string): Promise<LabAgent> {
+    return await this.startAgent(hostName, { extraArgs: ['--hosted-cache'] })
+  }
+
+  /** The arguments that point an agent at `hosted` (its LAN address, the default peer port, its peer id). */
+  hostedCacheArgs (hosted: LabAgent): string[] {
+    return ['--hosted-cache-addr', `/ip4/${hosted.host.address}/tcp/${PEER_PORT}/p2p/${hosted.peerId}`]
+  }
+
+  /**
+   * Kills an agent (SIGKILL: no chance to flush anything) and starts it again on the
+   * same host with the same state directory and arguments; the new process.
+   */
+  async restart (agent: LabAgent): Promise<LabAgent> {
+    await this.leave(agent)
+    return await this.startAgent(agent.host.name, { member: agent.member, extraArgs: agent.extraArgs })
+  }
+
+  /**
+   * Runs the real `canopy` command line on a host against `agent`'s control socket
+   * (`canopy --state-dir <its state dir> <args>`); its stdout.
+   */
+  async canopy (agent: LabAgent, args: string[]): Promise<string> {
+    return await this.lab.exec(agent.host.name, [process.execPath, CLI, '--state-dir', agent.stateDir, ...args])
+  }
+
+  /**
+   * `canopy preload <content> --detach --json` on `agent`: a job that fetches the
+   * content into its cache, with no destination file; the sampler follows it.
+   */
+  async startPreload (agent: LabAgent): Promise<void> {
+    const output = await this.canopy(agent, ['preload', this.contentUrl, '--detach', '--json'])
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(output)
+    } catch {
+      parsed = output.trim()
+    }
+    // The created job (a JobView), a list of them, or a bare id.
+    const job = Array.isArray(parsed) ? parsed[0] as unknown : parsed
+    const id = typeof job === 'string' ? job : (job as { id?: unknown } | null)?.id
+    if (typeof id !== 'string' || id === '') throw new CanopyError('ERR_LAB_PROCESS', `canopy preload on ${agent.host.name} printed no job id: ${output.slice(0, 500)}`)
+    agent.jobId = id
+    agent.startedAt = this.now()
+    this.mark(agent.host.name, 'preload started')
+  }
+
+  /** Whether `agent`'s cache (its API's view, what `canopy cache --json` prints) lists the whole content. */
+  async cachesContent (agent: LabAgent): Promise<boolean> {
+    const view = await agent.client.cache()
+    // The lab has one content: an entry of its size is it (entries are completed, verified files).
+    return view.entries.some(e => e.size === this.size)
+  }
+
+  /**
+   * Waits until `agent`'s cache lists the whole content; the run's time then, or
+   * undefined when it did not within `timeoutMs` (the scenario judges that).
+   */
+  async waitCached (agent: LabAgent, timeoutMs: number): Promise<number | undefined> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      throwIfAborted(this.signal)
+      try {
+        if (await this.cachesContent(agent)) {
+          this.mark(agent.host.name, 'its cache lists the content')
+          return this.now()
+        }
+      } catch {
+        // Still starting, or restarting: ask again.
+      }
+      if (Date.now() > deadline) {
+        this.mark(agent.host.name, `its cache did not list the content within ${timeoutMs / 1000} s`)
+        return undefined
+      }
+      await sleep(200)
+    }
+  }
+
+  /** Waits until `agent` is connected to the peer `peerId` (found by mDNS or dialled). */
+  async waitPeer (agent: LabAgent, peerId: string, timeoutMs = 120_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      throwIfAborted(this.signal)
+      if ((await agent.client.peers()).peers.some(p => p.peerId === peerId)) return
+      if (Date.now() > deadline) throw new CanopyError('ERR_LAB_TIMEOUT', `${agent.host.name} did not connect to ${peerId} within ${timeoutMs / 1000} s`)
+      await sleep(100)
     }
   }
 
@@ -243,7 +353,7 @@ export class LabRun {
         try {
           const job = await agent.client.getJob(agent.jobId)
           agent.last = job
-          agent.samples.push({ t: this.now(), fromOrigin: job.bytes.fromOrigin, fromPeers: job.bytes.fromPeers })
+          agent.samples.push({ t: this.now(), fromOrigin: job.bytes.fromOrigin, fromPeers: job.bytes.fromPeers, fromCache: job.bytes.fromCache })
           if (FINISHED.includes(job.state)) {
             agent.finishedAt = this.now()
             this.mark(agent.host.name, `job ${job.state}`)
@@ -260,10 +370,14 @@ export class LabRun {
     const script = 'fetch(process.argv[1]).then(async r => process.stdout.write(await r.text()))'
     const text = await this.lab.exec('dc', [process.execPath, '-e', script, `http://${ADDRESSES.origin}:${ORIGIN_PORT}/metrics`])
     let originBytes = 0
+    let originContentBytes = 0
     for (const line of text.split('\n')) {
-      if (line.startsWith('canopy_origin_bytes_sent_total{')) originBytes += Number(line.split(' ').at(-1))
+      if (!line.startsWith('canopy_origin_bytes_sent_total{')) continue
+      const bytes = Number(line.split(' ').at(-1))
+      originBytes += bytes
+      if (line.includes('kind="content"')) originContentBytes += bytes
     }
-    return { originBytes, wanBytes: (await this.lab.wanCounters()).towardBranch }
+    return { originBytes, originContentBytes, wanBytes: (await this.lab.wanCounters()).towardBranch }
   }
 
   /** Whether the agent's file has the content's SHA-256. */

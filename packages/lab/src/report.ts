@@ -1,6 +1,6 @@
 // The report of a scenario run: its own module so that the chart (which draws it)
 // and the runner (which makes it) do not import each other.
-import type { Sample, TimelineEvent } from './harness.ts'
+import type { Figure, Sample, TimelineEvent } from './harness.ts'
 import type { ScenarioName } from './scenarios.ts'
 import type { EngineName } from './engine.ts'
 import type { BackgroundReport } from './background-report.ts'
@@ -16,8 +16,13 @@ export interface HostReport {
   seconds?: number
   fromOrigin: number
   fromPeers: number
+  /** From a hosted cache (JobBytes.fromCache). */
+  fromCache: number
+  /** Absent for a hosted cache (it has no destination file) and an agent that left. */
   fileCorrect?: boolean
   left?: boolean
+  /** Started with `--hosted-cache`: its job, if any, is a preload. */
+  hostedCache?: boolean
   samples: Sample[]
 }
 
@@ -55,6 +60,8 @@ export interface LabReport {
   pass: boolean
   /** Why `pass` is false. */
   reasons: string[]
+  /** The scenario's own measurements (the hosted-cache scenarios: phases, times, bytes from the hosted cache). */
+  figures?: Record<string, Figure>
   /** Files written (report, chart), when an output directory was given. */
   files?: { json: string, svg: string }
   /** The `background` scenario's phases, targets and flows. */

@@ -123,12 +123,15 @@ export async function runScenario (name: string, options: ScenarioOptions = {}):
         ...(a.startedAt !== undefined && a.finishedAt !== undefined ? { seconds: round(a.finishedAt - a.startedAt) } : {}),
         fromOrigin: a.last?.bytes.fromOrigin ?? 0,
         fromPeers: a.last?.bytes.fromPeers ?? 0,
-        ...(a.left === true ? { left: true } : { fileCorrect: await run.fileCorrect(a) }),
+        fromCache: a.last?.bytes.fromCache ?? 0,
+        ...(a.hostedCache === true ? { hostedCache: true } : {}),
+        ...(a.left === true ? { left: true } : a.hostedCache === true ? {} : { fileCorrect: await run.fileCorrect(a) }),
         samples: a.samples
       }))),
       timeline: run.timeline,
       pass: reasons.length === 0,
       reasons,
+      ...(Object.keys(run.figures).length > 0 ? { figures: run.figures } : {}),
       ...(run.background !== undefined ? { background: run.background } : {})
     }
     if (options.outDir !== undefined) report.files = await writeReport(report, options.outDir)

@@ -5,73 +5,22 @@
  * never about time (time is measured and reported, not judged).
  */
 import { CanopyError, ErrorCode } from '@canopy/core'
-import type { LabAgent, LabRun } from './harness.ts'
 import { QUEUE_MS, TARGETS, runBackground } from './background.ts'
+import { SCENARIOS, SEQUENTIAL_BOUND, checkFiles, originBound, ratio, startAgents, waitMesh } from './scenario-kit.ts'
+import type { ScenarioName, ScenarioSpec } from './scenario-kit.ts'
+import { HOSTED_SCENARIOS } from './hosted-scenarios.ts'
+import { PEER_PORT } from './topology.ts'
 
-export const SCENARIOS = ['sequential', 'patch-day', 'churn', 'bad-peer', 'unauthorized', 'background'] as const
-export type ScenarioName = typeof SCENARIOS[number]
+export { SCENARIOS } from './scenario-kit.ts'
+export type { Judge, ScenarioName, ScenarioSpec } from './scenario-kit.ts'
+
 
 /** Origin bytes allowed when agents start together (issue 3's target: 1.25 × the content). */
 const SHARED_START_BOUND = 1.25
-/** Origin bytes allowed when agents fetch one after another: one copy, plus manifests and retries. */
-const SEQUENTIAL_BOUND = 1.05
 /** Share of the content agents after the first must take from peers in `sequential`. */
 const FROM_PEERS_AFTER_FIRST = 0.98
 /** `churn`: the leaving agent goes when the others have this much of the content on average. */
 const LEAVE_AT_PROGRESS = 0.4
-
-export interface ScenarioSpec {
-  name: ScenarioName
-  summary: string
-  expectation: string
-  /** Fewest agent hosts it needs. */
-  minAgents: number
-  /** Extra LAN hosts it needs (besides agent-1..N). */
-  extras: string[]
-  /** Its agents and content size when the command line gives none (default: the lab's). */
-  defaults?: { agents?: number, size?: number }
-  /**
-   * Whether the origin's byte count must agree with the WAN's. Not where downloads
-   * are cut off on purpose: what the origin had queued for them never crosses.
-   */
-  countersMustAgree?: boolean
-  /** Drives the scenario; returns the checks to judge, each a reason when it failed. */
-  run: (run: LabRun, agents: number) => Promise<Judge>
-}
-
-/** Given the origin bytes of the run, the reasons the scenario failed (none: pass). */
-export type Judge = (originBytes: number) => Promise<string[]>
-
-const agentName = (i: number): string => `agent-${i}`
-const ratio = (bytes: number, size: number): string => `${(bytes / size).toFixed(2)} ×`
-
-async function startAgents (run: LabRun, from: number, to: number): Promise<LabAgent[]> {
-  const names: string[] = []
-  for (let i = from; i <= to; i++) names.push(agentName(i))
-  return await Promise.all(names.map(async name => await run.startAgent(name)))
-}
-
-/** Waits until each of `agents` found `peers` peers by mDNS. */
-async function waitMesh (run: LabRun, agents: LabAgent[], peers: number): Promise<void> {
-  await Promise.all(agents.map(async a => await run.waitConnected(a, peers)))
-  run.mark('lan', `mDNS: every agent sees ${peers} peer${peers === 1 ? '' : 's'}`)
-}
-
-/** Reasons for agents whose job did not end acknowledged with the right bytes. */
-async function checkFiles (run: LabRun, agents: LabAgent[]): Promise<string[]> {
-  const reasons: string[] = []
-  for (const agent of agents) {
-    const state = agent.last?.state
-    if (state !== 'acknowledged') reasons.push(`${agent.host.name}: job ended ${state ?? 'unstarted'}${agent.last?.error !== undefined ? ` (${agent.last.error.code}: ${agent.last.error.message})` : ''}`)
-    else if (!await run.fileCorrect(agent)) reasons.push(`${agent.host.name}: its file does not have the content's SHA-256`)
-  }
-  return reasons
-}
-
-function originBound (run: LabRun, originBytes: number, bound: number, allowance = 0, why = ''): string[] {
-  const limit = bound * run.size + allowance
-  return originBytes <= limit ? [] : [`the origin sent ${ratio(originBytes, run.size)} the content, more than ${ratio(limit, run.size)}${why}`]
-}
 
 const sequential: ScenarioSpec = {
   name: 'sequential',
@@ -171,7 +120,7 @@ const unauthorized: ScenarioSpec = {
     const intruder = await run.startAgent('intruder', {
       member: false,
       // Besides mDNS, it dials every member directly.
-      extraArgs: agents.flatMap(a => ['--peer', `/ip4/${a.host.address}/tcp/7373`])
+      extraArgs: agents.flatMap(a => ['--peer', `/ip4/${a.host.address}/tcp/${PEER_PORT}`])
     })
     await Promise.all([...agents, intruder].map(async a => await run.startJob(a)))
     await run.waitDone([...agents, intruder])
@@ -207,7 +156,7 @@ const background: ScenarioSpec = {
 }
 
 export const SCENARIO_SPECS: Record<ScenarioName, ScenarioSpec> = {
-  sequential, 'patch-day': patchDay, churn, 'bad-peer': badPeer, unauthorized, background
+  sequential, 'patch-day': patchDay, churn, 'bad-peer': badPeer, unauthorized, background, ...HOSTED_SCENARIOS
 }
 
 export function scenarioSpec (name: string): ScenarioSpec {

@@ -36,7 +36,8 @@ export const ADDRESSES = {
 } as const
 
 export const ORIGIN_PORT = 8080
-/** Agents use the default peer port (7373); mDNS finds them. */
+/** Agents use the default peer port; mDNS finds them (a hosted cache is also named by its address). */
+export const PEER_PORT = 7373
 export const CONTENT_PATH = '/content.bin'
 
 /** "20mbit", "20Mbit/s", "512kbit", "1gbit", or plain bits per second. */

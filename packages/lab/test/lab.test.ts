@@ -81,13 +81,17 @@ test('the chart draws one panel per host and says the verdict', () => {
     reasons: ['the origin sent <too much>'],
     timeline: [{ t: 1, host: 'agent-1', what: 'job started' }],
     hosts: [
-      { host: 'agent-1', member: true, state: 'acknowledged', seconds: 2, samples: [{ t: 1, fromOrigin: 0, fromPeers: 0 }, { t: 3, fromOrigin: 2, fromPeers: 2 }] },
+      { host: 'agent-1', member: true, state: 'acknowledged', seconds: 2, samples: [{ t: 1, fromOrigin: 0, fromPeers: 0, fromCache: 0 }, { t: 3, fromOrigin: 1, fromPeers: 2, fromCache: 1 }] },
       { host: 'intruder', member: false, state: 'acknowledged', samples: [] }
     ]
   } as unknown as LabReport
   const svg = renderChart(report)
   assert.match(svg, /^<svg /)
-  assert.equal(svg.match(/<polygon /g)?.length, 2, 'origin and peers areas for the host with samples')
+  assert.equal(svg.match(/<polygon /g)?.length, 3, 'origin, peers and hosted-cache areas for the host with samples')
+  // The hosted cache's area is stacked on the peers': from origin + peers (3 of 4: y = top + PANEL/4) to the total (4 of 4: the panel's top).
+  const cacheArea = svg.match(/<polygon points="([^"]+)" fill="#1971c2"/)?.[1].split(' ').map(p => Number(p.split(',')[1]))
+  assert.ok(cacheArea !== undefined)
+  assert.equal(Math.min(...cacheArea), 56 + 22, 'the total reaches the top of the first panel')
   assert.ok(svg.includes('intruder (no key)'))
   assert.ok(svg.includes('FAIL: the origin sent &lt;too much&gt;'), 'text is escaped')
 })
