@@ -21,6 +21,8 @@ interface Model {
   competitorQueueMs: number
   /** What our transfer actually read over the last step, bytes/s. */
   ours: number
+  /** Competitor limited by its receive window: the share of the link it takes, with the queue it keeps (under our target). */
+  windowLimited?: { share: number, queueMs: number }
 }
 
 function model (init: DelayControllerInit = {}): { c: DelayController, m: Model, run: (ms: number) => number[] } {
@@ -36,6 +38,14 @@ function model (init: DelayControllerInit = {}): { c: DelayController, m: Model,
       // Our rate as set one round trip ago reaches the bottleneck now.
       rates.push(c.rate(m.t))
       const r = rates.length > Math.ceil(rtt / STEP_MS) ? rates[rates.length - 1 - Math.ceil(rtt / STEP_MS)] : rates[0]
+      if (m.windowLimited !== undefined) {
+        // It keeps the queue where its window puts it and takes its share: we get at most the rest.
+        m.queue = m.windowLimited.queueMs / 1000 * C
+        m.ours = Math.min(r, (1 - m.windowLimited.share) * C)
+        c.onBytes(m.ours * dt, m.t)
+        out.push(m.ours)
+        continue
+      }
       if (m.competitorQueueMs > 0) {
         // The competitor takes what we leave and keeps its queue: we get what we ask, at most the link.
         m.queue = m.competitorQueueMs / 1000 * C
@@ -73,6 +83,23 @@ test('yields to a flow that keeps the queue deep: down to its floor', () => {
   assert.equal(s.state, 'yielding')
   assert.ok(s.rate <= 0.01 * C, `rate ${s.rate}`)
   assert.ok(s.queueDelayMs! > 200)
+})
+
+test('yields to a flow that holds the queue under the target (limited by its receive window), and recovers after', () => {
+  // Measured in the lab: curl kept the queue at 45-60 ms, just under the 60 ms target,
+  // and the controller held its rate there, halving curl (rate = window / RTT).
+  const { c, m, run } = model({ slowdownEveryMs: 0 })
+  run(20_000)
+  assert.ok(c.rate(m.t) > 0.8 * C)
+  m.windowLimited = { share: 0.5, queueMs: 50 }
+  run(5_000)
+  const s = c.snapshot(m.t)
+  assert.equal(s.state, 'yielding')
+  assert.ok(s.rate <= 0.01 * C, `rate ${s.rate} after 5 s`)
+  m.windowLimited = undefined
+  m.queue = 0
+  const after = run(10_000)
+  assert.ok(mean(after.slice(-20)) >= 0.8 * C, 'back above 80% of the link')
 })
 
 test('recovers when the other flow stops: above 80% of the link within 10 s', () => {

@@ -28,7 +28,13 @@
  * - no samples for `staleMs`: the rate falls back to `initialRate` (it cannot know
  *   whether it hurts anyone, so it does not keep a high rate blind);
  * - application-limited: the rate never runs ahead of 8 × what was actually read
- *   (a transfer held back by a disk or a cap must not build credit for a later burst).
+ *   (a transfer held back by a disk or a cap must not build credit for a later burst);
+ * - someone else under the target: in the hold zone (between GROW_BELOW × target and
+ *   the target), when what we read is well under the path's capacity (the most we read
+ *   in a second over the last CAPACITY_MS), the queue is not ours: another flow holds
+ *   it, and it decreases (`holdDecreasePerSecond`). A flow limited by its receive window
+ *   (curl, measured in the lab) keeps the queue under the target and its rate is window
+ *   / RTT: a standing queue of ours just under the target halved it (see SHARE_OF_CAPACITY).
  */
 export interface DelayControllerInit {
   /** Queueing delay to stay under, ms. Default 60. */
@@ -53,6 +59,8 @@ export interface DelayControllerInit {
   staleMs?: number
   /** Time between periodic slowdowns, ms; 0: never. Default 60 000. */
   slowdownEveryMs?: number
+  /** Decrease in the hold zone when another flow holds the queue, e-folds per second. Default 1.5. */
+  holdDecreasePerSecond?: number
 }
 
 export type ControllerState = 'starting' | 'growing' | 'yielding' | 'slowdown' | 'blind'
@@ -78,7 +86,8 @@ export const DELAY_CONTROLLER_DEFAULTS = {
   baseBuckets: 10,
   currentSamples: 3,
   staleMs: 3000,
-  slowdownEveryMs: 60_000
+  slowdownEveryMs: 60_000,
+  holdDecreasePerSecond: 1.5
 } as const
 
 /** Longest step of growth computed at once (a long gap between updates is not credit). */
@@ -107,6 +116,14 @@ const APP_LIMIT_FACTOR = 8
 const GROW_BELOW = 0.25
 /** Window over which the bytes actually read are measured, ms. */
 const USE_WINDOW_MS = 1000
+/** The path's capacity is the most read in one use window over this long, ms. */
+const CAPACITY_MS = 30_000
+/**
+ * In the hold zone, reading less than this share of the capacity means the queue is
+ * someone else's. Alone, a queue over GROW_BELOW × target means the link is full, so
+ * what we read is the capacity (within the swings of one-second windows).
+ */
+const SHARE_OF_CAPACITY = 0.75
 
 export class DelayController {
   readonly targetMs: number
@@ -125,6 +142,8 @@ export class DelayController {
   private useWindowStart = -Infinity
   private useBytes = 0
   private usedRate?: number
+  /** What was read in each recent use window (bytes/s) with its end, for the capacity. */
+  private readonly usedHistory: Array<{ at: number, rate: number }> = []
 
   constructor (init: DelayControllerInit = {}) {
     this.init = { ...DELAY_CONTROLLER_DEFAULTS, ...Object.fromEntries(Object.entries(init).filter(([, v]) => v !== undefined)) }
@@ -155,7 +174,11 @@ export class DelayController {
   /** Bytes the transfers of this path read (for the application-limited bound). */
   onBytes (bytes: number, at: number): void {
     if (at - this.useWindowStart >= USE_WINDOW_MS) {
-      if (Number.isFinite(this.useWindowStart)) this.usedRate = this.useBytes * 1000 / Math.max(USE_WINDOW_MS, at - this.useWindowStart)
+      if (Number.isFinite(this.useWindowStart)) {
+        this.usedRate = this.useBytes * 1000 / Math.max(USE_WINDOW_MS, at - this.useWindowStart)
+        this.usedHistory.push({ at, rate: this.usedRate })
+        while (this.usedHistory.length > 0 && this.usedHistory[0].at < at - CAPACITY_MS) this.usedHistory.shift()
+      }
       this.useWindowStart = at
       this.useBytes = 0
     }
@@ -231,6 +254,9 @@ export class DelayController {
       // for one excess. Bounded at MAX_OVER × the target's worth of excess.
       const over = Math.min(MAX_OVER, (q - this.targetMs) / this.targetMs)
       this.rateNow *= Math.exp(-this.init.decreasePerSecond * over * dt)
+    } else if (q > GROW_BELOW * this.targetMs && this.othersQueue()) {
+      this.state = 'yielding'
+      this.rateNow *= Math.exp(-this.init.holdDecreasePerSecond * dt)
     } else {
       this.state = 'growing'
       // Grows only while the queue is nearly empty, and holds between that and the target.
@@ -240,5 +266,12 @@ export class DelayController {
       this.rateNow = Math.min(grown, Math.max(this.rateNow, limit))
     }
     this.rateNow = Math.min(maxRate, Math.max(minRate, this.rateNow))
+  }
+
+  /** Whether the queue in the hold zone is another flow's: we read well under the path's capacity. */
+  private othersQueue (): boolean {
+    if (this.usedRate === undefined || this.usedHistory.length < 2) return false
+    const capacity = Math.max(...this.usedHistory.map(h => h.rate))
+    return this.usedRate < SHARE_OF_CAPACITY * capacity
   }
 }
