@@ -1,13 +1,12 @@
-import { after, test, type TestContext } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { createReadStream, truncateSync } from 'node:fs'
-import { appendFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { appendFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
@@ -17,22 +16,12 @@ import { TransferError } from '../src/errors.ts'
 import { TusErrorCode } from '../src/transfer/tus-protocol.ts'
 import { DEFAULT_FRAGMENT_SIZE, tusUpload, type TusProgress, type TusUploadInit, type TusUploadResult } from '../src/transfer/tus-upload.ts'
 import { fetchUploadReply } from '../src/transfer/tus-reply.ts'
+import { tempDir } from '../../../test/helpers.ts'
 
 const CLI = fileURLToPath(new URL('../../cli/bin/canopy.js', import.meta.url))
 const MiB = 1024 * 1024
 /** The bound of the issue: an interrupted upload sends again at most one fragment and 1 MiB. */
 const RESEND_BOUND = DEFAULT_FRAGMENT_SIZE + MiB
-
-const tempDirs: string[] = []
-after(async () => {
-  for (const dir of tempDirs.splice(0)) await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 })
-})
-
-async function tempDir (name: string): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), `canopy-tus-${name}-`))
-  tempDirs.push(dir)
-  return dir
-}
 
 async function randomFile (path: string, size: number): Promise<string> {
   const hash = createHash('sha256')
@@ -80,7 +69,7 @@ async function startOriginProcess (t: TestContext, dirs: { root: string, state: 
 }
 
 async function fixture (t: TestContext, name: string): Promise<{ dir: string, root: string, state: string, uploadDir: string }> {
-  const dir = await tempDir(name)
+  const dir = await tempDir(`canopy-tus-${name}-`)
   const dirs = { dir, root: join(dir, 'root'), state: join(dir, 'state'), uploadDir: join(dir, 'incoming') }
   await mkdir(dirs.root)
   await mkdir(dirs.uploadDir)
@@ -331,7 +320,7 @@ test('upload-reply round trip: the handler\'s stdout arrives at the reply path',
 })
 
 test('interop: the client against a third-party tus server (bare @tus/server): uploads, and reports that it has no server digest', async t => {
-  const dir = await tempDir('interop')
+  const dir = await tempDir('canopy-tus-interop-')
   const tus = new TusServer({ path: '/files', datastore: new FileStore({ directory: join(dir, 'store') }) })
   const server = createServer((req, res) => { void tus.handle(req, res) })
   server.listen(0, '127.0.0.1')

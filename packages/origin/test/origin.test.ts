@@ -1,12 +1,12 @@
-import { after, test, type TestContext } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
-import { mkdir, mkdtemp, readFile, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { mkdir, readFile, stat, symlink, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { contentKey, createManifest, decodeManifest, MANIFEST_MEDIA_TYPE, SIDECAR_SUFFIX, type Logger } from '@canopy/core'
 import { loadOrCreateSecret, publishSidecar, startOrigin, type Origin, type OriginOptions } from '../src/index.ts'
+import { tempDir } from '../../../test/helpers.ts'
 
 async function * oneChunk (bytes: Uint8Array): AsyncGenerator<Uint8Array> {
   yield bytes
@@ -28,28 +28,12 @@ function send (origin: Origin, path: string, headers: Record<string, string> = {
   })
 }
 
-/**
- * Temp dirs, removed after the file's last test: a test's after-hooks run in the order
- * they were added, so a removal added before the test's origin starts would run while
- * that origin may still write manifests into its state dir there (see test/helpers.ts).
- */
-const tempDirs: string[] = []
-after(async () => {
-  for (const dir of tempDirs.splice(0)) await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 })
-})
-
-async function tempDir (name: string): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), `canopy-origin-${name}-`))
-  tempDirs.push(dir)
-  return dir
-}
-
 interface Fixture { origin: Origin, root: string, stateDir: string, data: Buffer }
 
 /** An origin serving root/data.bin (3 MiB + 123 bytes of random data). */
 async function setup (t: TestContext, options: Partial<OriginOptions> = {}): Promise<Fixture> {
-  const root = await tempDir('root')
-  const stateDir = join(await tempDir('state'), 'state')
+  const root = await tempDir('canopy-origin-root-')
+  const stateDir = join(await tempDir('canopy-origin-state-'), 'state')
   const data = randomBytes(3 * 1024 * 1024 + 123)
   await writeFile(join(root, 'data.bin'), data)
   const origin = await startOrigin({ root, stateDir, ...options })
@@ -179,7 +163,7 @@ test('If-Range: a current validator keeps the range, a stale one gets the whole 
 
 test('paths that escape root are refused', async t => {
   const { origin, root } = await setup(t, { scan: false })
-  const outside = await tempDir('outside')
+  const outside = await tempDir('canopy-origin-outside-')
   await writeFile(join(outside, 'secret.txt'), 'top secret')
   await symlink(join(outside, 'secret.txt'), join(root, 'link-out'))
   await symlink(outside, join(root, 'dir-out'))
@@ -209,7 +193,7 @@ test('paths that escape root are refused', async t => {
 })
 
 test('origin state inside root is never served', async t => {
-  const root = await tempDir('root')
+  const root = await tempDir('canopy-origin-root-')
   await writeFile(join(root, 'file.txt'), 'public')
   const stateDir = join(root, '.canopy-state')
   const origin = await startOrigin({ root, stateDir, listDirectories: true })
@@ -314,7 +298,7 @@ test('the secret is private and survives a restart; cached manifests are reused'
 })
 
 test('a corrupt secret file is an error, not a silent new key', async () => {
-  const stateDir = await tempDir('state')
+  const stateDir = await tempDir('canopy-origin-state-')
   await writeFile(join(stateDir, 'origin.secret'), 'short')
   await assert.rejects(loadOrCreateSecret(stateDir), { code: 'ERR_INVALID_ARGUMENT' })
 })
@@ -345,8 +329,8 @@ test('concurrent manifest requests share one computation and all get the manifes
 })
 
 test('the startup scan computes manifests ahead of requests', async t => {
-  const root = await tempDir('root')
-  const stateDir = await tempDir('state')
+  const root = await tempDir('canopy-origin-root-')
+  const stateDir = await tempDir('canopy-origin-state-')
   await mkdir(join(root, 'a', 'b'), { recursive: true })
   await writeFile(join(root, 'one'), randomBytes(1000))
   await writeFile(join(root, 'a', 'two'), randomBytes(2000))
@@ -422,7 +406,7 @@ test('two origins in one process keep separate metrics', async t => {
 })
 
 test('publishSidecar writes a valid sidecar next to the file', async t => {
-  const dir = await tempDir('publish')
+  const dir = await tempDir('canopy-origin-publish-')
   const data = randomBytes(200 * 1024)
   const file = join(dir, 'pkg.bin')
   await writeFile(file, data)
@@ -473,7 +457,7 @@ test('a client that goes away mid-transfer does not disturb the origin', async t
 })
 
 test('startOrigin refuses a missing root and bad options', async () => {
-  const stateDir = await tempDir('state')
+  const stateDir = await tempDir('canopy-origin-state-')
   await assert.rejects(startOrigin({ root: join(stateDir, 'nope'), stateDir }), { code: 'ERR_INVALID_ARGUMENT' })
   await assert.rejects(startOrigin({ root: stateDir, stateDir, blockSize: 1000 }), { code: 'ERR_INVALID_ARGUMENT' })
   await assert.rejects(startOrigin({ root: stateDir, stateDir, rateLimit: 0 }), { code: 'ERR_INVALID_ARGUMENT' })

@@ -1,16 +1,16 @@
-import { after, test, type TestContext } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { connect } from 'node:net'
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
-import { lstat, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { lstat, mkdir, readdir, readFile, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import * as tus from 'tus-js-client'
 import { startOrigin, STAGING_DIR, type Origin, type OriginOptions, type UploadOptions } from '../src/index.ts'
+import { tempDir } from '../../../test/helpers.ts'
 
 interface Reply { status: number, headers: IncomingHttpHeaders, body: Buffer }
 
@@ -29,22 +29,11 @@ function send (origin: Origin, path: string, method: string, headers: Record<str
   })
 }
 
-const tempDirs: string[] = []
-after(async () => {
-  for (const dir of tempDirs.splice(0)) await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 })
-})
-
-async function tempDir (name: string): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), `canopy-uploads-${name}-`))
-  tempDirs.push(dir)
-  return dir
-}
-
 interface Fixture { origin: Origin, root: string, uploadDir: string, stateDir: string }
 
 async function setup (t: TestContext, uploads: Partial<UploadOptions> = {}, options: Partial<OriginOptions> = {}): Promise<Fixture> {
-  const root = await tempDir('root')
-  const stateDir = join(await tempDir('state'), 'state')
+  const root = await tempDir('canopy-uploads-root-')
+  const stateDir = join(await tempDir('canopy-uploads-state-'), 'state')
   const uploadDir = uploads.dir ?? join(root, 'incoming')
   await mkdir(uploadDir, { recursive: true })
   const origin = await startOrigin({ root, stateDir, scan: false, ...options, uploads: { minFreeBytes: 0, ...uploads, dir: uploadDir } })
@@ -240,7 +229,7 @@ test('an existing file (or a symlink) is not replaced unless overwrite is on, an
   assert.equal(await readFile(join(uploadDir, 'late.txt'), 'utf8'), 'later')
 
   // A symlink under the upload directory pointing outside it is a taken name, never followed.
-  const outside = join(await tempDir('outside'), 'target.txt')
+  const outside = join(await tempDir('canopy-uploads-outside-'), 'target.txt')
   await writeFile(outside, 'outside')
   await symlink(outside, join(uploadDir, 'link.txt'))
   assert.equal((await create(origin, 'link.txt', 3)).status, 409)
@@ -259,7 +248,7 @@ test('an existing file (or a symlink) is not replaced unless overwrite is on, an
 })
 
 test('an upload idle past the expiry is gone (410), and deleted at the next start', async t => {
-  const root = await tempDir('expiry')
+  const root = await tempDir('canopy-uploads-expiry-')
   const uploadDir = join(root, 'up')
   await mkdir(uploadDir)
   const options = { root, stateDir: join(root, 'state'), scan: false, uploads: { dir: uploadDir, minFreeBytes: 0, expiryMs: 60_000 } }
@@ -278,7 +267,7 @@ test('an upload idle past the expiry is gone (410), and deleted at the next star
 })
 
 test('a crash between the completion record and the move into place: the next start finishes the move', async t => {
-  const root = await tempDir('crash')
+  const root = await tempDir('canopy-uploads-crash-')
   const uploadDir = join(root, 'up')
   await mkdir(uploadDir)
   const options = { root, stateDir: join(root, 'state'), scan: false, uploads: { dir: uploadDir, minFreeBytes: 0 } }
@@ -343,7 +332,7 @@ test('request targets outside the protocol: bad ids 404, GET of an upload 405, u
 })
 
 test('canopy origin: token rights are parsed strictly; upload flags are checked before the origin starts', async () => {
-  const dir = await tempDir('cli')
+  const dir = await tempDir('canopy-uploads-cli-')
   const cli = fileURLToPath(new URL('../../cli/bin/canopy.js', import.meta.url))
   const root = join(dir, 'root')
   await mkdir(root)
