@@ -144,6 +144,8 @@ export class DelayController {
   private usedRate?: number
   /** What was read in each recent use window (bytes/s) with its end, for the capacity. */
   private readonly usedHistory: Array<{ at: number, rate: number }> = []
+  /** The most read in one use window over CAPACITY_MS (updated once per window, not per sample). */
+  private capacity?: number
 
   constructor (init: DelayControllerInit = {}) {
     this.init = { ...DELAY_CONTROLLER_DEFAULTS, ...Object.fromEntries(Object.entries(init).filter(([, v]) => v !== undefined)) }
@@ -178,6 +180,7 @@ export class DelayController {
         this.usedRate = this.useBytes * 1000 / Math.max(USE_WINDOW_MS, at - this.useWindowStart)
         this.usedHistory.push({ at, rate: this.usedRate })
         while (this.usedHistory.length > 0 && this.usedHistory[0].at < at - CAPACITY_MS) this.usedHistory.shift()
+        this.capacity = this.usedHistory.length < 2 ? undefined : Math.max(...this.usedHistory.map(h => h.rate))
       }
       this.useWindowStart = at
       this.useBytes = 0
@@ -270,8 +273,6 @@ export class DelayController {
 
   /** Whether the queue in the hold zone is another flow's: we read well under the path's capacity. */
   private othersQueue (): boolean {
-    if (this.usedRate === undefined || this.usedHistory.length < 2) return false
-    const capacity = Math.max(...this.usedHistory.map(h => h.rate))
-    return this.usedRate < SHARE_OF_CAPACITY * capacity
+    return this.usedRate !== undefined && this.capacity !== undefined && this.usedRate < SHARE_OF_CAPACITY * this.capacity
   }
 }
