@@ -78,10 +78,13 @@ export class Completion {
     if (sharing === undefined || file.manifestId === undefined) return
     const manifest = await this.components.store.getManifest(file.manifestId)
     if (manifest === undefined) return
-    await sharing.admit(manifest, path, basename(file.path), file.url).catch((err: unknown) => this.components.logger.warn('could not keep a completed file for peers', { jobId, path, err: String(err) }))
+    const admitted = await sharing.admit(manifest, path, basename(file.path), file.url).catch((err: unknown) => {
+      this.components.logger.warn('could not keep a completed file for peers', { jobId, path, err: String(err) })
+      return undefined
+    })
     // In the background (never awaited): the branch's hosted caches pull it from here,
     // so only what this agent keeps for peers is offered.
-    if (sharing.holds(manifest.id)) sharing.hostedCaches?.offer(manifest, basename(file.path), file.url)
+    if (admitted?.cached === true) sharing.hostedCaches?.offer(manifest, basename(file.path), file.url)
   }
 
   private async renameIntoPlace (entry: JobEntry): Promise<boolean> {
